@@ -1,0 +1,345 @@
+"""The Kafka bus: a producer that waits for the broker, topic creation, and an at-least-once
+consumer loop with deduplication, retries and dead letters.
+
+The loop's contract, for every polled batch:
+
+1. decode each record into an Envelope; undecodable records become dead letters;
+2. skip records whose message_id this consumer group already applied (the ledger in the store);
+3. call the handler, which stores its effect and returns messages to emit; ``InvalidMessage``
+   dead-letters the record at once, a store or broker outage is retried until it heals, any
+   other exception is retried ``handler_max_attempts`` times, then dead-lettered;
+4. produce the emitted messages and dead letters and wait for the broker's acknowledgement;
+5. record the applied message_ids in the ledger;
+6. commit the offsets.
+
+A crash anywhere before 6 re-delivers the batch; steps 2 and 5 plus idempotent handlers (effects
+keyed by message_id, output ids derived from input ids) make the re-delivery harmless.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import orjson
+import pymongo.errors
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, OffsetAndMetadata
+from kafka.admin import NewTopic
+from kafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
+
+from services.common import logs, metrics, topics
+from services.common.config import Settings
+from services.common.envelope import Envelope, InvalidEnvelope, decode
+from services.common.store import ProcessedLedger
+
+log = logging.getLogger(__name__)
+
+TRANSIENT_ERRORS = (pymongo.errors.ConnectionFailure, KafkaError, TimeoutError, ConnectionError)
+
+
+class InvalidMessage(Exception):
+    """Raised by a handler for a message that can never be processed: it is dead-lettered."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class DeadLetterStreakExceeded(RuntimeError):
+    """Too many consecutive dead letters: the worker stops rather than reject everything."""
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A message a handler wants emitted once its effect is stored."""
+
+    topic: str
+    key: str
+    value: Envelope | dict | bytes
+
+
+Handler = Callable[[Envelope], Iterable[Outgoing] | None]
+
+
+def _encode(value: Envelope | dict | bytes) -> bytes:
+    if isinstance(value, Envelope):
+        return value.to_bytes()
+    if isinstance(value, bytes):
+        return value
+    return orjson.dumps(value)
+
+
+class Producer:
+    """A Kafka producer (acks=all, idempotent, retries) that reports when the broker has it."""
+
+    def __init__(self, settings: Settings, service: str):
+        self.service = service
+        self._bootstrap = settings.kafka_bootstrap.split(",")
+        self._producer = KafkaProducer(
+            bootstrap_servers=self._bootstrap,
+            # bounded: an API answers 503 rather than hang while the broker is away
+            max_block_ms=10_000,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+            client_id=f"muisti-{service}",
+        )
+
+    def send(self, messages: Sequence[Outgoing], timeout: float = 30.0) -> None:
+        """Produce ``messages`` and block until the broker acknowledged every one.
+
+        Raises KafkaError (or TimeoutError) when any is not acknowledged in time; the caller
+        must then treat all of them as not sent (re-sending is safe: consumers dedupe).
+        """
+        futures = [
+            (message.topic, self._producer.send(
+                message.topic, key=message.key.encode(), value=_encode(message.value)))
+            for message in messages
+        ]
+        self._producer.flush(timeout=timeout)
+        for topic, future in futures:
+            future.get(timeout=timeout)
+            metrics.MESSAGES_PRODUCED.labels(self.service, topic).inc()
+
+    def check_connected(self) -> None:
+        """Raise ConnectionError unless a bootstrap broker accepts a connection now."""
+        for server in self._bootstrap:
+            host, _, port = server.rpartition(":")
+            try:
+                socket.create_connection((host, int(port)), timeout=1).close()
+                return
+            except OSError:
+                continue
+        raise ConnectionError("no Kafka broker accepts connections")
+
+    def close(self) -> None:
+        self._producer.close(timeout=10)
+
+
+def ensure_topics(settings: Settings, names: Iterable[str] = topics.ALL) -> None:
+    """Create the topics that do not exist yet, with the configured partitions (idempotent)."""
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap.split(","),
+                             client_id="muisti-admin")
+    try:
+        existing = set(admin.list_topics())
+        missing = [
+            NewTopic(name, settings.topic_partitions, settings.topic_replication)
+            for name in names if name not in existing
+        ]
+        if missing:
+            try:
+                admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass  # another process created it meanwhile
+    finally:
+        admin.close()
+
+
+@dataclass
+class _Applied:
+    record: object
+    envelope: Envelope
+
+
+class ConsumerLoop:
+    """Consume ``topics`` as consumer group ``group`` and apply ``handler`` at least once.
+
+    ``run()`` blocks until ``stop()`` is called (e.g. from a SIGTERM handler); it finishes the
+    batch in hand, commits, and closes. It raises DeadLetterStreakExceeded when too many
+    consecutive messages are dead-lettered.
+    """
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        service: str,
+        group: str,
+        topics: Sequence[str],
+        handler: Handler,
+        producer: Producer,
+        ledger: ProcessedLedger,
+    ):
+        self.settings = settings
+        self.service = service
+        self.group = group
+        self.topics = list(topics)
+        self.handler = handler
+        self.producer = producer
+        self.ledger = ledger
+        self._stopping = threading.Event()
+        self._dead_letter_streak = 0
+        self.last_poll_at = 0.0
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap.split(","),
+            group_id=group,
+            client_id=f"muisti-{service}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=settings.consumer_batch_size,
+            session_timeout_ms=settings.consumer_session_timeout_ms,
+            heartbeat_interval_ms=max(1000, settings.consumer_session_timeout_ms // 3),
+            max_poll_interval_ms=600_000,
+        )
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def run(self) -> None:
+        self._consumer.subscribe(self.topics)
+        log.info("consuming", extra={"topics": self.topics, "group": self.group})
+        try:
+            while not self._stopping.is_set():
+                batch = self._consumer.poll(timeout_ms=self.settings.consumer_poll_ms)
+                self.last_poll_at = time.monotonic()
+                if batch:
+                    self._process(batch)
+                self._report_lag()
+        finally:
+            self._consumer.close(autocommit=False)
+            log.info("consumer closed", extra={"group": self.group})
+
+    # one batch
+
+    def _process(self, batch: dict) -> None:
+        started = time.monotonic()
+        outgoing: list[Outgoing] = []
+        applied: list[str] = []
+        offsets = {}
+        for partition, records in batch.items():
+            for record, envelope in self._decode(records, outgoing):
+                outgoing.extend(self._apply(record, envelope, applied))
+            offsets[partition] = OffsetAndMetadata(records[-1].offset + 1, "", -1)
+        self._retry_until_done(lambda: self.producer.send(outgoing) if outgoing else None)
+        self._retry_until_done(lambda: self.ledger.mark(applied))
+        self._commit(offsets)
+        for partition in batch:
+            metrics.PROCESSING_LATENCY.labels(self.service, partition.topic).observe(
+                time.monotonic() - started)
+
+    def _decode(self, records, outgoing: list[Outgoing]) -> list[tuple[object, Envelope]]:
+        decoded = []
+        for record in records:
+            try:
+                decoded.append((record, decode(record.value or b"")))
+            except InvalidEnvelope as exc:
+                outgoing.append(self._dead_letter(record, "invalid_envelope", exc.reason))
+        if not decoded:
+            return []
+        ids = [envelope.message_id for _, envelope in decoded]
+        already = self._retry_until_done(lambda: self.ledger.seen(ids))
+        fresh = []
+        for record, envelope in decoded:
+            if envelope.message_id in already:
+                metrics.MESSAGES_DUPLICATE.labels(self.service, record.topic).inc()
+                continue
+            already.add(envelope.message_id)  # the same id twice within one batch
+            fresh.append((record, envelope))
+        return fresh
+
+    def _apply(self, record, envelope: Envelope, applied: list[str]) -> list[Outgoing]:
+        token = logs.message_id.set(envelope.message_id)
+        try:
+            attempt = 0
+            while True:
+                attempt += 1
+                try:
+                    result = list(self.handler(envelope) or ())
+                except InvalidMessage as exc:
+                    return [self._dead_letter(record, "invalid", exc.reason)]
+                except TRANSIENT_ERRORS as exc:
+                    if self._stopping.is_set():
+                        raise
+                    metrics.HANDLER_RETRIES.labels(self.service, record.topic).inc()
+                    log.warning("transient failure, retrying", extra={"error": repr(exc)})
+                    time.sleep(_backoff(attempt))
+                    continue
+                except Exception as exc:  # noqa: BLE001 - a bug or poison message
+                    metrics.HANDLER_RETRIES.labels(self.service, record.topic).inc()
+                    if attempt < self.settings.handler_max_attempts:
+                        log.warning("handler failed, retrying", exc_info=True)
+                        time.sleep(_backoff(attempt))
+                        continue
+                    log.error("handler failed, dead-lettering", exc_info=True)
+                    return [self._dead_letter(record, "handler_error", repr(exc))]
+                self._dead_letter_streak = 0
+                applied.append(envelope.message_id)
+                metrics.MESSAGES_CONSUMED.labels(self.service, record.topic).inc()
+                age = (datetime.now(UTC) - envelope.received_at).total_seconds()
+                metrics.EVENT_AGE.labels(self.service, record.topic).observe(max(age, 0.0))
+                return result
+        finally:
+            logs.message_id.reset(token)
+
+    def _dead_letter(self, record, kind: str, reason: str) -> Outgoing:
+        self._dead_letter_streak += 1
+        if self._dead_letter_streak > self.settings.dead_letter_streak_limit:
+            raise DeadLetterStreakExceeded(
+                f"{self._dead_letter_streak} consecutive dead letters; last: {reason}")
+        metrics.MESSAGES_DEAD_LETTERED.labels(self.service, record.topic, kind).inc()
+        log.warning("dead-lettering", extra={"topic": record.topic, "partition": record.partition,
+                                             "offset": record.offset, "reason": reason})
+        raw = record.value or b""
+        letter = {
+            "source_topic": record.topic,
+            "partition": record.partition,
+            "offset": record.offset,
+            "key": record.key.decode("utf-8", "replace") if record.key else None,
+            "kind": kind,
+            "reason": reason,
+            "service": self.service,
+            "group": self.group,
+            "failed_at": datetime.now(UTC).isoformat(),
+            "original_b64": base64.b64encode(raw).decode(),
+        }
+        return Outgoing(topics.DEAD_LETTER, record.topic, letter)
+
+    def _commit(self, offsets: dict) -> None:
+        try:
+            self._retry_until_done(lambda: self._consumer.commit(offsets))
+        except CommitFailedError:
+            # the group rebalanced under us: the new owner re-reads from the last commit and the
+            # ledger skips what this worker already applied
+            log.warning("offset commit lost to a rebalance; the batch will be re-delivered")
+
+    def _retry_until_done(self, action: Callable[[], object]):
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return action()
+            except CommitFailedError:
+                raise
+            except TRANSIENT_ERRORS as exc:
+                if self._stopping.is_set() and attempt > 3:
+                    raise
+                log.warning("dependency unavailable, retrying", extra={"error": repr(exc)})
+                time.sleep(_backoff(attempt))
+
+    def _report_lag(self) -> None:
+        for partition in self._consumer.assignment():
+            highwater = self._consumer.highwater(partition)
+            if highwater is None:
+                continue
+            try:
+                position = self._consumer.position(partition, timeout_ms=100)
+            except KafkaError:
+                continue
+            if position is not None:
+                metrics.CONSUMER_LAG.labels(
+                    self.service, partition.topic, str(partition.partition)).set(
+                    max(highwater - position, 0))
+
+
+def _backoff(attempt: int) -> float:
+    return min(0.1 * 2 ** (attempt - 1), 5.0)

@@ -1,0 +1,60 @@
+"""Every Prometheus metric Muisti exposes, declared once with its meaning.
+
+Labels stay low-cardinality: service, topic, endpoint (the route rule, never the raw path).
+"""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+HTTP_REQUESTS = Counter(
+    "muisti_http_requests_total",
+    "HTTP requests answered, by route and status code",
+    ["service", "method", "endpoint", "status"],
+)
+HTTP_LATENCY = Histogram(
+    "muisti_http_request_duration_seconds",
+    "Time from request received to response ready",
+    ["service", "method", "endpoint"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+MESSAGES_CONSUMED = Counter(
+    "muisti_messages_consumed_total",
+    "Kafka messages whose effect was stored (duplicates skipped are counted separately)",
+    ["service", "topic"],
+)
+MESSAGES_DUPLICATE = Counter(
+    "muisti_messages_duplicate_total",
+    "Kafka messages skipped because their message_id was already applied",
+    ["service", "topic"],
+)
+MESSAGES_PRODUCED = Counter(
+    "muisti_messages_produced_total",
+    "Kafka messages acknowledged by the broker",
+    ["service", "topic"],
+)
+MESSAGES_DEAD_LETTERED = Counter(
+    "muisti_messages_dead_lettered_total",
+    "Kafka messages sent to cdp.deadletter, by source topic and reason kind",
+    ["service", "topic", "kind"],
+)
+HANDLER_RETRIES = Counter(
+    "muisti_handler_retries_total",
+    "Handler attempts that failed and were retried (transient errors, store or broker down)",
+    ["service", "topic"],
+)
+PROCESSING_LATENCY = Histogram(
+    "muisti_message_processing_seconds",
+    "Time to apply one polled batch, from poll returned to offsets committed",
+    ["service", "topic"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+EVENT_AGE = Histogram(
+    "muisti_event_age_seconds",
+    "Age of an event (now - received_at) when a worker applied it: end-to-end freshness",
+    ["service", "topic"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+CONSUMER_LAG = Gauge(
+    "muisti_consumer_lag_messages",
+    "Messages in a partition not yet consumed by this worker's group",
+    ["service", "topic", "partition"],
+)

@@ -1,0 +1,118 @@
+"""MongoDB access: the client factory, index bootstrap and the processed-message ledger.
+
+Code here runs on both FerretDB 1.x (SQLite) and MongoDB. Where MongoDB does more (TTL indexes),
+``ensure_indexes`` uses it when the server accepts it and says so when it does not.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import pymongo
+import pymongo.errors
+from pymongo.database import Database
+
+from services.common.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+def connect(settings: Settings) -> pymongo.MongoClient:
+    """A client for the configured store. It connects lazily; the first operation may raise
+    ``pymongo.errors.ConnectionFailure`` if the store is unreachable."""
+    return pymongo.MongoClient(
+        settings.mongo_uri,
+        serverSelectionTimeoutMS=5000,
+        connectTimeoutMS=3000,
+        tz_aware=True,
+        appname="muisti",
+    )
+
+
+def database(client: pymongo.MongoClient, settings: Settings) -> Database:
+    return client[settings.mongo_db]
+
+
+def ping(client: pymongo.MongoClient) -> None:
+    """Raise ConnectionFailure unless the store answers."""
+    client.admin.command("ping")
+
+
+@dataclass(frozen=True)
+class Index:
+    """An index a service needs; ``ttl_seconds`` asks the store to expire documents."""
+
+    collection: str
+    keys: list[tuple[str, int]]
+    unique: bool = False
+    ttl_seconds: int | None = None
+    name: str | None = None
+    options: dict = field(default_factory=dict)
+
+
+def ensure_indexes(db: Database, indexes: Iterable[Index]) -> dict[str, bool]:
+    """Create ``indexes`` (idempotent). Returns, per TTL index name, whether the store honours
+    TTL; FerretDB 1.x does not, and the owning service then deletes expired data itself."""
+    ttl_support: dict[str, bool] = {}
+    for index in indexes:
+        name = index.name or "_".join(f"{key}_{direction}" for key, direction in index.keys)
+        options = {"name": name, "unique": index.unique, **index.options}
+        if index.ttl_seconds is not None:
+            try:
+                db[index.collection].create_index(
+                    index.keys, expireAfterSeconds=index.ttl_seconds, **options)
+                ttl_support[name] = _ttl_honoured(db, index.collection, name)
+                continue
+            except pymongo.errors.OperationFailure as exc:
+                log.info("store refused a TTL index; expiring in the service instead",
+                         extra={"index": name, "error": str(exc)})
+                ttl_support[name] = False
+        db[index.collection].create_index(index.keys, **options)
+    return ttl_support
+
+
+def _ttl_honoured(db: Database, collection: str, name: str) -> bool:
+    info = db[collection].index_information().get(name, {})
+    return "expireAfterSeconds" in info
+
+
+class ProcessedLedger:
+    """Which message_ids a consumer group has applied, so re-deliveries are skipped.
+
+    One document per (group, message_id). ``seen`` is one indexed query per batch.
+    """
+
+    COLLECTION = "processed_messages"
+
+    def __init__(self, db: Database, group: str):
+        self._collection = db[self.COLLECTION]
+        self._group = group
+
+    @classmethod
+    def indexes(cls) -> list[Index]:
+        return [Index(cls.COLLECTION, [("processed_at", 1)], ttl_seconds=14 * 24 * 3600)]
+
+    def _id(self, message_id: str) -> str:
+        return f"{self._group}:{message_id}"
+
+    def seen(self, message_ids: Iterable[str]) -> set[str]:
+        ids = [self._id(message_id) for message_id in message_ids]
+        if not ids:
+            return set()
+        prefix = len(self._group) + 1
+        return {doc["_id"][prefix:] for doc in self._collection.find({"_id": {"$in": ids}}, {"_id": 1})}
+
+    def mark(self, message_ids: Iterable[str]) -> None:
+        now = datetime.now(UTC)
+        docs = [{"_id": self._id(message_id), "processed_at": now} for message_id in message_ids]
+        if not docs:
+            return
+        try:
+            self._collection.insert_many(docs, ordered=False)
+        except pymongo.errors.BulkWriteError as exc:
+            # duplicates mean a re-delivery already marked them; anything else is real
+            if any(error.get("code") != 11000 for error in exc.details.get("writeErrors", [])):
+                raise

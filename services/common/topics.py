@@ -1,0 +1,25 @@
+"""Kafka topic names: a contract between services. Keys decide ordering (docs/ARCHITECTURE.md)."""
+
+EVENTS_WEB = "cdp.events.web"
+EVENTS_PHONE = "cdp.events.phone"
+EVENTS_SOCIAL = "cdp.events.social"
+EVENTS_RESOLVED = "cdp.events.resolved"
+IDENTITY_MERGES = "cdp.identity.merges"
+PROFILE_CHANGES = "cdp.profile.changes"
+CONSENT_CHANGES = "cdp.consent.changes"
+PRIVACY_REQUESTS = "cdp.privacy.requests"
+PRIVACY_ACKS = "cdp.privacy.acks"
+DEAD_LETTER = "cdp.deadletter"
+
+ALL = (
+    EVENTS_WEB,
+    EVENTS_PHONE,
+    EVENTS_SOCIAL,
+    EVENTS_RESOLVED,
+    IDENTITY_MERGES,
+    PROFILE_CHANGES,
+    CONSENT_CHANGES,
+    PRIVACY_REQUESTS,
+    PRIVACY_ACKS,
+    DEAD_LETTER,
+)

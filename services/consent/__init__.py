@@ -1,0 +1,1 @@
+"""Muisti Consent and privacy: purposes, consent ledger, data-subject requests."""

@@ -1,0 +1,10 @@
+"""HTTP entry point of the consent service."""
+
+from flask import Flask
+
+from services.common import web
+from services.common.config import Settings
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    return web.create_app(service="consent", settings=settings or Settings.from_env())

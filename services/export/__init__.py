@@ -1,0 +1,1 @@
+"""Muisti Export: consent-gated partner exports and deletion propagation."""

@@ -1,0 +1,1 @@
+"""Muisti Identity: channel ingestion for web and phone and the identity graph."""

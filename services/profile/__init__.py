@@ -1,0 +1,1 @@
+"""Muisti Profile: the profile projection, lookup API and the agent dashboard."""

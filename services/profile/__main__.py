@@ -1,0 +1,13 @@
+"""`python -m services.profile api|worker`"""
+
+import sys
+
+from services.common.runner import service_main
+from services.profile.api import create_app
+from services.profile.worker import build_consumers
+
+DEFAULT_PORT = 8102
+
+if __name__ == "__main__":
+    sys.exit(service_main(service="profile", default_port=DEFAULT_PORT, app_factory=create_app,
+                          worker_factory=build_consumers))

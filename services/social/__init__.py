@@ -1,0 +1,1 @@
+"""Muisti Social: platform webhooks, pollers, normalisation and complaint detection."""
