@@ -347,7 +347,8 @@ class Instance:
 
     def _tail(self, server: str, lines: int = 40) -> str:
         try:
-            return "\n".join(self._logfile(server).read_text(errors="replace").splitlines()[-lines:])
+            text = self._logfile(server).read_text(errors="replace")
+            return "\n".join(text.splitlines()[-lines:])
         except FileNotFoundError:
             return "(no log)"
 

@@ -165,6 +165,7 @@ class ConsumerLoop:
         handler: Handler,
         producer: Producer,
         ledger: ProcessedLedger,
+        consumer: KafkaConsumer | None = None,
     ):
         self.settings = settings
         self.service = service
@@ -176,7 +177,7 @@ class ConsumerLoop:
         self._stopping = threading.Event()
         self._dead_letter_streak = 0
         self.last_poll_at = 0.0
-        self._consumer = KafkaConsumer(
+        self._consumer = consumer or KafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap.split(","),
             group_id=group,
             client_id=f"muisti-{service}",

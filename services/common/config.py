@@ -73,7 +73,9 @@ class Settings:
     consumer_batch_size: int = _setting(
         500, "Most records a worker takes in one poll", check=_positive
     )
-    consumer_poll_ms: int = _setting(500, "How long a worker's poll waits for records", check=_positive)
+    consumer_poll_ms: int = _setting(
+        500, "How long a worker's poll waits for records", check=_positive
+    )
     consumer_session_timeout_ms: int = _setting(
         10000, "Kafka group session timeout: how soon a dead worker's partitions move on",
         check=_positive,

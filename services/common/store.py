@@ -103,7 +103,8 @@ class ProcessedLedger:
         if not ids:
             return set()
         prefix = len(self._group) + 1
-        return {doc["_id"][prefix:] for doc in self._collection.find({"_id": {"$in": ids}}, {"_id": 1})}
+        found = self._collection.find({"_id": {"$in": ids}}, {"_id": 1})
+        return {doc["_id"][prefix:] for doc in found}
 
     def mark(self, message_ids: Iterable[str]) -> None:
         now = datetime.now(UTC)

@@ -1,0 +1,43 @@
+# Muisti: `make run` brings the platform up, `make test` runs every test.
+# Everything installs itself: a virtualenv in .venv, Kafka and FerretDB cached in ~/.cache/muisti.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install run stop status test test-unit bench lint provision
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+provision: install
+	$(PY) -m deploy.local.infra provision
+
+run: install
+	$(PY) -m deploy.local.platform start
+
+stop: install
+	$(PY) -m deploy.local.platform stop
+
+status: install
+	$(PY) -m deploy.local.platform status
+
+# The whole suite against the real broker and store (started once, instance "test").
+test: install
+	$(PY) -m deploy.local.infra start --name test
+	$(PY) -m pytest
+
+test-unit: install
+	$(PY) -m pytest tests/unit
+
+bench: install
+	$(PY) -m bench
+
+lint: install
+	$(VENV)/bin/ruff check services deploy tests bench

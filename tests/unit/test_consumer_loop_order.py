@@ -1,0 +1,167 @@
+"""The consumer loop's ordering contract, driven with fakes (no broker, no store)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kafka import TopicPartition
+
+from services.common.bus import ConsumerLoop, InvalidMessage, Outgoing
+from services.common.config import Settings
+from services.common.envelope import new_envelope
+
+
+@dataclass
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+
+
+class FakeConsumer:
+    def __init__(self, batches, journal):
+        self.batches = list(batches)
+        self.journal = journal
+        self.loop: ConsumerLoop | None = None
+
+    def subscribe(self, topics):
+        pass
+
+    def poll(self, timeout_ms):
+        if not self.batches:
+            self.loop.stop()
+            return {}
+        return self.batches.pop(0)
+
+    def commit(self, offsets):
+        self.journal.append(("commit", {tp.partition: meta.offset for tp, meta in offsets.items()}))
+
+    def assignment(self):
+        return set()
+
+    def close(self, autocommit):
+        self.journal.append(("close", autocommit))
+
+
+class FakeProducer:
+    def __init__(self, journal):
+        self.journal = journal
+
+    def send(self, messages):
+        self.journal.append(("produce", [m.topic for m in messages]))
+
+
+class FakeLedger:
+    def __init__(self, journal, already=()):
+        self.journal = journal
+        self.already = set(already)
+
+    def seen(self, ids):
+        return self.already & set(ids)
+
+    def mark(self, ids):
+        self.journal.append(("mark", list(ids)))
+        self.already.update(ids)
+
+
+def make_loop(batches, handler, already=()):
+    journal: list = []
+    consumer = FakeConsumer(batches, journal)
+    loop = ConsumerLoop(settings=Settings.from_env({}), service="t", group="g", topics=["in"],
+                        handler=handler, producer=FakeProducer(journal),
+                        ledger=FakeLedger(journal, already), consumer=consumer)
+    consumer.loop = loop
+    return loop, journal
+
+
+def batch(*envelopes_or_bytes, partition=0, start=0):
+    tp = TopicPartition("in", partition)
+    records = [Record("in", partition, start + i, b"k",
+                      e if isinstance(e, bytes) else e.to_bytes())
+               for i, e in enumerate(envelopes_or_bytes)]
+    return {tp: records}
+
+
+def test_effect_then_outputs_then_ledger_then_commit():
+    first, second = new_envelope("A", "web"), new_envelope("B", "web")
+
+    def handler(envelope):
+        journal.append(("handle", envelope.type))
+        return [Outgoing("out", "k", envelope)]
+
+    loop, journal = make_loop([batch(first, second)], handler)
+    loop.run()
+    assert journal == [
+        ("handle", "A"), ("handle", "B"),
+        ("produce", ["out", "out"]),
+        ("mark", [first.message_id, second.message_id]),
+        ("commit", {0: 2}),
+        ("close", False),
+    ]
+
+
+def test_already_applied_message_is_skipped_but_its_offset_committed():
+    done, fresh = new_envelope("A", "web"), new_envelope("B", "web")
+    handled = []
+    loop, journal = make_loop([batch(done, fresh)], lambda e: handled.append(e.type),
+                              already={done.message_id})
+    loop.run()
+    assert handled == ["B"]
+    assert ("commit", {0: 2}) in journal
+
+
+def test_same_message_twice_in_one_batch_is_applied_once():
+    envelope = new_envelope("A", "web")
+    handled = []
+    loop, _ = make_loop([batch(envelope, envelope)], lambda e: handled.append(e.type))
+    loop.run()
+    assert handled == ["A"]
+
+
+def test_invalid_message_becomes_a_dead_letter_and_the_rest_is_applied():
+    bad, good = new_envelope("Bad", "web"), new_envelope("Good", "web")
+
+    def handler(envelope):
+        if envelope.type == "Bad":
+            raise InvalidMessage("no such thing")
+        return ()
+
+    loop, journal = make_loop([batch(b"garbage", bad, good)], handler)
+    loop.run()
+    assert ("produce", ["cdp.deadletter", "cdp.deadletter"]) in journal
+    assert ("mark", [good.message_id]) in journal
+    assert ("commit", {0: 3}) in journal
+
+
+def test_unexpected_handler_error_is_retried_then_dead_lettered(monkeypatch):
+    monkeypatch.setattr("services.common.bus.time.sleep", lambda s: None)
+    attempts = []
+
+    def handler(envelope):
+        attempts.append(1)
+        raise KeyError("bug")
+
+    loop, journal = make_loop([batch(new_envelope("A", "web"))], handler)
+    loop.run()
+    assert len(attempts) == 3  # CDP_HANDLER_MAX_ATTEMPTS default
+    assert ("produce", ["cdp.deadletter"]) in journal
+
+
+def test_transient_store_outage_is_retried_until_it_heals(monkeypatch):
+    import pymongo.errors
+
+    monkeypatch.setattr("services.common.bus.time.sleep", lambda s: None)
+    failures = [pymongo.errors.AutoReconnect("down")] * 20
+
+    def handler(envelope):
+        if failures:
+            raise failures.pop()
+        return ()
+
+    envelope = new_envelope("A", "web")
+    loop, journal = make_loop([batch(envelope)], handler)
+    loop.run()
+    assert ("mark", [envelope.message_id]) in journal
+    assert not any(entry[0] == "produce" for entry in journal)
