@@ -43,3 +43,10 @@ def test_reference_documents_every_setting():
     text = reference()
     for variable in ("CDP_KAFKA_BOOTSTRAP", "CDP_MONGO_URI", "CDP_DEAD_LETTER_STREAK_LIMIT"):
         assert f"`{variable}`" in text
+
+
+def test_configuration_doc_is_generated_from_the_code():
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[2] / "docs" / "CONFIGURATION.md").read_text()
+    assert reference() in doc, "docs/CONFIGURATION.md is stale: python -m services.common.config"
