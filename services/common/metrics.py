@@ -58,3 +58,34 @@ CONSUMER_LAG = Gauge(
     "Messages in a partition not yet consumed by this worker's group",
     ["service", "topic", "partition"],
 )
+
+EVENTS_INGESTED = Counter(
+    "muisti_events_ingested_total",
+    "Channel events accepted at ingestion (acknowledged by Kafka)",
+    ["service", "channel"],
+)
+EVENTS_REJECTED = Counter(
+    "muisti_events_rejected_total",
+    "Channel events refused at ingestion, by reason kind",
+    ["service", "channel", "reason"],
+)
+CARD_NUMBERS_REDACTED = Counter(
+    "muisti_card_numbers_redacted_total",
+    "Payment card numbers found in free text and redacted before storage",
+    ["service"],
+)
+IDENTIFIERS_DROPPED = Counter(
+    "muisti_identifiers_dropped_total",
+    "Identifiers dropped from events: invalid, or suppressed after erasure",
+    ["service", "type", "reason"],
+)
+IDENTITY_MERGES = Counter(
+    "muisti_identity_merges_total",
+    "Profiles merged into another by the identity graph",
+    ["service"],
+)
+IDENTITY_CONFLICTS = Counter(
+    "muisti_identity_conflicts_total",
+    "Identifiers held back from a profile by merge protection (limits, unverified links)",
+    ["service", "type"],
+)

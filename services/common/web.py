@@ -14,10 +14,12 @@ import logging
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import flask
+import orjson
 import pymongo.errors
 from flask_smorest import Api, Blueprint
 from kafka.errors import KafkaError
@@ -249,6 +251,39 @@ def _install_error_handlers(app: flask.Flask) -> None:
             return _problem(error.code or 500, error.description)
         log.exception("unhandled error")
         return _problem(500, "internal error; the request id identifies it in the logs")
+
+
+# --- request bodies ------------------------------------------------------------------------
+
+
+def read_json_body(max_bytes: int):
+    """The request's JSON body, gunzipped when ``Content-Encoding: gzip`` (RudderStack's SDKs
+    send that by default). ``max_bytes`` applies after decompression, so a small compressed
+    body cannot expand without bound.
+
+    Raises Problem: 413 over the limit, 415 for other encodings, 400 for bad gzip or JSON
+    (including invalid UTF-8 and nesting deeper than the parser allows).
+    """
+    raw = flask.request.get_data(cache=False)
+    encoding = flask.request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding == "gzip":
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            data = inflater.decompress(raw, max_bytes + 1)
+        except zlib.error:
+            raise Problem(400, "the body is not valid gzip") from None
+        if len(data) > max_bytes or inflater.unconsumed_tail:
+            raise Problem(413, f"the decompressed body exceeds {max_bytes} bytes")
+    elif encoding in ("", "identity"):
+        data = raw
+        if len(data) > max_bytes:
+            raise Problem(413, f"the body exceeds {max_bytes} bytes")
+    else:
+        raise Problem(415, f"unsupported Content-Encoding {encoding!r}; use gzip or none")
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise Problem(400, f"the body is not valid JSON: {exc}") from None
 
 
 # --- authentication ------------------------------------------------------------------------

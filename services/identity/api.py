@@ -1,10 +1,271 @@
-"""HTTP entry point of the identity service."""
+"""HTTP entry point of the identity service: Segment-compatible ingestion, call events, and
+the identity graph's read and repair endpoints."""
 
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import orjson
 from flask import Flask
+from flask_smorest import Blueprint
+from marshmallow import Schema, ValidationError, fields, validate
 
-from services.common import web
+from services.common import metrics, topics, web
+from services.common.bus import Outgoing
 from services.common.config import Settings
+from services.common.identifiers import IDENTIFIER_TYPES, InvalidIdentifier, normalise
+from services.common.web import Problem, current_principal, require_roles, runtime
+from services.identity import graph as graph_rules
+from services.identity.channels import (
+    SEGMENT_TYPES,
+    CallEventSchema,
+    Converted,
+    SegmentMessageSchema,
+    from_call,
+    from_segment,
+)
+from services.identity.graph_store import MongoGraph
+from services.identity.merges import log_message
+
+SERVICE = "identity"
+MAX_MESSAGE_BYTES = 32 * 1024
+MAX_BATCH_BYTES = 500 * 1024
+UNMASKED_ROLES = {"supervisor", "dpo", "admin"}
+
+_segment_schema = SegmentMessageSchema()
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    return web.create_app(service="identity", settings=settings or Settings.from_env())
+    return web.create_app(service=SERVICE, settings=settings or Settings.from_env(),
+                          blueprints=[_segment_blueprint(), _calls_blueprint(),
+                                      _graph_blueprint()],
+                          # the batch limit applies after gzip; this bounds the raw upload
+                          max_body_bytes=MAX_BATCH_BYTES + 64 * 1024)
+
+
+def _send(converted: list[Converted], channel: str) -> None:
+    """Produce and wait for Kafka's acknowledgement: only then is the event accepted."""
+    topic = topics.EVENTS_WEB if channel == "web" else topics.EVENTS_PHONE
+    runtime().producer.send([Outgoing(topic, c.key, c.envelope) for c in converted])
+    metrics.EVENTS_INGESTED.labels(SERVICE, channel).inc(len(converted))
+    redacted = sum(c.cards_redacted for c in converted)
+    if redacted:
+        metrics.CARD_NUMBERS_REDACTED.labels(SERVICE).inc(redacted)
+
+
+def _load_segment(message, kind: str | None, defaults: dict) -> dict:
+    """Validate one Segment message; raises Problem 413/400 with the field errors."""
+    if not isinstance(message, dict):
+        raise Problem(400, "a message must be a JSON object")
+    if len(orjson.dumps(message)) > MAX_MESSAGE_BYTES:
+        raise Problem(413, f"a message may be at most {MAX_MESSAGE_BYTES} bytes")
+    data = {**defaults, **message}
+    if kind:
+        data["type"] = kind
+    try:
+        return _segment_schema.load(data)
+    except ValidationError as exc:
+        raise Problem(400, "the message is invalid; 'errors' names each field",
+                      errors=exc.messages) from None
+
+
+class AcceptedSchema(Schema):
+    success = fields.Boolean()
+    accepted = fields.Integer()
+    rejected = fields.List(fields.Dict(), metadata={
+        "description": "messages of a batch that were refused: index, messageId, status, errors"})
+
+
+def _segment_blueprint() -> Blueprint:
+    blueprint = Blueprint("segment", __name__, description=(
+        "Segment-compatible HTTP Tracking API. Authenticate with the write key as the HTTP "
+        "Basic user name (collector role). Bodies may be gzip-encoded."))
+
+    def single(kind: str):
+        @require_roles("collector")
+        def endpoint():
+            message = _load_segment(web.read_json_body(MAX_MESSAGE_BYTES), kind, {})
+            _send([from_segment(message, source=current_principal().name)], "web")
+            return {"success": True, "accepted": 1, "rejected": []}
+
+        endpoint.__name__ = f"segment_{kind}"
+        endpoint.__doc__ = f"Segment `{kind}` call → cdp.events.web (answered after Kafka acks)."
+        blueprint.route(f"/v1/{kind}", methods=["POST"])(
+            blueprint.doc(requestBody=_body_doc(f"A Segment {kind} message"))(
+                blueprint.response(200, AcceptedSchema)(endpoint)))
+
+    for kind in SEGMENT_TYPES:
+        single(kind)
+
+    @blueprint.route("/v1/batch", methods=["POST"])
+    @blueprint.doc(requestBody=_body_doc("{batch: [messages], context?, integrations?, sentAt?}"))
+    @blueprint.response(200, AcceptedSchema)
+    @blueprint.alt_response(400, description="no message of the batch was valid")
+    @require_roles("collector")
+    def segment_batch():
+        """Segment batch: the valid messages are accepted, the others listed as rejected."""
+        body = web.read_json_body(MAX_BATCH_BYTES)
+        if not isinstance(body, dict) or not isinstance(body.get("batch"), list):
+            raise Problem(400, "the body must be an object with a 'batch' list",
+                          errors={"batch": ["required list of messages"]})
+        defaults = {k: body[k] for k in ("context", "integrations", "sentAt") if k in body}
+        converted, rejected = [], []
+        for index, message in enumerate(body["batch"]):
+            try:
+                loaded = _load_segment(message, None, defaults)
+                converted.append(from_segment(loaded, source=current_principal().name))
+            except Problem as problem:
+                metrics.EVENTS_REJECTED.labels(SERVICE, "web", str(problem.status)).inc()
+                rejected.append({"index": index, "status": problem.status,
+                                 "messageId": message.get("messageId")
+                                 if isinstance(message, dict) else None,
+                                 "detail": problem.detail, "errors": problem.errors})
+        if not converted and rejected:
+            raise Problem(400, "no message of the batch was valid", errors={"batch": rejected})
+        if converted:
+            _send(converted, "web")
+        return {"success": True, "accepted": len(converted), "rejected": rejected}
+
+    return blueprint
+
+
+def _body_doc(description: str) -> dict:
+    return {"required": True, "description": description,
+            "content": {"application/json": {"schema": {"type": "object"}}}}
+
+
+def _calls_blueprint() -> Blueprint:
+    blueprint = Blueprint("calls", __name__, description="Contact-centre telephony events")
+
+    @blueprint.route("/v1/calls", methods=["POST"])
+    @blueprint.arguments(CallEventSchema)
+    @blueprint.response(200, AcceptedSchema)
+    @require_roles("collector")
+    def call_event(call):
+        """A call offered, answered or ended → cdp.events.phone (answered after Kafka acks)."""
+        try:
+            converted = from_call(call, source=current_principal().name)
+        except InvalidIdentifier as exc:
+            raise Problem(422, f"the caller number cannot be attributed: {exc.reason}",
+                          errors={"json": {exc.type: [exc.reason]}}) from None
+        _send([converted], "phone")
+        return {"success": True, "accepted": 1, "rejected": []}
+
+    return blueprint
+
+
+class ResolveQuerySchema(Schema):
+    type = fields.String(required=True, validate=validate.OneOf(IDENTIFIER_TYPES))
+    value = fields.String(required=True, validate=validate.Length(min=1, max=512))
+    region = fields.String(load_default="FI", validate=validate.Length(equal=2))
+
+
+class IdentifierSchema(Schema):
+    type = fields.String(required=True, validate=validate.OneOf(IDENTIFIER_TYPES))
+    value = fields.String(required=True, validate=validate.Length(min=1, max=512))
+
+
+class SplitSchema(Schema):
+    profile_id = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    identifiers = fields.List(fields.Nested(IdentifierSchema), required=True,
+                              validate=validate.Length(min=1, max=100))
+    reason = fields.String(required=True, validate=validate.Length(min=1, max=500))
+
+
+class ReleaseSchema(Schema):
+    type = fields.String(required=True, validate=validate.OneOf(IDENTIFIER_TYPES))
+    value = fields.String(required=True, validate=validate.Length(min=1, max=512))
+    reason = fields.String(required=True, validate=validate.Length(min=1, max=500))
+
+
+def _normalised(type_: str, value: str, region: str = "FI") -> graph_rules.Identifier:
+    try:
+        return graph_rules.Identifier(type_, normalise(type_, value, region=region))
+    except InvalidIdentifier as exc:
+        raise Problem(422, f"invalid {type_}: {exc.reason}",
+                      errors={"value": [exc.reason]}) from None
+
+
+def _link_view(link: graph_rules.Link, unmasked: bool) -> dict:
+    value = link.identifier.value
+    if link.identifier.type == "hetu" and not unmasked:
+        value = value[:6] + "*****"  # birth date part only: enough to confirm with the caller
+    return {"type": link.identifier.type, "value": value, "verified": link.verified,
+            "source_message_id": link.source_message_id,
+            "linked_at": link.linked_at.isoformat() if link.linked_at else None}
+
+
+def _graph_blueprint() -> Blueprint:
+    blueprint = Blueprint("identity", __name__, url_prefix="/v1/identity",
+                          description="The identity graph: resolve, explain, split, release")
+
+    @blueprint.route("/resolve")
+    @blueprint.arguments(ResolveQuerySchema, location="query")
+    @blueprint.response(200)
+    @blueprint.alt_response(404, description="no profile has this identifier")
+    @require_roles("agent", "supervisor", "dpo")
+    def resolve_identifier(query):
+        """The profile an identifier belongs to and every identifier linked to it. The value
+        is normalised as on ingestion: `040 123 4567` and `+358401234567` are the same."""
+        identifier = _normalised(query["type"], query["value"], query["region"].upper())
+        graph = MongoGraph(runtime().db)
+        link = graph.links([identifier]).get(identifier)
+        if link is None:
+            raise Problem(404, f"no profile has this {identifier.type}")
+        profile_id = graph_rules.canonical(graph, link.profile_id)
+        unmasked = bool(current_principal().roles & UNMASKED_ROLES)
+        return {"profile_id": profile_id,
+                "identifiers": [_link_view(li, unmasked) for li in graph.links_of(profile_id)]}
+
+    @blueprint.route("/profiles/<string:profile_id>/log")
+    @blueprint.response(200)
+    @require_roles("supervisor", "dpo")
+    def explain(profile_id):
+        """Every merge, split and release that touched a profile: why it looks as it does."""
+        entries = MongoGraph(runtime().db).log_entries(profile_id=profile_id)
+        return {"profile_id": profile_id, "entries": [_entry_view(e) for e in entries]}
+
+    @blueprint.route("/unmerge", methods=["POST"])
+    @blueprint.arguments(SplitSchema)
+    @blueprint.response(200)
+    @require_roles("admin")
+    def unmerge(body):
+        """Split identifiers off a profile into a new one; announced on cdp.identity.merges."""
+        graph = MongoGraph(runtime().db)
+        identifiers = [_normalised(i["type"], i["value"]) for i in body["identifiers"]]
+        try:
+            split = graph_rules.split(graph, body["profile_id"], identifiers,
+                                      reason=body["reason"], at=datetime.now(UTC),
+                                      actor=current_principal().key_id)
+        except graph_rules.NotOnProfile as exc:
+            raise Problem(409, str(exc)) from None
+        runtime().producer.send([log_message(graph.entry(split.split_id))])
+        return {"profile_id": split.profile_id, "new_profile_id": split.new_profile_id,
+                "identifiers": [{"type": i.type, "value": i.value} for i in split.identifiers]}
+
+    @blueprint.route("/release", methods=["POST"])
+    @blueprint.arguments(ReleaseSchema)
+    @blueprint.response(200)
+    @require_roles("admin", "supervisor")
+    def release(body):
+        """Release an identifier from its profile (a recycled phone number, a shared line).
+        The profile and its history stay; the next event with the identifier starts anew."""
+        graph = MongoGraph(runtime().db)
+        identifier = _normalised(body["type"], body["value"])
+        try:
+            split = graph_rules.release(graph, identifier, reason=body["reason"],
+                                        at=datetime.now(UTC), actor=current_principal().key_id)
+        except graph_rules.NotOnProfile as exc:
+            raise Problem(404, str(exc)) from None
+        runtime().producer.send([log_message(graph.entry(split.split_id))])
+        return {"profile_id": split.profile_id, "released": {"type": identifier.type,
+                                                             "value": identifier.value}}
+
+    return blueprint
+
+
+def _entry_view(entry: dict) -> dict:
+    envelope = log_message(entry).value
+    return {"id": entry["_id"], "event": envelope.type, **envelope.payload,
+            "at": envelope.occurred_at.isoformat()}
+

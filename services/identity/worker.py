@@ -1,10 +1,74 @@
-"""Kafka entry point of the identity service: its consumer loops."""
+"""Kafka entry point of the identity service: the identity-graph consumer.
+
+Consumes cdp.events.web / .phone / .social, resolves each event's identifiers to a profile,
+emits the event stamped with its profile_id on cdp.events.resolved (keyed by profile_id, same
+message_id) and every merge it caused on cdp.identity.merges.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
 
 from pymongo.database import Database
 
-from services.common.bus import ConsumerLoop, Producer
+from services.common import metrics, topics
+from services.common.bus import ConsumerLoop, InvalidMessage, Outgoing, Producer
 from services.common.config import Settings
+from services.common.envelope import Envelope
+from services.common.identifiers import InvalidIdentifier, normalise
+from services.common.store import ProcessedLedger, ensure_indexes
+from services.identity.graph import Identifier, resolve
+from services.identity.graph_store import INDEXES, MongoGraph
+from services.identity.merges import log_message
+
+SERVICE = "identity"
+GROUP = "identity-graph"
+INPUT_TOPICS = (topics.EVENTS_WEB, topics.EVENTS_PHONE, topics.EVENTS_SOCIAL)
+
+log = logging.getLogger(__name__)
 
 
 def build_consumers(settings: Settings, producer: Producer, db: Database) -> list[ConsumerLoop]:
-    return []
+    ensure_indexes(db, [*INDEXES, *ProcessedLedger.indexes()])
+    return [ConsumerLoop(settings=settings, service=SERVICE, group=GROUP, topics=INPUT_TOPICS,
+                         handler=make_handler(MongoGraph(db)), producer=producer,
+                         ledger=ProcessedLedger(db, GROUP))]
+
+
+def event_identifiers(envelope: Envelope) -> tuple[dict[str, str], set[Identifier]]:
+    """The envelope's identifiers normalised (invalid ones dropped and counted) and the set of
+    them the channel marked unverified (caller-id numbers)."""
+    normalised = {}
+    for type_, value in envelope.identifiers.items():
+        try:
+            normalised[type_] = normalise(type_, value)
+        except InvalidIdentifier:
+            metrics.IDENTIFIERS_DROPPED.labels(SERVICE, type_, "invalid").inc()
+    unverified_types = set(envelope.payload.get("unverified_identifiers") or ())
+    unverified = {Identifier(t, v) for t, v in normalised.items() if t in unverified_types}
+    return normalised, unverified
+
+
+def make_handler(graph: MongoGraph):
+    def handle(envelope: Envelope) -> list[Outgoing]:
+        identifiers, unverified = event_identifiers(envelope)
+        if not identifiers:
+            raise InvalidMessage("the event carries no valid identifier to resolve")
+        result = resolve(graph, [Identifier(t, v) for t, v in identifiers.items()],
+                         message_id=envelope.message_id, at=envelope.received_at,
+                         unverified=unverified)
+        if result.conflicts:
+            graph.record_conflicts(envelope.message_id, result.conflicts, envelope.received_at)
+            for conflict in result.conflicts:
+                metrics.IDENTITY_CONFLICTS.labels(SERVICE, conflict.identifier.type).inc()
+        metrics.IDENTITY_MERGES.labels(SERVICE).inc(len(result.merges))
+        resolved = dataclasses.replace(envelope, identifiers=identifiers).resolved_to(
+            result.profile_id)
+        # re-emit every merge this event ever caused: the log is the outbox (see merges.py)
+        caused = graph.log_entries(cause_message_id=envelope.message_id) if (
+            len(identifiers) > 1) else []
+        return [Outgoing(topics.EVENTS_RESOLVED, result.profile_id, resolved),
+                *(log_message(entry) for entry in caused)]
+
+    return handle

@@ -1,6 +1,6 @@
-from services.common.config import ConfigError, Settings, reference
-
 import pytest
+
+from services.common.config import ConfigError, Settings, reference
 
 
 def test_defaults_need_no_environment():

@@ -1,0 +1,218 @@
+"""Channel messages (Segment's HTTP Tracking API spec, contact-centre call events) turned into
+Muisti envelopes. Pure functions: the API validates with these schemas and produces the result.
+
+Segment semantics kept: userId / anonymousId (one is required), messageId is the idempotency
+key, ``timestamp`` is corrected for the client's clock skew with ``sentAt`` (Segment's
+``originalTimestamp`` rule), and traits may also ride in ``context.traits``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from marshmallow import (
+    EXCLUDE,
+    Schema,
+    ValidationError,
+    fields,
+    validate,
+    validates_schema,
+)
+
+from services.common.envelope import Envelope, new_envelope
+from services.common.identifiers import InvalidIdentifier, normalise
+from services.common.redaction import redact_in
+
+SEGMENT_TYPES = ("identify", "track", "page", "screen", "group", "alias")
+EVENT_NAMES = {"identify": "Identify", "page": "Page Viewed", "screen": "Screen Viewed",
+               "group": "Group", "alias": "Alias"}
+KEY_ORDER = ("user_id", "hetu", "email", "phone", "twitter_id", "facebook_id", "twitter_handle",
+             "device_id", "anonymous_id")
+# trait name in Segment's reserved traits (or common practice) → Muisti identifier type
+TRAIT_IDENTIFIERS = {"email": "email", "phone": "phone", "twitter": "twitter_handle",
+                     "twitter_handle": "twitter_handle", "facebook_id": "facebook_id"}
+CONTEXT_KEPT = ("page", "ip", "userAgent", "locale", "library", "campaign", "referrer",
+                "timezone", "app", "os", "screen", "channel")
+
+
+class _Id(fields.Field):
+    """Segment ids are strings, but some SDKs send numbers: accept both, keep a string."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise ValidationError("must be a string or a number")
+        text = str(value).strip()
+        if not text or len(text) > 256:
+            raise ValidationError("must be 1-256 characters")
+        return text
+
+
+class SegmentMessageSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE  # SDKs add fields of their own (writeKey, _metadata, channel...)
+
+    type = fields.String(required=True, validate=validate.OneOf(SEGMENT_TYPES))
+    userId = _Id(load_default=None, allow_none=True)
+    anonymousId = _Id(load_default=None, allow_none=True)
+    previousId = _Id(load_default=None, allow_none=True)
+    groupId = _Id(load_default=None, allow_none=True)
+    messageId = fields.String(load_default=None, allow_none=True,
+                              validate=validate.Length(min=1, max=128))
+    event = fields.String(load_default=None, allow_none=True,
+                          validate=validate.Length(min=1, max=200))
+    name = fields.String(load_default=None, allow_none=True)
+    category = fields.String(load_default=None, allow_none=True)
+    timestamp = fields.AwareDateTime(load_default=None, allow_none=True, default_timezone=UTC)
+    originalTimestamp = fields.AwareDateTime(load_default=None, allow_none=True,
+                                             default_timezone=UTC)
+    sentAt = fields.AwareDateTime(load_default=None, allow_none=True, default_timezone=UTC)
+    traits = fields.Dict(keys=fields.String(), load_default=dict, allow_none=True)
+    properties = fields.Dict(keys=fields.String(), load_default=dict, allow_none=True)
+    context = fields.Dict(keys=fields.String(), load_default=dict, allow_none=True)
+    integrations = fields.Dict(keys=fields.String(), load_default=dict, allow_none=True)
+
+    @validates_schema
+    def _required_by_type(self, data, **_):
+        kind = data.get("type")
+        if kind == "alias":
+            missing = [f for f in ("userId", "previousId") if not data.get(f)]
+            if missing:
+                raise ValidationError({f: ["required for alias"] for f in missing})
+            return
+        if not data.get("userId") and not data.get("anonymousId"):
+            raise ValidationError({"userId": ["userId or anonymousId is required"]})
+        if kind == "track" and not data.get("event"):
+            raise ValidationError({"event": ["required for track"]})
+        if kind == "group" and not data.get("groupId"):
+            raise ValidationError({"groupId": ["required for group"]})
+
+
+CALL_EVENTS = {"offered": "Call Started", "answered": "Call Answered", "ended": "Call Ended"}
+
+
+class CallEventSchema(Schema):
+    """A contact-centre telephony event (from the telephony platform's webhook or CTI)."""
+
+    call_id = fields.String(required=True, validate=validate.Length(min=1, max=128))
+    event = fields.String(required=True, validate=validate.OneOf(tuple(CALL_EVENTS)))
+    caller_number = fields.String(required=True, validate=validate.Length(min=1, max=40))
+    dialled_number = fields.String(load_default=None, allow_none=True)
+    customer_number = fields.String(load_default=None, allow_none=True,
+                                    metadata={"description": "loyalty or customer number the "
+                                              "caller gave in the IVR (a user_id)"})
+    agent_id = fields.String(load_default=None, allow_none=True)
+    extension = fields.String(load_default=None, allow_none=True)
+    queue = fields.String(load_default=None, allow_none=True)
+    wait_seconds = fields.Integer(load_default=None, allow_none=True,
+                                  validate=validate.Range(min=0, max=86400))
+    talk_seconds = fields.Integer(load_default=None, allow_none=True,
+                                  validate=validate.Range(min=0, max=86400))
+    disposition = fields.String(load_default=None, allow_none=True)
+    notes = fields.String(load_default=None, allow_none=True,
+                          validate=validate.Length(max=10000))
+    timestamp = fields.AwareDateTime(load_default=None, allow_none=True, default_timezone=UTC)
+    message_id = fields.String(load_default=None, allow_none=True,
+                               validate=validate.Length(min=1, max=128))
+
+
+@dataclass
+class Converted:
+    envelope: Envelope
+    key: str
+    cards_redacted: int = 0
+    invalid_identifiers: list[dict[str, str]] = field(default_factory=list)
+
+
+def _identifiers(candidates: dict[str, Any]) -> tuple[dict[str, str], list[dict[str, str]]]:
+    valid, invalid = {}, []
+    for type_, value in candidates.items():
+        if value in (None, ""):
+            continue
+        try:
+            valid[type_] = normalise(type_, str(value))
+        except InvalidIdentifier as exc:
+            invalid.append({"type": type_, "reason": exc.reason})
+    return valid, invalid
+
+
+def partition_key(identifiers: dict[str, str]) -> str:
+    """The strongest identifier: events of one customer keep their order on one partition."""
+    for type_ in KEY_ORDER:
+        if type_ in identifiers:
+            return f"{type_}:{identifiers[type_]}"
+    return "unidentified"
+
+
+def occurred_at(message: dict, received_at: datetime) -> datetime:
+    """Segment's rule: with sentAt, shift the client's timestamp by the client's clock skew."""
+    timestamp = message.get("timestamp") or message.get("originalTimestamp")
+    sent_at = message.get("sentAt")
+    if timestamp and sent_at:
+        return received_at - (sent_at - timestamp)
+    return timestamp or received_at
+
+
+def from_segment(message: dict, *, source: str | None = None) -> Converted:
+    """Turn one validated Segment message (SegmentMessageSchema output) into an envelope."""
+    kind = message["type"]
+    traits = {**(message["context"] or {}).get("traits", {}), **(message["traits"] or {})}
+    candidates = {"user_id": message.get("userId"), "anonymous_id": message.get("anonymousId")}
+    if kind == "alias":
+        candidates["anonymous_id"] = message.get("previousId")
+    device = (message["context"] or {}).get("device") or {}
+    if isinstance(device, dict):
+        candidates["device_id"] = device.get("id")
+    for trait, type_ in TRAIT_IDENTIFIERS.items():
+        if isinstance(traits.get(trait), str | int):
+            candidates.setdefault(type_, traits[trait])
+    identifiers, invalid = _identifiers(candidates)
+
+    payload: dict[str, Any] = {"call": kind}
+    for name in ("event", "name", "category", "groupId", "previousId"):
+        if message.get(name):
+            payload[name] = message[name]
+    if message["properties"]:
+        payload["properties"] = message["properties"]
+    if traits:
+        payload["traits"] = traits
+    context = {k: v for k, v in (message["context"] or {}).items() if k in CONTEXT_KEPT}
+    if context:
+        payload["context"] = context
+    if message["integrations"]:
+        payload["integrations"] = message["integrations"]
+    if invalid:
+        payload["invalid_identifiers"] = invalid
+    payload, cards = redact_in(payload)
+
+    received = datetime.now(UTC)
+    envelope = new_envelope(
+        message["event"] if kind == "track" else EVENT_NAMES[kind], "web",
+        identifiers=identifiers, payload=payload, occurred_at=occurred_at(message, received),
+        message_id=message.get("messageId"), source=source)
+    return Converted(envelope, partition_key(identifiers), cards, invalid)
+
+
+def from_call(call: dict, *, source: str | None = None) -> Converted:
+    """Turn one validated call event into an envelope. The caller-id number is unverified:
+    it finds the profile that owns it but never merges two profiles.
+
+    Raises InvalidIdentifier when the caller number cannot be read as a phone number
+    (withheld or malformed): such a call cannot be attributed to anyone.
+    """
+    phone = normalise("phone", call["caller_number"])
+    identifiers = {"phone": phone}
+    if call.get("customer_number"):
+        identifiers["user_id"] = normalise("user_id", call["customer_number"])
+    payload = {k: v for k, v in call.items()
+               if v is not None and k not in ("timestamp", "message_id", "caller_number")}
+    payload["caller_number"] = phone
+    payload["unverified_identifiers"] = ["phone"]
+    payload, cards = redact_in(payload)
+    envelope = new_envelope(
+        CALL_EVENTS[call["event"]], "phone", identifiers=identifiers, payload=payload,
+        occurred_at=call.get("timestamp"),
+        message_id=call.get("message_id") or f"call:{call['call_id']}:{call['event']}",
+        source=source)
+    return Converted(envelope, partition_key({"phone": phone}), cards)

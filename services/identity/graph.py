@@ -1,0 +1,332 @@
+"""The identity graph's rules: which identifiers belong to which profile, and when two
+profiles become one. Plain Python over the ``GraphRepository`` interface; no I/O of its own.
+
+Rules, for one event carrying a set of normalised identifiers:
+
+* Identifiers are taken in priority order (``PRIORITY``: user_id first, anonymous_id last).
+  The event resolves to the profile of the highest-priority identifier already known, or to a
+  new profile when none is known.
+* Each further identifier that is unknown is linked to that profile, unless the profile already
+  holds its type's limit (``DEFAULT_LIMITS``): then it stays unlinked and a conflict is recorded.
+* An identifier known on another profile merges the two profiles, unless the merged profile
+  would exceed a limit (two user_ids, six emails...) or the link is unverified (a caller-id
+  phone number): then the profiles stay apart and a conflict is recorded. The event still
+  resolves.
+* The survivor of a merge is the older profile (creation time, then id): deterministic
+  whichever worker performs it.
+* Every link remembers the event that made it, so any merge can be explained and undone.
+"""
+
+from __future__ import annotations
+
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
+
+PRIORITY = (
+    "user_id", "hetu", "email", "phone", "twitter_id", "facebook_id", "twitter_handle",
+    "device_id", "anonymous_id",
+)
+DEFAULT_LIMITS = {
+    "user_id": 1, "hetu": 1, "email": 5, "phone": 5, "twitter_id": 10, "facebook_id": 10,
+    "twitter_handle": 10, "device_id": 100, "anonymous_id": 100,
+}
+
+
+@dataclass(frozen=True, order=True)
+class Identifier:
+    type: str
+    value: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.type}:{self.value}"
+
+    @classmethod
+    def from_key(cls, key: str) -> Identifier:
+        type_, _, value = key.partition(":")
+        return cls(type_, value)
+
+
+@dataclass(frozen=True)
+class Link:
+    identifier: Identifier
+    profile_id: str
+    verified: bool
+    source_message_id: str
+    linked_at: datetime
+
+
+@dataclass(frozen=True)
+class ProfileNode:
+    profile_id: str
+    created_at: datetime
+    merged_into: str | None = None
+
+
+@dataclass(frozen=True)
+class Merge:
+    """Profile ``merged`` became part of ``survivor`` because of ``identifier``."""
+
+    merge_id: str
+    survivor: str
+    merged: str
+    identifier: Identifier
+    cause_message_id: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """``identifier`` was not linked to ``profile_id`` (it is on ``other_profile`` or over a
+    limit); ``reason`` says which rule held it back."""
+
+    identifier: Identifier
+    profile_id: str
+    other_profile: str | None
+    reason: str
+
+
+@dataclass
+class Resolution:
+    profile_id: str
+    created: bool = False
+    linked: list[Identifier] = field(default_factory=list)
+    merges: list[Merge] = field(default_factory=list)
+    conflicts: list[Conflict] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Identifiers taken off ``profile_id``: moved to ``new_profile_id`` (kind "unmerge") or
+    unlinked altogether (kind "release")."""
+
+    split_id: str
+    kind: str
+    profile_id: str
+    new_profile_id: str | None
+    identifiers: tuple[Identifier, ...]
+    reason: str
+    actor: str
+    at: datetime
+
+
+class NotOnProfile(Exception):
+    """The identifiers named are not (all) linked to the profile named."""
+
+
+class LinkTaken(Exception):
+    """Another worker linked the identifier first; resolution starts over."""
+
+
+class GraphRepository(ABC):
+    """Where the graph is kept. ``lock`` serialises changes to a set of profiles across
+    workers; every other method is a single read or an idempotent write."""
+
+    @abstractmethod
+    def links(self, identifiers: Iterable[Identifier]) -> dict[Identifier, Link]: ...
+
+    @abstractmethod
+    def profile(self, profile_id: str) -> ProfileNode | None: ...
+
+    @abstractmethod
+    def create_profile(self, node: ProfileNode) -> None:
+        """Create the profile if absent (idempotent: a re-delivered event recreates nothing)."""
+
+    @abstractmethod
+    def add_link(self, link: Link) -> None:
+        """Link an identifier; raise LinkTaken if it is already linked to another profile."""
+
+    @abstractmethod
+    def count_by_type(self, profile_id: str) -> dict[str, int]: ...
+
+    @abstractmethod
+    def merge(self, merge: Merge) -> None:
+        """Mark ``merge.merged`` as merged into the survivor and move all its links there.
+
+        Idempotent and safe to repeat after a crash half-way."""
+
+    @abstractmethod
+    def move_links(self, identifiers: Iterable[Identifier], from_profile: str,
+                   to_profile: str) -> None: ...
+
+    @abstractmethod
+    def remove_links(self, identifiers: Iterable[Identifier], profile_id: str) -> int: ...
+
+    @abstractmethod
+    def record_split(self, split: Split) -> None: ...
+
+    @abstractmethod
+    def lock(self, profile_ids: Iterable[str]) -> AbstractContextManager[None]: ...
+
+
+def canonical(repo: GraphRepository, profile_id: str) -> str:
+    """Follow merged_into to the profile that holds the links now, completing any merge a
+    crash left half-done."""
+    seen = set()
+    node = repo.profile(profile_id)
+    while node is not None and node.merged_into and node.profile_id not in seen:
+        seen.add(node.profile_id)
+        survivor = repo.profile(node.merged_into)
+        if survivor is None:
+            break
+        node = survivor
+    return node.profile_id if node else profile_id
+
+
+def priority_order(identifiers: Iterable[Identifier]) -> list[Identifier]:
+    rank = {type_: index for index, type_ in enumerate(PRIORITY)}
+    return sorted(set(identifiers), key=lambda i: (rank.get(i.type, len(PRIORITY)), i.value))
+
+
+def new_profile_id(message_id: str) -> str:
+    """Deterministic per event, so a re-delivered event finds the profile it created."""
+    return "p_" + uuid.uuid5(uuid.NAMESPACE_URL, f"muisti:profile:{message_id}").hex
+
+
+def merge_id(message_id: str, merged: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"muisti:merge:{message_id}:{merged}"))
+
+
+def resolve(
+    repo: GraphRepository,
+    identifiers: Iterable[Identifier],
+    *,
+    message_id: str,
+    at: datetime,
+    unverified: Iterable[Identifier] = (),
+    limits: Mapping[str, int] = DEFAULT_LIMITS,
+    max_attempts: int = 20,
+) -> Resolution:
+    """Resolve an event's identifiers to one profile, linking and merging by the rules above.
+
+    Raises ValueError when ``identifiers`` is empty. Concurrent resolutions by other workers
+    are handled by locking the profiles involved and starting over when the graph changed
+    under us (LinkTaken); after ``max_attempts`` the LinkTaken propagates.
+    """
+    ordered = priority_order(identifiers)
+    if not ordered:
+        raise ValueError("an event needs at least one identifier to resolve")
+    unverified = set(unverified)
+    for attempt in range(max_attempts):
+        links = repo.links(ordered)
+        involved = sorted({canonical(repo, link.profile_id) for link in links.values()})
+        with repo.lock(involved):
+            # re-read under the lock: another worker may have changed the graph meanwhile
+            links = repo.links(ordered)
+            if sorted({canonical(repo, link.profile_id) for link in links.values()}) != involved:
+                continue
+            try:
+                return _resolve_locked(repo, ordered, links, message_id, at, unverified, limits)
+            except LinkTaken:
+                if attempt == max_attempts - 1:
+                    raise
+    raise LinkTaken("the graph kept changing under this event")
+
+
+def _resolve_locked(repo, ordered, links, message_id, at, unverified, limits) -> Resolution:
+    anchor_identifier = next((i for i in ordered if i in links), None)
+    if anchor_identifier is None:
+        profile_id = new_profile_id(message_id)
+        repo.create_profile(ProfileNode(profile_id, at))
+        result = Resolution(profile_id, created=True)
+    else:
+        result = Resolution(canonical(repo, links[anchor_identifier].profile_id))
+    counts = repo.count_by_type(result.profile_id)
+
+    for identifier in ordered:
+        link = links.get(identifier)
+        if link is None:
+            limit = limits.get(identifier.type, 1)
+            if counts.get(identifier.type, 0) >= limit:
+                result.conflicts.append(Conflict(identifier, result.profile_id, None,
+                                                 f"profile already has {limit} "
+                                                 f"{identifier.type} (limit)"))
+                continue
+            repo.add_link(Link(identifier, result.profile_id, identifier not in unverified,
+                               message_id, at))
+            counts[identifier.type] = counts.get(identifier.type, 0) + 1
+            result.linked.append(identifier)
+            continue
+        owner = canonical(repo, link.profile_id)
+        if owner == result.profile_id:
+            continue
+        if identifier in unverified or not link.verified:
+            result.conflicts.append(Conflict(identifier, result.profile_id, owner,
+                                             "unverified link never merges profiles"))
+            continue
+        other_counts = repo.count_by_type(owner)
+        over = [t for t in set(counts) | set(other_counts)
+                if counts.get(t, 0) + other_counts.get(t, 0) > limits.get(t, 1)]
+        if over:
+            result.conflicts.append(Conflict(identifier, result.profile_id, owner,
+                                             f"merge would exceed the {', '.join(sorted(over))} "
+                                             "limit"))
+            continue
+        survivor, merged = _survivor(repo, result.profile_id, owner)
+        merge = Merge(merge_id(message_id, merged), survivor, merged, identifier, message_id, at)
+        repo.merge(merge)
+        result.merges.append(merge)
+        result.profile_id = survivor
+        counts = {t: counts.get(t, 0) + other_counts.get(t, 0)
+                  for t in set(counts) | set(other_counts)}
+    return result
+
+
+def _survivor(repo: GraphRepository, a: str, b: str) -> tuple[str, str]:
+    node_a, node_b = repo.profile(a), repo.profile(b)
+    if (node_a.created_at, a) <= (node_b.created_at, b):
+        return a, b
+    return b, a
+
+
+def split(repo: GraphRepository, profile_id: str, identifiers: Iterable[Identifier], *,
+          reason: str, at: datetime, actor: str) -> Split:
+    """Move ``identifiers`` off a profile into a new one (undoing a wrong merge). Both
+    profiles keep their history; the log says who split what and why.
+
+    Raises NotOnProfile when an identifier is not on the profile or none would remain.
+    """
+    identifiers = tuple(priority_order(identifiers))
+    profile_id = canonical(repo, profile_id)
+    with repo.lock([profile_id]):
+        _require_on_profile(repo, profile_id, identifiers)
+        remaining = sum(repo.count_by_type(profile_id).values()) - len(identifiers)
+        if remaining < 1:
+            raise NotOnProfile("splitting off every identifier would leave the profile empty")
+        split_id = str(uuid.uuid4())
+        new_id = "p_" + uuid.uuid5(uuid.NAMESPACE_URL, f"muisti:split:{split_id}").hex
+        repo.create_profile(ProfileNode(new_id, at))
+        repo.move_links(identifiers, profile_id, new_id)
+        result = Split(split_id, "unmerge", profile_id, new_id, identifiers, reason, actor, at)
+        repo.record_split(result)
+        return result
+
+
+def release(repo: GraphRepository, identifier: Identifier, *, reason: str, at: datetime,
+            actor: str) -> Split:
+    """Unlink an identifier from whichever profile holds it (a recycled phone number).
+
+    Raises NotOnProfile when no profile holds it."""
+    link = repo.links([identifier]).get(identifier)
+    if link is None:
+        raise NotOnProfile(f"no profile holds this {identifier.type}")
+    profile_id = canonical(repo, link.profile_id)
+    with repo.lock([profile_id]):
+        _require_on_profile(repo, profile_id, (identifier,))
+        repo.remove_links([identifier], profile_id)
+        result = Split(str(uuid.uuid4()), "release", profile_id, None, (identifier,), reason,
+                       actor, at)
+        repo.record_split(result)
+        return result
+
+
+def _require_on_profile(repo, profile_id: str, identifiers) -> None:
+    links = repo.links(identifiers)
+    missing = [i.key for i in identifiers
+               if i not in links or canonical(repo, links[i].profile_id) != profile_id]
+    if missing:
+        raise NotOnProfile(f"not linked to profile {profile_id}: {', '.join(missing)}")

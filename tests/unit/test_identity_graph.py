@@ -1,0 +1,174 @@
+"""The identity graph's rules, driven through the in-memory repository."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.identity.graph import DEFAULT_LIMITS, PRIORITY, Identifier, priority_order, resolve
+from tests.support.identity_fakes import InMemoryGraph
+
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def ident(key: str) -> Identifier:
+    return Identifier.from_key(key)
+
+
+def apply(graph, keys, n=[0], unverified=()):  # noqa: B006 - a counter for unique ids
+    n[0] += 1
+    return resolve(graph, [ident(k) for k in keys], message_id=f"m{n[0]}",
+                   at=T0 + timedelta(seconds=n[0]), unverified=[ident(k) for k in unverified])
+
+
+def test_unknown_identifiers_create_one_new_profile_holding_all_of_them():
+    graph = InMemoryGraph()
+    result = apply(graph, ["email:a@example.com", "anonymous_id:c1"])
+    assert result.created
+    both = frozenset({ident("email:a@example.com"), ident("anonymous_id:c1")})
+    assert graph.partition() == {both}
+
+
+def test_cookie_then_login_then_phone_end_in_one_profile():
+    graph = InMemoryGraph()
+    first = apply(graph, ["anonymous_id:c1"])
+    apply(graph, ["anonymous_id:c1", "user_id:L1"])
+    last = apply(graph, ["user_id:L1", "phone:+358401234567"])
+    assert last.profile_id == first.profile_id
+    assert len(graph.partition()) == 1
+
+
+def test_event_linking_two_profiles_merges_them_into_the_older():
+    graph = InMemoryGraph()
+    older = apply(graph, ["email:a@example.com"])
+    newer = apply(graph, ["phone:+358401234567"])
+    result = apply(graph, ["email:a@example.com", "phone:+358401234567"])
+    assert result.profile_id == older.profile_id
+    assert [(m.survivor, m.merged) for m in result.merges] == [(older.profile_id, newer.profile_id)]
+    assert len(graph.partition()) == 1
+
+
+def test_second_user_id_never_merges_and_the_conflict_is_recorded():
+    graph = InMemoryGraph()
+    apply(graph, ["user_id:L1", "email:a@example.com"])
+    other = apply(graph, ["user_id:L2"])
+    result = apply(graph, ["user_id:L2", "email:a@example.com"])
+    assert result.profile_id == other.profile_id
+    assert not result.merges
+    assert [c.identifier for c in result.conflicts] == [ident("email:a@example.com")]
+    assert "user_id" in result.conflicts[0].reason
+    assert len(graph.partition()) == 2
+
+
+def test_sixth_email_is_not_linked_but_the_event_still_resolves():
+    graph = InMemoryGraph()
+    for i in range(5):
+        profile = apply(graph, ["user_id:L1", f"email:e{i}@example.com"]).profile_id
+    result = apply(graph, ["user_id:L1", "email:e5@example.com"])
+    assert result.profile_id == profile
+    assert result.conflicts and "limit" in result.conflicts[0].reason
+    assert ident("email:e5@example.com") not in graph.link_table
+
+
+def test_caller_id_number_finds_the_profile_but_never_merges_two():
+    graph = InMemoryGraph()
+    web = apply(graph, ["user_id:L1", "phone:+358401234567"])
+    assert apply(graph, ["phone:+358401234567"], unverified=["phone:+358401234567"]
+                 ).profile_id == web.profile_id
+    other = apply(graph, ["user_id:L2", "phone:+358409999999"], unverified=["phone:+358409999999"])
+    result = apply(graph, ["user_id:L1", "phone:+358409999999"])
+    assert not result.merges and result.conflicts
+    assert result.profile_id == web.profile_id != other.profile_id
+
+
+def test_replaying_an_event_changes_nothing():
+    graph = InMemoryGraph()
+    apply(graph, ["email:a@example.com"])
+    apply(graph, ["phone:+358401234567"])
+    keys = [ident("email:a@example.com"), ident("phone:+358401234567")]
+    first = resolve(graph, keys, message_id="same", at=T0)
+    before = graph.partition()
+    again = resolve(graph, keys, message_id="same", at=T0)
+    assert again.profile_id == first.profile_id and not again.merges
+    assert graph.partition() == before
+
+
+def test_priority_puts_user_id_first_and_cookies_last():
+    ordered = priority_order([ident("anonymous_id:x"), ident("email:a@b.fi"), ident("user_id:1")])
+    assert [i.type for i in ordered] == ["user_id", "email", "anonymous_id"]
+
+
+# --- property: the graph equals an independent oracle ----------------------------------------
+
+class Oracle:
+    """Connected components under the limits, by union-find in event order: for each event,
+    identifiers in priority order join the first one's component unless that would break a
+    limit. Written independently of services.identity.graph."""
+
+    def __init__(self, limits):
+        self.limits = limits
+        self.parent: dict[Identifier, Identifier] = {}
+
+    def find(self, x):
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def members(self, root):
+        return [x for x in self.parent if self.find(x) == root]
+
+    def counts(self, root):
+        counts: dict[str, int] = {}
+        for x in self.members(root):
+            counts[x.type] = counts.get(x.type, 0) + 1
+        return counts
+
+    def apply(self, identifiers):
+        ordered = priority_order(identifiers)
+        known = [i for i in ordered if i in self.parent]
+        anchor = known[0] if known else ordered[0]
+        self.parent.setdefault(anchor, anchor)
+        for identifier in ordered:
+            root = self.find(anchor)
+            if identifier not in self.parent:
+                if self.counts(root).get(identifier.type, 0) < self.limits[identifier.type]:
+                    self.parent[identifier] = root
+                continue
+            other = self.find(identifier)
+            if other == root:
+                continue
+            a, b = self.counts(root), self.counts(other)
+            if all(a.get(t, 0) + b.get(t, 0) <= self.limits[t] for t in set(a) | set(b)):
+                self.parent[other] = root
+
+    def partition(self):
+        groups: dict[Identifier, set[Identifier]] = {}
+        for x in self.parent:
+            groups.setdefault(self.find(x), set()).add(x)
+        return {frozenset(g) for g in groups.values()}
+
+
+SMALL_LIMITS = {**DEFAULT_LIMITS, "email": 2, "phone": 2, "anonymous_id": 3}
+identifiers = st.builds(
+    Identifier,
+    st.sampled_from(["user_id", "email", "phone", "anonymous_id"]),
+    st.sampled_from(["1", "2", "3", "4", "5"]),
+)
+events = st.lists(st.lists(identifiers, min_size=1, max_size=4), min_size=1, max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(events)
+def test_graph_matches_the_connected_components_oracle_under_limits(event_list):
+    graph, oracle = InMemoryGraph(), Oracle(SMALL_LIMITS)
+    for index, event in enumerate(event_list):
+        resolve(graph, event, message_id=f"m{index}", at=T0 + timedelta(seconds=index),
+                limits=SMALL_LIMITS)
+        oracle.apply(event)
+    assert graph.partition() == oracle.partition()
+    for group in graph.partition():
+        for type_ in PRIORITY:
+            assert sum(1 for i in group if i.type == type_) <= SMALL_LIMITS[type_]
