@@ -197,6 +197,10 @@ class ConsumerLoop:
         return self._stopping.is_set()
 
     def run(self) -> None:
+        # fetch the topics' metadata first: subscribing without it lets the group assign this
+        # worker no partitions until the next metadata refresh, minutes later
+        for topic in self.topics:
+            self._consumer.partitions_for_topic(topic)
         self._consumer.subscribe(self.topics)
         log.info("consuming", extra={"topics": self.topics, "group": self.group})
         try:

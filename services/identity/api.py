@@ -222,7 +222,7 @@ def _graph_blueprint() -> Blueprint:
     @require_roles("supervisor", "dpo")
     def explain(profile_id):
         """Every merge, split and release that touched a profile: why it looks as it does."""
-        entries = MongoGraph(runtime().db).log_entries(profile_id=profile_id)
+        entries = MongoGraph(runtime().db).log_entries(profile_id)
         return {"profile_id": profile_id, "entries": [_entry_view(e) for e in entries]}
 
     @blueprint.route("/unmerge", methods=["POST"])

@@ -214,6 +214,9 @@ def resolve(
     for attempt in range(max_attempts):
         links = repo.links(ordered)
         involved = sorted({canonical(repo, link.profile_id) for link in links.values()})
+        if len(links) == len(ordered) and len(involved) == 1:
+            # the common case, a known customer again: nothing to link or merge, no lock
+            return Resolution(involved[0])
         with repo.lock(involved):
             # re-read under the lock: another worker may have changed the graph meanwhile
             links = repo.links(ordered)

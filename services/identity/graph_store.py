@@ -2,8 +2,14 @@
 
 Collections: ``identity_links`` (one document per identifier, ``_id`` = "type:value", so the
 store itself guarantees an identifier belongs to one profile), ``identity_profiles`` (creation
-time, ``merged_into``, a lease lock), ``identity_log`` (merges, splits, releases: the outbox
-that the worker re-emits on ``cdp.identity.merges``) and ``identity_conflicts``.
+time, ``merged_into``, the profile's identifiers by type, a lease lock), ``identity_log``
+(merges, splits, releases), ``identity_outbox`` (which log entries each event caused, re-emitted
+on ``cdp.identity.merges`` whenever the event is handled) and ``identity_conflicts``.
+
+Hot paths read and write by ``_id`` only: FerretDB 1.x pushes little else down to its backend,
+so a filter on any other field scans the collection. The profile document therefore carries
+its identifiers (kept with the idempotent ``$addToSet``/``$pull``) instead of the graph asking
+the links collection "which links has this profile".
 """
 
 from __future__ import annotations
@@ -33,11 +39,10 @@ from services.identity.graph import (
 LINKS = "identity_links"
 PROFILES = "identity_profiles"
 LOG = "identity_log"
+OUTBOX = "identity_outbox"
 CONFLICTS = "identity_conflicts"
 
 INDEXES = [
-    Index(LINKS, [("profile_id", 1)]),
-    Index(LOG, [("cause_message_id", 1)]),
     Index(LOG, [("profiles", 1)]),
     Index(CONFLICTS, [("profile_id", 1)]),
 ]
@@ -50,39 +55,46 @@ class MongoGraph(GraphRepository):
         self.links_ = db[LINKS]
         self.profiles = db[PROFILES]
         self.log = db[LOG]
+        self.outbox = db[OUTBOX]
         self.conflicts = db[CONFLICTS]
         self.lock_wait_seconds = lock_wait_seconds
 
     # reads
 
     def links(self, identifiers: Iterable[Identifier]) -> dict[Identifier, Link]:
-        keys = [identifier.key for identifier in identifiers]
-        return {Identifier(doc["type"], doc["value"]): _link(doc)
-                for doc in self.links_.find({"_id": {"$in": keys}})}
+        found = {}
+        for identifier in identifiers:
+            doc = self.links_.find_one({"_id": identifier.key})
+            if doc is not None:
+                found[identifier] = _link(doc)
+        return found
 
     def links_of(self, profile_id: str) -> list[Link]:
-        return [_link(doc) for doc in self.links_.find({"profile_id": profile_id}).sort("_id", 1)]
+        doc = self.profiles.find_one({"_id": profile_id}) or {}
+        identifiers = [Identifier(type_, value)
+                       for type_, values in sorted((doc.get("identifiers") or {}).items())
+                       for value in sorted(values)]
+        return list(self.links(identifiers).values())
 
     def profile(self, profile_id: str) -> ProfileNode | None:
-        doc = self.profiles.find_one({"_id": profile_id}, {"created_at": 1, "merged_into": 1})
+        doc = self.profiles.find_one({"_id": profile_id})
         if doc is None:
             return None
         return ProfileNode(doc["_id"], doc["created_at"], doc.get("merged_into"))
 
     def count_by_type(self, profile_id: str) -> dict[str, int]:
-        rows = self.links_.aggregate([
-            {"$match": {"profile_id": profile_id}},
-            {"$group": {"_id": "$type", "n": {"$sum": 1}}},
-        ])
-        return {row["_id"]: row["n"] for row in rows}
+        doc = self.profiles.find_one({"_id": profile_id}) or {}
+        return {t: len(values) for t, values in (doc.get("identifiers") or {}).items() if values}
 
-    def log_entries(self, *, cause_message_id: str | None = None,
-                    profile_id: str | None = None) -> list[dict]:
-        if cause_message_id is not None:
-            query = {"cause_message_id": cause_message_id}
-        else:
-            query = {"profiles": profile_id}
-        return list(self.log.find(query).sort("at", 1))
+    def caused_by(self, message_id: str) -> list[dict]:
+        """The log entries an event caused, in order (the outbox of cdp.identity.merges)."""
+        doc = self.outbox.find_one({"_id": message_id})
+        entry_ids = (doc or {}).get("entries", [])
+        entries = (self.log.find_one({"_id": entry_id}) for entry_id in entry_ids)
+        return [entry for entry in entries if entry is not None]
+
+    def log_entries(self, profile_id: str) -> list[dict]:
+        return list(self.log.find({"profiles": profile_id}).sort("at", 1))
 
     def entry(self, entry_id: str) -> dict:
         return self.log.find_one({"_id": entry_id})
@@ -92,7 +104,8 @@ class MongoGraph(GraphRepository):
     def create_profile(self, node: ProfileNode) -> None:
         self.profiles.update_one(
             {"_id": node.profile_id},
-            {"$setOnInsert": {"created_at": node.created_at, "merged_into": None}},
+            {"$setOnInsert": {"created_at": node.created_at, "merged_into": None,
+                              "identifiers": {}}},
             upsert=True,
         )
 
@@ -109,6 +122,8 @@ class MongoGraph(GraphRepository):
             existing = self.links_.find_one({"_id": link.identifier.key})
             if existing is None or existing["profile_id"] != link.profile_id:
                 raise LinkTaken(link.identifier.key) from None
+        # after the link: a crash in between is repaired when the event is re-delivered
+        self._add_to_profile(link.profile_id, [link.identifier])
 
     def merge(self, merge: Merge) -> None:
         self.log.update_one({"_id": merge.merge_id}, {"$setOnInsert": {
@@ -117,20 +132,48 @@ class MongoGraph(GraphRepository):
             "identifier": {"type": merge.identifier.type, "value": merge.identifier.value},
             "cause_message_id": merge.cause_message_id, "at": merge.at,
         }}, upsert=True)
+        self.outbox.update_one({"_id": merge.cause_message_id},
+                               {"$addToSet": {"entries": merge.merge_id}}, upsert=True)
         self.profiles.update_one({"_id": merge.merged}, {"$set": {"merged_into": merge.survivor}})
-        self.links_.update_many({"profile_id": merge.merged},
-                                {"$set": {"profile_id": merge.survivor}})
+        moved = self._identifiers_of(merge.merged)
+        self._add_to_profile(merge.survivor, moved)
+        for identifier in moved:
+            self.links_.update_one({"_id": identifier.key, "profile_id": merge.merged},
+                                   {"$set": {"profile_id": merge.survivor}})
 
     def move_links(self, identifiers: Iterable[Identifier], from_profile: str,
                    to_profile: str) -> None:
-        self.links_.update_many(
-            {"_id": {"$in": [i.key for i in identifiers]}, "profile_id": from_profile},
-            {"$set": {"profile_id": to_profile}})
+        identifiers = list(identifiers)
+        self._add_to_profile(to_profile, identifiers)
+        for identifier in identifiers:
+            self.links_.update_one({"_id": identifier.key, "profile_id": from_profile},
+                                   {"$set": {"profile_id": to_profile}})
+        self._remove_from_profile(from_profile, identifiers)
 
     def remove_links(self, identifiers: Iterable[Identifier], profile_id: str) -> int:
-        result = self.links_.delete_many(
-            {"_id": {"$in": [i.key for i in identifiers]}, "profile_id": profile_id})
-        return result.deleted_count
+        identifiers = list(identifiers)
+        removed = sum(self.links_.delete_one({"_id": i.key, "profile_id": profile_id}).deleted_count
+                      for i in identifiers)
+        self._remove_from_profile(profile_id, identifiers)
+        return removed
+
+    def _identifiers_of(self, profile_id: str) -> list[Identifier]:
+        doc = self.profiles.find_one({"_id": profile_id}) or {}
+        return [Identifier(t, v) for t, values in (doc.get("identifiers") or {}).items()
+                for v in values]
+
+    def _add_to_profile(self, profile_id: str, identifiers: list[Identifier]) -> None:
+        by_type: dict[str, list[str]] = {}
+        for identifier in identifiers:
+            by_type.setdefault(identifier.type, []).append(identifier.value)
+        if by_type:
+            self.profiles.update_one({"_id": profile_id}, {"$addToSet": {
+                f"identifiers.{t}": {"$each": values} for t, values in by_type.items()}})
+
+    def _remove_from_profile(self, profile_id: str, identifiers: list[Identifier]) -> None:
+        for identifier in identifiers:
+            field = f"identifiers.{identifier.type}"
+            self.profiles.update_one({"_id": profile_id}, {"$pull": {field: identifier.value}})
 
     def record_split(self, split: Split) -> None:
         profiles = [split.profile_id] + ([split.new_profile_id] if split.new_profile_id else [])

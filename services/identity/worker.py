@@ -65,9 +65,8 @@ def make_handler(graph: MongoGraph):
         metrics.IDENTITY_MERGES.labels(SERVICE).inc(len(result.merges))
         resolved = dataclasses.replace(envelope, identifiers=identifiers).resolved_to(
             result.profile_id)
-        # re-emit every merge this event ever caused: the log is the outbox (see merges.py)
-        caused = graph.log_entries(cause_message_id=envelope.message_id) if (
-            len(identifiers) > 1) else []
+        # re-emit every merge this event ever caused: a crash may have kept it from Kafka
+        caused = graph.caused_by(envelope.message_id) if len(identifiers) > 1 else []
         return [Outgoing(topics.EVENTS_RESOLVED, result.profile_id, resolved),
                 *(log_message(entry) for entry in caused)]
 

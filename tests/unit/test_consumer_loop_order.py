@@ -29,6 +29,9 @@ class FakeConsumer:
     def subscribe(self, topics):
         pass
 
+    def partitions_for_topic(self, topic):
+        return {0}
+
     def poll(self, timeout_ms):
         if not self.batches:
             self.loop.stop()

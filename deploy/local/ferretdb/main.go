@@ -19,7 +19,9 @@ import (
 
 func main() {
 	listenAddr := flag.String("listen-addr", "127.0.0.1:27017", "TCP address to listen on")
+	handler := flag.String("handler", "sqlite", "storage backend: sqlite or postgresql")
 	sqliteURL := flag.String("sqlite-url", "file:data/", "SQLite directory URI, ending with a slash")
+	postgresURL := flag.String("postgresql-url", "", "PostgreSQL URL for the postgresql handler")
 	logLevel := flag.String("log-level", "warn", "debug, info, warn or error")
 	flag.Parse()
 
@@ -32,8 +34,9 @@ func main() {
 	server, err := ferretdb.New(&ferretdb.Config{
 		Listener:  ferretdb.ListenerConfig{TCP: *listenAddr},
 		Logger:    logger,
-		Handler:   "sqlite",
-		SQLiteURL: *sqliteURL,
+		Handler:       *handler,
+		SQLiteURL:     *sqliteURL,
+		PostgreSQLURL: *postgresURL,
 	})
 	if err != nil {
 		log.Fatal(err)
@@ -42,7 +45,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	logger.Warn("FerretDB listening", "addr", *listenAddr, "sqlite", *sqliteURL)
+	logger.Warn("FerretDB listening", "addr", *listenAddr, "handler", *handler)
 	if err := server.Run(ctx); err != nil {
 		log.Fatal(err)
 	}

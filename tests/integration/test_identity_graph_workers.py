@@ -1,0 +1,208 @@
+"""The identity-graph worker against the real broker and store: resolution across channels,
+merges announced, repairs through the API, and several workers agreeing with one."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import requests
+
+from services.common import topics
+from services.common.bus import Outgoing, Producer
+from services.common.envelope import new_envelope
+from services.identity.channels import partition_key
+from services.identity.graph import Identifier
+from services.identity.graph_store import LINKS
+from tests.support.kafka import read_all
+from tests.support.processes import ServiceApi, ServiceWorker, wait_until
+
+
+@pytest.fixture(scope="module")
+def identity_api(test_env):
+    api = ServiceApi("identity", test_env).start()
+    yield api
+    api.stop()
+
+
+@pytest.fixture(scope="module")
+def identity_worker(test_env):
+    worker = ServiceWorker("services.identity", test_env, name="identity-worker").start()
+    yield worker
+    worker.stop()
+
+
+def agent(api_keys):
+    return {"Authorization": f"Bearer {api_keys['agent']}"}
+
+
+def resolved_for(settings, message_id: str) -> dict:
+    def find():
+        return next((m for m in read_all(settings, topics.EVENTS_RESOLVED, idle_ms=300)
+                     if m["message_id"] == message_id), None)
+
+    return wait_until(find, 60, interval=0.5, what=f"resolved event {message_id}")
+
+
+def test_web_registration_and_a_call_from_the_local_number_resolve_to_one_profile(
+        identity_api, identity_worker, api_keys, settings, unique):
+    collector = (api_keys["collector"], "")
+    identify = {"userId": f"L-{unique}", "messageId": f"reg-{unique}",
+                "traits": {"email": f"maija.{unique}@example.com", "phone": "+358 50 111 2233"}}
+    assert requests.post(f"{identity_api.url}/v1/identify", json=identify, auth=collector,
+                         timeout=10).status_code == 200
+    web = resolved_for(settings, f"reg-{unique}")
+    call = {"call_id": unique, "event": "offered", "caller_number": "050 111 2233",
+            "message_id": f"call-{unique}"}
+    assert requests.post(f"{identity_api.url}/v1/calls", json=call, auth=collector,
+                         timeout=10).status_code == 200
+    phone = resolved_for(settings, f"call-{unique}")
+    assert phone["profile_id"] == web["profile_id"]
+
+    lookup = requests.get(f"{identity_api.url}/v1/identity/resolve", headers=agent(api_keys),
+                          params={"type": "phone", "value": "0501112233"}, timeout=10).json()
+    assert lookup.get("profile_id") == web["profile_id"], lookup
+    assert {(i["type"], i["value"]) for i in lookup["identifiers"]} >= {
+        ("user_id", f"L-{unique}"), ("email", f"maija.{unique}@example.com"),
+        ("phone", "+358501112233")}
+
+
+def test_alias_merges_the_cookie_profile_and_announces_the_merge(
+        identity_api, identity_worker, api_keys, settings, unique):
+    collector = (api_keys["collector"], "")
+    steps = [
+        ("track", {"anonymousId": f"c-{unique}", "event": "Product Viewed",
+                   "messageId": f"view-{unique}"}),
+        ("identify", {"userId": f"L-{unique}", "messageId": f"login-{unique}"}),
+        ("alias", {"userId": f"L-{unique}", "previousId": f"c-{unique}",
+                   "messageId": f"alias-{unique}"}),
+    ]
+    profiles = {}
+    for call, body in steps:
+        assert requests.post(f"{identity_api.url}/v1/{call}", json=body, auth=collector,
+                             timeout=10).status_code == 200
+        profiles[call] = resolved_for(settings, body["messageId"])["profile_id"]
+    assert profiles["track"] != profiles["identify"]
+    assert profiles["alias"] in (profiles["track"], profiles["identify"])
+
+    def merge_message():
+        return next((m for m in read_all(settings, topics.IDENTITY_MERGES, idle_ms=300)
+                     if m["payload"].get("cause_message_id") == f"alias-{unique}"), None)
+
+    merge = wait_until(merge_message, 30, what="merge on cdp.identity.merges")
+    assert {merge["payload"]["survivor"], merge["payload"]["merged"]} == {
+        profiles["track"], profiles["identify"]}
+    log = requests.get(f"{identity_api.url}/v1/identity/profiles/{profiles['alias']}/log",
+                       headers={"Authorization": f"Bearer {api_keys['supervisor']}"},
+                       timeout=10).json()
+    assert [entry["kind"] for entry in log["entries"]] == ["merge"]
+
+
+def test_unmerge_splits_identifiers_into_a_new_profile(
+        identity_api, identity_worker, api_keys, settings, unique):
+    collector = (api_keys["collector"], "")
+    body = {"userId": f"L-{unique}", "messageId": f"reg-{unique}",
+            "traits": {"email": f"shared.{unique}@example.com", "phone": "040 999 8877"}}
+    requests.post(f"{identity_api.url}/v1/identify", json=body, auth=collector, timeout=10)
+    profile = resolved_for(settings, f"reg-{unique}")["profile_id"]
+    admin = {"Authorization": f"Bearer {api_keys['admin']}"}
+    response = requests.post(f"{identity_api.url}/v1/identity/unmerge", headers=admin, timeout=10,
+                             json={"profile_id": profile, "reason": "household line",
+                                   "identifiers": [{"type": "phone", "value": "0409998877"}]})
+    assert response.status_code == 200, response.text
+    new_profile = response.json()["new_profile_id"]
+    lookup = requests.get(f"{identity_api.url}/v1/identity/resolve", headers=agent(api_keys),
+                          params={"type": "phone", "value": "+358409998877"}, timeout=10).json()
+    assert lookup["profile_id"] == new_profile != profile
+    again = requests.post(f"{identity_api.url}/v1/identity/unmerge", headers=admin, timeout=10,
+                          json={"profile_id": profile, "reason": "again",
+                                "identifiers": [{"type": "phone", "value": "0409998877"}]})
+    assert again.status_code == 409
+
+
+def test_released_number_no_longer_finds_the_old_profile(
+        identity_api, identity_worker, api_keys, settings, unique):
+    collector = (api_keys["collector"], "")
+    body = {"userId": f"L-{unique}", "messageId": f"reg-{unique}",
+            "traits": {"phone": "040 555 0101"}}
+    requests.post(f"{identity_api.url}/v1/identify", json=body, auth=collector, timeout=10)
+    resolved_for(settings, f"reg-{unique}")
+    supervisor = {"Authorization": f"Bearer {api_keys['supervisor']}"}
+    released = requests.post(f"{identity_api.url}/v1/identity/release", headers=supervisor,
+                             json={"type": "phone", "value": "0405550101",
+                                   "reason": "number recycled"}, timeout=10)
+    assert released.status_code == 200
+    lookup = requests.get(f"{identity_api.url}/v1/identity/resolve", headers=agent(api_keys),
+                          params={"type": "phone", "value": "0405550101"}, timeout=10)
+    assert lookup.status_code == 404
+
+
+def test_two_workers_on_a_partitioned_topic_build_the_same_graph_as_one_sequential_worker(
+        test_env, settings, db, unique):
+    rng = random.Random(unique)
+    people = []
+    for n in range(100):
+        ids = [Identifier("user_id", f"{unique}-u{n}"),
+               Identifier("email", f"p{n}.{unique}@example.com"),
+               Identifier("phone", f"+35840{unique_digits(unique)}{n:03d}"),
+               *[Identifier("anonymous_id", f"{unique}-c{n}-{k}") for k in range(3)]]
+        people.append(ids)
+    events = []
+    for ids in people:
+        for _ in range(8):
+            # an envelope carries one identifier of each type
+            by_type = {i.type: i for i in rng.sample(ids, rng.randint(1, 3))}
+            events.append(list(by_type.values()))
+    rng.shuffle(events)
+
+    expected = union_find_partition(events)
+    workers = [ServiceWorker("services.identity", test_env, name=f"identity-worker-{i}").start()
+               for i in range(2)]
+    try:
+        producer = Producer(settings, "tests")
+        messages = []
+        for event in events:
+            identifiers = {i.type: i.value for i in event}
+            envelope = new_envelope("Page Viewed", "web", identifiers=identifiers)
+            messages.append(Outgoing(topics.EVENTS_WEB, partition_key(identifiers), envelope))
+        producer.send(messages)
+        producer.close()
+
+        def graph_partition():
+            groups: dict[str, set] = {}
+            keys = [identifier.key for group in expected for identifier in group]
+            for doc in db[LINKS].find({"_id": {"$in": keys}}):
+                groups.setdefault(doc["profile_id"], set()).add(
+                    Identifier(doc["type"], doc["value"]))
+            return {frozenset(g) for g in groups.values()}
+
+        wait_until(lambda: graph_partition() == expected, 180, interval=1,
+                   what="the graph to equal the sequential oracle")
+        assert all(worker.alive() for worker in workers)
+    finally:
+        for worker in workers:
+            worker.stop()
+
+
+def unique_digits(unique: str) -> str:
+    return str(int(unique[:6], 16) % 10000).zfill(4)
+
+
+def union_find_partition(events) -> set[frozenset]:
+    parent: dict = {}
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for event in events:
+        for identifier in event:
+            parent.setdefault(identifier, identifier)
+        for identifier in event[1:]:
+            parent[find(identifier)] = find(event[0])
+    groups: dict = {}
+    for x in parent:
+        groups.setdefault(find(x), set()).add(x)
+    return {frozenset(g) for g in groups.values()}
