@@ -44,6 +44,7 @@ DEFAULT_PORTS = {
     # name: (kafka, kafka controller, mongo)
     "dev": (9092, 9093, 27017),
     "test": (19092, 19093, 27018),
+    "bench": (39092, 39093, 27038),
 }
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import requests
 
+from deploy.local import demo
 from deploy.local.infra import REPO, InfraError, Instance
 
 SERVICES = {"identity": 8101, "profile": 8102, "consent": 8103, "social": 8104, "export": 8105}
@@ -62,6 +63,8 @@ class Platform:
             self._spawn(f"{service}-worker", [service, "worker"],
                         {**env, "CDP_WORKER_METRICS_PORT": str(WORKER_METRICS_PORTS[service])})
         self._wait_healthy()
+        demo.main(["--key", self.keys()["collector"],
+                   "--url", f"http://127.0.0.1:{SERVICES['identity']}"])
         self._print_summary()
 
     def stop(self) -> None:
@@ -115,7 +118,7 @@ class Platform:
             _say(f"    {role:10} {key}")
         _say(f"\n  Logs: {self.dir}/*.log and {self.instance.run_dir}/*.log")
         _say("  Try:  curl -H 'Authorization: Bearer " + keys["agent"]
-             + "' http://127.0.0.1:8101/v1/auth/whoami")
+             + "' 'http://127.0.0.1:8101/v1/identity/resolve?type=user_id&value=LOY100001'")
         _say("  Stop: make stop\n")
 
 
