@@ -210,6 +210,7 @@ class ConsumerLoop:
                 if batch:
                     self._process(batch)
                 self._report_lag()
+                self._retry_until_done(self.ledger.expire_if_due)
         finally:
             self._consumer.close(autocommit=False)
             log.info("consumer closed", extra={"group": self.group})

@@ -7,9 +7,10 @@ Code here runs on both FerretDB 1.x (SQLite) and MongoDB. Where MongoDB does mor
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pymongo
 import pymongo.errors
@@ -82,18 +83,39 @@ def _ttl_honoured(db: Database, collection: str, name: str) -> bool:
 class ProcessedLedger:
     """Which message_ids a consumer group has applied, so re-deliveries are skipped.
 
-    One document per (group, message_id). ``seen`` is one indexed query per batch.
+    One document per (group, message_id), kept ``RETENTION`` (far longer than any re-delivery
+    window). ``seen`` is one query per batch. Call ``prepare`` once at start.
     """
 
     COLLECTION = "processed_messages"
+    RETENTION = timedelta(days=14)
+    PURGE_EVERY_SECONDS = 3600.0
 
     def __init__(self, db: Database, group: str):
         self._collection = db[self.COLLECTION]
         self._group = group
+        self._expire_by_hand = False
+        self._next_purge = 0.0
 
     @classmethod
     def indexes(cls) -> list[Index]:
-        return [Index(cls.COLLECTION, [("processed_at", 1)], ttl_seconds=14 * 24 * 3600)]
+        ttl = int(cls.RETENTION.total_seconds())
+        return [Index(cls.COLLECTION, [("processed_at", 1)], ttl_seconds=ttl,
+                      name="processed_at_ttl")]
+
+    def prepare(self) -> None:
+        """Create the ledger's index; where the store ignores TTL, expire entries by hand."""
+        support = ensure_indexes(self._collection.database, self.indexes())
+        self._expire_by_hand = not all(support.values())
+
+    def expire_if_due(self) -> int:
+        """Delete entries past retention, at most hourly, when the store has no TTL index.
+        Returns how many were deleted."""
+        if not self._expire_by_hand or time.monotonic() < self._next_purge:
+            return 0
+        self._next_purge = time.monotonic() + self.PURGE_EVERY_SECONDS
+        cutoff = datetime.now(UTC) - self.RETENTION
+        return self._collection.delete_many({"processed_at": {"$lt": cutoff}}).deleted_count
 
     def _id(self, message_id: str) -> str:
         return f"{self._group}:{message_id}"

@@ -30,10 +30,11 @@ log = logging.getLogger(__name__)
 
 
 def build_consumers(settings: Settings, producer: Producer, db: Database) -> list[ConsumerLoop]:
-    ensure_indexes(db, [*INDEXES, *ProcessedLedger.indexes()])
+    ensure_indexes(db, INDEXES)
+    ledger = ProcessedLedger(db, GROUP)
+    ledger.prepare()
     return [ConsumerLoop(settings=settings, service=SERVICE, group=GROUP, topics=INPUT_TOPICS,
-                         handler=make_handler(MongoGraph(db)), producer=producer,
-                         ledger=ProcessedLedger(db, GROUP))]
+                         handler=make_handler(MongoGraph(db)), producer=producer, ledger=ledger)]
 
 
 def event_identifiers(envelope: Envelope) -> tuple[dict[str, str], set[Identifier]]:

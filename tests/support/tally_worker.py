@@ -17,7 +17,7 @@ import pymongo.errors
 from services.common.bus import ConsumerLoop, InvalidMessage
 from services.common.config import Settings
 from services.common.runner import run_worker
-from services.common.store import ProcessedLedger, ensure_indexes
+from services.common.store import ProcessedLedger
 
 TALLY = "tally"
 
@@ -52,10 +52,11 @@ def main() -> int:
     settings = Settings.from_env()
 
     def build(settings, producer, db):
-        ensure_indexes(db, ProcessedLedger.indexes())
+        ledger = ProcessedLedger(db, group)
+        ledger.prepare()
         return [ConsumerLoop(settings=settings, service="tally", group=group, topics=[topic],
                              handler=make_handler(db, delay_s), producer=producer,
-                             ledger=ProcessedLedger(db, group))]
+                             ledger=ledger)]
 
     from services.common import logs
 

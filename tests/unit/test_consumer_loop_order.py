@@ -64,6 +64,9 @@ class FakeLedger:
     def seen(self, ids):
         return self.already & set(ids)
 
+    def expire_if_due(self):
+        return 0
+
     def mark(self, ids):
         self.journal.append(("mark", list(ids)))
         self.already.update(ids)
