@@ -26,6 +26,7 @@ from services.identity.channels import (
 )
 from services.identity.graph_store import MongoGraph
 from services.identity.merges import log_message
+from services.identity.suggestions import SuggestionStore
 
 SERVICE = "identity"
 MAX_MESSAGE_BYTES = 32 * 1024
@@ -172,6 +173,13 @@ class SplitSchema(Schema):
     reason = fields.String(required=True, validate=validate.Length(min=1, max=500))
 
 
+class SuggestionQuerySchema(Schema):
+    status = fields.String(load_default="open",
+                           validate=validate.OneOf(("open", "accepted", "rejected")))
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
+    offset = fields.Integer(load_default=0, validate=validate.Range(min=0, max=1_000_000))
+
+
 class ReleaseSchema(Schema):
     type = fields.String(required=True, validate=validate.OneOf(IDENTIFIER_TYPES))
     value = fields.String(required=True, validate=validate.Length(min=1, max=512))
@@ -261,7 +269,67 @@ def _graph_blueprint() -> Blueprint:
         return {"profile_id": split.profile_id, "released": {"type": identifier.type,
                                                              "value": identifier.value}}
 
+    @blueprint.route("/suggestions/run", methods=["POST"])
+    @blueprint.response(200)
+    @require_roles("supervisor")
+    def run_suggestions():
+        """Score live profiles for probable duplicates and store new suggestions."""
+        return SuggestionStore(runtime().db).run(datetime.now(UTC))
+
+    @blueprint.route("/suggestions")
+    @blueprint.arguments(SuggestionQuerySchema, location="query")
+    @blueprint.response(200)
+    @require_roles("supervisor")
+    def list_suggestions(query):
+        """Suggested merges, best first, each with how much every field contributed."""
+        docs = SuggestionStore(runtime().db).page(query["status"], query["limit"],
+                                                  query["offset"])
+        return {"suggestions": [_suggestion_view(doc) for doc in docs],
+                "limit": query["limit"], "offset": query["offset"]}
+
+    @blueprint.route("/suggestions/<string:suggestion_id>/accept", methods=["POST"])
+    @blueprint.response(200)
+    @require_roles("supervisor")
+    def accept_suggestion(suggestion_id):
+        """Merge the two profiles (merge protection still applies) and close the suggestion."""
+        suggestions, graph = SuggestionStore(runtime().db), MongoGraph(runtime().db)
+        doc = suggestions.get(suggestion_id)
+        if doc is None:
+            raise Problem(404, f"no suggestion {suggestion_id}")
+        if doc["status"] != "open":
+            raise Problem(409, f"the suggestion is already {doc['status']}")
+        try:
+            merge = graph_rules.merge_profiles(graph, doc["a"], doc["b"],
+                                               decision_id=suggestion_id, at=datetime.now(UTC))
+        except graph_rules.MergeRefused as exc:
+            raise Problem(409, str(exc)) from None
+        if merge is not None:
+            runtime().producer.send([log_message(graph.entry(merge.merge_id))])
+        suggestions.decide(suggestion_id, "accepted", current_principal().key_id,
+                           datetime.now(UTC))
+        return {"id": suggestion_id, "status": "accepted",
+                "profile_id": merge.survivor if merge else graph_rules.canonical(graph, doc["a"])}
+
+    @blueprint.route("/suggestions/<string:suggestion_id>/reject", methods=["POST"])
+    @blueprint.response(200)
+    @require_roles("supervisor")
+    def reject_suggestion(suggestion_id):
+        """Close the suggestion: the pair is not offered again."""
+        suggestions = SuggestionStore(runtime().db)
+        if suggestions.get(suggestion_id) is None:
+            raise Problem(404, f"no suggestion {suggestion_id}")
+        if not suggestions.decide(suggestion_id, "rejected", current_principal().key_id,
+                                  datetime.now(UTC)):
+            raise Problem(409, "the suggestion is not open")
+        return {"id": suggestion_id, "status": "rejected"}
+
     return blueprint
+
+
+def _suggestion_view(doc: dict) -> dict:
+    return {"id": doc["_id"], "profiles": [doc["a"], doc["b"]], "score": doc["score"],
+            "decision": doc["decision"], "status": doc["status"],
+            "contributions": doc["contributions"]}
 
 
 def _entry_view(entry: dict) -> dict:

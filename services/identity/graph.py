@@ -69,12 +69,14 @@ class ProfileNode:
 
 @dataclass(frozen=True)
 class Merge:
-    """Profile ``merged`` became part of ``survivor`` because of ``identifier``."""
+    """Profile ``merged`` became part of ``survivor`` because of ``identifier`` (an event
+    linked them) or of a person's decision (``identifier`` None, ``cause_message_id`` the
+    decision's id)."""
 
     merge_id: str
     survivor: str
     merged: str
-    identifier: Identifier
+    identifier: Identifier | None
     cause_message_id: str
     at: datetime
 
@@ -116,6 +118,10 @@ class Split:
 
 class NotOnProfile(Exception):
     """The identifiers named are not (all) linked to the profile named."""
+
+
+class MergeRefused(Exception):
+    """Merging would break merge protection (a limit); the message names it."""
 
 
 class LinkTaken(Exception):
@@ -333,3 +339,27 @@ def _require_on_profile(repo, profile_id: str, identifiers) -> None:
                if i not in links or canonical(repo, links[i].profile_id) != profile_id]
     if missing:
         raise NotOnProfile(f"not linked to profile {profile_id}: {', '.join(missing)}")
+
+
+def merge_profiles(repo: GraphRepository, a: str, b: str, *, decision_id: str, at: datetime,
+                   limits: Mapping[str, int] = DEFAULT_LIMITS) -> Merge | None:
+    """Merge two profiles on a person's decision (an accepted match suggestion).
+
+    Returns None when they are already one profile. Raises MergeRefused when the merged
+    profile would exceed a limit, and NotOnProfile when a profile does not exist.
+    """
+    if repo.profile(a) is None or repo.profile(b) is None:
+        raise NotOnProfile("both profiles must exist")
+    a, b = canonical(repo, a), canonical(repo, b)
+    if a == b:
+        return None
+    with repo.lock([a, b]):
+        counts_a, counts_b = repo.count_by_type(a), repo.count_by_type(b)
+        over = sorted(t for t in set(counts_a) | set(counts_b)
+                      if counts_a.get(t, 0) + counts_b.get(t, 0) > limits.get(t, 1))
+        if over:
+            raise MergeRefused(f"merging would exceed the {', '.join(over)} limit")
+        survivor, merged = _survivor(repo, a, b)
+        merge = Merge(merge_id(decision_id, merged), survivor, merged, None, decision_id, at)
+        repo.merge(merge)
+        return merge

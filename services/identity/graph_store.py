@@ -129,7 +129,8 @@ class MongoGraph(GraphRepository):
         self.log.update_one({"_id": merge.merge_id}, {"$setOnInsert": {
             "kind": "merge", "survivor": merge.survivor, "merged": merge.merged,
             "profiles": [merge.survivor, merge.merged],
-            "identifier": {"type": merge.identifier.type, "value": merge.identifier.value},
+            "identifier": {"type": merge.identifier.type, "value": merge.identifier.value}
+            if merge.identifier else None,
             "cause_message_id": merge.cause_message_id, "at": merge.at,
         }}, upsert=True)
         self.outbox.update_one({"_id": merge.cause_message_id},

@@ -25,7 +25,7 @@ def log_message(entry: dict) -> Outgoing:
     if kind == "merge":
         key = entry["survivor"]
         payload = {"kind": kind, "survivor": entry["survivor"], "merged": entry["merged"],
-                   "identifier": entry["identifier"],
+                   "identifier": entry.get("identifier"),
                    "cause_message_id": entry["cause_message_id"]}
     else:
         key = entry["profile_id"]

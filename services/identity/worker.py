@@ -21,6 +21,7 @@ from services.common.store import ProcessedLedger, ensure_indexes
 from services.identity.graph import Identifier, resolve
 from services.identity.graph_store import INDEXES, MongoGraph
 from services.identity.merges import log_message
+from services.identity.suggestions import SuggestionStore, person_record
 
 SERVICE = "identity"
 GROUP = "identity-graph"
@@ -34,7 +35,8 @@ def build_consumers(settings: Settings, producer: Producer, db: Database) -> lis
     ledger = ProcessedLedger(db, GROUP)
     ledger.prepare()
     return [ConsumerLoop(settings=settings, service=SERVICE, group=GROUP, topics=INPUT_TOPICS,
-                         handler=make_handler(MongoGraph(db)), producer=producer, ledger=ledger)]
+                         handler=make_handler(MongoGraph(db), SuggestionStore(db)),
+                         producer=producer, ledger=ledger)]
 
 
 def event_identifiers(envelope: Envelope) -> tuple[dict[str, str], set[Identifier]]:
@@ -51,7 +53,7 @@ def event_identifiers(envelope: Envelope) -> tuple[dict[str, str], set[Identifie
     return normalised, unverified
 
 
-def make_handler(graph: MongoGraph):
+def make_handler(graph: MongoGraph, people: SuggestionStore):
     def handle(envelope: Envelope) -> list[Outgoing]:
         identifiers, unverified = event_identifiers(envelope)
         if not identifiers:
@@ -64,6 +66,10 @@ def make_handler(graph: MongoGraph):
             for conflict in result.conflicts:
                 metrics.IDENTITY_CONFLICTS.labels(SERVICE, conflict.identifier.type).inc()
         metrics.IDENTITY_MERGES.labels(SERVICE).inc(len(result.merges))
+        traits = envelope.payload.get("traits")
+        if isinstance(traits, dict):
+            people.remember(result.profile_id, person_record(traits, identifiers),
+                            envelope.occurred_at)
         resolved = dataclasses.replace(envelope, identifiers=identifiers).resolved_to(
             result.profile_id)
         # re-emit every merge this event ever caused: a crash may have kept it from Kafka

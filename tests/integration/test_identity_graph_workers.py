@@ -206,3 +206,42 @@ def union_find_partition(events) -> set[frozenset]:
     for x in parent:
         groups.setdefault(find(x), set()).add(x)
     return {frozenset(g) for g in groups.values()}
+
+
+def test_probable_duplicate_is_suggested_with_its_evidence_and_merged_when_accepted(
+        identity_api, identity_worker, api_keys, settings, unique):
+    collector = (api_keys["collector"], "")
+    supervisor = {"Authorization": f"Bearer {api_keys['supervisor']}"}
+    address = {"street": "Mannerheimintie 12 B 4", "postalCode": "00100", "city": "Helsinki"}
+    registration = {"userId": f"L-{unique}", "messageId": f"loyalty-{unique}", "traits": {
+        "firstName": "Johanna", "lastName": f"Virtanen{unique[:4]}", "birthday": "1985-03-12",
+        "email": f"johanna.{unique}@example.com", "address": address}}
+    phone_order = {"anonymousId": f"c-{unique}", "messageId": f"order-{unique}", "traits": {
+        "firstName": "Jonna", "lastName": f"Virtanen{unique[:4]}", "birthday": "1985-03-12",
+        "phone": "040 321 7788", "address": address}}
+    for body in (registration, phone_order):
+        assert requests.post(f"{identity_api.url}/v1/identify", json=body, auth=collector,
+                             timeout=10).status_code == 200
+    first = resolved_for(settings, f"loyalty-{unique}")["profile_id"]
+    second = resolved_for(settings, f"order-{unique}")["profile_id"]
+    assert first != second
+
+    run = requests.post(f"{identity_api.url}/v1/identity/suggestions/run", headers=supervisor,
+                        timeout=60)
+    assert run.status_code == 200 and run.json()["pairs"] >= 1
+    suggestions = requests.get(f"{identity_api.url}/v1/identity/suggestions", headers=supervisor,
+                               params={"limit": 500}, timeout=10).json()["suggestions"]
+    mine = next(s for s in suggestions if set(s["profiles"]) == {first, second})
+    evidence = {c["field"]: c["outcome"] for c in mine["contributions"]}
+    assert evidence["birth_date"] == "agree" and evidence["given_name"] in ("agree", "partial")
+
+    accepted = requests.post(f"{identity_api.url}/v1/identity/suggestions/{mine['id']}/accept",
+                             headers=supervisor, timeout=10)
+    assert accepted.status_code == 200, accepted.text
+    lookup = requests.get(f"{identity_api.url}/v1/identity/resolve", headers=agent(api_keys),
+                          params={"type": "phone", "value": "0403217788"}, timeout=10).json()
+    assert lookup["profile_id"] == accepted.json()["profile_id"]
+    assert ("user_id", f"L-{unique}") in {(i["type"], i["value"]) for i in lookup["identifiers"]}
+    again = requests.post(f"{identity_api.url}/v1/identity/suggestions/{mine['id']}/reject",
+                          headers=supervisor, timeout=10)
+    assert again.status_code == 409

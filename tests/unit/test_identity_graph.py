@@ -172,3 +172,27 @@ def test_graph_matches_the_connected_components_oracle_under_limits(event_list):
     for group in graph.partition():
         for type_ in PRIORITY:
             assert sum(1 for i in group if i.type == type_) <= SMALL_LIMITS[type_]
+
+
+def test_accepted_suggestion_merges_two_profiles_into_the_older():
+    from services.identity.graph import merge_profiles
+
+    graph = InMemoryGraph()
+    older = apply(graph, ["email:a@example.com"]).profile_id
+    newer = apply(graph, ["phone:+358401234567"]).profile_id
+    merge = merge_profiles(graph, newer, older, decision_id="s1", at=T0)
+    assert (merge.survivor, merge.merged, merge.identifier) == (older, newer, None)
+    assert len(graph.partition()) == 1
+    assert merge_profiles(graph, newer, older, decision_id="s1", at=T0) is None
+
+
+def test_accepted_suggestion_still_respects_merge_protection():
+    import pytest
+
+    from services.identity.graph import MergeRefused, merge_profiles
+
+    graph = InMemoryGraph()
+    a = apply(graph, ["user_id:L1"]).profile_id
+    b = apply(graph, ["user_id:L2"]).profile_id
+    with pytest.raises(MergeRefused, match="user_id"):
+        merge_profiles(graph, a, b, decision_id="s2", at=T0)
