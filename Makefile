@@ -29,9 +29,10 @@ status: install
 	$(PY) -m deploy.local.platform status
 
 # The whole suite against the real broker and store (started once, instance "test").
-# The infrastructure stays up between runs for speed; under CI it is stopped afterwards.
+# Each run starts from empty infrastructure (consumer groups then replay only this run's
+# events); under CI it is stopped afterwards.
 test: install
-	$(PY) -m deploy.local.infra start --name test
+	$(PY) -m deploy.local.infra start --name test --fresh
 	status=0; $(PY) -m pytest || status=$$?; \
 	if [ -n "$$CI" ]; then $(PY) -m deploy.local.infra stop --name test; fi; \
 	exit $$status

@@ -18,6 +18,7 @@ from services.common import store
 from services.common.config import Settings
 
 TESTS = Path(__file__).parent
+SESSION = uuid.uuid4().hex[:8]
 
 
 def pytest_collection_modifyitems(items):
@@ -41,7 +42,9 @@ def test_env(infra: Instance) -> dict[str, str]:
     return {
         **os.environ,
         **infra.env(),
-        "CDP_MONGO_DB": f"muisti_test_{uuid.uuid4().hex[:8]}",
+        "CDP_MONGO_DB": f"muisti_test_{SESSION}",
+        # sessions sharing the broker must not share consumer groups
+        "CDP_CONSUMER_GROUP_PREFIX": f"test-{SESSION}-",
         "CDP_BOOTSTRAP_API_KEYS": ",".join(f"{role}:{key}" for role, key in API_KEYS.items()),
         "CDP_LOG_FORMAT": "json",
         "CDP_CONSUMER_SESSION_TIMEOUT_MS": "6000",

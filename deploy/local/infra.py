@@ -178,6 +178,12 @@ class Instance:
         self.stop_kafka()
         self.stop_mongo()
 
+    def wipe(self) -> None:
+        """Stop and delete this instance's data: the next start begins empty."""
+        self.stop()
+        for data in ("kafka-data", "ferretdb-data"):
+            shutil.rmtree(self.run_dir / data, ignore_errors=True)
+
     def start_kafka(self) -> None:
         if self._alive("kafka"):
             return
@@ -417,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["provision", "start", "stop", "status", "env"])
     parser.add_argument("--name", default="dev", help="instance name (dev, test, ...)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="with start: delete the instance's data first")
     args = parser.parse_args(argv)
     instance = Instance.named(args.name)
     try:
@@ -427,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
             _log(f"provisioned in {time.monotonic() - started:.1f}s (cache {CACHE})")
         elif args.command == "start":
             started = time.monotonic()
+            if args.fresh:
+                instance.wipe()
             instance.start()
             _log(f"{args.name}: Kafka {instance.kafka_bootstrap}, store {instance.mongo_uri} "
                  f"ready in {time.monotonic() - started:.1f}s")

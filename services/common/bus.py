@@ -169,7 +169,7 @@ class ConsumerLoop:
     ):
         self.settings = settings
         self.service = service
-        self.group = group
+        self.group = settings.consumer_group_prefix + group
         self.topics = list(topics)
         self.handler = handler
         self.producer = producer
@@ -179,7 +179,7 @@ class ConsumerLoop:
         self.last_poll_at = 0.0
         self._consumer = consumer or KafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap.split(","),
-            group_id=group,
+            group_id=self.group,
             client_id=f"muisti-{service}",
             enable_auto_commit=False,
             auto_offset_reset="earliest",

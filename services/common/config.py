@@ -80,6 +80,9 @@ class Settings:
         10000, "Kafka group session timeout: how soon a dead worker's partitions move on",
         check=_positive,
     )
+    consumer_group_prefix: str = _setting(
+        "", "Prefix for every Kafka consumer group (separate deployments sharing one cluster)"
+    )
     handler_max_attempts: int = _setting(
         3, "Tries of a message whose handler fails unexpectedly before it is dead-lettered",
         check=_positive,

@@ -52,6 +52,7 @@ def read_all(settings: Settings, topic: str, idle_ms: int = 1500) -> list[dict]:
 
 def committed_total(settings: Settings, group: str, topic: str) -> int:
     """Sum of the group's committed offsets over the topic's partitions."""
+    group = settings.consumer_group_prefix + group
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap.split(","))
     try:
         offsets = admin.list_group_offsets(group).get(group, {})
