@@ -41,6 +41,8 @@ from services.common.store import ProcessedLedger
 log = logging.getLogger(__name__)
 
 TRANSIENT_ERRORS = (pymongo.errors.ConnectionFailure, KafkaError, TimeoutError, ConnectionError)
+COMMIT_PATIENCE_SECONDS = 60.0
+STALL_SECONDS = 60.0
 
 
 class InvalidMessage(Exception):
@@ -177,10 +179,16 @@ class ConsumerLoop:
         self._stopping = threading.Event()
         self._dead_letter_streak = 0
         self.last_poll_at = 0.0
-        self._consumer = consumer or KafkaConsumer(
+        self._rebuildable = consumer is None
+        self._progress_at = time.monotonic()
+        self._consumer = consumer or self._new_consumer()
+
+    def _new_consumer(self) -> KafkaConsumer:
+        settings = self.settings
+        return KafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap.split(","),
             group_id=self.group,
-            client_id=f"muisti-{service}",
+            client_id=f"muisti-{self.service}",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=settings.consumer_batch_size,
@@ -188,6 +196,23 @@ class ConsumerLoop:
             heartbeat_interval_ms=max(1000, settings.consumer_session_timeout_ms // 3),
             max_poll_interval_ms=600_000,
         )
+
+    def _subscribe(self) -> None:
+        # fetch the topics' metadata first: subscribing without it lets the group assign this
+        # worker no partitions until the next metadata refresh, minutes later
+        for topic in self.topics:
+            self._consumer.partitions_for_topic(topic)
+        self._consumer.subscribe(self.topics)
+
+    def _reconnect(self) -> None:
+        """Replace the Kafka consumer: after a broker restart kafka-python's group client can
+        stay wedged. Uncommitted batches are re-delivered to the new one and deduplicated."""
+        try:
+            self._consumer.close(autocommit=False)
+        except Exception:  # noqa: BLE001 - the old client is being thrown away
+            log.debug("closing the old consumer failed", exc_info=True)
+        self._consumer = self._new_consumer()
+        self._subscribe()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -197,11 +222,7 @@ class ConsumerLoop:
         return self._stopping.is_set()
 
     def run(self) -> None:
-        # fetch the topics' metadata first: subscribing without it lets the group assign this
-        # worker no partitions until the next metadata refresh, minutes later
-        for topic in self.topics:
-            self._consumer.partitions_for_topic(topic)
-        self._consumer.subscribe(self.topics)
+        self._subscribe()
         log.info("consuming", extra={"topics": self.topics, "group": self.group})
         try:
             while not self._stopping.is_set():
@@ -209,7 +230,9 @@ class ConsumerLoop:
                 self.last_poll_at = time.monotonic()
                 if batch:
                     self._process(batch)
+                    self._progress_at = time.monotonic()
                 self._report_lag()
+                self._reconnect_if_stalled()
                 self._retry_until_done(self.ledger.expire_if_due)
         finally:
             self._consumer.close(autocommit=False)
@@ -311,12 +334,26 @@ class ConsumerLoop:
         return Outgoing(topics.DEAD_LETTER, record.topic, letter)
 
     def _commit(self, offsets: dict) -> None:
-        try:
-            self._retry_until_done(lambda: self._consumer.commit(offsets))
-        except CommitFailedError:
-            # the group rebalanced under us: the new owner re-reads from the last commit and the
-            # ledger skips what this worker already applied
-            log.warning("offset commit lost to a rebalance; the batch will be re-delivered")
+        give_up_at = time.monotonic() + COMMIT_PATIENCE_SECONDS
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                self._consumer.commit(offsets, timeout_ms=15_000)
+                return
+            except CommitFailedError:
+                # the group rebalanced under us: the new owner re-reads from the last commit
+                # and the ledger skips what this worker already applied
+                log.warning("offset commit lost to a rebalance; the batch will be re-delivered")
+                return
+            except KafkaError as exc:
+                if self._rebuildable and time.monotonic() > give_up_at:
+                    log.warning("offset commits keep failing; reconnecting",
+                                extra={"error": repr(exc)})
+                    self._reconnect()
+                    return
+                log.warning("offset commit failed, retrying", extra={"error": repr(exc)})
+                time.sleep(_backoff(attempt))
 
     def _retry_until_done(self, action: Callable[[], object]):
         attempt = 0
@@ -331,6 +368,23 @@ class ConsumerLoop:
                     raise
                 log.warning("dependency unavailable, retrying", extra={"error": repr(exc)})
                 time.sleep(_backoff(attempt))
+
+    def _reconnect_if_stalled(self) -> None:
+        """A watchdog: records waiting on this worker's partitions but none received for
+        ``STALL_SECONDS`` means the client is wedged (seen after broker restarts)."""
+        if not self._rebuildable or time.monotonic() - self._progress_at < STALL_SECONDS:
+            return
+        self._progress_at = time.monotonic()
+        assigned = list(self._consumer.assignment())
+        try:
+            ends = self._consumer.end_offsets(assigned) if assigned else {}
+            waiting = any(self._consumer.position(tp, timeout_ms=1000) < end
+                          for tp, end in ends.items())
+        except KafkaError:
+            waiting = True
+        if waiting:
+            log.warning("no records received although some are waiting; reconnecting")
+            self._reconnect()
 
     def _report_lag(self) -> None:
         for partition in self._consumer.assignment():

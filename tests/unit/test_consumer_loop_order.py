@@ -38,7 +38,7 @@ class FakeConsumer:
             return {}
         return self.batches.pop(0)
 
-    def commit(self, offsets):
+    def commit(self, offsets, timeout_ms=None):
         self.journal.append(("commit", {tp.partition: meta.offset for tp, meta in offsets.items()}))
 
     def assignment(self):
