@@ -23,6 +23,7 @@ import requests
 from kafka import KafkaConsumer, KafkaProducer
 from pymongo import UpdateOne
 
+from bench import matching_quality
 from deploy.local.infra import Instance
 from services.common import store, topics
 from services.common.bus import ensure_topics
@@ -151,6 +152,13 @@ def main() -> int:
     results.update(raw_upserts(settings))
     step("end-to-end ingestion: HTTP batch → identity graph")
     results.update(ingestion(env, settings, keys))
+    step("identity match quality on 10k generated Finnish records (no national id)")
+    quality = matching_quality.run_one(10_000, matching_quality.DEFAULT_SEED, "without_id_number",
+                                       0.99, 0.95)
+    results["match_precision"] = quality["match"]["precision"]
+    results["match_recall"] = quality["match"]["recall"]
+    results["match_f1"] = quality["match"]["f1"]
+    results["match_10k_seconds"] = quality["wall_seconds"]
     slower_raw = min(results["raw_consume_per_s"], results["raw_upsert_per_s"])
     results["ingest_ratio"] = results["ingest_events_per_s"] / slower_raw
     results["identity_worker_vs_raw_upsert"] = (results["ingest_events_per_s"]
@@ -176,6 +184,10 @@ def print_table(results: dict) -> None:
         ("ingest ratio (vs slower raw)", results["ingest_ratio"]),
         ("identity worker / raw upsert", results["identity_worker_vs_raw_upsert"]),
         ("HTTP batch of 100, p50 (ms)", results["ingest_http_batch_p50_ms"]),
+        ("match precision, 10k, no national id", results["match_precision"]),
+        ("match recall", results["match_recall"]),
+        ("match F1", results["match_f1"]),
+        ("matching 10k records (s)", results["match_10k_seconds"]),
     ]
     rows += [(f"peak RSS {name} (MiB)", mb) for name, mb in results["peak_memory_mb"].items()]
     rows += [(name, None) for name in ("lookup_p99_ms", "freshness_p95_ms", "erasure_p95_ms",

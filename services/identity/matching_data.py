@@ -195,7 +195,7 @@ class _Generator:
         self.streets: dict[str, list[tuple[str, str]]] = {}
         for city, prefix, _area, weight in TOWNS:
             postcodes = sorted({f"{prefix}{self.rng.randrange(100, 990, 10):03d}"
-                                for _ in range(max(2, int(weight * 4)))})
+                                for _ in range(max(3, int(weight * 10)))})
             names = sorted({self.fake.street_name() for _ in range(max(8, int(weight * 25)))})
             self.streets[city] = [(name, self.rng.choice(postcodes)) for name in names]
 
@@ -280,9 +280,10 @@ class _Generator:
         phones: list[str] = []
         if not child or self.rng.random() < 0.6:
             phones.append(self.phone())
-        adults = [m for m in household.members if m.phones]
-        if not phones and adults:
-            phones.append(adults[0].phones[0])  # a child reached through a parent's phone
+        reachable = [m for m in household.members if m.phones]
+        if not phones and reachable:
+            # A child reached through the phone of the first family member who has one.
+            phones.append(reachable[0].phones[0])
         if household.landline:
             phones.append(household.landline)
         if not phones:
@@ -437,7 +438,7 @@ class _Generator:
                 f"{number}{stair} {apartment}", f"{number} {stair} {apartment}",
             ))
         return self.rng.choice((f"{number} as {apartment}", f"{number} as. {apartment}",
-                                f"{number} as {apartment}"))
+                                f"{number} asunto {apartment}"))
 
     def postcode_text(self, postcode: str) -> str:
         roll = self.rng.random()
@@ -478,7 +479,7 @@ class _Generator:
             return email.upper()
         if roll < 0.32:
             return f" {email} "
-        if roll < 0.34:  # typo: disagrees, but is no evidence against
+        if roll < 0.34:  # mistyped
             local, domain = email.split("@")
             return f"{self.typo(local)}@{domain}"
         return email

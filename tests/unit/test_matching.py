@@ -155,6 +155,18 @@ def test_different_people_in_the_same_household_are_not_a_match():
     assert score.score < DEFAULT_THRESHOLD_POSSIBLE
 
 
+def test_household_members_sharing_address_phone_and_email_are_not_a_match():
+    # A family e-mail and landline; one record lacks the birth date, so only the given
+    # names tell the two apart.
+    a = person(record_id="a", given_name="Veli", birth_date=None, phone="09 123 4567",
+               email="perhe.virtanen@example.fi")
+    b = person(record_id="b", given_name="Peter", phone="09 123 4567",
+               email="Perhe.Virtanen@example.fi")
+    score = score_pair(a, b)
+    assert outcomes(score)["email"] == "agree"
+    assert not is_match(score)
+
+
 def test_twins_sharing_family_name_address_phone_and_birth_date_are_not_a_match():
     a = person(record_id="a", given_name="Eetu", email=None)
     b = person(record_id="b", given_name="Oskari", email=None)
