@@ -48,6 +48,9 @@ DEFAULT_PORTS = {
 }
 
 
+_spawned: set[int] = set()  # pids this process started itself
+
+
 class InfraError(RuntimeError):
     """A server could not be provisioned or did not become ready; the message says why."""
 
@@ -296,12 +299,20 @@ class Instance:
             os.kill(pid, 0)
         except ProcessLookupError:
             return False
-        # a zombie or a reused pid of another program does not count
+        # a zombie or a reused pid of another program does not count; a process caught
+        # between fork and exec shows an empty or its parent's command line, so only a
+        # command line naming neither the run directory nor the server disqualifies
         try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except FileNotFoundError:
+        except (FileNotFoundError, IndexError):
             return False
-        return str(self.run_dir).encode() in cmdline or server.encode() in cmdline
+        if state == "Z":
+            _reap(pid)
+            return False
+        if str(self.run_dir).encode() in cmdline or server.encode() in cmdline:
+            return True
+        return pid in _spawned
 
     def _spawn(self, server: str, cmd: list[str]) -> None:
         port = self.kafka_port if server == "kafka" else self.mongo_port
@@ -316,6 +327,7 @@ class Instance:
             start_new_session=True,  # outlives `make run`'s shell
         )
         log.close()
+        _spawned.add(proc.pid)
         self._pidfile(server).write_text(str(proc.pid))
         _log(f"started {server} (pid {proc.pid}), log {self._logfile(server)}")
 

@@ -161,3 +161,27 @@ def test_broker_stopped_and_restarted_while_producing_and_consuming_loses_nothin
     assert len(ids) == len(set(ids)), "a message was applied twice"
     # a send that timed out may still have reached the broker: extra is fine, missing is not
     assert {e.message_id for e in accepted} <= set(ids)
+
+
+def test_store_stopped_and_restarted_under_load_loses_and_doubles_nothing(
+        settings, test_env, db, tally_topic, unique, infra):
+    if infra.mongo_is_external:
+        pytest.fail("this test restarts the store; run it against the local test instance")
+    group = f"tally-{unique}"
+    worker = start_tally_worker(test_env, tally_topic, group, delay_ms=1, batch=100)
+    envelopes = [tally_envelope(f"{unique}-{i % 20}") for i in range(1500)]
+    try:
+        produce(settings, tally_topic, envelopes[:500])
+        wait_until(lambda: len(applied_ids(db, unique)) >= 100, 60, what="traffic flowing")
+        infra.stop_mongo()
+        produce(settings, tally_topic, envelopes[500:])  # Kafka keeps accepting meanwhile
+        time.sleep(3)
+        infra.start_mongo()
+        infra.wait_ready()
+        wait_until(lambda: len(applied_ids(db, unique)) >= len(envelopes), 180,
+                   what="every message applied after the store came back")
+        assert worker.alive(), worker.tail()
+    finally:
+        worker.stop()
+    ids = applied_ids(db, unique)
+    assert sorted(ids) == sorted(e.message_id for e in envelopes)
