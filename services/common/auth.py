@@ -116,11 +116,15 @@ class ApiKeys:
         return principal
 
     def register_bootstrap_keys(self, spec: str) -> None:
-        """Register ``role:key,role:key`` keys from configuration (idempotent)."""
+        """Register ``role:key,role:key`` keys from configuration. Only missing keys are
+        created: a bootstrap key revoked through the API stays revoked across restarts."""
         for item in filter(None, (part.strip() for part in spec.split(","))):
             role, _, key = item.partition(":")
-            self.create(f"bootstrap {role}", [role], key=key,
-                        partner_id="demo-partner" if role == "partner" else None)
+            digest = hash_key(key)
+            self._collection.update_one({"_id": digest}, {"$setOnInsert": {
+                "name": f"bootstrap {role}", "roles": [role], "key_id": digest[:16],
+                "partner_id": "demo-partner" if role == "partner" else None,
+                "revoked_at": None, "created_at": datetime.now(UTC)}}, upsert=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,8 +33,8 @@ def auth_blueprint() -> Blueprint:
     blueprint = Blueprint("auth", __name__, url_prefix="/v1/auth", description="API keys")
 
     @blueprint.route("/whoami")
-    @blueprint.response(200, PrincipalSchema)
     @require_roles(*ROLES)
+    @blueprint.response(200, PrincipalSchema)
     def whoami():
         """The key's identity and roles."""
         principal = current_principal()
@@ -42,9 +42,9 @@ def auth_blueprint() -> Blueprint:
                 "roles": sorted(principal.roles), "partner_id": principal.partner_id}
 
     @blueprint.route("/keys", methods=["POST"])
+    @require_roles("admin")
     @blueprint.arguments(NewKeySchema)
     @blueprint.response(201, CreatedKeySchema)
-    @require_roles("admin")
     def create_key(body):
         """Create an API key (admin). The key is returned once and stored only hashed."""
         if "partner" in body["roles"] and not body["partner_id"]:
@@ -55,8 +55,8 @@ def auth_blueprint() -> Blueprint:
         return {"key_id": key_id, "key": key}
 
     @blueprint.route("/keys/<string:key_id>", methods=["DELETE"])
-    @blueprint.response(204)
     @require_roles("admin")
+    @blueprint.response(204)
     def revoke_key(key_id):
         """Revoke an API key (admin); takes effect within CDP_AUTH_CACHE_SECONDS."""
         if not runtime().api_keys.revoke(key_id):

@@ -178,7 +178,6 @@ class ConsumerLoop:
         self.ledger = ledger
         self._stopping = threading.Event()
         self._dead_letter_streak = 0
-        self.last_poll_at = 0.0
         self._rebuildable = consumer is None
         self._progress_at = time.monotonic()
         self._consumer = consumer or self._new_consumer()
@@ -206,13 +205,22 @@ class ConsumerLoop:
 
     def _reconnect(self) -> None:
         """Replace the Kafka consumer: after a broker restart kafka-python's group client can
-        stay wedged. Uncommitted batches are re-delivered to the new one and deduplicated."""
+        stay wedged. Uncommitted batches are re-delivered to the new one and deduplicated.
+        Retries until the broker answers or the loop is stopped."""
         try:
             self._consumer.close(autocommit=False)
         except Exception:  # noqa: BLE001 - the old client is being thrown away
             log.debug("closing the old consumer failed", exc_info=True)
-        self._consumer = self._new_consumer()
-        self._subscribe()
+        attempt = 0
+        while not self._stopping.is_set():
+            attempt += 1
+            try:
+                self._consumer = self._new_consumer()
+                self._subscribe()
+                return
+            except KafkaError as exc:
+                log.warning("broker unreachable, reconnecting", extra={"error": repr(exc)})
+                time.sleep(_backoff(attempt))
 
     def stop(self) -> None:
         self._stopping.set()
@@ -227,7 +235,6 @@ class ConsumerLoop:
         try:
             while not self._stopping.is_set():
                 batch = self._consumer.poll(timeout_ms=self.settings.consumer_poll_ms)
-                self.last_poll_at = time.monotonic()
                 if batch:
                     self._process(batch)
                     self._progress_at = time.monotonic()

@@ -35,7 +35,6 @@ from services.common.config import Settings
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
-DEPENDENCY_DOWN = (pymongo.errors.ConnectionFailure, KafkaError)
 
 
 class Problem(Exception):
@@ -240,6 +239,7 @@ def _install_error_handlers(app: flask.Flask) -> None:
 
     @app.errorhandler(pymongo.errors.ConnectionFailure)
     @app.errorhandler(KafkaError)
+    @app.errorhandler(TimeoutError)  # e.g. a profile lock held too long by a worker
     def on_dependency_down(error: Exception):
         log.warning("dependency unavailable", extra={"error": repr(error)})
         return _problem(503, "a dependency (store or broker) is unavailable; retry shortly",

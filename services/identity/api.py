@@ -58,7 +58,11 @@ def _load_segment(message, kind: str | None, defaults: dict) -> dict:
     """Validate one Segment message; raises Problem 413/400 with the field errors."""
     if not isinstance(message, dict):
         raise Problem(400, "a message must be a JSON object")
-    if len(orjson.dumps(message)) > MAX_MESSAGE_BYTES:
+    try:
+        size = len(orjson.dumps(message))
+    except orjson.JSONEncodeError:
+        raise Problem(400, "the message is nested too deeply") from None
+    if size > MAX_MESSAGE_BYTES:
         raise Problem(413, f"a message may be at most {MAX_MESSAGE_BYTES} bytes")
     data = {**defaults, **message}
     if kind:
@@ -99,10 +103,10 @@ def _segment_blueprint() -> Blueprint:
         single(kind)
 
     @blueprint.route("/v1/batch", methods=["POST"])
+    @require_roles("collector")
     @blueprint.doc(requestBody=_body_doc("{batch: [messages], context?, integrations?, sentAt?}"))
     @blueprint.response(200, AcceptedSchema)
     @blueprint.alt_response(400, description="no message of the batch was valid")
-    @require_roles("collector")
     def segment_batch():
         """Segment batch: the valid messages are accepted, the others listed as rejected."""
         body = web.read_json_body(MAX_BATCH_BYTES)
@@ -139,9 +143,9 @@ def _calls_blueprint() -> Blueprint:
     blueprint = Blueprint("calls", __name__, description="Contact-centre telephony events")
 
     @blueprint.route("/v1/calls", methods=["POST"])
+    @require_roles("collector")
     @blueprint.arguments(CallEventSchema)
     @blueprint.response(200, AcceptedSchema)
-    @require_roles("collector")
     def call_event(call):
         """A call offered, answered or ended → cdp.events.phone (answered after Kafka acks)."""
         try:
@@ -208,10 +212,10 @@ def _graph_blueprint() -> Blueprint:
                           description="The identity graph: resolve, explain, split, release")
 
     @blueprint.route("/resolve")
+    @require_roles("agent", "supervisor", "dpo")
     @blueprint.arguments(ResolveQuerySchema, location="query")
     @blueprint.response(200)
     @blueprint.alt_response(404, description="no profile has this identifier")
-    @require_roles("agent", "supervisor", "dpo")
     def resolve_identifier(query):
         """The profile an identifier belongs to and every identifier linked to it. The value
         is normalised as on ingestion: `040 123 4567` and `+358401234567` are the same."""
@@ -226,21 +230,23 @@ def _graph_blueprint() -> Blueprint:
                 "identifiers": [_link_view(li, unmasked) for li in graph.links_of(profile_id)]}
 
     @blueprint.route("/profiles/<string:profile_id>/log")
-    @blueprint.response(200)
     @require_roles("supervisor", "dpo")
+    @blueprint.response(200)
     def explain(profile_id):
         """Every merge, split and release that touched a profile: why it looks as it does."""
         entries = MongoGraph(runtime().db).log_entries(profile_id)
         return {"profile_id": profile_id, "entries": [_entry_view(e) for e in entries]}
 
     @blueprint.route("/unmerge", methods=["POST"])
+    @require_roles("admin")
     @blueprint.arguments(SplitSchema)
     @blueprint.response(200)
-    @require_roles("admin")
     def unmerge(body):
         """Split identifiers off a profile into a new one; announced on cdp.identity.merges."""
         graph = MongoGraph(runtime().db)
         identifiers = [_normalised(i["type"], i["value"]) for i in body["identifiers"]]
+        if graph.profile(body["profile_id"]) is None:
+            raise Problem(404, f"no profile {body['profile_id']}")
         try:
             split = graph_rules.split(graph, body["profile_id"], identifiers,
                                       reason=body["reason"], at=datetime.now(UTC),
@@ -252,9 +258,9 @@ def _graph_blueprint() -> Blueprint:
                 "identifiers": [{"type": i.type, "value": i.value} for i in split.identifiers]}
 
     @blueprint.route("/release", methods=["POST"])
+    @require_roles("admin", "supervisor")
     @blueprint.arguments(ReleaseSchema)
     @blueprint.response(200)
-    @require_roles("admin", "supervisor")
     def release(body):
         """Release an identifier from its profile (a recycled phone number, a shared line).
         The profile and its history stay; the next event with the identifier starts anew."""
@@ -270,16 +276,16 @@ def _graph_blueprint() -> Blueprint:
                                                              "value": identifier.value}}
 
     @blueprint.route("/suggestions/run", methods=["POST"])
-    @blueprint.response(200)
     @require_roles("supervisor")
+    @blueprint.response(200)
     def run_suggestions():
         """Score live profiles for probable duplicates and store new suggestions."""
         return SuggestionStore(runtime().db).run(datetime.now(UTC))
 
     @blueprint.route("/suggestions")
+    @require_roles("supervisor")
     @blueprint.arguments(SuggestionQuerySchema, location="query")
     @blueprint.response(200)
-    @require_roles("supervisor")
     def list_suggestions(query):
         """Suggested merges, best first, each with how much every field contributed."""
         docs = SuggestionStore(runtime().db).page(query["status"], query["limit"],
@@ -288,8 +294,8 @@ def _graph_blueprint() -> Blueprint:
                 "limit": query["limit"], "offset": query["offset"]}
 
     @blueprint.route("/suggestions/<string:suggestion_id>/accept", methods=["POST"])
-    @blueprint.response(200)
     @require_roles("supervisor")
+    @blueprint.response(200)
     def accept_suggestion(suggestion_id):
         """Merge the two profiles (merge protection still applies) and close the suggestion."""
         suggestions, graph = SuggestionStore(runtime().db), MongoGraph(runtime().db)
@@ -311,8 +317,8 @@ def _graph_blueprint() -> Blueprint:
                 "profile_id": merge.survivor if merge else graph_rules.canonical(graph, doc["a"])}
 
     @blueprint.route("/suggestions/<string:suggestion_id>/reject", methods=["POST"])
-    @blueprint.response(200)
     @require_roles("supervisor")
+    @blueprint.response(200)
     def reject_suggestion(suggestion_id):
         """Close the suggestion: the pair is not offered again."""
         suggestions = SuggestionStore(runtime().db)

@@ -8,6 +8,7 @@ key, ``timestamp`` is corrected for the client's clock skew with ``sentAt`` (Seg
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -21,6 +22,7 @@ from marshmallow import (
     validates_schema,
 )
 
+from services.common.documents import unstorable
 from services.common.envelope import Envelope, new_envelope
 from services.common.identifiers import InvalidIdentifier, normalise
 from services.common.redaction import redact_in
@@ -61,7 +63,7 @@ class SegmentMessageSchema(Schema):
     messageId = fields.String(load_default=None, allow_none=True,
                               validate=validate.Length(min=1, max=128))
     event = fields.String(load_default=None, allow_none=True,
-                          validate=validate.Length(min=1, max=200))
+                          validate=validate.Length(min=1, max=128))
     name = fields.String(load_default=None, allow_none=True)
     category = fields.String(load_default=None, allow_none=True)
     timestamp = fields.AwareDateTime(load_default=None, allow_none=True, default_timezone=UTC)
@@ -72,6 +74,16 @@ class SegmentMessageSchema(Schema):
     properties = fields.Dict(keys=fields.String(), load_default=dict, allow_none=True)
     context = fields.Dict(keys=fields.String(), load_default=dict, allow_none=True)
     integrations = fields.Dict(keys=fields.String(), load_default=dict, allow_none=True)
+
+    @validates_schema
+    def _storable(self, data, **_):
+        context = data.get("context") or {}
+        if "traits" in context and not isinstance(context["traits"], dict):
+            raise ValidationError({"context": {"traits": ["must be an object"]}})
+        for name in ("traits", "properties", "context", "integrations"):
+            reason = unstorable(data.get(name) or {}, f"{name}.")
+            if reason:
+                raise ValidationError({name: [reason]})
 
     @validates_schema
     def _required_by_type(self, data, **_):
@@ -150,7 +162,10 @@ def occurred_at(message: dict, received_at: datetime) -> datetime:
     timestamp = message.get("timestamp") or message.get("originalTimestamp")
     sent_at = message.get("sentAt")
     if timestamp and sent_at:
-        return received_at - (sent_at - timestamp)
+        try:
+            return received_at - (sent_at - timestamp)
+        except OverflowError:
+            return timestamp  # an absurd skew: trust the client's own timestamp
     return timestamp or received_at
 
 
@@ -213,6 +228,14 @@ def from_call(call: dict, *, source: str | None = None) -> Converted:
     envelope = new_envelope(
         CALL_EVENTS[call["event"]], "phone", identifiers=identifiers, payload=payload,
         occurred_at=call.get("timestamp"),
-        message_id=call.get("message_id") or f"call:{call['call_id']}:{call['event']}",
+        message_id=call.get("message_id") or _call_message_id(call),
         source=source)
     return Converted(envelope, partition_key({"phone": phone}), cards)
+
+
+def _call_message_id(call: dict) -> str:
+    """Stable per call and step, so the telephony platform's retries are applied once."""
+    natural = f"call:{call['call_id']}:{call['event']}"
+    if len(natural) <= 128:
+        return natural
+    return "call:" + hashlib.sha256(natural.encode()).hexdigest()

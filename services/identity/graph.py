@@ -150,6 +150,11 @@ class GraphRepository(ABC):
     def count_by_type(self, profile_id: str) -> dict[str, int]: ...
 
     @abstractmethod
+    def listed(self, profile_id: str) -> set[Identifier]:
+        """The identifiers the profile's own record lists (it can lag its links after a crash
+        between the two writes; resolution repairs that)."""
+
+    @abstractmethod
     def merge(self, merge: Merge) -> None:
         """Mark ``merge.merged`` as merged into the survivor and move all its links there.
 
@@ -170,8 +175,7 @@ class GraphRepository(ABC):
 
 
 def canonical(repo: GraphRepository, profile_id: str) -> str:
-    """Follow merged_into to the profile that holds the links now, completing any merge a
-    crash left half-done."""
+    """Follow merged_into to the profile that holds the identifiers now."""
     seen = set()
     node = repo.profile(profile_id)
     while node is not None and node.merged_into and node.profile_id not in seen:
@@ -220,13 +224,21 @@ def resolve(
     for attempt in range(max_attempts):
         links = repo.links(ordered)
         involved = sorted({canonical(repo, link.profile_id) for link in links.values()})
-        if len(links) == len(ordered) and len(involved) == 1:
-            # the common case, a known customer again: nothing to link or merge, no lock
+        if (len(links) == len(ordered) and len(involved) == 1
+                and all(link.profile_id == involved[0] for link in links.values())
+                and set(ordered) <= repo.listed(involved[0])):
+            # the common case, a known customer again: nothing to link, merge or repair
             return Resolution(involved[0])
+        created = not links
+        if created:
+            # lock the new profile too: another worker may reach it through a shared identifier
+            involved = [new_profile_id(message_id)]
+            repo.create_profile(ProfileNode(involved[0], at))
         with repo.lock(involved):
             # re-read under the lock: another worker may have changed the graph meanwhile
             links = repo.links(ordered)
-            if sorted({canonical(repo, link.profile_id) for link in links.values()}) != involved:
+            now_involved = sorted({canonical(repo, link.profile_id) for link in links.values()})
+            if now_involved != ([] if created else involved):
                 continue
             try:
                 return _resolve_locked(repo, ordered, links, message_id, at, unverified, limits)
@@ -239,9 +251,7 @@ def resolve(
 def _resolve_locked(repo, ordered, links, message_id, at, unverified, limits) -> Resolution:
     anchor_identifier = next((i for i in ordered if i in links), None)
     if anchor_identifier is None:
-        profile_id = new_profile_id(message_id)
-        repo.create_profile(ProfileNode(profile_id, at))
-        result = Resolution(profile_id, created=True)
+        result = Resolution(new_profile_id(message_id), created=True)
     else:
         result = Resolution(canonical(repo, links[anchor_identifier].profile_id))
     counts = repo.count_by_type(result.profile_id)
@@ -262,6 +272,10 @@ def _resolve_locked(repo, ordered, links, message_id, at, unverified, limits) ->
             continue
         owner = canonical(repo, link.profile_id)
         if owner == result.profile_id:
+            if link.profile_id != owner or identifier not in repo.listed(owner):
+                # finish what a crash interrupted: a merge that did not move this link, or a
+                # link the profile's record does not list yet
+                repo.move_links([identifier], link.profile_id, owner)
             continue
         if identifier in unverified or not link.verified:
             result.conflicts.append(Conflict(identifier, result.profile_id, owner,
@@ -350,16 +364,23 @@ def merge_profiles(repo: GraphRepository, a: str, b: str, *, decision_id: str, a
     """
     if repo.profile(a) is None or repo.profile(b) is None:
         raise NotOnProfile("both profiles must exist")
-    a, b = canonical(repo, a), canonical(repo, b)
-    if a == b:
-        return None
-    with repo.lock([a, b]):
-        counts_a, counts_b = repo.count_by_type(a), repo.count_by_type(b)
-        over = sorted(t for t in set(counts_a) | set(counts_b)
-                      if counts_a.get(t, 0) + counts_b.get(t, 0) > limits.get(t, 1))
-        if over:
-            raise MergeRefused(f"merging would exceed the {', '.join(over)} limit")
-        survivor, merged = _survivor(repo, a, b)
-        merge = Merge(merge_id(decision_id, merged), survivor, merged, None, decision_id, at)
-        repo.merge(merge)
-        return merge
+    while True:
+        a, b = canonical(repo, a), canonical(repo, b)
+        if a == b:
+            return None
+        with repo.lock([a, b]):
+            if (canonical(repo, a), canonical(repo, b)) != (a, b):
+                continue  # merged elsewhere while we waited for the locks
+            return _merge_locked(repo, a, b, decision_id, at, limits)
+
+
+def _merge_locked(repo, a, b, decision_id, at, limits) -> Merge:
+    counts_a, counts_b = repo.count_by_type(a), repo.count_by_type(b)
+    over = sorted(t for t in set(counts_a) | set(counts_b)
+                  if counts_a.get(t, 0) + counts_b.get(t, 0) > limits.get(t, 1))
+    if over:
+        raise MergeRefused(f"merging would exceed the {', '.join(over)} limit")
+    survivor, merged = _survivor(repo, a, b)
+    merge = Merge(merge_id(decision_id, merged), survivor, merged, None, decision_id, at)
+    repo.merge(merge)
+    return merge

@@ -86,6 +86,9 @@ class MongoGraph(GraphRepository):
         doc = self.profiles.find_one({"_id": profile_id}) or {}
         return {t: len(values) for t, values in (doc.get("identifiers") or {}).items() if values}
 
+    def listed(self, profile_id: str) -> set[Identifier]:
+        return set(self._identifiers_of(profile_id))
+
     def caused_by(self, message_id: str) -> list[dict]:
         """The log entries an event caused, in order (the outbox of cdp.identity.merges)."""
         doc = self.outbox.find_one({"_id": message_id})
@@ -146,6 +149,8 @@ class MongoGraph(GraphRepository):
                    to_profile: str) -> None:
         identifiers = list(identifiers)
         self._add_to_profile(to_profile, identifiers)
+        if from_profile == to_profile:
+            return  # only the profile's record was behind its links
         for identifier in identifiers:
             self.links_.update_one({"_id": identifier.key, "profile_id": from_profile},
                                    {"$set": {"profile_id": to_profile}})

@@ -100,10 +100,10 @@ def _profiles_blueprint() -> Blueprint:
                           description="Profile lookups (every read is logged)")
 
     @blueprint.route("")
+    @require_roles(*READERS)
     @blueprint.arguments(LookupQuerySchema, location="query")
     @blueprint.response(200)
     @blueprint.alt_response(404, description="no profile has this identifier")
-    @require_roles(*READERS)
     def find_profile(query):
         """The profile holding an identifier, normalised as on ingestion: `040 123 4567`
         and `+358 40 123 4567` find the same person."""
@@ -117,17 +117,17 @@ def _profiles_blueprint() -> Blueprint:
         return _read(store.find_by_identifier(query["type"], value), f"with this {query['type']}")
 
     @blueprint.route("/<string:profile_id>")
+    @require_roles(*READERS)
     @blueprint.response(200)
     @blueprint.alt_response(404, description="no such profile")
-    @require_roles(*READERS)
     def get_profile(profile_id):
         """One profile; a profile merged into another answers with the one that absorbed it."""
         return _read(ProfileStore(runtime().db).load_current(profile_id), profile_id)
 
     @blueprint.route("/<string:profile_id>/timeline")
+    @require_roles(*READERS)
     @blueprint.arguments(TimelineQuerySchema, location="query")
     @blueprint.response(200)
-    @require_roles(*READERS)
     def timeline(query, profile_id):
         """The profile's recent cross-channel timeline, newest first."""
         view = _read(ProfileStore(runtime().db).load_current(profile_id), profile_id)
@@ -139,8 +139,8 @@ def _profiles_blueprint() -> Blueprint:
                 "entries": [_entry(e) for e in entries[:query["limit"]]]}
 
     @blueprint.route("/<string:profile_id>/access-log")
-    @blueprint.response(200)
     @require_roles("dpo", "supervisor")
+    @blueprint.response(200)
     def access_log(profile_id):
         """Who read this profile, when and for which purpose (newest first)."""
         entries = ProfileStore(runtime().db).accesses(profile_id, 200)

@@ -102,6 +102,8 @@ def merge(survivor: Mapping[str, Any], merged: Mapping[str, Any]) -> dict[str, A
 def _flatten_traits(traits: Mapping[str, Any]) -> dict[str, Any]:
     flat = {}
     for name, value in traits.items():
+        if not isinstance(name, str) or name.startswith("$") or "." in name:
+            continue  # refused at ingestion; never a field name in the store
         if isinstance(value, Mapping) and name == "address":
             for part, inner in value.items():
                 flat[TRAIT_NAMES.get(part, part)] = inner
@@ -151,7 +153,8 @@ def _update_computed(computed: dict, event: Mapping[str, Any], at: datetime,
     if event["type"] in PURCHASE_EVENTS:
         total = (payload.get("properties") or {}).get("total")
         computed["purchase_count"] += 1
-        if isinstance(total, int | float) and not isinstance(total, bool):
+        # a plausible order value only: an absurd one would overflow the running total
+        if isinstance(total, int | float) and not isinstance(total, bool) and abs(total) < 1e9:
             computed["purchase_total"] = round(computed["purchase_total"] + float(total), 2)
         computed["last_purchase_at"] = max(computed.get("last_purchase_at") or at, at)
     if channel == "phone" and event["type"] == "Call Started":

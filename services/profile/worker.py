@@ -72,12 +72,14 @@ def _merge(store: ProfileStore, envelope: Envelope) -> list[Outgoing]:
         # state absorbed below is final
         merged["merged_into"] = survivor_id
         store.save(merged)
-    survivor = store.load(survivor_id) or projection.new_profile(survivor_id)
+    # the survivor may itself have been merged on since (merges of one event travel on
+    # different partitions): absorb into whichever profile holds it now
+    survivor = store.load_current(survivor_id) or projection.new_profile(survivor_id)
     if merged_id not in survivor.get("absorbed", []):
         combined = projection.merge(survivor, merged)
         store.save(combined)
-        store.index(survivor_id, combined["identifiers"])
-    return [_change(survivor_id, envelope.message_id, "merged", envelope)]
+        store.index(combined["_id"], combined["identifiers"])
+    return [_change(survivor["_id"], envelope.message_id, "merged", envelope)]
 
 
 def _split(store: ProfileStore, envelope: Envelope) -> list[Outgoing]:

@@ -90,3 +90,8 @@ def test_health_readiness_and_metrics_are_served(identity_api):
     assert "muisti_http_requests_total" in metrics
     spec = requests.get(f"{identity_api.url}/openapi.json", timeout=5).json()
     assert "/v1/auth/keys" in spec["paths"]
+
+
+def test_a_bad_body_without_a_key_is_refused_for_the_key_not_the_body(identity_api):
+    response = requests.post(f"{identity_api.url}/v1/auth/keys", json={"roles": "x"}, timeout=5)
+    assert response.status_code == 401

@@ -37,6 +37,9 @@ class InMemoryGraph(GraphRepository):
                 counts[link.identifier.type] = counts.get(link.identifier.type, 0) + 1
         return counts
 
+    def listed(self, profile_id):
+        return {i for i, link in self.link_table.items() if link.profile_id == profile_id}
+
     def merge(self, merge):
         self.merges.append(merge)
         node = self.nodes[merge.merged]

@@ -23,3 +23,12 @@ def test_traits_of_the_wrong_type_are_ignored():
 
 def test_suggestion_id_does_not_depend_on_pair_order():
     assert suggestion_id("p_a", "p_b") == suggestion_id("p_b", "p_a")
+
+
+def test_a_long_call_id_still_gives_a_valid_stable_message_id():
+    from services.identity.channels import from_call
+
+    call = {"call_id": "c" * 140, "event": "ended", "caller_number": "0401234567"}
+    first, again = from_call(dict(call)), from_call(dict(call))
+    assert len(first.envelope.message_id) <= 128
+    assert first.envelope.message_id == again.envelope.message_id
