@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 
 import orjson
 import pymongo.errors
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, OffsetAndMetadata
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
 
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 TRANSIENT_ERRORS = (pymongo.errors.ConnectionFailure, KafkaError, TimeoutError, ConnectionError)
 COMMIT_PATIENCE_SECONDS = 60.0
-STALL_SECONDS = 60.0
+STALL_SECONDS = 30.0
 
 
 class InvalidMessage(Exception):
@@ -180,6 +180,7 @@ class ConsumerLoop:
         self._dead_letter_streak = 0
         self._rebuildable = consumer is None
         self._progress_at = time.monotonic()
+        self._committed_at_last_check = -1
         self._consumer = consumer or self._new_consumer()
 
     def _new_consumer(self) -> KafkaConsumer:
@@ -377,20 +378,26 @@ class ConsumerLoop:
                 time.sleep(_backoff(attempt))
 
     def _reconnect_if_stalled(self) -> None:
-        """A watchdog: records waiting on this worker's partitions but none received for
-        ``STALL_SECONDS`` means the client is wedged (seen after broker restarts)."""
+        """A watchdog: when records wait in the subscribed topics but this consumer group
+        committed nothing for ``STALL_SECONDS``, the client is wedged (seen after broker
+        restarts: no fetches, or no partitions and no rejoin) and is replaced."""
         if not self._rebuildable or time.monotonic() - self._progress_at < STALL_SECONDS:
             return
         self._progress_at = time.monotonic()
-        assigned = list(self._consumer.assignment())
         try:
-            ends = self._consumer.end_offsets(assigned) if assigned else {}
-            waiting = any(self._consumer.position(tp, timeout_ms=1000) < end
-                          for tp, end in ends.items())
+            partitions = [TopicPartition(topic, p) for topic in self.topics
+                          for p in self._consumer.partitions_for_topic(topic) or ()]
+            ends = self._consumer.end_offsets(partitions)
+            committed = {tp: self._consumer.committed(tp, timeout_ms=5000) or 0
+                         for tp in partitions}
         except KafkaError:
-            waiting = True
-        if waiting:
-            log.warning("no records received although some are waiting; reconnecting")
+            return  # the broker is away; the commit path and the next check deal with it
+        waiting = any(ends[tp] > committed[tp] for tp in partitions)
+        total = sum(committed.values())
+        stalled = waiting and total == self._committed_at_last_check
+        self._committed_at_last_check = total
+        if stalled:
+            log.warning("records wait but the group committed nothing for a while; reconnecting")
             self._reconnect()
 
     def _report_lag(self) -> None:
