@@ -69,6 +69,20 @@ class Outgoing:
 Handler = Callable[[Envelope], Iterable[Outgoing] | None]
 
 
+class Relay:
+    """An outbox the loop drains between batches: messages stored by someone (an API that
+    could not reach Kafka) but not yet announced. ``pending`` lists them; ``sent`` is called
+    once the broker acknowledged them. Both must be idempotent."""
+
+    interval_seconds = 30.0
+
+    def pending(self) -> list[Outgoing]:
+        raise NotImplementedError
+
+    def sent(self, messages: list[Outgoing]) -> None:
+        raise NotImplementedError
+
+
 def _encode(value: Envelope | dict | bytes) -> bytes:
     if isinstance(value, Envelope):
         return value.to_bytes()
@@ -168,6 +182,7 @@ class ConsumerLoop:
         producer: Producer,
         ledger: ProcessedLedger,
         consumer: KafkaConsumer | None = None,
+        relay: Relay | None = None,
     ):
         self.settings = settings
         self.service = service
@@ -178,6 +193,8 @@ class ConsumerLoop:
         self.ledger = ledger
         self._stopping = threading.Event()
         self._dead_letter_streak = 0
+        self.relay = relay
+        self._relay_due = 0.0
         self._rebuildable = consumer is None
         self._progress_at = time.monotonic()
         self._committed_at_last_check = -1
@@ -241,6 +258,7 @@ class ConsumerLoop:
                     self._progress_at = time.monotonic()
                 self._report_lag()
                 self._reconnect_if_stalled()
+                self._drain_relay()
                 self._retry_until_done(self.ledger.expire_if_due)
         finally:
             self._consumer.close(autocommit=False)
@@ -376,6 +394,19 @@ class ConsumerLoop:
                     raise
                 log.warning("dependency unavailable, retrying", extra={"error": repr(exc)})
                 time.sleep(_backoff(attempt))
+
+    def _drain_relay(self) -> None:
+        if self.relay is None or time.monotonic() < self._relay_due:
+            return
+        self._relay_due = time.monotonic() + self.relay.interval_seconds
+        try:
+            messages = self.relay.pending()
+            if messages:
+                self.producer.send(messages)
+                self.relay.sent(messages)
+                log.info("relayed stored messages", extra={"count": len(messages)})
+        except TRANSIENT_ERRORS as exc:
+            log.warning("relay failed; will retry", extra={"error": repr(exc)})
 
     def _reconnect_if_stalled(self) -> None:
         """A watchdog: when records wait in the subscribed topics but this consumer group

@@ -253,7 +253,7 @@ def _graph_blueprint() -> Blueprint:
                                       actor=current_principal().key_id)
         except graph_rules.NotOnProfile as exc:
             raise Problem(409, str(exc)) from None
-        runtime().producer.send([log_message(graph.entry(split.split_id))])
+        _announce(graph, split.split_id)
         return {"profile_id": split.profile_id, "new_profile_id": split.new_profile_id,
                 "identifiers": [{"type": i.type, "value": i.value} for i in split.identifiers]}
 
@@ -271,7 +271,7 @@ def _graph_blueprint() -> Blueprint:
                                         at=datetime.now(UTC), actor=current_principal().key_id)
         except graph_rules.NotOnProfile as exc:
             raise Problem(404, str(exc)) from None
-        runtime().producer.send([log_message(graph.entry(split.split_id))])
+        _announce(graph, split.split_id)
         return {"profile_id": split.profile_id, "released": {"type": identifier.type,
                                                              "value": identifier.value}}
 
@@ -310,7 +310,7 @@ def _graph_blueprint() -> Blueprint:
         except graph_rules.MergeRefused as exc:
             raise Problem(409, str(exc)) from None
         if merge is not None:
-            runtime().producer.send([log_message(graph.entry(merge.merge_id))])
+            _announce(graph, merge.merge_id)
         suggestions.decide(suggestion_id, "accepted", current_principal().key_id,
                            datetime.now(UTC))
         return {"id": suggestion_id, "status": "accepted",
@@ -330,6 +330,13 @@ def _graph_blueprint() -> Blueprint:
         return {"id": suggestion_id, "status": "rejected"}
 
     return blueprint
+
+
+def _announce(graph: MongoGraph, entry_id: str) -> None:
+    """Put a stored change on cdp.identity.merges. If Kafka is away the caller gets 503 and
+    the identity worker's relay announces it later (merges.UnannouncedChanges)."""
+    runtime().producer.send([log_message(graph.entry(entry_id))])
+    graph.mark_announced([entry_id])
 
 
 def _suggestion_view(doc: dict) -> dict:

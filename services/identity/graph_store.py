@@ -135,6 +135,9 @@ class MongoGraph(GraphRepository):
             "identifier": {"type": merge.identifier.type, "value": merge.identifier.value}
             if merge.identifier else None,
             "cause_message_id": merge.cause_message_id, "at": merge.at,
+            # an event's merges are re-emitted with the event; a person's decision is announced
+            # by the API, or by the worker's relay if Kafka was away
+            "announced": merge.identifier is not None,
         }}, upsert=True)
         self.outbox.update_one({"_id": merge.cause_message_id},
                                {"$addToSet": {"entries": merge.merge_id}}, upsert=True)
@@ -188,8 +191,15 @@ class MongoGraph(GraphRepository):
             "new_profile_id": split.new_profile_id, "profiles": profiles,
             "identifiers": [{"type": i.type, "value": i.value} for i in split.identifiers],
             "reason": split.reason, "actor": split.actor, "at": split.at,
-            "cause_message_id": None,
+            "cause_message_id": None, "announced": False,
         }}, upsert=True)
+
+    def mark_announced(self, entry_ids: list[str]) -> None:
+        for entry_id in entry_ids:
+            self.log.update_one({"_id": entry_id}, {"$set": {"announced": True}})
+
+    def unannounced(self, before: datetime) -> list[dict]:
+        return list(self.log.find({"announced": False, "at": {"$lt": before}}).limit(500))
 
     def record_conflicts(self, message_id: str, conflicts: list[Conflict],
                          at: datetime) -> None:

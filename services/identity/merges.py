@@ -7,10 +7,10 @@ the entry id as message_id lets consumers drop the repeats.
 
 from __future__ import annotations
 
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 
 from services.common import topics
-from services.common.bus import Outgoing
+from services.common.bus import Outgoing, Relay
 from services.common.envelope import Envelope
 
 EVENT_TYPES = {"merge": "Profiles Merged", "unmerge": "Profile Split",
@@ -36,3 +36,20 @@ def log_message(entry: dict) -> Outgoing:
     envelope = Envelope(message_id=entry["_id"], type=EVENT_TYPES[kind], channel="system",
                         occurred_at=at, received_at=at, payload=payload, profile_id=key)
     return Outgoing(topics.IDENTITY_MERGES, key, envelope)
+
+
+class UnannouncedChanges(Relay):
+    """Splits, releases and accepted suggestions stored by the API whose announcement did
+    not reach Kafka (the caller got 503): the identity worker announces them."""
+
+    GRACE = timedelta(seconds=30)  # leave the API time to announce them itself
+
+    def __init__(self, graph):
+        self.graph = graph
+
+    def pending(self) -> list[Outgoing]:
+        entries = self.graph.unannounced(datetime.now(UTC) - self.GRACE)
+        return [log_message(entry) for entry in entries]
+
+    def sent(self, messages: list[Outgoing]) -> None:
+        self.graph.mark_announced([m.value.message_id for m in messages])

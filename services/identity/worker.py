@@ -20,7 +20,7 @@ from services.common.identifiers import InvalidIdentifier, normalise
 from services.common.store import ProcessedLedger, ensure_indexes
 from services.identity.graph import Identifier, resolve
 from services.identity.graph_store import INDEXES, MongoGraph
-from services.identity.merges import log_message
+from services.identity.merges import UnannouncedChanges, log_message
 from services.identity.suggestions import SuggestionStore, person_record
 
 SERVICE = "identity"
@@ -34,9 +34,10 @@ def build_consumers(settings: Settings, producer: Producer, db: Database) -> lis
     ensure_indexes(db, INDEXES)
     ledger = ProcessedLedger(db, GROUP)
     ledger.prepare()
+    graph = MongoGraph(db)
     return [ConsumerLoop(settings=settings, service=SERVICE, group=GROUP, topics=INPUT_TOPICS,
-                         handler=make_handler(MongoGraph(db), SuggestionStore(db)),
-                         producer=producer, ledger=ledger)]
+                         handler=make_handler(graph, SuggestionStore(db)),
+                         producer=producer, ledger=ledger, relay=UnannouncedChanges(graph))]
 
 
 def event_identifiers(envelope: Envelope) -> tuple[dict[str, str], set[Identifier]]:

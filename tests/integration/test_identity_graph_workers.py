@@ -245,3 +245,24 @@ def test_probable_duplicate_is_suggested_with_its_evidence_and_merged_when_accep
     again = requests.post(f"{identity_api.url}/v1/identity/suggestions/{mine['id']}/reject",
                           headers=supervisor, timeout=10)
     assert again.status_code == 409
+
+
+def test_a_stored_split_that_kafka_never_heard_of_is_announced_by_the_worker(
+        identity_worker, db, settings, unique):
+    from datetime import UTC, datetime, timedelta
+
+    from services.identity.graph import Split
+    from services.identity.graph_store import MongoGraph
+
+    split = Split(f"split-{unique}", "release", f"p_{unique}", None,
+                  (Identifier("phone", "+358401112223"),), "recycled", "key-1",
+                  datetime.now(UTC) - timedelta(minutes=2))
+    MongoGraph(db).record_split(split)  # as the API does before Kafka refuses
+
+    def announced():
+        return next((m for m in read_all(settings, topics.IDENTITY_MERGES, idle_ms=300)
+                     if m["message_id"] == f"split-{unique}"), None)
+
+    message = wait_until(announced, 90, interval=1, what="the relay to announce the split")
+    assert message["type"] == "Identifier Released"
+    assert MongoGraph(db).entry(f"split-{unique}")["announced"] is True

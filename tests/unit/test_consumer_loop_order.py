@@ -171,3 +171,26 @@ def test_transient_store_outage_is_retried_until_it_heals(monkeypatch):
     loop.run()
     assert ("mark", [envelope.message_id]) in journal
     assert not any(entry[0] == "produce" for entry in journal)
+
+
+def test_relay_messages_are_produced_and_then_marked_sent():
+    from services.common.bus import Relay
+
+    class Outbox(Relay):
+        def __init__(self):
+            self.items = [Outgoing("cdp.identity.merges", "p1", new_envelope("X", "system"))]
+            self.marked = []
+
+        def pending(self):
+            return list(self.items)
+
+        def sent(self, messages):
+            self.marked.extend(messages)
+            self.items = []
+
+    outbox = Outbox()
+    loop, journal = make_loop([], lambda e: ())
+    loop.relay = outbox
+    loop.run()
+    assert ("produce", ["cdp.identity.merges"]) in journal
+    assert len(outbox.marked) == 1
