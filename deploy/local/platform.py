@@ -130,22 +130,26 @@ def _probe(url: str) -> str:
 
 
 def _alive(pid: int) -> bool:
+    """True while ``pid`` is one of our service processes (a pid file can outlive its
+    process, and the pid be reused by another program after a reboot)."""
     try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
+        return b"services." in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
         return False
 
 
 def _terminate(pidfile: Path, timeout: float = 20) -> None:
     pid = int(pidfile.read_text())
-    if _alive(pid):
-        os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
+    try:
         if _alive(pid):
-            os.killpg(pid, signal.SIGKILL)
+            os.killpg(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if _alive(pid):
+                os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # it ended on its own meanwhile
     pidfile.unlink(missing_ok=True)
 
 

@@ -28,6 +28,8 @@ def connect(settings: Settings) -> pymongo.MongoClient:
         settings.mongo_uri,
         serverSelectionTimeoutMS=5000,
         connectTimeoutMS=3000,
+        # a store that stops answering mid-request surfaces as a retryable error, not a hang
+        socketTimeoutMS=30000,
         tz_aware=True,
         appname="muisti",
     )

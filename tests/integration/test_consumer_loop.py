@@ -11,17 +11,14 @@ from services.common import topics
 from services.common.bus import Outgoing, Producer
 from tests.support.kafka import committed_total, create_topic, produce, read_all, tally_envelope
 from tests.support.processes import ServiceWorker, wait_until
+from tests.support.tally_worker import tally_collection
 
 TALLY_WORKER = "tests.support.tally_worker"
 
 
-def tally_total(db) -> int:
-    return sum(doc.get("n", 0) for doc in db.tally.find({}, {"n": 1}))
-
-
 def applied_ids(db, prefix: str) -> list[str]:
     ids: list[str] = []
-    for doc in db.tally.find({"_id": {"$regex": f"^{prefix}"}}, {"applied": 1}):
+    for doc in db[tally_collection(f"test.tally.{prefix}")].find({}, {"applied": 1}):
         ids.extend(doc.get("applied", []))
     return ids
 
@@ -114,7 +111,7 @@ def test_worker_killed_mid_batch_and_restarted_applies_every_message_exactly_onc
     ids = applied_ids(db, unique)
     assert kills == 2
     assert len(ids) == count and len(set(ids)) == count
-    assert sum(doc["n"] for doc in db.tally.find({"_id": {"$regex": f"^{unique}"}})) == count
+    assert sum(doc["n"] for doc in db[tally_collection(tally_topic)].find()) == count
 
 
 def test_broker_stopped_and_restarted_while_producing_and_consuming_loses_nothing_accepted(
@@ -136,7 +133,7 @@ def test_broker_stopped_and_restarted_while_producing_and_consuming_loses_nothin
                 accepted.extend(chunk)  # acknowledged by the broker: must never be lost
             except Exception as exc:  # noqa: BLE001 - not acknowledged, so not accepted
                 refused.append(repr(exc))
-            time.sleep(0.02)
+            time.sleep(0.2)  # ~100 messages/s: a steady stream the worker keeps up with
         producer.close()
 
     producing = threading.Thread(target=keep_producing)

@@ -19,11 +19,15 @@ from services.common.config import Settings
 from services.common.runner import run_worker
 from services.common.store import ProcessedLedger
 
-TALLY = "tally"
+
+def tally_collection(topic: str) -> str:
+    """One collection per test topic: FerretDB scans a collection for any filter beyond _id,
+    so sharing one across tests would slow every test down as the session goes on."""
+    return "tally_" + topic.replace(".", "_")
 
 
-def make_handler(db, delay_s: float):
-    tally = db[TALLY]
+def make_handler(db, topic: str, delay_s: float):
+    tally = db[tally_collection(topic)]
 
     def handle(envelope):
         if envelope.payload.get("poison"):
@@ -55,7 +59,7 @@ def main() -> int:
         ledger = ProcessedLedger(db, group)
         ledger.prepare()
         return [ConsumerLoop(settings=settings, service="tally", group=group, topics=[topic],
-                             handler=make_handler(db, delay_s), producer=producer,
+                             handler=make_handler(db, topic, delay_s), producer=producer,
                              ledger=ledger)]
 
     from services.common import logs
