@@ -1,5 +1,6 @@
 """Demo traffic for `make run`: Finnish customers browsing, registering, buying and calling,
-sent through the public APIs exactly as real collectors would.
+sent through the public APIs exactly as real collectors would. The same seed gives the same
+events (same messageIds), so repeated runs do not pile up duplicates.
 
     python -m deploy.local.demo [--customers N] [--url http://127.0.0.1:8101] [--key KEY]
 """
@@ -20,8 +21,8 @@ PRODUCT_GROUPS = ["shoes", "outdoor", "kitchen", "toys", "books", "electronics"]
 
 def customer_story(fake: Faker, rng: random.Random, index: int) -> tuple[list[dict], list[dict]]:
     """One customer's Segment messages and contact-centre calls."""
-    now = datetime.now(UTC)
-    cookie = str(uuid.uuid4())
+    now = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
+    cookie = str(uuid.UUID(int=rng.getrandbits(128)))
     loyalty = f"LOY{100000 + index}"
     phone = f"040{rng.randint(1000000, 9999999)}"
     first, last = fake.first_name(), fake.last_name()
@@ -51,13 +52,17 @@ def customer_story(fake: Faker, rng: random.Random, index: int) -> tuple[list[di
                          "timestamp": (now - timedelta(days=rng.randint(0, 90))).isoformat()})
     calls = []
     if rng.random() < 0.4:
-        call_id = str(uuid.uuid4())
+        call_id = str(uuid.UUID(int=rng.getrandbits(128)))
         for event in ("offered", "answered", "ended"):
             calls.append({"call_id": call_id, "event": event, "caller_number": phone,
                           "queue": rng.choice(["billing", "orders", "loyalty"]),
                           "agent_id": f"agent-{rng.randint(1, 9)}",
                           **({"talk_seconds": rng.randint(30, 600), "disposition": "resolved",
                               "notes": "asked where order is"} if event == "ended" else {})})
+    # ids derived from the seed: running the demo again re-sends the same events, which
+    # Muisti recognises by messageId and applies once
+    for number, message in enumerate(messages):
+        message["messageId"] = f"demo-{index}-{number}"
     return messages, calls
 
 

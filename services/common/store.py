@@ -56,25 +56,43 @@ class Index:
     options: dict = field(default_factory=dict)
 
 
+INDEX_CONFLICTS = (85, 86)  # IndexOptionsConflict, IndexKeySpecsConflict
+
+
 def ensure_indexes(db: Database, indexes: Iterable[Index]) -> dict[str, bool]:
     """Create ``indexes`` (idempotent). Returns, per TTL index name, whether the store honours
-    TTL; FerretDB 1.x does not, and the owning service then deletes expired data itself."""
+    TTL; FerretDB 1.x does not, and the owning service then deletes expired data itself.
+
+    An index that already exists under another name or with other options (left by an older
+    version) is kept and reported in the log, so a rolling upgrade never stops a service."""
     ttl_support: dict[str, bool] = {}
     for index in indexes:
-        name = index.name or "_".join(f"{key}_{direction}" for key, direction in index.keys)
-        options = {"name": name, "unique": index.unique, **index.options}
-        if index.ttl_seconds is not None:
-            try:
-                db[index.collection].create_index(
-                    index.keys, expireAfterSeconds=index.ttl_seconds, **options)
-                ttl_support[name] = _ttl_honoured(db, index.collection, name)
-                continue
-            except pymongo.errors.OperationFailure as exc:
-                log.info("store refused a TTL index; expiring in the service instead",
-                         extra={"index": name, "error": str(exc)})
-                ttl_support[name] = False
-        db[index.collection].create_index(index.keys, **options)
+        try:
+            _ensure_index(db, index, ttl_support)
+        except pymongo.errors.OperationFailure as exc:
+            if exc.code not in INDEX_CONFLICTS:
+                raise
+            log.warning("an existing index differs from the declared one; keeping it",
+                        extra={"collection": index.collection, "error": str(exc)})
     return ttl_support
+
+
+def _ensure_index(db: Database, index: Index, ttl_support: dict[str, bool]) -> None:
+    name = index.name or "_".join(f"{key}_{direction}" for key, direction in index.keys)
+    options = {"name": name, "unique": index.unique, **index.options}
+    if index.ttl_seconds is not None:
+        try:
+            db[index.collection].create_index(
+                index.keys, expireAfterSeconds=index.ttl_seconds, **options)
+            ttl_support[name] = _ttl_honoured(db, index.collection, name)
+            return
+        except pymongo.errors.OperationFailure as exc:
+            if exc.code in INDEX_CONFLICTS:
+                raise
+            log.info("store refused a TTL index; expiring in the service instead",
+                     extra={"index": name, "error": str(exc)})
+            ttl_support[name] = False
+    db[index.collection].create_index(index.keys, **options)
 
 
 def _ttl_honoured(db: Database, collection: str, name: str) -> bool:
@@ -108,7 +126,7 @@ class ProcessedLedger:
     def prepare(self) -> None:
         """Create the ledger's index; where the store ignores TTL, expire entries by hand."""
         support = ensure_indexes(self._collection.database, self.indexes())
-        self._expire_by_hand = not all(support.values())
+        self._expire_by_hand = not support.get(self.indexes()[0].name, False)
 
     def expire_if_due(self) -> int:
         """Delete entries past retention, at most hourly, when the store has no TTL index.

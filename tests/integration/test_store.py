@@ -27,3 +27,17 @@ def test_ledger_entries_past_retention_are_expired_even_without_ttl_support(db, 
         assert ledger.seen(["old", "fresh"]) == {"fresh"}
     else:
         assert ledger.seen(["fresh"]) == {"fresh"}
+
+
+def test_an_index_left_by_an_older_version_under_another_name_does_not_stop_start_up(
+        db, unique):
+    collection = f"ledger_{unique}"
+    db[collection].create_index([("processed_at", 1)], name="processed_at_1")
+
+    class Ledger(ProcessedLedger):
+        COLLECTION = collection
+
+    ledger = Ledger(db, f"group-{unique}")
+    ledger.prepare()  # must not raise
+    ledger.mark(["m"])
+    assert ledger.seen(["m"]) == {"m"}
