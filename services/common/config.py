@@ -45,6 +45,28 @@ def _mongo_uri(value: str) -> str | None:
     return None if ok else "must start with mongodb:// or mongodb+srv://"
 
 
+def parse_type_limits(value: str) -> dict[str, int]:
+    """``email=5,phone=3`` → {"email": 5, "phone": 3}; raises ValueError on a bad entry."""
+    limits = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        name, _, number = item.partition("=")
+        if not name.strip() or not number.strip().isdigit() or int(number) < 1:
+            raise ValueError(item)
+        limits[name.strip()] = int(number)
+    return limits
+
+
+def _type_limits(value: str) -> str | None:
+    from services.common.identifiers import IDENTIFIER_TYPES
+
+    try:
+        limits = parse_type_limits(value)
+    except ValueError as exc:
+        return f"must be type=positive number pairs separated by commas; bad entry {exc}"
+    unknown = sorted(set(limits) - set(IDENTIFIER_TYPES))
+    return f"unknown identifier types: {', '.join(unknown)}" if unknown else None
+
+
 def _role_keys(value: str) -> str | None:
     for item in filter(None, (part.strip() for part in value.split(","))):
         role, _, key = item.partition(":")
@@ -92,6 +114,13 @@ class Settings:
         "Consecutive dead letters after which a worker stops instead of rejecting everything "
         "(usually a bad deploy, not bad data)",
         check=_positive,
+    )
+    identity_limits: str = _setting(
+        "",
+        "Identifiers of one type a profile may hold before merge protection refuses more, as "
+        "type=n,type=n over the defaults (user_id=1, hetu=1, email=5, phone=5, social ids 10, "
+        "device_id and anonymous_id 100)",
+        check=_type_limits,
     )
     http_host: str = _setting("127.0.0.1", "Address the HTTP APIs listen on")
     http_port: int = _setting(0, "HTTP port; 0 means the service's default", check=_port)

@@ -12,7 +12,7 @@ from marshmallow import Schema, ValidationError, fields, validate
 
 from services.common import metrics, topics, web
 from services.common.bus import Outgoing
-from services.common.config import Settings
+from services.common.config import Settings, parse_type_limits
 from services.common.identifiers import IDENTIFIER_TYPES, InvalidIdentifier, normalise
 from services.common.web import Problem, current_principal, require_roles, runtime
 from services.identity import graph as graph_rules
@@ -305,7 +305,9 @@ def _graph_blueprint() -> Blueprint:
         if doc["status"] != "open":
             raise Problem(409, f"the suggestion is already {doc['status']}")
         try:
-            merge = graph_rules.merge_profiles(graph, doc["a"], doc["b"],
+            limits = graph_rules.limits_from(
+                parse_type_limits(runtime().settings.identity_limits))
+            merge = graph_rules.merge_profiles(graph, doc["a"], doc["b"], limits=limits,
                                                decision_id=suggestion_id, at=datetime.now(UTC))
         except graph_rules.MergeRefused as exc:
             raise Problem(409, str(exc)) from None

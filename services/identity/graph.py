@@ -174,6 +174,11 @@ class GraphRepository(ABC):
     def lock(self, profile_ids: Iterable[str]) -> AbstractContextManager[None]: ...
 
 
+def limits_from(overrides: Mapping[str, int]) -> dict[str, int]:
+    """The default limits with the configured overrides applied."""
+    return {**DEFAULT_LIMITS, **overrides}
+
+
 def canonical(repo: GraphRepository, profile_id: str) -> str:
     """Follow merged_into to the profile that holds the identifiers now."""
     seen = set()

@@ -14,11 +14,11 @@ from pymongo.database import Database
 
 from services.common import metrics, topics
 from services.common.bus import ConsumerLoop, InvalidMessage, Outgoing, Producer
-from services.common.config import Settings
+from services.common.config import Settings, parse_type_limits
 from services.common.envelope import Envelope
 from services.common.identifiers import InvalidIdentifier, normalise
 from services.common.store import ProcessedLedger, ensure_indexes
-from services.identity.graph import Identifier, resolve
+from services.identity.graph import Identifier, limits_from, resolve
 from services.identity.graph_store import INDEXES, MongoGraph
 from services.identity.merges import UnannouncedChanges, log_message
 from services.identity.suggestions import SuggestionStore, person_record
@@ -36,7 +36,8 @@ def build_consumers(settings: Settings, producer: Producer, db: Database) -> lis
     ledger.prepare()
     graph = MongoGraph(db)
     return [ConsumerLoop(settings=settings, service=SERVICE, group=GROUP, topics=INPUT_TOPICS,
-                         handler=make_handler(graph, SuggestionStore(db)),
+                         handler=make_handler(graph, SuggestionStore(db), limits_from(
+                             parse_type_limits(settings.identity_limits))),
                          producer=producer, ledger=ledger, relay=UnannouncedChanges(graph))]
 
 
@@ -54,14 +55,14 @@ def event_identifiers(envelope: Envelope) -> tuple[dict[str, str], set[Identifie
     return normalised, unverified
 
 
-def make_handler(graph: MongoGraph, people: SuggestionStore):
+def make_handler(graph: MongoGraph, people: SuggestionStore, limits: dict[str, int]):
     def handle(envelope: Envelope) -> list[Outgoing]:
         identifiers, unverified = event_identifiers(envelope)
         if not identifiers:
             raise InvalidMessage("the event carries no valid identifier to resolve")
         result = resolve(graph, [Identifier(t, v) for t, v in identifiers.items()],
                          message_id=envelope.message_id, at=envelope.received_at,
-                         unverified=unverified)
+                         unverified=unverified, limits=limits)
         if result.conflicts:
             graph.record_conflicts(envelope.message_id, result.conflicts, envelope.received_at)
             for conflict in result.conflicts:

@@ -50,3 +50,14 @@ def test_configuration_doc_is_generated_from_the_code():
 
     doc = (Path(__file__).parents[2] / "docs" / "CONFIGURATION.md").read_text()
     assert reference() in doc, "docs/CONFIGURATION.md is stale: python -m services.common.config"
+
+
+def test_identity_limits_are_type_number_pairs_of_known_types():
+    from services.common.config import parse_type_limits
+
+    settings = Settings.from_env({"CDP_IDENTITY_LIMITS": "email=3, phone=2"})
+    assert parse_type_limits(settings.identity_limits) == {"email": 3, "phone": 2}
+    with pytest.raises(ConfigError, match="unknown identifier types: shoe"):
+        Settings.from_env({"CDP_IDENTITY_LIMITS": "shoe=1"})
+    with pytest.raises(ConfigError, match="bad entry email=0"):
+        Settings.from_env({"CDP_IDENTITY_LIMITS": "email=0"})
