@@ -26,6 +26,7 @@ from kafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pymongo.database import Database
 from werkzeug.exceptions import HTTPException
+from werkzeug.http import HTTP_STATUS_CODES
 
 from services.common import logs, metrics, store
 from services.common.auth import ApiKeys, Principal
@@ -90,8 +91,6 @@ class _ProblemApi(Api):
 
 
 def _problem(status: int, detail: str, *, errors=None, headers=None) -> flask.Response:
-    from werkzeug.http import HTTP_STATUS_CODES
-
     body = {"type": "about:blank", "title": HTTP_STATUS_CODES.get(status, "Error"),
             "status": status, "detail": detail}
     if errors:

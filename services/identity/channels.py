@@ -26,12 +26,11 @@ from services.common.documents import unstorable
 from services.common.envelope import Envelope, new_envelope
 from services.common.identifiers import InvalidIdentifier, normalise
 from services.common.redaction import redact_in
+from services.identity.graph import PRIORITY
 
 SEGMENT_TYPES = ("identify", "track", "page", "screen", "group", "alias")
 EVENT_NAMES = {"identify": "Identify", "page": "Page Viewed", "screen": "Screen Viewed",
                "group": "Group", "alias": "Alias"}
-KEY_ORDER = ("user_id", "hetu", "email", "phone", "twitter_id", "facebook_id", "twitter_handle",
-             "device_id", "anonymous_id")
 # trait name in Segment's reserved traits (or common practice) → Muisti identifier type
 TRAIT_IDENTIFIERS = {"email": "email", "phone": "phone", "twitter": "twitter_handle",
                      "twitter_handle": "twitter_handle", "facebook_id": "facebook_id"}
@@ -151,7 +150,7 @@ def _identifiers(candidates: dict[str, Any]) -> tuple[dict[str, str], list[dict[
 
 def partition_key(identifiers: dict[str, str]) -> str:
     """The strongest identifier: events of one customer keep their order on one partition."""
-    for type_ in KEY_ORDER:
+    for type_ in PRIORITY:
         if type_ in identifiers:
             return f"{type_}:{identifiers[type_]}"
     return "unidentified"

@@ -260,6 +260,7 @@ def _resolve_locked(repo, ordered, links, message_id, at, unverified, limits) ->
     else:
         result = Resolution(canonical(repo, links[anchor_identifier].profile_id))
     counts = repo.count_by_type(result.profile_id)
+    listed = repo.listed(result.profile_id)  # read once; kept current below
 
     for identifier in ordered:
         link = links.get(identifier)
@@ -273,11 +274,12 @@ def _resolve_locked(repo, ordered, links, message_id, at, unverified, limits) ->
             repo.add_link(Link(identifier, result.profile_id, identifier not in unverified,
                                message_id, at))
             counts[identifier.type] = counts.get(identifier.type, 0) + 1
+            listed.add(identifier)
             result.linked.append(identifier)
             continue
         owner = canonical(repo, link.profile_id)
         if owner == result.profile_id:
-            if link.profile_id != owner or identifier not in repo.listed(owner):
+            if link.profile_id != owner or identifier not in listed:
                 # finish what a crash interrupted: a merge that did not move this link, or a
                 # link the profile's record does not list yet
                 repo.move_links([identifier], link.profile_id, owner)
@@ -299,6 +301,7 @@ def _resolve_locked(repo, ordered, links, message_id, at, unverified, limits) ->
         repo.merge(merge)
         result.merges.append(merge)
         result.profile_id = survivor
+        listed = repo.listed(survivor)
         counts = {t: counts.get(t, 0) + other_counts.get(t, 0)
                   for t in set(counts) | set(other_counts)}
     return result

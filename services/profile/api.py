@@ -130,8 +130,8 @@ def _profiles_blueprint() -> Blueprint:
     @blueprint.response(200)
     def timeline(query, profile_id):
         """The profile's recent cross-channel timeline, newest first."""
-        view = _read(ProfileStore(runtime().db).load_current(profile_id), profile_id)
-        doc = ProfileStore(runtime().db).load(view["profile_id"])
+        doc = ProfileStore(runtime().db).load_current(profile_id)
+        view = _read(doc, profile_id)
         entries = [e for e in doc["timeline"]
                    if (query["channel"] is None or e["channel"] == query["channel"])
                    and (query["before"] is None or e["at"] < query["before"])]
