@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import pymongo
+import pymongo.collection
 import pymongo.errors
 from pymongo.database import Database
 
@@ -37,6 +38,31 @@ def connect(settings: Settings) -> pymongo.MongoClient:
 
 def database(client: pymongo.MongoClient, settings: Settings) -> Database:
     return client[settings.mongo_db]
+
+
+def find_by_ids(collection: pymongo.collection.Collection, ids: list[str],
+                projection: dict | None = None) -> list[dict]:
+    """The documents whose ``_id`` is one of ``ids``, in one query on MongoDB.
+
+    FerretDB 1.x answers only a single ``_id`` equality from an index; ``$in`` scans the whole
+    collection, which grows with the data, so there it is one indexed lookup per id instead.
+    """
+    if not ids:
+        return []
+    if not _is_ferretdb(collection.database.client):
+        return list(collection.find({"_id": {"$in": ids}}, projection))
+    found = (collection.find_one({"_id": one}, projection) for one in ids)
+    return [doc for doc in found if doc is not None]
+
+
+_ferretdb: dict[int, bool] = {}
+
+
+def _is_ferretdb(client: pymongo.MongoClient) -> bool:
+    key = id(client)
+    if key not in _ferretdb:
+        _ferretdb[key] = "ferretdbVersion" in client.server_info()
+    return _ferretdb[key]
 
 
 def ping(client: pymongo.MongoClient) -> None:
@@ -104,7 +130,7 @@ class ProcessedLedger:
     """Which message_ids a consumer group has applied, so re-deliveries are skipped.
 
     One document per (group, message_id), kept ``RETENTION`` (far longer than any re-delivery
-    window). ``seen`` is one query per batch. Call ``prepare`` once at start.
+    window). ``seen`` looks a batch up by _id. Call ``prepare`` once at start.
     """
 
     COLLECTION = "processed_messages"
@@ -145,8 +171,7 @@ class ProcessedLedger:
         if not ids:
             return set()
         prefix = len(self._group) + 1
-        found = self._collection.find({"_id": {"$in": ids}}, {"_id": 1})
-        return {doc["_id"][prefix:] for doc in found}
+        return {doc["_id"][prefix:] for doc in find_by_ids(self._collection, ids, {"_id": 1})}
 
     def mark(self, message_ids: Iterable[str]) -> None:
         now = datetime.now(UTC)
