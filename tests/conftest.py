@@ -7,6 +7,7 @@ tests/integration and tests/e2e are marked ``infra``; unit tests cannot open soc
 
 from __future__ import annotations
 
+import base64
 import os
 import uuid
 from pathlib import Path
@@ -47,6 +48,9 @@ def test_env(infra: Instance) -> dict[str, str]:
         "CDP_CONSUMER_GROUP_PREFIX": f"test-{SESSION}-",
         "CDP_BOOTSTRAP_API_KEYS": ",".join(f"{role}:{key}" for role, key in API_KEYS.items()),
         "CDP_LOG_FORMAT": "json",
+        "CDP_PRIVACY_DIGEST_KEY": f"test-digest-key-{SESSION}",
+        "CDP_MASTER_KEY": base64.b64encode(os.urandom(32)).decode(),
+        "CDP_SERVICE_API_KEY": API_KEYS["dpo"],
         "CDP_CONSUMER_SESSION_TIMEOUT_MS": "6000",
     }
 

@@ -39,7 +39,8 @@ def customer_story(fake: Faker, rng: random.Random, index: int) -> tuple[list[di
                                 "firstName": first, "lastName": last,
                                 "address": {"street": fake.street_address(),
                                             "postalCode": fake.postcode(), "city": fake.city()},
-                                "language": rng.choice(["fi", "fi", "sv", "en"])},
+                                "language": rng.choice(["fi", "fi", "sv", "en"]),
+                                **({"twitter": _handle(index)} if index % 3 == 0 else {})},
                      "timestamp": (visit + timedelta(minutes=10)).isoformat()})
     messages.append({"type": "alias", "userId": loyalty, "previousId": cookie})
     for _ in range(rng.randint(0, 3)):
@@ -66,17 +67,40 @@ def customer_story(fake: Faker, rng: random.Random, index: int) -> tuple[list[di
     return messages, calls
 
 
+POSTS = [
+    "@muisti_shop tilaukseni ei ole vieläkään tullut, todella huono palvelu",
+    "@muisti_shop kiitos nopeasta toimituksesta, kengät ovat upeat!",
+    "@muisti_shop my order arrived broken and nobody answers the phone",
+    "@muisti_shop tack för hjälpen i butiken igår",
+]
+
+
+def _handle(index: int) -> str:
+    return f"asiakas_{index}"
+
+
+def social_post(index: int) -> dict | None:
+    """A post on X from every third customer (their handle is in their web profile)."""
+    if index % 3:
+        return None
+    return {"platform": "x", "message_id": f"demo-post-{index}", "kind": "mention",
+            "author": {"id": str(900000 + index), "handle": _handle(index)},
+            "text": POSTS[(index // 3) % len(POSTS)],
+            "identifiers": {"twitter_handle": _handle(index)}}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy.local.demo")
     parser.add_argument("--customers", type=int, default=40)
     parser.add_argument("--url", default="http://127.0.0.1:8101")
+    parser.add_argument("--social-url", default="http://127.0.0.1:8104")
     parser.add_argument("--key", required=True, help="a collector key")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
     fake, rng = Faker("fi_FI"), random.Random(args.seed)
     Faker.seed(args.seed)
     auth = (args.key, "")
-    sent = calls = 0
+    sent = calls = posts = 0
     for index in range(args.customers):
         messages, call_events = customer_story(fake, rng, index)
         response = requests.post(f"{args.url}/v1/batch", json={"batch": messages}, auth=auth,
@@ -87,7 +111,13 @@ def main(argv: list[str] | None = None) -> int:
             requests.post(f"{args.url}/v1/calls", json=call, auth=auth,
                           timeout=30).raise_for_status()
             calls += 1
-    print(f"demo traffic: {args.customers} customers, {sent} web events, {calls} call events")
+        post = social_post(index)
+        if post:
+            requests.post(f"{args.social_url}/v1/social/posts", json=post, auth=auth,
+                          timeout=30).raise_for_status()
+            posts += 1
+    print(f"demo traffic: {args.customers} customers, {sent} web events, {calls} call events, "
+          f"{posts} social posts")
     return 0
 
 

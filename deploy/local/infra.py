@@ -236,7 +236,9 @@ class Instance:
             _run(
                 [
                     "java", "-cp", classpath, "kafka.tools.StorageTool", "format",
-                    "-t", _kafka_cluster_id(), "-c", str(props), "--ignore-formatted",
+                    # one argument: an id starting with "-" is not read as an option
+                    f"--cluster-id={_kafka_cluster_id()}", "-c", str(props),
+                    "--ignore-formatted",
                 ],
                 "formatting Kafka storage failed",
             )

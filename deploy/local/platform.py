@@ -11,6 +11,7 @@ are generated on first start and kept in .run/dev/keys.env, so they survive rest
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import secrets
 import signal
@@ -27,6 +28,16 @@ from deploy.local.infra import REPO, InfraError, Instance
 SERVICES = {"identity": 8101, "profile": 8102, "consent": 8103, "social": 8104, "export": 8105}
 WORKER_METRICS_PORTS = {name: port + 1000 for name, port in SERVICES.items()}
 ROLES = ("collector", "agent", "supervisor", "partner", "dpo", "admin")
+# secrets each service needs, generated on first start (a real deployment sets its own)
+SECRETS = {
+    "CDP_PRIVACY_DIGEST_KEY": lambda: secrets.token_urlsafe(32),
+    "CDP_MASTER_KEY": lambda: base64.b64encode(secrets.token_bytes(32)).decode(),
+    "CDP_CONSENT_RECEIPT_KEY": lambda: base64.b64encode(secrets.token_bytes(32)).decode(),
+    "CDP_DASHBOARD_STREAM_SECRET": lambda: secrets.token_urlsafe(32),
+    "CDP_SOCIAL_META_APP_SECRET": lambda: secrets.token_hex(16),
+    "CDP_SOCIAL_META_VERIFY_TOKEN": lambda: secrets.token_urlsafe(16),
+    "CDP_SOCIAL_X_CONSUMER_SECRET": lambda: secrets.token_urlsafe(32),
+}
 
 
 def _say(msg: str) -> None:
@@ -49,9 +60,29 @@ class Platform:
         pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
         return {name.removeprefix("CDP_KEY_").lower(): value for name, value in pairs}
 
+    def secrets(self) -> dict[str, str]:
+        """Generated once into .run/<instance>/secrets.env; a secret added by a newer version
+        is appended, the existing ones are kept (data protected by them stays readable)."""
+        path = self.instance.run_dir / "secrets.env"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        known = dict(line.split("=", 1) for line in
+                     (path.read_text().splitlines() if path.exists() else []) if "=" in line)
+        missing = {name: make() for name, make in SECRETS.items() if name not in known}
+        if missing:
+            with path.open("a") as out:
+                out.writelines(f"{name}={value}\n" for name, value in missing.items())
+            path.chmod(0o600)
+        return {**known, **missing}
+
     def env(self) -> dict[str, str]:
         bootstrap = ",".join(f"{role}:{key}" for role, key in self.keys().items())
-        return {**os.environ, **self.instance.env(), "CDP_BOOTSTRAP_API_KEYS": bootstrap}
+        return {**os.environ, **self.instance.env(), **self.secrets(),
+                "CDP_BOOTSTRAP_API_KEYS": bootstrap,
+                # the consent service asks identity for a data subject's profiles; social
+                # files platform deletions with the consent service
+                "CDP_SERVICE_API_KEY": self.keys()["dpo"],
+                "CDP_IDENTITY_URL": f"http://127.0.0.1:{SERVICES['identity']}",
+                "CDP_CONSENT_URL": f"http://127.0.0.1:{SERVICES['consent']}"}
 
     def start(self) -> None:
         started = time.monotonic()
@@ -116,7 +147,9 @@ class Platform:
         _say(f"\n  API keys (also in {self.instance.run_dir / 'keys.env'}):")
         for role, key in keys.items():
             _say(f"    {role:10} {key}")
-        _say(f"\n  Logs: {self.dir}/*.log and {self.instance.run_dir}/*.log")
+        _say(f"\n  Agent dashboard: http://127.0.0.1:{SERVICES['profile']}/dashboard "
+             "(sign in with the agent or supervisor key)")
+        _say(f"  Logs: {self.dir}/*.log and {self.instance.run_dir}/*.log")
         _say("  Try:  curl -H 'Authorization: Bearer " + keys["agent"]
              + "' 'http://127.0.0.1:8101/v1/identity/resolve?type=user_id&value=LOY100001'")
         _say("  Stop: make stop\n")

@@ -75,6 +75,52 @@ def _role_keys(value: str) -> str | None:
     return None
 
 
+def _master_key(value: str) -> str | None:
+    if value == "":
+        return None
+    import base64
+    import binascii
+
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return "must be base64"
+    return None if len(raw) == 32 else f"must decode to 32 bytes, not {len(raw)}"
+
+
+def _service_names(value: str) -> str | None:
+    names = [name.strip() for name in value.split(",")]
+    ok = all(name.isidentifier() for name in names)
+    return None if ok else "must be service names separated by commas"
+
+
+def _kind_days(value: str) -> str | None:
+    try:
+        parse_type_limits(value)
+    except ValueError as exc:
+        return f"must be kind=days pairs separated by commas; bad entry {exc}"
+    return None
+
+
+_RFM_PART = r"\s*(recency|frequency|monetary)=\d+(\.\d+)?(,\d+(\.\d+)?){3}\s*"
+
+
+def _rfm_thresholds(value: str) -> str | None:
+    import re
+
+    ok = re.fullmatch(rf"{_RFM_PART}(;{_RFM_PART})*;?", value) is not None
+    return None if ok else "must be part=n,n,n,n joined by ; (parts recency, frequency, monetary)"
+
+
+def _purpose_consents(value: str) -> str | None:
+    import re
+
+    names = r"[a-z][a-z0-9_]*"
+    ok = re.fullmatch(rf"({names}={names}(\|{names})*)(,{names}={names}(\|{names})*)*",
+                      value.replace(" ", "")) is not None
+    return None if ok or value == "" else "must be purpose=consent|consent,... in lower case"
+
+
 @dataclass(frozen=True)
 class Settings:
     """All of Muisti's settings. Field ``x_y`` is read from ``CDP_X_Y``."""
@@ -126,6 +172,39 @@ class Settings:
     http_port: int = _setting(0, "HTTP port; 0 means the service's default", check=_port)
     http_threads: int = _setting(8, "Threads per HTTP worker process", check=_positive)
     http_processes: int = _setting(1, "HTTP worker processes per API", check=_positive)
+    consent_url: str = _setting(
+        "http://127.0.0.1:8103",
+        "Base URL of the consent API; the agent dashboard reads a profile's consents there",
+        check=lambda value: None if value.startswith(("http://", "https://"))
+        else "must start with http:// or https://",
+    )
+    dashboard_stream_secret: str = _setting(
+        "",
+        "Secret (32+ characters) signing the dashboard's short-lived live-stream tokens; the "
+        "same in every profile API process. Empty: a random secret kept in the store",
+        check=lambda value: None if value == "" or len(value) >= 32
+        else "must be at least 32 characters",
+    )
+    dashboard_max_streams: int = _setting(
+        4,
+        "Live dashboard streams one profile API process serves at once; each holds one of its "
+        "CDP_HTTP_THREADS threads, so keep it below that",
+        check=_positive,
+    )
+    profile_rfm_thresholds: str = _setting(
+        "recency=30,90,180,365;frequency=2,3,5,8;monetary=50,200,500,1000",
+        "RFM score boundaries, four increasing numbers each: recency in days since the last "
+        "purchase (within the first scores 5), frequency in purchases and monetary in total "
+        "spend (from the last up scores 5)",
+        check=_rfm_thresholds,
+    )
+    profile_purpose_consents: str = _setting(
+        "marketing=marketing_email|marketing_sms|marketing_phone|marketing_post,"
+        "analytics=analytics",
+        "Consent purposes a profile read for a purpose (X-Purpose) needs one of, as "
+        "purpose=consent|consent,...; without one the read withholds personal data",
+        check=_purpose_consents,
+    )
     worker_metrics_port: int = _setting(
         0, "Port where a Kafka worker serves /metrics and /healthz; 0 disables", check=_port
     )
@@ -138,9 +217,113 @@ class Settings:
         "production keys are created with the key command)",
         check=_role_keys,
     )
+    privacy_digest_key: str = _setting(
+        "",
+        "Secret (16+ characters) for the keyed digests that stand in for erased identifiers "
+        "(the suppression list); required where data-subject requests are handled",
+        check=lambda value: None if value == "" or len(value) >= 16
+        else "must be at least 16 characters",
+    )
+    master_key: str = _setting(
+        "",
+        "Base64 of 32 random bytes: wraps the per-subject data keys of crypto-shredded personal "
+        "fields (python -m services.common.shredding makes one); required by the consent "
+        "service; losing it makes every sealed field unreadable",
+        check=_master_key,
+    )
+    privacy_services: str = _setting(
+        "identity,profile,consent,social,export",
+        "Services that must acknowledge every data-subject request before it completes",
+        check=_service_names,
+    )
+    privacy_deadline_days: int = _setting(
+        30, "Days a data-subject request may take before it shows as overdue (GDPR: one month)",
+        check=_positive,
+    )
+    identity_url: str = _setting(
+        "http://127.0.0.1:8101",
+        "Base URL of the identity API; the consent service asks it for a data subject's "
+        "profiles and identifiers before fanning a request out (empty: no expansion)",
+    )
+    service_api_key: str = _setting(
+        "", "API key a service presents to another service's API (the consent service to "
+        "identity's subject lookup: a key with the dpo role)"
+    )
+    retention_days: str = _setting(
+        "consent_proof=1825,access_log=730,event_history=395,privacy_requests=1825,"
+        "access_exports=30",
+        "Days each kind of data is kept, as kind=days,...: consent proof after the consent "
+        "ended, access-log entries, event history, closed data-subject requests, access "
+        "exports awaiting download; each service sweeps the kinds it holds",
+        check=_kind_days,
+    )
+    consent_purposes_file: str = _setting(
+        "", "The purposes catalogue (TOML) the consent service reads; empty: the packaged "
+        "services/consent/purposes.toml"
+    )
+    consent_receipt_key: str = _setting(
+        "",
+        "Base64 of the 32-byte Ed25519 seed that signs consent receipts (anyone verifies them "
+        "with the public key at /v1/consents/receipt-key); empty: a public development key",
+        check=_master_key,
+    )
     auth_cache_seconds: float = _setting(
         5.0, "How long a verified API key is trusted before it is looked up again "
         "(bounds how late a revocation takes effect)"
+    )
+    export_batch_size: int = _setting(
+        500, "Profiles per export batch (one signed delivery each)", check=_positive
+    )
+    export_lease_seconds: float = _setting(
+        30.0, "How long an export worker holds a run without renewing its lease; another "
+        "worker resumes the run this long after the holder died", check=_positive,
+    )
+    export_max_attempts: int = _setting(
+        6, "Delivery attempts of one export batch (timeouts, 429, 5xx) before the run fails",
+        check=_positive,
+    )
+    export_retry_base_seconds: float = _setting(
+        0.5, "First backoff of a failed export delivery; it doubles per attempt (full jitter)",
+        check=_positive,
+    )
+    export_http_timeout_seconds: float = _setting(
+        10.0, "Timeout of one HTTP delivery to a partner", check=_positive
+    )
+    export_directory_root: str = _setting(
+        ".run/exports", "Directory under which directory destinations of export contracts live"
+    )
+    export_allow_http: bool = _setting(
+        False, "Accept plain http:// partner endpoints (local runs and tests only)"
+    )
+    social_meta_app_secret: str = _setting(
+        "", "Meta app secret: checks X-Hub-Signature-256 on webhook deliveries and the "
+        "signed_request of data-deletion callbacks; empty refuses every Meta delivery"
+    )
+    social_meta_verify_token: str = _setting(
+        "", "The verify token entered in Meta's webhook settings (GET handshake); empty refuses "
+        "the handshake"
+    )
+    social_x_consumer_secret: str = _setting(
+        "", "X (Twitter) app consumer secret: answers the CRC check and verifies "
+        "x-twitter-webhooks-signature; empty refuses every X delivery"
+    )
+    social_public_url: str = _setting(
+        "", "Public base URL of the social API, for the deletion status URL given to Meta; "
+        "empty uses the URL the request came to"
+    )
+    social_poll_url: str = _setting(
+        "", "Base URL of the X API v2 the mentions poller reads (e.g. https://api.x.com); "
+        "empty disables the poller"
+    )
+    social_poll_user_id: str = _setting("", "X user id of the brand account whose mentions "
+                                        "the poller reads")
+    social_poll_bearer_token: str = _setting("", "Bearer token the poller presents to the X API")
+    social_poll_interval_seconds: float = _setting(
+        60.0, "Pause between two polls of the mentions endpoint once it is read to the end"
+    )
+    social_poll_page_size: int = _setting(
+        100, "Posts asked for per page of the mentions endpoint (X allows 5-100)",
+        check=_positive,
     )
 
     @classmethod

@@ -53,6 +53,8 @@ IDENTIFIER_TYPES: tuple[str, ...] = (
     "twitter_id",
     "twitter_handle",
     "facebook_id",
+    "instagram_id",
+    "instagram_handle",
     "hetu",
     "business_id",
 )
@@ -66,6 +68,8 @@ OPAQUE_ID_MAX_LENGTH = 256
 # e.g. the Kelvin sign U+212A through as "k".
 _TWITTER_HANDLE_RE = re.compile(r"[A-Za-z0-9_]{1,15}")
 _NUMERIC_ID_RE = re.compile(r"[0-9]{1,25}")
+# Instagram user names: up to 30 ASCII letters, digits, periods and underscores.
+_INSTAGRAM_HANDLE_RE = re.compile(r"[A-Za-z0-9._]{1,30}")
 
 
 class InvalidIdentifier(ValueError):
@@ -165,6 +169,15 @@ def _twitter_handle(value: str, region: str) -> str:
     return handle.lower()
 
 
+def _instagram_handle(value: str, region: str) -> str:
+    handle = value[1:] if value.startswith("@") else value
+    if not _INSTAGRAM_HANDLE_RE.fullmatch(handle):
+        raise InvalidIdentifier(
+            "instagram_handle",
+            "an Instagram user name is 1-30 letters, digits, periods or underscores")
+    return handle.lower()
+
+
 def _numeric_id(type_: str) -> Callable[[str, str], str]:
     def check(value: str, region: str) -> str:
         if not _NUMERIC_ID_RE.fullmatch(value):
@@ -196,6 +209,8 @@ _NORMALISERS: dict[str, Callable[[str, str], str]] = {
     "twitter_id": _numeric_id("twitter_id"),
     "twitter_handle": _twitter_handle,
     "facebook_id": _numeric_id("facebook_id"),
+    "instagram_id": _numeric_id("instagram_id"),
+    "instagram_handle": _instagram_handle,
     "hetu": _hetu,
     "business_id": _business_id,
 }
@@ -210,7 +225,8 @@ def normalise(type_: str, value: str, *, region: str = "FI") -> str:
 
     Canonical forms: email lower-cased; phone E.164 (``+358401234567``); hetu
     upper case (``131052-308T``); business_id ``1234567-8``; twitter_handle
-    lower case without ``@``; twitter_id / facebook_id the digits; user_id,
+    lower case without ``@``; instagram_handle likewise; twitter_id / facebook_id /
+    instagram_id the digits; user_id,
     anonymous_id and device_id unchanged apart from stripping (case kept).
 
     Raises :class:`InvalidIdentifier` if ``type_`` is not in

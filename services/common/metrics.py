@@ -79,6 +79,11 @@ IDENTIFIERS_DROPPED = Counter(
     "Identifiers dropped from events: invalid, or suppressed after erasure",
     ["service", "type", "reason"],
 )
+EVENTS_SUPPRESSED = Counter(
+    "muisti_events_suppressed_total",
+    "Events dropped because they carry an identifier erased on the data subject's request",
+    ["service", "channel"],
+)
 IDENTITY_MERGES = Counter(
     "muisti_identity_merges_total",
     "Profiles merged into another by the identity graph",
@@ -88,4 +93,15 @@ IDENTITY_CONFLICTS = Counter(
     "muisti_identity_conflicts_total",
     "Identifiers held back from a profile by merge protection (limits, unverified links)",
     ["service", "type"],
+)
+SOCIAL_MESSAGES_SKIPPED = Counter(
+    "muisti_social_messages_skipped_total",
+    "Platform notifications not turned into events: the brand's own posts, retweets, edits, "
+    "blocked authors, notifications naming no author, unsupported fields",
+    ["service", "platform", "reason"],
+)
+SOCIAL_COMPLAINTS = Counter(
+    "muisti_social_complaints_total",
+    "Social messages classified as complaints at ingestion",
+    ["service", "platform"],
 )

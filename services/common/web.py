@@ -332,3 +332,16 @@ def require_roles(*roles: str):
         return guarded
 
     return decorate
+
+
+def authenticated_by_platform(proof: str):
+    """Mark a view that a platform (Meta, X) calls without a Muisti API key: the request proves
+    itself with ``proof`` (a signature, a verify token, an unguessable code), which the view
+    checks. An API key neither opens nor is needed for such a view; the authorization-matrix
+    test holds it to answering an unproven call the same whatever key is presented."""
+
+    def decorate(view):
+        view._muisti_platform_proof = proof
+        return view
+
+    return decorate

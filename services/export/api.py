@@ -1,10 +1,236 @@
-"""HTTP entry point of the export service."""
+"""HTTP entry point of the export service: partner contracts and export runs.
 
-from flask import Flask
+Roles: admin defines contracts (PUT, DELETE); admin and dpo start runs; admin, dpo and
+supervisor read every contract and run (every export is auditable); a partner key reads only
+its own contract and runs (another partner's answer 404, so ids cannot be probed). Runs are
+worked by the export worker, never in the request thread: POST answers 202 with the queued
+run, and a repeated POST with the same ``Idempotency-Key`` answers the same run.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from flask import Flask, request
+from flask_smorest import Blueprint
+from marshmallow import EXCLUDE, Schema, fields, validate
 
 from services.common import web
 from services.common.config import Settings
+from services.common.web import Problem, current_principal, require_roles, runtime
+from services.export import contracts
+from services.export.export_store import ExportStore, now
+
+SERVICE = "export"
+AUDITORS = ("dpo", "supervisor")
+MAX_IDEMPOTENCY_KEY = 200
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    return web.create_app(service="export", settings=settings or Settings.from_env())
+    return web.create_app(service=SERVICE, settings=settings or Settings.from_env(),
+                          blueprints=[_partners_blueprint(), _runs_blueprint()])
+
+
+class FieldRuleSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    name = fields.String(required=True, metadata={"description": "column name sent"})
+    source = fields.String(required=True, metadata={
+        "description": "profile_id, identifiers.<type>, traits.<name> or computed.<name>"})
+    treatment = fields.String(load_default="plain",
+                              validate=validate.OneOf(contracts.TREATMENTS))
+    platform = fields.String(load_default=None, allow_none=True,
+                             metadata={"description": "meta or google (sha256 only)"})
+    platform_field = fields.String(load_default=None, allow_none=True, metadata={
+        "description": "the platform's parameter name, e.g. em, ph, email, phone"})
+
+
+class DestinationSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    kind = fields.String(required=True, validate=validate.OneOf(("https", "directory")))
+    url = fields.String(load_default=None, allow_none=True)
+    signing_secret = fields.String(load_default=None, allow_none=True, load_only=True)
+    path = fields.String(load_default=None, allow_none=True)
+
+
+class ContractSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    name = fields.String(required=True)
+    required_purposes = fields.List(fields.String(), required=True, metadata={
+        "description": "every one must be allowed for a profile at the moment it is sent"})
+    fields_ = fields.List(fields.Nested(FieldRuleSchema), required=True, data_key="fields",
+                          metadata={"description": "the allow-list of fields and treatments"})
+    destination = fields.Nested(DestinationSchema, required=True)
+    format = fields.String(load_default="csv", validate=validate.OneOf(contracts.FORMATS))
+    gzip = fields.Boolean(load_default=False)
+    mode = fields.String(load_default="full", validate=validate.OneOf(contracts.MODES))
+    segment = fields.String(load_default=None, allow_none=True)
+    pseudonym_key = fields.String(load_default=None, allow_none=True, load_only=True)
+    phone_region = fields.String(load_default="FI")
+
+
+class RunRequestSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    mode = fields.String(load_default=None, allow_none=True,
+                         validate=validate.OneOf(contracts.MODES),
+                         metadata={"description": "overrides the contract's mode"})
+
+
+def _store() -> ExportStore:
+    return ExportStore(runtime().db)
+
+
+def _visible_partner(partner_id: str) -> None:
+    """A partner key sees only its own partner; others get the same 404 as a missing one."""
+    principal = current_principal()
+    privileged = principal.roles & {"admin", *AUDITORS}
+    if not privileged and principal.partner_id != partner_id:
+        raise Problem(404, f"no partner {partner_id}")
+
+
+def _partners_blueprint() -> Blueprint:
+    blueprint = Blueprint("partners", __name__, url_prefix="/v1/partners",
+                          description="Partner contracts (admin)")
+
+    @blueprint.route("/<string:partner_id>", methods=["PUT"])
+    @require_roles("admin")
+    @blueprint.arguments(ContractSchema)
+    @blueprint.response(200)
+    @blueprint.alt_response(422, description="the contract is invalid; errors name each field")
+    def put_partner(body, partner_id):
+        """Create or replace a partner's contract. Secrets (signing_secret, pseudonym_key) are
+        stored and never shown again."""
+        body = {**body, "fields": body.pop("fields_")}
+        try:
+            contract = contracts.parse_contract(
+                partner_id, body, allow_http=runtime().settings.export_allow_http)
+        except contracts.InvalidContract as exc:
+            raise Problem(422, "the contract is invalid", errors=exc.problems) from None
+        _store().save_partner(contract)
+        return contracts.public_view(contract)
+
+    @blueprint.route("/<string:partner_id>", methods=["GET"])
+    @require_roles("admin", "partner", *AUDITORS)
+    @blueprint.response(200)
+    @blueprint.alt_response(404, description="no such partner")
+    def get_partner(partner_id):
+        """A partner's contract without its secrets."""
+        _visible_partner(partner_id)
+        contract = _store().partner(partner_id)
+        if contract is None:
+            raise Problem(404, f"no partner {partner_id}")
+        return contracts.public_view(contract)
+
+    @blueprint.route("/<string:partner_id>", methods=["DELETE"])
+    @require_roles("admin")
+    @blueprint.response(204)
+    @blueprint.alt_response(404, description="no such partner")
+    def delete_partner(partner_id):
+        """Retire a contract: no new runs; deletion notices still reach the partner."""
+        if not _store().delete_partner(partner_id):
+            raise Problem(404, f"no partner {partner_id}")
+        return "", 204
+
+    return blueprint
+
+
+def _run_view(run: dict[str, Any]) -> dict[str, Any]:
+    progress = run.get("progress") or {}
+    return {
+        "run_id": run["_id"], "partner_id": run["partner_id"], "mode": run["mode"],
+        "status": run["status"], "created_at": _iso(run.get("created_at")),
+        "started_at": _iso(run.get("started_at")), "finished_at": _iso(run.get("finished_at")),
+        "changed_since": _iso(run.get("changed_since")),
+        "progress": {"considered": progress.get("considered", 0),
+                     "excluded": progress.get("excluded", {}),
+                     "exported": progress.get("exported", 0),
+                     "batches_sent": progress.get("batches_sent", 0),
+                     "invalid_values": progress.get("invalid_values", {}),
+                     "next_batch": run.get("next_batch", 0)},
+        "error": run.get("error"), "failed_batch": run.get("failed_batch"),
+        "audit": {"requested_by": run.get("requested_by"),
+                  "idempotency_key": run.get("idempotency_key"),
+                  "content_sha256": run.get("content_sha256"),
+                  "partner_receipt": run.get("receipt"), "claims": run.get("claims", 0)},
+    }
+
+
+def _iso(moment) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
+def _runs_blueprint() -> Blueprint:
+    blueprint = Blueprint("exports", __name__, url_prefix="/v1/exports",
+                          description="Export runs: start, follow, audit")
+
+    @blueprint.route("/<string:partner_id>/runs", methods=["POST"])
+    @require_roles("admin", "dpo")
+    @blueprint.arguments(RunRequestSchema)
+    @blueprint.response(202)
+    @blueprint.alt_response(404, description="no such partner")
+    @blueprint.alt_response(409, description="another run of this partner is in progress")
+    def start_run(body, partner_id):
+        """Queue an export run; the worker sends it. With an `Idempotency-Key` header a
+        repeated request answers the run the first one created."""
+        store = _store()
+        contract = store.partner(partner_id)
+        if contract is None:
+            raise Problem(404, f"no partner {partner_id}")
+        key = request.headers.get("Idempotency-Key")
+        if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
+            raise Problem(400, f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters")
+        run_id = (str(uuid.uuid5(uuid.NAMESPACE_URL, f"muisti:export-run:{partner_id}:{key}"))
+                  if key else str(uuid.uuid4()))
+        existing = store.run(run_id)
+        if existing is not None:
+            return _run_view(existing)
+        if store.active_run(partner_id) is not None:
+            raise Problem(409, "a run of this partner is queued or running; wait for it")
+        mode = body.get("mode") or contract.mode
+        created = now()
+        changed_since = None
+        if mode == "incremental":
+            previous = store.last_successful_run(partner_id, before=created)
+            if previous is not None:
+                changed_since = previous.get("started_at") or previous["created_at"]
+        run, _ = store.create_run({
+            "_id": run_id, "partner_id": partner_id, "mode": mode, "status": "queued",
+            "requested_by": current_principal().key_id, "idempotency_key": key,
+            "created_at": created, "started_at": None, "finished_at": None,
+            "changed_since": changed_since, "next_batch": 0, "cursor": None,
+            "lease_owner": None, "lease_until": None, "batch_digests": [],
+            "progress": {"considered": 0, "excluded": {}, "exported": 0, "batches_sent": 0,
+                         "invalid_values": {}}})
+        return _run_view(run)
+
+    @blueprint.route("/<string:partner_id>/runs", methods=["GET"])
+    @require_roles("admin", "partner", *AUDITORS)
+    @blueprint.response(200)
+    def list_runs(partner_id):
+        """The partner's runs, newest first (at most 50)."""
+        _visible_partner(partner_id)
+        return {"partner_id": partner_id,
+                "runs": [_run_view(run) for run in _store().runs(partner_id)]}
+
+    @blueprint.route("/<string:partner_id>/runs/<string:run_id>", methods=["GET"])
+    @require_roles("admin", "partner", *AUDITORS)
+    @blueprint.response(200)
+    @blueprint.alt_response(404, description="no such run of this partner")
+    def get_run(partner_id, run_id):
+        """One run: status, progress (considered, excluded by reason, exported, batches
+        sent) and its audit record."""
+        _visible_partner(partner_id)
+        run = _store().run(run_id)
+        if run is None or run["partner_id"] != partner_id:
+            raise Problem(404, f"no run {run_id} of partner {partner_id}")
+        return _run_view(run)
+
+    return blueprint

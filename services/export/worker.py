@@ -1,10 +1,67 @@
-"""Kafka entry point of the export service: its consumer loops."""
+"""Kafka entry point of the export service: the read-model consumer and the run executor.
+
+One consumer loop (group ``export-feed``) keeps the read model from cdp.profile.changes and
+cdp.consent.changes and answers cdp.privacy.requests on cdp.privacy.acks (services.export.feed).
+Beside it the run executor (services.export.runs) claims export runs and deletion notices.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from pathlib import Path
 
 from pymongo.database import Database
 
+from services.common import topics
 from services.common.bus import ConsumerLoop, Producer
 from services.common.config import Settings
+from services.common.envelope import Envelope
+from services.common.store import Index, ProcessedLedger, ensure_indexes
+from services.export import feed
+from services.export.delivery import Deliverer, RetryPolicy
+from services.export.export_store import CONSENTS, DELIVERIES, NOTICES, RUNS, ExportStore
+from services.export.runs import RunExecutor
+
+GROUP = "export-feed"
+PRIVACY_TYPES = ("Erasure Requested", "Access Requested", "Restriction Requested",
+                 "Restriction Lifted", "Rectification Requested")
+INDEXES = [Index(CONSENTS, [("profile_id", 1)]), Index(DELIVERIES, [("profile_id", 1)]),
+           Index(RUNS, [("partner_id", 1)]), Index(RUNS, [("status", 1)]),
+           Index(NOTICES, [("status", 1)])]
 
 
-def build_consumers(settings: Settings, producer: Producer, db: Database) -> list[ConsumerLoop]:
-    return []
+def build_consumers(settings: Settings, producer: Producer, db: Database) -> list:
+    ensure_indexes(db, INDEXES)
+    ledger = ProcessedLedger(db, GROUP)
+    ledger.prepare()
+    store = ExportStore(db)
+    consumer = ConsumerLoop(
+        settings=settings, service=feed.SERVICE, group=GROUP,
+        topics=[topics.PROFILE_CHANGES, topics.CONSENT_CHANGES, topics.PRIVACY_REQUESTS],
+        handler=make_handler(store), producer=producer, ledger=ledger)
+    return [consumer, build_executor(settings, store)]
+
+
+def make_handler(store: ExportStore):
+    def handle(envelope: Envelope):
+        if envelope.type == "Profile Changed":
+            return feed.handle_profile_change(store, envelope)
+        if envelope.type == "Consent Changed":
+            return feed.handle_consent_change(store, envelope)
+        if envelope.type in PRIVACY_TYPES:
+            return feed.handle_privacy_request(store, envelope)
+        return []
+
+    return handle
+
+
+def build_executor(settings: Settings, store: ExportStore) -> RunExecutor:
+    policy = RetryPolicy(max_attempts=settings.export_max_attempts,
+                         base_seconds=settings.export_retry_base_seconds,
+                         timeout_seconds=settings.export_http_timeout_seconds)
+    deliverer = Deliverer(policy, Path(settings.export_directory_root))
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return RunExecutor(store, deliverer, owner=owner, batch_size=settings.export_batch_size,
+                       lease_seconds=settings.export_lease_seconds)

@@ -16,6 +16,7 @@ from services.common.config import Settings, parse_type_limits
 from services.common.identifiers import IDENTIFIER_TYPES, InvalidIdentifier, normalise
 from services.common.web import Problem, current_principal, require_roles, runtime
 from services.identity import graph as graph_rules
+from services.identity import privacy
 from services.identity.channels import (
     SEGMENT_TYPES,
     CallEventSchema,
@@ -190,6 +191,18 @@ class ReleaseSchema(Schema):
     reason = fields.String(required=True, validate=validate.Length(min=1, max=500))
 
 
+class IdentifierSchema(Schema):
+    type = fields.String(required=True, validate=validate.OneOf(IDENTIFIER_TYPES))
+    value = fields.String(required=True, validate=validate.Length(min=1, max=512))
+
+
+class SubjectSchema(Schema):
+    profile_ids = fields.List(fields.String(validate=validate.Length(min=1, max=128)),
+                              load_default=list, validate=validate.Length(max=100))
+    identifiers = fields.List(fields.Nested(IdentifierSchema), load_default=list,
+                              validate=validate.Length(max=100))
+
+
 def _normalised(type_: str, value: str, region: str = "FI") -> graph_rules.Identifier:
     try:
         return graph_rules.Identifier(type_, normalise(type_, value, region=region))
@@ -228,6 +241,22 @@ def _graph_blueprint() -> Blueprint:
         unmasked = bool(current_principal().roles & UNMASKED_ROLES)
         return {"profile_id": profile_id,
                 "identifiers": [_link_view(li, unmasked) for li in graph.links_of(profile_id)]}
+
+    @blueprint.route("/subject", methods=["POST"])
+    @require_roles("dpo", "admin")
+    @blueprint.arguments(SubjectSchema)
+    @blueprint.response(200)
+    def subject(body):
+        """Everything the graph links to a data subject: the profiles the given profile ids
+        and identifiers lead to (merged ones included) and every identifier they hold. The
+        privacy service asks this before it fans a data-subject request out."""
+        request = privacy.PrivacyRequest(
+            "lookup", "access", tuple(body["profile_ids"]),
+            tuple(_normalised(i["type"], i["value"]) for i in body["identifiers"]))
+        graph = MongoGraph(runtime().db)
+        found = privacy.expand_subject(graph, request, graph.merged_into)
+        return {"profile_ids": sorted(found.profile_ids),
+                "identifiers": privacy.identifier_view(found.identifiers)}
 
     @blueprint.route("/profiles/<string:profile_id>/log")
     @require_roles("supervisor", "dpo")

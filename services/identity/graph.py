@@ -27,12 +27,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 PRIORITY = (
-    "user_id", "hetu", "email", "phone", "twitter_id", "facebook_id", "twitter_handle",
-    "device_id", "anonymous_id",
+    "user_id", "hetu", "email", "phone", "twitter_id", "facebook_id", "instagram_id",
+    "twitter_handle", "instagram_handle", "device_id", "anonymous_id",
 )
 DEFAULT_LIMITS = {
     "user_id": 1, "hetu": 1, "email": 5, "phone": 5, "twitter_id": 10, "facebook_id": 10,
-    "twitter_handle": 10, "device_id": 100, "anonymous_id": 100,
+    "instagram_id": 10, "twitter_handle": 10, "instagram_handle": 10, "device_id": 100,
+    "anonymous_id": 100,
 }
 
 

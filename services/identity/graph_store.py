@@ -102,6 +102,11 @@ class MongoGraph(GraphRepository):
     def entry(self, entry_id: str) -> dict:
         return self.log.find_one({"_id": entry_id})
 
+    def merged_into(self, profile_ids: Iterable[str]) -> list[str]:
+        """Profiles merged into any of ``profile_ids`` (a scan: only erasure and access ask)."""
+        return [doc["_id"] for doc in self.profiles.find(
+            {"merged_into": {"$in": list(profile_ids)}}, {"_id": 1})]
+
     # writes
 
     def create_profile(self, node: ProfileNode) -> None:
@@ -253,3 +258,4 @@ def _link(doc: dict) -> Link:
     return Link(Identifier(doc["type"], doc["value"]), doc["profile_id"],
                 doc.get("verified", True), doc.get("source_message_id", ""),
                 doc.get("linked_at"))
+

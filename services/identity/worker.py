@@ -9,36 +9,52 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from datetime import UTC, datetime
 
 from pymongo.database import Database
 
 from services.common import metrics, topics
 from services.common.bus import ConsumerLoop, InvalidMessage, Outgoing, Producer
-from services.common.config import Settings, parse_type_limits
-from services.common.envelope import Envelope
+from services.common.config import ConfigError, Settings, parse_type_limits
+from services.common.envelope import Envelope, derived_message_id, new_envelope
 from services.common.identifiers import InvalidIdentifier, normalise
 from services.common.store import ProcessedLedger, ensure_indexes
+from services.identity import privacy
 from services.identity.graph import Identifier, limits_from, resolve
 from services.identity.graph_store import INDEXES, MongoGraph
 from services.identity.merges import UnannouncedChanges, log_message
+from services.identity.privacy_store import GraphEraser, SuppressionList
 from services.identity.suggestions import SuggestionStore, person_record
 
 SERVICE = "identity"
 GROUP = "identity-graph"
+PRIVACY_GROUP = "identity-privacy"
 INPUT_TOPICS = (topics.EVENTS_WEB, topics.EVENTS_PHONE, topics.EVENTS_SOCIAL)
 
 log = logging.getLogger(__name__)
 
 
 def build_consumers(settings: Settings, producer: Producer, db: Database) -> list[ConsumerLoop]:
+    if not settings.privacy_digest_key:
+        raise ConfigError(["CDP_PRIVACY_DIGEST_KEY: the identity worker keeps the suppression "
+                           "list of erased identifiers and needs this secret"])
     ensure_indexes(db, INDEXES)
-    ledger = ProcessedLedger(db, GROUP)
-    ledger.prepare()
     graph = MongoGraph(db)
-    return [ConsumerLoop(settings=settings, service=SERVICE, group=GROUP, topics=INPUT_TOPICS,
-                         handler=make_handler(graph, SuggestionStore(db), limits_from(
-                             parse_type_limits(settings.identity_limits))),
-                         producer=producer, ledger=ledger, relay=UnannouncedChanges(graph))]
+    suppressions = SuppressionList(db, settings.privacy_digest_key.encode())
+    limits = limits_from(parse_type_limits(settings.identity_limits))
+    loops = []
+    for group, input_topics, handler, relay in (
+        (GROUP, INPUT_TOPICS, make_handler(graph, SuggestionStore(db), limits, suppressions),
+         UnannouncedChanges(graph)),
+        (PRIVACY_GROUP, (topics.PRIVACY_REQUESTS,),
+         make_privacy_handler(graph, GraphEraser(db), suppressions), None),
+    ):
+        ledger = ProcessedLedger(db, group)
+        ledger.prepare()
+        loops.append(ConsumerLoop(settings=settings, service=SERVICE, group=group,
+                                  topics=input_topics, handler=handler, producer=producer,
+                                  ledger=ledger, relay=relay))
+    return loops
 
 
 def event_identifiers(envelope: Envelope) -> tuple[dict[str, str], set[Identifier]]:
@@ -55,11 +71,16 @@ def event_identifiers(envelope: Envelope) -> tuple[dict[str, str], set[Identifie
     return normalised, unverified
 
 
-def make_handler(graph: MongoGraph, people: SuggestionStore, limits: dict[str, int]):
+def make_handler(graph: MongoGraph, people: SuggestionStore, limits: dict[str, int],
+                 suppressions: SuppressionList):
     def handle(envelope: Envelope) -> list[Outgoing]:
         identifiers, unverified = event_identifiers(envelope)
         if not identifiers:
             raise InvalidMessage("the event carries no valid identifier to resolve")
+        if suppressions.any_suppressed(Identifier(t, v) for t, v in identifiers.items()):
+            # erased on request: dropped, not dead-lettered (that would keep the data)
+            metrics.EVENTS_SUPPRESSED.labels(SERVICE, envelope.channel).inc()
+            return []
         result = resolve(graph, [Identifier(t, v) for t, v in identifiers.items()],
                          message_id=envelope.message_id, at=envelope.received_at,
                          unverified=unverified, limits=limits)
@@ -78,5 +99,39 @@ def make_handler(graph: MongoGraph, people: SuggestionStore, limits: dict[str, i
         caused = graph.caused_by(envelope.message_id) if len(identifiers) > 1 else []
         return [Outgoing(topics.EVENTS_RESOLVED, result.profile_id, resolved),
                 *(log_message(entry) for entry in caused)]
+
+    return handle
+
+
+def make_privacy_handler(graph: MongoGraph, eraser: GraphEraser, suppressions: SuppressionList):
+    """Erase or collect what the graph holds about a data subject; acknowledge on
+    cdp.privacy.acks. A re-delivered request finds less to do and sends the same ack id."""
+
+    def handle(envelope: Envelope) -> list[Outgoing]:
+        try:
+            request = privacy.parse_request(envelope.payload)
+        except privacy.InvalidRequest as error:
+            raise InvalidMessage(str(error)) from None
+        subject = privacy.expand_subject(graph, request, graph.merged_into)
+        summary: dict = {"profiles": len(subject.profile_ids),
+                         "identifiers": len(subject.identifiers)}
+        data = None
+        if request.kind == "erasure":
+            # suppress first: the identifiers are only known while their links exist
+            summary["suppressed"] = suppressions.add(subject.identifiers, request.request_id,
+                                                     datetime.now(UTC))
+            summary |= eraser.erase(subject.profile_ids, subject.identifiers)
+        elif request.kind == "access":
+            data = eraser.access(subject.profile_ids, subject.identifiers)
+        else:
+            summary["note"] = "the identity graph holds identifiers only; nothing to change"
+        payload = {"request_id": request.request_id, "kind": request.kind, "service": SERVICE,
+                   "status": "done", "summary": summary}
+        if data is not None:
+            payload["data"] = data
+        ack = new_envelope("Privacy Request Acknowledged", "system", payload=payload,
+                           message_id=derived_message_id(envelope.message_id,
+                                                         f"privacy-ack-{SERVICE}"))
+        return [Outgoing(topics.PRIVACY_ACKS, request.request_id, ack)]
 
     return handle

@@ -1,35 +1,46 @@
-"""HTTP entry point of the profile service: profile lookups for contact-centre dashboards.
+"""HTTP entry point of the profile service: profile lookups for contact-centre dashboards,
+name search, the paged full history, and segment definitions with their members.
 
 Every read is written to the access log (who, which profile, when, the purpose stated in the
 ``X-Purpose`` header). Agents see sensitive identifiers masked; supervisors, dpo and admin
-see them whole.
+see them whole. Reads are purpose-bound (services/profile/privacy.py): a purpose that needs
+consent gets personal data only as the profile's consents allow. A restricted profile answers
+403 to everyone but the data-protection officer.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from flask import Flask, request
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
-from services.common import web
+from services.common import retention, web
 from services.common.config import Settings
-from services.common.identifiers import IDENTIFIER_TYPES, SENSITIVE_TYPES, InvalidIdentifier
+from services.common.identifiers import IDENTIFIER_TYPES, InvalidIdentifier
 from services.common.identifiers import normalise as normalise_identifier
 from services.common.web import Problem, current_principal, require_roles, runtime
-from services.profile.profile_store import ProfileStore
+from services.profile import dashboard, privacy, projection, segments
+from services.profile.history import HistoryStore
+from services.profile.profile_store import NAME_PREFIX_MIN, ProfileStore
+from services.profile.segments_store import SegmentExists, SegmentStore, SegmentVersionConflict
 
 SERVICE = "profile"
 READERS = ("agent", "supervisor", "dpo")
 UNMASKED_ROLES = {"supervisor", "dpo", "admin"}
+SEGMENT_WRITERS = ("supervisor",)  # and admin, as everywhere
+DEFAULT_HISTORY_DAYS = 395
 PURPOSES = ("customer_service", "marketing", "analytics", "fraud_prevention", "data_request",
             "unspecified")
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    return web.create_app(service=SERVICE, settings=settings or Settings.from_env(),
-                          blueprints=[_profiles_blueprint()])
+    app = web.create_app(service=SERVICE, settings=settings or Settings.from_env(),
+                         blueprints=[_profiles_blueprint(), _segments_blueprint(),
+                                     dashboard.api_blueprint()])
+    dashboard.install(app)
+    return app
 
 
 class LookupQuerySchema(Schema):
@@ -41,8 +52,43 @@ class LookupQuerySchema(Schema):
 
 class TimelineQuerySchema(Schema):
     channel = fields.String(load_default=None, validate=validate.Length(max=20))
-    before = fields.AwareDateTime(load_default=None, default_timezone=UTC)
-    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=50))
+    before = fields.AwareDateTime(load_default=None, default_timezone=UTC,
+                                  metadata={"description": "only entries older than this"})
+    cursor = fields.String(load_default=None, validate=validate.Length(max=200),
+                           metadata={"description": "next_cursor of the previous page"})
+    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=200))
+
+
+class SearchQuerySchema(Schema):
+    name = fields.String(required=True, validate=validate.Length(min=NAME_PREFIX_MIN, max=100),
+                         metadata={"description": "the start of a first name, last name or "
+                                   "full name (either order); case and accents ignored"})
+    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
+
+
+class SegmentSchema(Schema):
+    id = fields.String(required=True, validate=validate.Regexp(segments.SEGMENT_ID),
+                       metadata={"description": "lower-case letters, digits, - and _"})
+    name = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    description = fields.String(load_default="", validate=validate.Length(max=2000))
+    rule = fields.Dict(required=True, metadata={"description": "the rule (see segments.py)"})
+
+
+class SegmentUpdateSchema(Schema):
+    name = fields.String(validate=validate.Length(min=1, max=200))
+    description = fields.String(validate=validate.Length(max=2000))
+    rule = fields.Dict()
+    version = fields.Integer(load_default=None, metadata={
+        "description": "the version read; a newer stored one answers 409"})
+
+
+class MembersQuerySchema(Schema):
+    after = fields.String(load_default=None, validate=validate.Length(max=200),
+                          metadata={"description": "next_after of the previous page"})
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
+    purpose = fields.String(load_default=None, validate=validate.Length(max=64), metadata={
+        "description": "only members whose consents allow this consent purpose "
+                       "(e.g. marketing_email), for campaign extraction"})
 
 
 def _purpose() -> str:
@@ -53,40 +99,60 @@ def _purpose() -> str:
 
 
 def _read(doc: dict | None, what: str) -> dict:
+    """The view of ``doc`` this caller may have for the stated purpose, the read logged.
+    Raises Problem 404 (no profile) or 403 (processing restricted)."""
     if doc is None:
         raise Problem(404, f"no profile {what}")
     principal = current_principal()
-    ProfileStore(runtime().db).log_access(
+    purpose = _purpose()
+    reason = privacy.restriction_reason(doc, principal.roles)
+    if reason:
+        raise Problem(403, reason)
+    store = ProfileStore(runtime().db)
+    store.log_access(
         profile_id=doc["_id"], key_id=principal.key_id, roles=sorted(principal.roles),
-        purpose=_purpose(), endpoint=request.path, at=datetime.now(UTC))
-    return _view(doc, unmasked=bool(principal.roles & UNMASKED_ROLES))
+        purpose=purpose, endpoint=request.path, at=datetime.now(UTC))
+    view = projection.view(doc, unmasked=bool(principal.roles & UNMASKED_ROLES))
+    needs = privacy.parse_purpose_consents(runtime().settings.profile_purpose_consents)
+    if purpose not in needs:
+        return view
+    return privacy.bound_view(view, purpose, needs, store.consent_states(doc["_id"]),
+                              _denied_identifier_values(store, doc))
 
 
-def _mask(type_: str, value: str) -> str:
-    return value[:6] + "*****" if type_ == "hetu" else "*****"
+def _denied_identifier_values(store: ProfileStore, doc: dict) -> dict[str, set[str]]:
+    """Per consent purpose, the profile's contact identifiers denied on their own (e.g. a
+    number on a do-not-call list)."""
+    denied: dict[str, set[str]] = {}
+    for type_ in privacy.CONTACT_IDENTIFIERS.values():
+        for value in doc["identifiers"].get(type_, []):
+            for purpose, state in store.consent_states(f"id:{type_}:{value}").items():
+                if not state.get("allowed"):
+                    denied.setdefault(purpose, set()).add(value)
+    return denied
 
 
-def _view(doc: dict, unmasked: bool) -> dict:
-    identifiers = {t: (values if unmasked or t not in SENSITIVE_TYPES
-                       else [_mask(t, v) for v in values])
-                   for t, values in doc["identifiers"].items()}
-    traits = {}
-    for name, trait in doc["traits"].items():
-        value = trait["value"]
-        if not unmasked and name in SENSITIVE_TYPES:
-            value = _mask(name, str(value))
-        traits[name] = {"value": value, "source": trait.get("source"),
-                        "channel": trait["channel"], "at": _iso(trait["at"])}
-    computed = {k: (_iso(v) if isinstance(v, datetime) else v)
-                for k, v in doc["computed"].items() if k != "last_contact"}
-    computed["last_contact"] = {c: _iso(at) for c, at in doc["computed"]["last_contact"].items()}
-    return {"profile_id": doc["_id"], "identifiers": identifiers, "traits": traits,
-            "computed": computed, "timeline": [_entry(e) for e in doc["timeline"][:10]],
-            "merged_from": doc.get("absorbed", [])}
+def _history() -> HistoryStore:
+    policy = retention.parse_policy(runtime().settings.retention_days)
+    return HistoryStore(runtime().db, policy.get("event_history",
+                                                 timedelta(days=DEFAULT_HISTORY_DAYS)))
+
+
+def _cursor(query: dict) -> tuple[datetime, str] | None:
+    if query["cursor"]:
+        at, _, message_id = query["cursor"].rpartition("|")
+        try:
+            return datetime.fromisoformat(at), message_id
+        except ValueError:
+            raise Problem(400, "cursor is not one this API gave out",
+                          errors={"cursor": ["unknown cursor"]}) from None
+    if query["before"]:
+        return query["before"], ""
+    return None
 
 
 def _entry(entry: dict) -> dict:
-    return {**entry, "at": _iso(entry["at"])}
+    return projection.plain(entry)
 
 
 def _iso(moment: datetime) -> str:
@@ -116,6 +182,24 @@ def _profiles_blueprint() -> Blueprint:
         store = ProfileStore(runtime().db)
         return _read(store.find_by_identifier(query["type"], value), f"with this {query['type']}")
 
+    @blueprint.route("/search")
+    @require_roles(*READERS)
+    @blueprint.arguments(SearchQuerySchema, location="query")
+    @blueprint.response(200)
+    def search(query):
+        """Profiles whose name starts with ``name`` (first, last or full name in either
+        order), for agents finding a caller. ``truncated`` means more people match than one
+        answer lists: type more letters. Not for purposes that need consent (a name list
+        cannot honour each person's consents)."""
+        purpose = _purpose()
+        if purpose in privacy.parse_purpose_consents(runtime().settings.profile_purpose_consents):
+            raise Problem(403, f"name search is not available for the purpose {purpose}")
+        store = ProfileStore(runtime().db)
+        found, overflow = store.search_names(query["name"])
+        names = sorted(found.items(), key=lambda item: (item[1].casefold(), item[0]))
+        results = [{"profile_id": pid, "name": name} for pid, name in names[:query["limit"]]]
+        return {"results": results, "truncated": overflow or len(names) > query["limit"]}
+
     @blueprint.route("/<string:profile_id>")
     @require_roles(*READERS)
     @blueprint.response(200)
@@ -129,14 +213,24 @@ def _profiles_blueprint() -> Blueprint:
     @blueprint.arguments(TimelineQuerySchema, location="query")
     @blueprint.response(200)
     def timeline(query, profile_id):
-        """The profile's recent cross-channel timeline, newest first."""
+        """The profile's cross-channel timeline from its full history, newest first, a page
+        at a time: pass ``next_cursor`` back as ``cursor`` (or an entry's time as
+        ``before``) for the next page; ``next_cursor`` is null on the last."""
         doc = ProfileStore(runtime().db).load_current(profile_id)
         view = _read(doc, profile_id)
-        entries = [e for e in doc["timeline"]
-                   if (query["channel"] is None or e["channel"] == query["channel"])
-                   and (query["before"] is None or e["at"] < query["before"])]
-        return {"profile_id": view["profile_id"],
-                "entries": [_entry(e) for e in entries[:query["limit"]]]}
+        if "withheld" in view and "timeline" in view["withheld"]["fields"]:
+            return {"profile_id": view["profile_id"], "entries": [], "next_cursor": None,
+                    "withheld": view["withheld"]}
+        entries, more = _history().page(
+            doc["_id"], doc.get("history_months", []), datetime.now(UTC),
+            before=_cursor(query), channel=query["channel"], limit=query["limit"])
+        if not doc.get("history_months"):  # a profile stored before the history existed
+            entries = [e for e in doc["timeline"]
+                       if (query["channel"] is None or e["channel"] == query["channel"])
+                       and (query["before"] is None or e["at"] < query["before"])]
+            entries, more = entries[:query["limit"]], None
+        return {"profile_id": view["profile_id"], "entries": [_entry(e) for e in entries],
+                "next_cursor": f"{more[0].isoformat()}|{more[1]}" if more else None}
 
     @blueprint.route("/<string:profile_id>/access-log")
     @require_roles("dpo", "supervisor")
@@ -146,5 +240,125 @@ def _profiles_blueprint() -> Blueprint:
         entries = ProfileStore(runtime().db).accesses(profile_id, 200)
         return {"profile_id": profile_id,
                 "entries": [{**e, "at": _iso(e["at"])} for e in entries]}
+
+    return blueprint
+
+
+def _segment_view(doc: dict) -> dict:
+    return {"id": doc["_id"], "name": doc["name"], "description": doc.get("description", ""),
+            "rule": doc["rule"], "version": doc["version"],
+            "updated_at": _iso(doc["updated_at"]), "updated_by": doc.get("updated_by")}
+
+
+def _valid_rule(rule: dict) -> dict:
+    try:
+        segments.validate(rule)
+    except segments.InvalidRule as exc:
+        raise Problem(422, f"invalid rule: {exc}", errors={"rule": {exc.path: [exc.reason]}}
+                      ) from None
+    return rule
+
+
+def _segments_blueprint() -> Blueprint:
+    blueprint = Blueprint("segments", __name__, url_prefix="/v1/segments",
+                          description="Rule-based segments and their members")
+
+    @blueprint.route("")
+    @require_roles(*READERS)
+    @blueprint.response(200)
+    def list_segments():
+        """Every segment definition."""
+        docs = [d for d in SegmentStore(runtime().db).all() if not d.get("deleted")]
+        return {"segments": [_segment_view(d) for d in docs]}
+
+    @blueprint.route("", methods=["POST"])
+    @require_roles(*SEGMENT_WRITERS)
+    @blueprint.arguments(SegmentSchema)
+    @blueprint.response(201)
+    @blueprint.alt_response(409, description="a segment with this id exists")
+    @blueprint.alt_response(422, description="the rule is invalid")
+    def create_segment(body):
+        """Define a segment. Membership is computed for every profile in the background and
+        kept current on every profile change."""
+        fields_ = {"name": body["name"], "description": body["description"],
+                   "rule": _valid_rule(body["rule"])}
+        try:
+            doc = SegmentStore(runtime().db).create(
+                body["id"], fields_, current_principal().key_id, datetime.now(UTC))
+        except SegmentExists:
+            raise Problem(409, f"segment {body['id']} exists; PUT changes it") from None
+        return _segment_view(doc)
+
+    @blueprint.route("/<string:segment_id>")
+    @require_roles(*READERS)
+    @blueprint.response(200)
+    @blueprint.alt_response(404, description="no such segment")
+    def get_segment(segment_id):
+        """One segment definition and its member count."""
+        store = SegmentStore(runtime().db)
+        doc = store.get(segment_id)
+        if doc is None:
+            raise Problem(404, f"no segment {segment_id}")
+        return {**_segment_view(doc), "members": store.count(segment_id)}
+
+    @blueprint.route("/<string:segment_id>", methods=["PUT"])
+    @require_roles(*SEGMENT_WRITERS)
+    @blueprint.arguments(SegmentUpdateSchema)
+    @blueprint.response(200)
+    @blueprint.alt_response(404, description="no such segment")
+    @blueprint.alt_response(409, description="changed since the version given")
+    def update_segment(body, segment_id):
+        """Change a segment; every profile's membership is recomputed in the background."""
+        changes = {k: body[k] for k in ("name", "description") if k in body}
+        if "rule" in body:
+            changes["rule"] = _valid_rule(body["rule"])
+        try:
+            doc = SegmentStore(runtime().db).update(
+                segment_id, changes, current_principal().key_id, datetime.now(UTC),
+                expected_version=body.get("version"))
+        except SegmentVersionConflict:
+            raise Problem(409, f"segment {segment_id} changed meanwhile; read it again"
+                          ) from None
+        if doc is None:
+            raise Problem(404, f"no segment {segment_id}")
+        return _segment_view(doc)
+
+    @blueprint.route("/<string:segment_id>", methods=["DELETE"])
+    @require_roles(*SEGMENT_WRITERS)
+    @blueprint.response(204)
+    @blueprint.alt_response(404, description="no such segment")
+    def delete_segment(segment_id):
+        """Remove a segment; its members leave it in the background."""
+        try:
+            deleted = SegmentStore(runtime().db).delete(
+                segment_id, current_principal().key_id, datetime.now(UTC))
+        except SegmentVersionConflict:
+            raise Problem(409, f"segment {segment_id} changed meanwhile; retry") from None
+        if not deleted:
+            raise Problem(404, f"no segment {segment_id}")
+        return ""
+
+    @blueprint.route("/<string:segment_id>/members")
+    @require_roles(*READERS)
+    @blueprint.arguments(MembersQuerySchema, location="query")
+    @blueprint.response(200)
+    @blueprint.alt_response(404, description="no such segment")
+    def members(query, segment_id):
+        """The segment's members in profile-id order, a page at a time (pass
+        ``next_after`` back as ``after``), and how many there are. With ``purpose``, only
+        members whose consents allow that consent purpose (campaign extraction)."""
+        store = SegmentStore(runtime().db)
+        if store.get(segment_id) is None:
+            raise Problem(404, f"no segment {segment_id}")
+        page = store.page(segment_id, query["after"], query["limit"])
+        listed = page
+        if query["purpose"]:
+            profiles = ProfileStore(runtime().db)
+            listed = [m for m in page if privacy.allowed(
+                profiles.consent_states(m["profile_id"]), query["purpose"])]
+        return {"segment_id": segment_id, "count": store.count(segment_id),
+                "members": [{"profile_id": m["profile_id"], "since": _iso(m["since"])}
+                            for m in listed],
+                "next_after": page[-1]["profile_id"] if len(page) == query["limit"] else None}
 
     return blueprint

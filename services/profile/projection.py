@@ -11,10 +11,17 @@ A profile holds:
   or ``most_trusted`` (by ``SOURCE_TRUST``, then most recent);
 * ``identifiers`` by type;
 * ``timeline``: the ``TIMELINE_LIMIT`` most recent events, newest first, summarised;
-* ``computed``: purchase count, total and average order value, last purchase, last contact per
-  channel, calls, first and last seen;
+* ``aggregates``: running, commutative aggregates of every event (services/profile/computed.py),
+  and ``computed``: the traits derived from them (purchases, RFM, favourite product groups,
+  preferred store and channel, last contact per channel, open complaints, satisfaction,
+  campaign reactions), recomputed after every event and merge;
+* ``history_months``: the months (``YYYY-MM``, newest first) the full history holds events in;
+* ``segments``: the ids of the segments the profile belongs to (kept by the worker);
 * ``recent_message_ids``: the last ``REMEMBERED_IDS`` events applied, so an event re-delivered
   after a crash is not counted twice.
+
+A trait given by the data subject (a rectification, source ``data_subject``) outranks every
+other source under every rule: only another rectification replaces it.
 """
 
 from __future__ import annotations
@@ -23,6 +30,10 @@ import copy
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
+
+from services.common.identifiers import SENSITIVE_TYPES
+from services.profile import computed as computed_traits
+from services.profile.computed import DEFAULT_THRESHOLDS, RfmThresholds
 
 TIMELINE_LIMIT = 50
 REMEMBERED_IDS = 1000
@@ -35,29 +46,36 @@ SURVIVORSHIP = {
 DEFAULT_RULE = "most_recent"
 # where a trait came from, most trusted first (the envelope's channel decides)
 SOURCE_TRUST = {"store": 4, "web": 3, "phone": 2, "email": 2, "social": 1, "system": 0}
+DATA_SUBJECT = "data_subject"
 
 # Segment trait names mapped to Muisti's (anything else keeps its own name)
 TRAIT_NAMES = {"firstName": "first_name", "lastName": "last_name", "postalCode": "postcode",
                "birthday": "birthday", "phone": "phone", "email": "email"}
 
-PURCHASE_EVENTS = {"Order Completed"}
 TIMELINE_FIELDS = ("order_id", "total", "currency", "url", "name", "sku", "category", "queue",
-                   "disposition", "talk_seconds", "agent_id", "text", "event", "kind")
+                   "disposition", "talk_seconds", "agent_id", "text", "event", "kind", "platform",
+                   "complaint", "label", "survey", "score", "scale", "complaint_id")
 
 
 def new_profile(profile_id: str) -> dict[str, Any]:
+    aggregates = computed_traits.empty_aggregates()
     return {"_id": profile_id, "traits": {}, "identifiers": {}, "timeline": [],
-            "computed": {"purchase_count": 0, "purchase_total": 0.0, "calls": 0,
-                         "last_contact": {}}, "recent_message_ids": [], "merged_into": None}
+            "aggregates": aggregates,
+            "computed": computed_traits.derive(aggregates, datetime.now(UTC)),
+            "history_months": [], "segments": [], "recent_message_ids": [],
+            "merged_into": None}
 
 
-def apply_event(profile: Mapping[str, Any] | None, event: Mapping[str, Any]) -> dict[str, Any]:
-    """The profile after one resolved event (an envelope as a dict). Returns the profile
-    unchanged (a copy) if the event was already applied."""
+def apply_event(profile: Mapping[str, Any] | None, event: Mapping[str, Any],
+                as_of: datetime | None = None,
+                thresholds: RfmThresholds = DEFAULT_THRESHOLDS) -> dict[str, Any]:
+    """The profile after one resolved event (an envelope as a dict), its computed traits
+    derived as of ``as_of`` (default now). Returns the profile unchanged (a copy) if the event
+    was already applied."""
     result = copy.deepcopy(dict(profile)) if profile else new_profile(event["profile_id"])
     if event["message_id"] in result["recent_message_ids"]:
         return result
-    at = _moment(event["occurred_at"])
+    at = event_moment(event)
     payload = event.get("payload") or {}
     provenance = {"source": event.get("source"), "channel": event["channel"], "at": at,
                   "message_id": event["message_id"]}
@@ -69,17 +87,26 @@ def apply_event(profile: Mapping[str, Any] | None, event: Mapping[str, Any]) -> 
     for name, value in _flatten_traits(payload.get("traits") or {}).items():
         _offer_trait(result["traits"], name, value, provenance)
 
-    _add_to_timeline(result["timeline"], event, at, payload)
-    _update_computed(result["computed"], event, at, payload)
+    _add_to_timeline(result["timeline"], timeline_entry(event))
+    aggregates = computed_traits.add_event(_aggregates(result), event, at)
+    as_of = as_of or datetime.now(UTC)
+    computed_traits.prune(aggregates, as_of)
+    result["aggregates"] = aggregates
+    result["computed"] = computed_traits.derive(aggregates, as_of, thresholds)
+    result["history_months"] = sorted({*result.get("history_months", []), month_of(at)},
+                                      reverse=True)
     result["recent_message_ids"] = (result["recent_message_ids"] + [event["message_id"]])[
         -REMEMBERED_IDS:]
     return result
 
 
-def merge(survivor: Mapping[str, Any], merged: Mapping[str, Any]) -> dict[str, Any]:
+def merge(survivor: Mapping[str, Any], merged: Mapping[str, Any],
+          as_of: datetime | None = None,
+          thresholds: RfmThresholds = DEFAULT_THRESHOLDS) -> dict[str, Any]:
     """The survivor after absorbing ``merged``: traits by survivorship, identifiers united,
-    timelines joined, computed traits combined. Idempotent: merging the same profile again
-    changes nothing (its events are already among the survivor's)."""
+    timelines and history months joined, aggregates combined and computed traits derived
+    again. Idempotent: merging the same profile again changes nothing (its events are
+    already among the survivor's)."""
     result = copy.deepcopy(dict(survivor))
     if merged["_id"] in result.get("absorbed", []):
         return result
@@ -91,8 +118,13 @@ def merge(survivor: Mapping[str, Any], merged: Mapping[str, Any]) -> dict[str, A
                                                               if k not in ("value", "rule")})
     seen = {entry["message_id"] for entry in result["timeline"]}
     joined = result["timeline"] + [e for e in merged["timeline"] if e["message_id"] not in seen]
-    result["timeline"] = sorted(joined, key=lambda e: e["at"], reverse=True)[:TIMELINE_LIMIT]
-    result["computed"] = _combine_computed(result["computed"], merged["computed"])
+    result["timeline"] = sorted(joined, key=lambda e: (e["at"], e["message_id"]),
+                                reverse=True)[:TIMELINE_LIMIT]
+    aggregates = computed_traits.combine(_aggregates(result), _aggregates(merged))
+    result["aggregates"] = aggregates
+    result["computed"] = computed_traits.derive(aggregates, as_of or datetime.now(UTC), thresholds)
+    result["history_months"] = sorted({*result.get("history_months", []),
+                                       *merged.get("history_months", [])}, reverse=True)
     result["recent_message_ids"] = (result["recent_message_ids"]
                                     + merged["recent_message_ids"])[-REMEMBERED_IDS:]
     result["absorbed"] = [*result.get("absorbed", []), merged["_id"]]
@@ -120,6 +152,9 @@ def _offer_trait(traits: dict, name: str, value: Any, provenance: Mapping[str, A
 
 
 def _wins(rule: str, new: Mapping[str, Any], current: Mapping[str, Any]) -> bool:
+    by_subject = (new.get("source") == DATA_SUBJECT, current.get("source") == DATA_SUBJECT)
+    if any(by_subject):  # the data subject's word outranks every rule; their latest counts
+        return by_subject[0] and (not by_subject[1] or new["at"] >= current["at"])
     if rule == "first_seen":
         return new["at"] < current["at"]
     if rule == "most_trusted":
@@ -130,58 +165,139 @@ def _wins(rule: str, new: Mapping[str, Any], current: Mapping[str, Any]) -> bool
     return new["at"] >= current["at"]
 
 
-def _add_to_timeline(timeline: list, event: Mapping[str, Any], at: datetime,
-                     payload: Mapping[str, Any]) -> None:
-    details = {**(payload.get("properties") or {}), **payload}
-    entry = {"message_id": event["message_id"], "type": event["type"],
-             "channel": event["channel"], "at": at,
-             "summary": {k: details[k] for k in TIMELINE_FIELDS
-                         if k in details and not isinstance(details[k], Mapping | list)}}
+def timeline_entry(event: Mapping[str, Any]) -> dict[str, Any]:
+    """An event summarised for the timeline and the full history."""
+    payload = event.get("payload") or {}
+    properties = payload.get("properties") if isinstance(payload.get("properties"),
+                                                         Mapping) else {}
+    classification = payload.get("classification")
+    flags = ({"complaint": classification.get("complaint"), "label": classification.get("label")}
+             if isinstance(classification, Mapping) else {})
+    details = {**properties, **flags, **payload}
+    return {"message_id": event["message_id"], "type": event["type"],
+            "channel": event["channel"], "at": event_moment(event),
+            "summary": {k: details[k] for k in TIMELINE_FIELDS
+                        if k in details and not isinstance(details[k], Mapping | list)}}
+
+
+def _add_to_timeline(timeline: list, entry: dict[str, Any]) -> None:
     timeline.append(entry)
-    timeline.sort(key=lambda e: e["at"], reverse=True)
+    timeline.sort(key=lambda e: (e["at"], e["message_id"]), reverse=True)
     del timeline[TIMELINE_LIMIT:]
 
 
-def _update_computed(computed: dict, event: Mapping[str, Any], at: datetime,
-                     payload: Mapping[str, Any]) -> None:
-    channel = event["channel"]
-    last = computed["last_contact"].get(channel)
-    if last is None or at > last:
-        computed["last_contact"][channel] = at
-    computed["first_seen"] = min(computed.get("first_seen") or at, at)
-    computed["last_seen"] = max(computed.get("last_seen") or at, at)
-    if event["type"] in PURCHASE_EVENTS:
-        total = (payload.get("properties") or {}).get("total")
-        computed["purchase_count"] += 1
-        # a plausible order value only: an absurd one would overflow the running total
-        if isinstance(total, int | float) and not isinstance(total, bool) and abs(total) < 1e9:
-            computed["purchase_total"] = round(computed["purchase_total"] + float(total), 2)
-        computed["last_purchase_at"] = max(computed.get("last_purchase_at") or at, at)
-    if channel == "phone" and event["type"] == "Call Started":
-        computed["calls"] += 1
-    count = computed["purchase_count"]
-    computed["average_order_value"] = round(computed["purchase_total"] / count, 2) if count else 0
+def rectify(profile: Mapping[str, Any], fields: Mapping[str, Any], message_id: str,
+            at: datetime, as_of: datetime | None = None,
+            thresholds: RfmThresholds = DEFAULT_THRESHOLDS) -> dict[str, Any]:
+    """The profile with ``fields`` set as traits given by the data subject (outranking every
+    other source). Idempotent on ``message_id``."""
+    result = copy.deepcopy(dict(profile))
+    if message_id in result["recent_message_ids"]:
+        return result
+    provenance = {"source": DATA_SUBJECT, "channel": "system", "at": at,
+                  "message_id": message_id}
+    for name, value in _flatten_traits(fields).items():
+        _offer_trait(result["traits"], name, value, provenance)
+    result["recent_message_ids"] = (result["recent_message_ids"] + [message_id])[
+        -REMEMBERED_IDS:]
+    result["computed"] = computed_traits.derive(_aggregates(result), as_of or datetime.now(UTC),
+                                                thresholds)
+    return result
 
 
-def _combine_computed(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
-    combined = dict(a)
-    for name in ("purchase_count", "calls"):
-        combined[name] = a.get(name, 0) + b.get(name, 0)
-    combined["purchase_total"] = round(a.get("purchase_total", 0) + b.get("purchase_total", 0), 2)
-    count = combined["purchase_count"]
-    combined["average_order_value"] = round(combined["purchase_total"] / count, 2) if count else 0
-    for name, pick in (("first_seen", min), ("last_seen", max), ("last_purchase_at", max)):
-        values = [v for v in (a.get(name), b.get(name)) if v is not None]
-        if values:
-            combined[name] = pick(values)
-    contacts = dict(a.get("last_contact", {}))
-    for channel, moment in b.get("last_contact", {}).items():
-        contacts[channel] = max(moment, contacts.get(channel, moment))
-    combined["last_contact"] = contacts
-    return combined
+def refresh_computed(profile: Mapping[str, Any], as_of: datetime,
+                     thresholds: RfmThresholds = DEFAULT_THRESHOLDS) -> dict[str, Any]:
+    """The profile with its time-dependent computed traits (recency) derived as of
+    ``as_of``."""
+    return {**profile, "computed": computed_traits.derive(_aggregates(profile), as_of,
+                                                          thresholds)}
+
+
+def snapshot(profile: Mapping[str, Any]) -> dict[str, Any]:
+    """The profile as cdp.profile.changes carries it: plain JSON values, no provenance."""
+    return {"profile_id": profile["_id"],
+            "identifiers": {t: list(v) for t, v in profile["identifiers"].items()},
+            "traits": {name: plain(t["value"]) for name, t in profile["traits"].items()},
+            "computed": plain(profile["computed"]),
+            "segments": list(profile.get("segments", [])),
+            "merged_into": profile.get("merged_into")}
+
+
+def view(profile: Mapping[str, Any], unmasked: bool, recent: int = 10) -> dict[str, Any]:
+    """The profile as a reader sees it: plain JSON, provenance per trait, sensitive
+    identifiers masked unless ``unmasked``."""
+    identifiers = {t: (list(values) if unmasked or t not in SENSITIVE_TYPES
+                       else [mask(t, v) for v in values])
+                   for t, values in profile["identifiers"].items()}
+    traits = {}
+    for name, trait in profile["traits"].items():
+        value = trait["value"]
+        if not unmasked and name in SENSITIVE_TYPES:
+            value = mask(name, str(value))
+        traits[name] = {"value": value, "source": trait.get("source"),
+                        "channel": trait["channel"], "at": plain(trait["at"])}
+    return {"profile_id": profile["_id"], "identifiers": identifiers, "traits": traits,
+            "computed": plain(profile["computed"]),
+            "segments": list(profile.get("segments", [])),
+            "timeline": plain(profile["timeline"][:recent]),
+            "merged_from": profile.get("absorbed", [])}
+
+
+def mask(type_: str, value: str) -> str:
+    return value[:6] + "*****" if type_ == "hetu" else "*****"
+
+
+def name_of(profile: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(first, last) name for the name index, or None when the profile has no name."""
+    traits = profile.get("traits") or {}
+    first = str((traits.get("first_name") or {}).get("value") or "").strip()
+    last = str((traits.get("last_name") or {}).get("value") or "").strip()
+    if not first and not last:
+        first, _, last = str((traits.get("name") or {}).get("value") or "").strip().partition(" ")
+    return (first, last.strip()) if first or last else None
+
+
+def plain(value: Any) -> Any:
+    """``value`` with datetimes as ISO-8601 strings, all the way down."""
+    if isinstance(value, datetime):
+        return _utc(value).isoformat()
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
+def month_of(at: datetime) -> str:
+    return _utc(at).astimezone(UTC).strftime("%Y-%m")
+
+
+def event_moment(event: Mapping[str, Any]) -> datetime:
+    return _moment(event["occurred_at"])
+
+
+def _aggregates(profile: Mapping[str, Any]) -> dict[str, Any]:
+    """The profile's aggregates; a profile stored before aggregates existed starts from its
+    computed counters."""
+    if profile.get("aggregates"):
+        return profile["aggregates"]
+    seeded = computed_traits.empty_aggregates()
+    old = profile.get("computed") or {}
+    for name in ("purchase_count", "purchase_total", "calls", "first_seen", "last_seen",
+                 "last_purchase_at", "last_contact"):
+        if old.get(name) is not None:
+            seeded[name] = old[name]
+    return seeded
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _moment(value: Any) -> datetime:
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    """An aware datetime at millisecond precision, as the store keeps it, so a value read back
+    equals the one written (history pages are sets of entries)."""
+    if not isinstance(value, datetime):
+        value = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    value = _utc(value)
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)

@@ -1,48 +1,119 @@
-"""Kafka entry point of the profile service: the profile projection.
+"""Kafka entry point of the profile service.
 
-Consumes cdp.events.resolved (apply the event to its profile) and cdp.identity.merges (merge,
-split, release), and announces each change on cdp.profile.changes keyed by profile_id.
+Three consumer groups and one background loop:
+
+* ``profile-projection``: cdp.events.resolved (apply the event to its profile, keep it in the
+  full history, re-evaluate the profile's segments) and cdp.identity.merges (merge, split,
+  release);
+* ``profile-consents``: cdp.consent.changes into the profile-side consent states that
+  purpose-bound reads consult;
+* ``profile-privacy``: cdp.privacy.requests (erasure, access, rectification, restriction),
+  each answered by one ack on cdp.privacy.acks;
+* housekeeping: the resumable segment-membership pass over all profiles (whenever a
+  definition changes, and daily, since rules over time windows and recency drift), history
+  past retention where the store has no TTL index, and the access log's retention.
+
+Every change is announced on cdp.profile.changes keyed by profile_id, carrying the profile's
+snapshot (docs/EVENTS.md).
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
 from pymongo.database import Database
 
-from services.common import topics
-from services.common.bus import ConsumerLoop, InvalidMessage, Outgoing, Producer
+from services.common import retention, topics
+from services.common.bus import TRANSIENT_ERRORS, ConsumerLoop, InvalidMessage, Outgoing, Producer
 from services.common.config import Settings
 from services.common.envelope import Envelope, derived_message_id, new_envelope
 from services.common.store import ProcessedLedger, ensure_indexes
 from services.profile import projection
-from services.profile.profile_store import INDEXES, ProfileStore, VersionConflict
+from services.profile.computed import RfmThresholds, safe_key
+from services.profile.history import HistoryStore
+from services.profile.privacy import InvalidRequest, PrivacyRequest, ack_payload, parse_request
+from services.profile.profile_store import (
+    ACCESS_LOG,
+    INDEXES,
+    PROFILES,
+    ProfileStore,
+    VersionConflict,
+)
+from services.profile.segments import members_of, membership_changes
+from services.profile.segments_store import (
+    SEGMENT_INDEXES,
+    SegmentStore,
+    pass_key,
+    profiles_after,
+)
+
+log = logging.getLogger(__name__)
 
 SERVICE = "profile"
 GROUP = "profile-projection"
+CONSENT_GROUP = "profile-consents"
+PRIVACY_GROUP = "profile-privacy"
 MAX_CONFLICT_RETRIES = 20
+SEGMENT_LOG_KEPT = 20
+DEFAULT_HISTORY_DAYS = 395
+PRIVACY_REQUEST_TYPES = {"Erasure Requested", "Access Requested", "Restriction Requested",
+                         "Restriction Lifted", "Rectification Requested"}
+ACK_TYPE = "Privacy Request Acknowledged"
 
 
-def build_consumers(settings: Settings, producer: Producer, db: Database) -> list[ConsumerLoop]:
-    ensure_indexes(db, INDEXES)
-    ledger = ProcessedLedger(db, GROUP)
-    ledger.prepare()
-    return [ConsumerLoop(settings=settings, service=SERVICE, group=GROUP,
-                         topics=[topics.EVENTS_RESOLVED, topics.IDENTITY_MERGES],
-                         handler=make_handler(ProfileStore(db)), producer=producer,
-                         ledger=ledger)]
+@dataclass
+class Context:
+    """What the handlers share: the stores and the rules' settings."""
+
+    db: Database
+    store: ProfileStore
+    history: HistoryStore
+    segments: SegmentStore
+    thresholds: RfmThresholds
+    policy: dict[str, timedelta]
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+
+    @classmethod
+    def build(cls, settings: Settings, db: Database) -> Context:
+        policy = retention.parse_policy(settings.retention_days)
+        keep = policy.get("event_history", timedelta(days=DEFAULT_HISTORY_DAYS))
+        return cls(db=db, store=ProfileStore(db), history=HistoryStore(db, keep),
+                   segments=SegmentStore(db),
+                   thresholds=RfmThresholds.parse(settings.profile_rfm_thresholds),
+                   policy=policy)
 
 
-def make_handler(store: ProfileStore):
+def build_consumers(settings: Settings, producer: Producer, db: Database) -> list:
+    """The profile worker's consumer loops and its housekeeping loop (same run/stop
+    contract)."""
+    ensure_indexes(db, INDEXES + SEGMENT_INDEXES)
+    context = Context.build(settings, db)
+    store_expires_history = context.history.prepare()
+    loops: list = []
+    for group, topic_names, handler in (
+            (GROUP, [topics.EVENTS_RESOLVED, topics.IDENTITY_MERGES], make_handler(context)),
+            (CONSENT_GROUP, [topics.CONSENT_CHANGES], make_consent_handler(context)),
+            (PRIVACY_GROUP, [topics.PRIVACY_REQUESTS], make_privacy_handler(context))):
+        ledger = ProcessedLedger(db, group)
+        ledger.prepare()
+        loops.append(ConsumerLoop(settings=settings, service=SERVICE, group=group,
+                                  topics=topic_names, handler=handler, producer=producer,
+                                  ledger=ledger))
+    loops.append(Housekeeping(context, producer, sweep_history=not store_expires_history))
+    return loops
+
+
+def _retrying(action: Callable[[Envelope], list[Outgoing]]):
     def handle(envelope: Envelope) -> list[Outgoing]:
         for _ in range(MAX_CONFLICT_RETRIES):
             try:
-                if envelope.channel == "system" and envelope.type == "Profiles Merged":
-                    return _merge(store, envelope)
-                if envelope.channel == "system" and envelope.type in (
-                        "Profile Split", "Identifier Released"):
-                    return _split(store, envelope)
-                if not envelope.profile_id:
-                    raise InvalidMessage("a resolved event needs a profile_id")
-                return _apply(store, envelope)
+                return action(envelope)
             except VersionConflict:
                 continue
         raise VersionConflict(envelope.profile_id)
@@ -50,39 +121,93 @@ def make_handler(store: ProfileStore):
     return handle
 
 
-def _apply(store: ProfileStore, envelope: Envelope) -> list[Outgoing]:
+# --- the projection ------------------------------------------------------------------------
+
+
+def make_handler(context: Context):
+    def handle(envelope: Envelope) -> list[Outgoing]:
+        if envelope.channel == "system" and envelope.type == "Profiles Merged":
+            return _merge(context, envelope)
+        if envelope.channel == "system" and envelope.type in (
+                "Profile Split", "Identifier Released"):
+            return _split(context, envelope)
+        if not envelope.profile_id:
+            raise InvalidMessage("a resolved event needs a profile_id")
+        return _apply(context, envelope)
+
+    return _retrying(handle)
+
+
+def _apply(context: Context, envelope: Envelope) -> list[Outgoing]:
+    store, now = context.store, context.clock()
     current = store.load_current(envelope.profile_id)
     if current is None:
+        if store.is_erased(envelope.profile_id):
+            return []  # in flight when the profile was erased: it must not come back
         current = projection.new_profile(envelope.profile_id)
     event = {**envelope.to_dict(), "profile_id": current["_id"],
              "occurred_at": envelope.occurred_at}
-    updated = projection.apply_event(current, event)
+    updated = projection.apply_event(current, event, now, context.thresholds)
+    cause = envelope.message_id
     if updated["recent_message_ids"] != current["recent_message_ids"]:
+        entered, left = _reevaluate_segments(context, updated, now, cause)
         store.save(updated)
-    # also on a re-delivery: the change may not have reached Kafka the first time
+        _index_name(store, updated["_id"], current, updated)
+    else:
+        # a re-delivery: repeat what may not have reached the store or Kafka the first time
+        entered, left = _logged_changes(updated, cause)
+        if not updated.get("restricted"):
+            store.index_name(updated["_id"], None, projection.name_of(updated))
+    context.history.record(updated["_id"], event, projection.timeline_entry(event), now)
     store.index(updated["_id"], {t: [v] for t, v in envelope.identifiers.items()})
-    return [_change(updated["_id"], envelope.message_id, "event_applied", envelope)]
+    _sync_members(context, updated["_id"], entered, left, now)
+    return [_change(updated["_id"], cause, "event_applied", envelope, updated),
+            *_segment_changes(updated, cause, entered, left, envelope)]
 
 
-def _merge(store: ProfileStore, envelope: Envelope) -> list[Outgoing]:
+def _merge(context: Context, envelope: Envelope) -> list[Outgoing]:
+    store, now, cause = context.store, context.clock(), envelope.message_id
     survivor_id, merged_id = envelope.payload["survivor"], envelope.payload["merged"]
     merged = store.load(merged_id) or projection.new_profile(merged_id)
     if merged.get("merged_into") != survivor_id:
         # freeze the merged profile first: from now on its events go to the survivor, so the
         # state absorbed below is final
+        merged_left = list(merged.get("segments", []))
         merged["merged_into"] = survivor_id
+        merged["segments"] = []
+        _log_segment_changes(merged, cause, [], merged_left)
         store.save(merged)
+        _index_name(store, merged_id, merged, None)
+    else:
+        merged_left = _logged_changes(merged, cause)[1]
     # the survivor may itself have been merged on since (merges of one event travel on
     # different partitions): absorb into whichever profile holds it now
     survivor = store.load_current(survivor_id) or projection.new_profile(survivor_id)
+    context.history.copy(merged_id, survivor["_id"], merged.get("history_months", []))
     if merged_id not in survivor.get("absorbed", []):
-        combined = projection.merge(survivor, merged)
+        combined = projection.merge(survivor, merged, now, context.thresholds)
+        entered, left = _reevaluate_segments(context, combined, now, cause)
         store.save(combined)
-        store.index(combined["_id"], combined["identifiers"])
-    return [_change(survivor["_id"], envelope.message_id, "merged", envelope)]
+        _index_name(store, combined["_id"], survivor, combined)
+    else:
+        combined = survivor
+        entered, left = _logged_changes(combined, cause)
+    store.index(combined["_id"], combined["identifiers"])
+    context.segments.remove_profiles([merged_id])
+    _sync_members(context, combined["_id"], entered, left, now)
+    away = new_envelope(
+        "Profile Changed", "system", message_id=derived_message_id(cause, "profile-merged-away"),
+        payload={"kind": "merged_away", "cause_message_id": cause, "event_type": envelope.type,
+                 "channel": envelope.channel, "profile": None,
+                 "merged_into": combined["_id"]})
+    return [_change(combined["_id"], cause, "merged", envelope, combined),
+            Outgoing(topics.PROFILE_CHANGES, merged_id, away.resolved_to(merged_id)),
+            *_segment_changes(merged, cause, [], merged_left, envelope),
+            *_segment_changes(combined, cause, entered, left, envelope)]
 
 
-def _split(store: ProfileStore, envelope: Envelope) -> list[Outgoing]:
+def _split(context: Context, envelope: Envelope) -> list[Outgoing]:
+    store, now, cause = context.store, context.clock(), envelope.message_id
     profile = store.load_current(envelope.payload["profile_id"])
     if profile is None:
         return []
@@ -93,7 +218,11 @@ def _split(store: ProfileStore, envelope: Envelope) -> list[Outgoing]:
         if identifier["value"] in values:
             values.remove(identifier["value"])
         store.unindex(identifier["type"], identifier["value"], profile["_id"])
+    entered, left = _reevaluate_segments(context, profile, now, cause)
     store.save(profile)
+    _sync_members(context, profile["_id"], entered, left, now)
+    outgoing = [_change(profile["_id"], cause, "split", envelope, profile),
+                *_segment_changes(profile, cause, entered, left, envelope)]
     if new_id:
         fresh = store.load(new_id) or projection.new_profile(new_id)
         for identifier in moved:
@@ -102,12 +231,350 @@ def _split(store: ProfileStore, envelope: Envelope) -> list[Outgoing]:
                 values.append(identifier["value"])
         store.save(fresh)
         store.index(new_id, fresh["identifiers"])
-    return [_change(profile["_id"], envelope.message_id, "split", envelope)]
+        outgoing.append(_change(new_id, cause, "split", envelope, fresh, step="split-new"))
+    return outgoing
 
 
-def _change(profile_id: str, cause: str, kind: str, envelope: Envelope) -> Outgoing:
+# --- segments ------------------------------------------------------------------------------
+
+
+def _reevaluate_segments(context: Context, profile: dict, now: datetime,
+                         cause: str) -> tuple[list[str], list[str]]:
+    """Set the profile's segments from the live definitions and log what changed under
+    ``cause`` (so a re-delivery can announce it again)."""
+    after = members_of(context.segments.all(), profile, now)
+    entered, left = membership_changes(profile.get("segments", []), after)
+    profile["segments"] = after
+    if entered or left:
+        _log_segment_changes(profile, cause, entered, left)
+    return entered, left
+
+
+def _log_segment_changes(profile: dict, cause: str, entered: list[str],
+                         left: list[str]) -> None:
+    entry = {"cause": cause, "entered": entered, "left": left}
+    profile["segment_log"] = [*profile.get("segment_log", []), entry][-SEGMENT_LOG_KEPT:]
+
+
+def _logged_changes(profile: dict, cause: str) -> tuple[list[str], list[str]]:
+    for entry in profile.get("segment_log", []):
+        if entry["cause"] == cause:
+            return entry["entered"], entry["left"]
+    return [], []
+
+
+def _sync_members(context: Context, profile_id: str, entered: list[str], left: list[str],
+                  now: datetime) -> None:
+    for segment_id in entered:
+        context.segments.add_member(segment_id, profile_id, now)
+    for segment_id in left:
+        context.segments.remove_member(segment_id, profile_id)
+
+
+def _segment_changes(profile: dict, cause: str, entered: list[str], left: list[str],
+                     envelope: Envelope | None, *, event_type: str | None = None,
+                     channel: str = "system") -> list[Outgoing]:
+    outgoing = []
+    for kind, segment_ids in (("segment_entered", entered), ("segment_left", left)):
+        for segment_id in segment_ids:
+            change = new_envelope(
+                "Profile Changed", "system",
+                message_id=derived_message_id(cause, f"{kind}:{profile['_id']}:{segment_id}"),
+                payload={"kind": kind, "segment_id": segment_id, "cause_message_id": cause,
+                         "event_type": envelope.type if envelope else event_type,
+                         "channel": envelope.channel if envelope else channel,
+                         "profile": None if profile.get("merged_into")
+                         else projection.snapshot(profile)})
+            outgoing.append(Outgoing(topics.PROFILE_CHANGES, profile["_id"],
+                                     change.resolved_to(profile["_id"])))
+    return outgoing
+
+
+def _index_name(store: ProfileStore, profile_id: str, before: dict | None,
+                after: dict | None) -> None:
+    old = projection.name_of(before) if before else None
+    new = projection.name_of(after) if after and not after.get("restricted") else None
+    if old != new or (before and before.get("restricted")) != (after and after.get(
+            "restricted")):
+        store.index_name(profile_id, old, new)
+
+
+def _change(profile_id: str, cause: str, kind: str, envelope: Envelope, profile: dict | None,
+            step: str = "profile-change") -> Outgoing:
     change = new_envelope(
-        "Profile Changed", "system", message_id=derived_message_id(cause, "profile-change"),
+        "Profile Changed", "system", message_id=derived_message_id(cause, step),
         payload={"kind": kind, "cause_message_id": cause, "event_type": envelope.type,
-                 "channel": envelope.channel})
+                 "channel": envelope.channel,
+                 "profile": projection.snapshot(profile) if profile else None})
     return Outgoing(topics.PROFILE_CHANGES, profile_id, change.resolved_to(profile_id))
+
+
+# --- consent states ------------------------------------------------------------------------
+
+
+def make_consent_handler(context: Context):
+    def handle(envelope: Envelope) -> list[Outgoing]:
+        if envelope.type != "Consent Changed":
+            return []
+        payload = envelope.payload
+        purpose, allowed = payload.get("purpose"), payload.get("allowed")
+        if not isinstance(purpose, str) or not purpose or not isinstance(allowed, bool):
+            raise InvalidMessage("a Consent Changed needs purpose (string) and allowed (bool)")
+        try:
+            collected_at = projection.event_moment(
+                {"occurred_at": payload.get("collected_at") or envelope.occurred_at})
+        except ValueError:
+            raise InvalidMessage("collected_at is not an ISO-8601 time") from None
+        if envelope.profile_id:
+            subject = envelope.profile_id
+        elif envelope.identifiers:
+            type_, value = sorted(envelope.identifiers.items())[0]
+            subject = f"id:{type_}:{value}"
+        else:
+            raise InvalidMessage("a Consent Changed names a profile_id or an identifier")
+        context.store.record_consent(subject, safe_key(purpose), {
+            "allowed": allowed, "state": payload.get("state"), "reason": payload.get("reason"),
+            "receipt_id": str(payload.get("receipt_id") or envelope.message_id),
+            "collected_at": collected_at, "message_id": envelope.message_id})
+        return []
+
+    return handle
+
+
+# --- data-subject requests -----------------------------------------------------------------
+
+
+def make_privacy_handler(context: Context):
+    def handle(envelope: Envelope) -> list[Outgoing]:
+        if envelope.type not in PRIVACY_REQUEST_TYPES:
+            return []
+        try:
+            request = parse_request(envelope.payload)
+        except InvalidRequest as exc:
+            raise InvalidMessage(str(exc)) from None
+        act = {"erasure": _erase, "access": _access, "rectification": _rectify,
+               "restriction": _restrict, "restriction_lifted": _restrict}[request.kind]
+        outgoing, summary, data = act(context, request, envelope)
+        ack = new_envelope(ACK_TYPE, "system",
+                           message_id=derived_message_id(envelope.message_id,
+                                                         f"privacy-ack-{SERVICE}"),
+                           payload=ack_payload(request, SERVICE, summary, data))
+        return [*outgoing, Outgoing(topics.PRIVACY_ACKS, request.request_id, ack)]
+
+    return _retrying(handle)
+
+
+def _subject_profiles(context: Context, request: PrivacyRequest) -> list[dict]:
+    """The stored profiles a request is about: those named, those its identifiers lead to,
+    and those merged into any of them."""
+    store = context.store
+    ids = list(request.profile_ids)
+    for type_, value in request.identifiers:
+        entry = store.identifiers.find_one({"_id": f"{type_}:{value}"})
+        if entry:
+            ids.append(entry["profile_id"])
+    found: dict[str, dict] = {}
+    while ids:
+        profile_id = ids.pop()
+        if profile_id in found:
+            continue
+        doc = store.load(profile_id)
+        if doc:
+            found[profile_id] = doc
+            ids.extend(doc.get("absorbed", []))
+    return [found[k] for k in sorted(found)]
+
+
+def _erase(context: Context, request: PrivacyRequest, envelope: Envelope):
+    store, now = context.store, context.clock()
+    docs = _subject_profiles(context, request)
+    ids = sorted({*request.profile_ids, *(d["_id"] for d in docs)})
+    store.mark_erased(ids, request.request_id, now)
+    for doc in docs:
+        store.index_name(doc["_id"], projection.name_of(doc), None)
+    subjects = [*ids, *(f"id:{t}:{v}" for t, v in request.identifiers),
+                *(f"id:{t}:{v}" for d in docs for t, values in d["identifiers"].items()
+                  for v in values)]
+    summary = {
+        "profiles": store.delete_profiles(ids),
+        "identifier_index_entries": store.unindex_all(ids),
+        "history_events": context.history.erase(ids),
+        "segment_memberships": context.segments.remove_profiles(ids),
+        "access_log_entries": store.delete_accesses(ids),
+        "consent_states": store.delete_consents(subjects),
+    }
+    outgoing = []
+    for profile_id in ids:
+        change = new_envelope(
+            "Profile Changed", "system",
+            message_id=derived_message_id(envelope.message_id, f"profile-erased:{profile_id}"),
+            payload={"kind": "erased", "cause_message_id": envelope.message_id,
+                     "event_type": envelope.type, "channel": envelope.channel,
+                     "profile": None})
+        outgoing.append(Outgoing(topics.PROFILE_CHANGES, profile_id,
+                                 change.resolved_to(profile_id)))
+    return outgoing, summary, None
+
+
+def _access(context: Context, request: PrivacyRequest, _envelope: Envelope):
+    store, now = context.store, context.clock()
+    docs = _subject_profiles(context, request)
+    history_count, recent = 0, []
+    for doc in docs:
+        months = doc.get("history_months", [])
+        history_count += context.history.count(doc["_id"], months, now)
+        recent.extend(context.history.page(doc["_id"], months, now, limit=50)[0])
+    recent.sort(key=lambda e: (e["at"], e["message_id"]), reverse=True)
+    accesses = [a for doc in docs for a in store.accesses(doc["_id"], 500)]
+    data = {
+        "profiles": [projection.view(doc, unmasked=True, recent=0) for doc in docs],
+        "history": {"count": history_count, "recent": projection.plain(recent[:50])},
+        "segments": sorted({s for doc in docs for s in doc.get("segments", [])}),
+        "access_log": projection.plain(accesses),
+        "consents": projection.plain({doc["_id"]: store.consent_states(doc["_id"])
+                                      for doc in docs}),
+    }
+    summary = {"profiles": len(docs), "history_events": history_count,
+               "access_log_entries": len(accesses)}
+    return [], summary, data
+
+
+def _rectify(context: Context, request: PrivacyRequest, envelope: Envelope):
+    store, now, cause = context.store, context.clock(), envelope.message_id
+    docs = [store.load_current(d["_id"]) for d in _subject_profiles(context, request)]
+    target = next((d for d in docs if d), None)
+    if target is None:
+        return [], {"profiles": 0, "fields": sorted(request.fields)}, None
+    updated = projection.rectify(target, request.fields, cause, now, now, context.thresholds)
+    if updated["recent_message_ids"] != target["recent_message_ids"]:
+        entered, left = _reevaluate_segments(context, updated, now, cause)
+        store.save(updated)
+        _index_name(store, updated["_id"], target, updated)
+    else:
+        entered, left = _logged_changes(updated, cause)
+    _sync_members(context, updated["_id"], entered, left, now)
+    outgoing = [_change(updated["_id"], cause, "rectified", envelope, updated),
+                *_segment_changes(updated, cause, entered, left, envelope)]
+    return outgoing, {"profiles": 1, "fields": sorted(request.fields)}, None
+
+
+def _restrict(context: Context, request: PrivacyRequest, envelope: Envelope):
+    store, now = context.store, context.clock()
+    restricting = request.kind == "restriction"
+    outgoing, changed = [], 0
+    for doc in _subject_profiles(context, request):
+        before = dict(doc)
+        if restricting and not doc.get("restricted"):
+            doc["restricted"] = {"request_id": request.request_id, "at": now}
+        elif not restricting and doc.get("restricted"):
+            doc.pop("restricted")
+        else:
+            continue
+        store.save(doc)
+        _index_name(store, doc["_id"], before, doc)  # restricted profiles are not searchable
+        changed += 1
+    for doc in _subject_profiles(context, request):
+        kind = "restricted" if restricting else "restriction_lifted"
+        outgoing.append(_change(doc["_id"], envelope.message_id, kind, envelope,
+                                doc, step=f"profile-{kind}:{doc['_id']}"))
+    return outgoing, {"profiles": changed, "restricted": restricting}, None
+
+
+# --- housekeeping --------------------------------------------------------------------------
+
+
+class Housekeeping:
+    """The background loop beside the consumers (the runner treats it as one): the segment
+    membership pass, history sweeps where the store has no TTL, access-log retention.
+
+    ``run()`` blocks until ``stop()``; store or broker outages are logged and retried."""
+
+    group = "profile-housekeeping"
+    CHECK_SECONDS = 2.0
+    SWEEP_SECONDS = 3600.0
+    PROGRESS_EVERY = 200
+
+    def __init__(self, context: Context, producer: Producer, *, sweep_history: bool):
+        self.context = context
+        self.producer = producer
+        self.sweep_history = sweep_history
+        self._stopping = threading.Event()
+        self._sweep_due = 0.0
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self.membership_pass()
+                if time.monotonic() >= self._sweep_due:
+                    self._sweep_due = time.monotonic() + self.SWEEP_SECONDS
+                    self.sweep()
+            except TRANSIENT_ERRORS as exc:
+                log.warning("housekeeping failed; will retry", extra={"error": repr(exc)})
+            self._stopping.wait(self.CHECK_SECONDS)
+
+    def membership_pass(self) -> int:
+        """Bring every profile's segments up to date with the definitions and today's date,
+        resuming where a previous pass stopped. Returns how many profiles it looked at."""
+        segments, now = self.context.segments, self.context.clock()
+        definitions = segments.all()
+        key = pass_key(definitions, now.date().isoformat())
+        state = segments.pass_state()
+        if state["key"] == key and state["done"]:
+            return 0
+        after = state["after"] if state["key"] == key else None
+        seen = 0
+        for profile in profiles_after(self.context.db, PROFILES, after):
+            if self._stopping.is_set():
+                segments.save_pass_state(key, after, False)
+                return seen
+            if not profile.get("merged_into"):
+                self._reevaluate(profile, definitions, key, now)
+            after, seen = profile["_id"], seen + 1
+            if seen % self.PROGRESS_EVERY == 0:
+                segments.save_pass_state(key, after, False)
+        segments.save_pass_state(key, after, True)
+        segments.purge_deleted({d["_id"]: d["version"] for d in definitions if d.get("deleted")})
+        return seen
+
+    def _reevaluate(self, profile: dict, definitions: list[dict], key: str,
+                    now: datetime) -> None:
+        store = self.context.store
+        for _ in range(MAX_CONFLICT_RETRIES):
+            refreshed = projection.refresh_computed(profile, now, self.context.thresholds)
+            after = members_of(definitions, refreshed, now)
+            entered, left = membership_changes(profile.get("segments", []), after)
+            if not entered and not left and refreshed["computed"] == profile["computed"]:
+                return
+            cause = f"segment-pass:{key}:{profile['_id']}"
+            refreshed["segments"] = after
+            # announced before stored: a crash in between announces again (same ids)
+            changes = _segment_changes(refreshed, cause, entered, left, None,
+                                       event_type="Segment Membership Recomputed")
+            if changes:
+                self.producer.send(changes)
+            try:
+                store.save(refreshed)
+            except VersionConflict:
+                profile = store.load(profile["_id"])
+                if profile is None or profile.get("merged_into"):
+                    return
+                continue
+            _sync_members(self.context, profile["_id"], entered, left, now)
+            return
+
+    def sweep(self) -> dict[str, Any]:
+        now = self.context.clock()
+        deleted = self.context.history.sweep(now) if self.sweep_history else 0
+        report = retention.sweep(self.context.db, [retention.RetentionRule(
+            "access_log", ACCESS_LOG, "at", "profile reads (who, which profile, purpose)")],
+            self.context.policy, now, apply=True)
+        log.info("housekeeping sweep", extra={"history_events": deleted,
+                                               "access_log": report[0]["deleted"]})
+        return {"history_events": deleted, "access_log": report[0]["deleted"]}

@@ -1,10 +1,71 @@
-"""Kafka entry point of the social service: its consumer loops."""
+"""Kafka entry point of the social service: its consumer loops and the mentions poller.
+
+* ``social-privacy`` answers every request on cdp.privacy.requests with an ack;
+* ``social-deletion-status`` follows cdp.privacy.acks for the deletion requests this service
+  raised, so their status page can say when every service is done;
+* the X mentions poller runs when ``CDP_SOCIAL_POLL_URL`` is set.
+"""
+
+from __future__ import annotations
 
 from pymongo.database import Database
 
-from services.common.bus import ConsumerLoop, Producer
+from services.common import topics
+from services.common.bus import ConsumerLoop, InvalidMessage, Outgoing, Producer
 from services.common.config import Settings
+from services.common.envelope import Envelope
+from services.common.store import Index, ProcessedLedger, ensure_indexes
+from services.social import privacy
+from services.social.poller import Poller, PollLoop, XMentionsApi
+from services.social.publish import SERVICE, publish
+from services.social.social_store import DeletionStatuses, MongoCheckpoints
+
+PRIVACY_GROUP = "social-privacy"
+STATUS_GROUP = "social-deletion-status"
+INDEXES = [Index(DeletionStatuses.COLLECTION, [("request_id", 1)])]
 
 
-def build_consumers(settings: Settings, producer: Producer, db: Database) -> list[ConsumerLoop]:
-    return []
+def build_consumers(settings: Settings, producer: Producer, db: Database) -> list:
+    ensure_indexes(db, INDEXES)
+    loops: list = []
+    for group, topic, handler in (
+        (PRIVACY_GROUP, topics.PRIVACY_REQUESTS, handle_privacy_request),
+        (STATUS_GROUP, topics.PRIVACY_ACKS, make_ack_handler(DeletionStatuses(db))),
+    ):
+        ledger = ProcessedLedger(db, group)
+        ledger.prepare()
+        loops.append(ConsumerLoop(settings=settings, service=SERVICE, group=group,
+                                  topics=[topic], handler=handler, producer=producer,
+                                  ledger=ledger))
+    if settings.social_poll_url:
+        loops.append(PollLoop(mentions_poller(settings, producer, db),
+                              settings.social_poll_interval_seconds))
+    return loops
+
+
+def mentions_poller(settings: Settings, producer: Producer, db: Database) -> Poller:
+    source = XMentionsApi(settings.social_poll_url, settings.social_poll_user_id,
+                          settings.social_poll_bearer_token, settings.social_poll_page_size)
+    return Poller(f"x-mentions-{settings.social_poll_user_id}", settings.social_poll_user_id,
+                  source, MongoCheckpoints(db),
+                  lambda normalised: publish(producer, normalised, source="x-poller"))
+
+
+def handle_privacy_request(envelope: Envelope) -> list[Outgoing]:
+    try:
+        request = privacy.parse_request(envelope)
+    except ValueError as error:
+        raise InvalidMessage(str(error)) from None
+    ack = privacy.acknowledgement(envelope, request)
+    return [Outgoing(topics.PRIVACY_ACKS, request.request_id, ack)]
+
+
+def make_ack_handler(statuses: DeletionStatuses):
+    def handle(envelope: Envelope) -> list[Outgoing]:
+        payload = envelope.payload
+        request_id, service = payload.get("request_id"), payload.get("service")
+        if isinstance(request_id, str) and isinstance(service, str):
+            statuses.acknowledged(request_id, service, str(payload.get("status")))
+        return []
+
+    return handle

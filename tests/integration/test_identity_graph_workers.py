@@ -266,3 +266,90 @@ def test_a_stored_split_that_kafka_never_heard_of_is_announced_by_the_worker(
     message = wait_until(announced, 90, interval=1, what="the relay to announce the split")
     assert message["type"] == "Identifier Released"
     assert MongoGraph(db).entry(f"split-{unique}")["announced"] is True
+
+
+def _privacy_request(kind: str, request_id: str, **subject) -> Outgoing:
+    payload = {"request_id": request_id, "kind": kind, "profile_ids": [], "identifiers": [],
+               "requested_by": "test", **subject}
+    envelope = new_envelope(f"{kind.capitalize()} Requested", "system", payload=payload)
+    return Outgoing(topics.PRIVACY_REQUESTS, request_id, envelope)
+
+
+def _ack(settings, request_id: str) -> dict:
+    def find():
+        return next((m for m in read_all(settings, topics.PRIVACY_ACKS, idle_ms=300)
+                     if m["payload"]["request_id"] == request_id), None)
+
+    return wait_until(find, 60, interval=0.5, what=f"identity's ack of {request_id}")
+
+
+def test_erasure_by_a_social_handle_erases_the_whole_profile_and_suppresses_its_identifiers(
+        identity_api, identity_worker, api_keys, settings, unique):
+    handle = f"@Erase_{unique}"[:16]
+    identify = {"userId": f"E-{unique}", "messageId": f"erase-reg-{unique}",
+                "traits": {"email": f"erase.{unique}@example.com", "twitter": handle}}
+    assert requests.post(f"{identity_api.url}/v1/identify", json=identify,
+                         auth=(api_keys["collector"], ""), timeout=10).status_code == 200
+    profile_id = resolved_for(settings, f"erase-reg-{unique}")["profile_id"]
+
+    producer = Producer(settings, "tests")
+    try:
+        producer.send([_privacy_request("erasure", f"req-{unique}", identifiers=[
+            {"type": "twitter_handle", "value": handle}])])
+        ack = _ack(settings, f"req-{unique}")
+        assert ack["payload"]["service"] == "identity" and ack["payload"]["status"] == "done"
+        summary = ack["payload"]["summary"]
+        # user_id, email and handle: each link erased and each identifier suppressed
+        assert (summary["profiles"], summary["links"], summary["suppressed"]) == (1, 3, 3)
+        dpo = {"Authorization": f"Bearer {api_keys['dpo']}"}
+        gone = requests.get(f"{identity_api.url}/v1/identity/resolve", headers=dpo, timeout=10,
+                            params={"type": "email", "value": f"erase.{unique}@example.com"})
+        assert gone.status_code == 404
+
+        # a new tweet from the erased handle is dropped; a control event behind it on the same
+        # partition shows the worker has passed it
+        tweet = new_envelope("Social Post", "social", identifiers={"twitter_handle": handle},
+                             message_id=f"tweet-{unique}")
+        control = new_envelope("Social Post", "social", message_id=f"control-{unique}",
+                               identifiers={"twitter_handle": f"@Ctl_{unique}"[:16]})
+        producer.send([Outgoing(topics.EVENTS_SOCIAL, profile_id, tweet),
+                       Outgoing(topics.EVENTS_SOCIAL, profile_id, control)])
+    finally:
+        producer.close()
+    resolved_for(settings, f"control-{unique}")
+    resolved_ids = {m["message_id"] for m in read_all(settings, topics.EVENTS_RESOLVED, 300)}
+    assert f"tweet-{unique}" not in resolved_ids
+
+
+def test_access_request_returns_the_graph_of_the_subject_and_a_bad_request_is_dead_lettered(
+        identity_api, identity_worker, api_keys, settings, unique):
+    identify = {"userId": f"A-{unique}", "messageId": f"access-reg-{unique}",
+                "traits": {"email": f"access.{unique}@example.com"}}
+    assert requests.post(f"{identity_api.url}/v1/identify", json=identify,
+                         auth=(api_keys["collector"], ""), timeout=10).status_code == 200
+    profile_id = resolved_for(settings, f"access-reg-{unique}")["profile_id"]
+
+    dpo = {"Authorization": f"Bearer {api_keys['dpo']}"}
+    subject = requests.post(f"{identity_api.url}/v1/identity/subject", headers=dpo, timeout=10,
+                            json={"identifiers": [{"type": "email",
+                                                   "value": f"ACCESS.{unique}@example.com"}]})
+    assert subject.json() == {"profile_ids": [profile_id], "identifiers": [
+        {"type": "email", "value": f"access.{unique}@example.com"},
+        {"type": "user_id", "value": f"A-{unique}"}]}
+
+    producer = Producer(settings, "tests")
+    try:
+        producer.send([_privacy_request("access", f"acc-{unique}", profile_ids=[profile_id]),
+                       _privacy_request("erasure", f"bad-{unique}")])  # names no subject
+    finally:
+        producer.close()
+    data = _ack(settings, f"acc-{unique}")["payload"]["data"]
+    assert data["profiles"] == [profile_id]
+    assert {(i["type"], i["value"]) for i in data["identifiers"]} == {
+        ("email", f"access.{unique}@example.com"), ("user_id", f"A-{unique}")}
+
+    def dead_lettered():
+        return any(letter["key"] == f"bad-{unique}" and "names no profile" in letter["reason"]
+                   for letter in read_all(settings, topics.DEAD_LETTER, 300))
+
+    wait_until(dead_lettered, 60, interval=0.5, what="the bad request in the dead-letter topic")

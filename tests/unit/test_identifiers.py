@@ -54,7 +54,8 @@ def assert_invalid(type_: str, value, reason_contains: str = "", **kwargs) -> In
 def test_all_supported_types_are_declared_in_order():
     assert IDENTIFIER_TYPES == (
         "email", "phone", "user_id", "anonymous_id", "device_id", "twitter_id",
-        "twitter_handle", "facebook_id", "hetu", "business_id",
+        "twitter_handle", "facebook_id", "instagram_id", "instagram_handle", "hetu",
+        "business_id",
     )
 
 
@@ -434,7 +435,20 @@ def test_invalid_twitter_handle_is_rejected(raw):
     assert_invalid("twitter_handle", raw, "1-15 letters")
 
 
-@pytest.mark.parametrize("type_", ["twitter_id", "facebook_id"])
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("@Kahvi.Kuppi_", "kahvi.kuppi_"), ("anna.v", "anna.v"), ("a" * 30, "a" * 30)],
+)
+def test_instagram_handle_loses_the_at_sign_and_is_lower_cased(raw, expected):
+    assert normalise("instagram_handle", raw) == expected
+
+
+@pytest.mark.parametrize("raw", ["@", "a" * 31, "anna-v", "anna v", "äiti", "\u212aelvin"])
+def test_invalid_instagram_handle_is_rejected(raw):
+    assert_invalid("instagram_handle", raw, "1-30 letters")
+
+
+@pytest.mark.parametrize("type_", ["twitter_id", "facebook_id", "instagram_id"])
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [("12", "12"), (" 1234567890123456789 ", "1234567890123456789"), ("0", "0"),
@@ -444,7 +458,7 @@ def test_numeric_social_ids_are_kept_as_digits(type_, raw, expected):
     assert normalise(type_, raw) == expected
 
 
-@pytest.mark.parametrize("type_", ["twitter_id", "facebook_id"])
+@pytest.mark.parametrize("type_", ["twitter_id", "facebook_id", "instagram_id"])
 @pytest.mark.parametrize("raw", ["1" * 26, "12a", "-12", "1.0", "12 34", "١٢٣", "１２３"])
 def test_numeric_social_id_with_anything_but_ascii_digits_or_too_long_is_rejected(type_, raw):
     assert_invalid(type_, raw, "1-25 digits")

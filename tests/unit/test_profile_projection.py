@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
-from services.profile.projection import TIMELINE_LIMIT, apply_event, merge, new_profile
+from services.profile.profile_store import name_prefixes, normalise_name
+from services.profile.projection import (
+    TIMELINE_LIMIT,
+    apply_event,
+    merge,
+    name_of,
+    new_profile,
+    rectify,
+    refresh_computed,
+    snapshot,
+)
 
 T0 = datetime(2026, 11, 1, 12, tzinfo=UTC)
 
@@ -88,3 +99,61 @@ def test_merge_joins_timelines_and_adds_purchases_once():
     assert {e["message_id"] for e in merged["timeline"]} == {"m1", "m2"}
     assert merged["identifiers"] == {"email": ["a@example.com"], "phone": ["+358401234567"]}
     assert merge(merged, b) == merged
+
+
+def test_merge_recomputes_computed_traits_as_if_one_profile_had_all_events():
+    a = replay([event(1, "Order Completed", properties={"total": 10.0,
+                                                        "products": [{"category": "Shoes"}]},
+                      profile="a")])
+    b = replay([event(2, "Order Completed", properties={"total": 500.0,
+                                                        "products": [{"category": "Hats"},
+                                                                     {"category": "Hats"}]},
+                      profile="b")], new_profile("b"))
+    one = replay([event(1, "Order Completed", properties={"total": 10.0,
+                                                          "products": [{"category": "Shoes"}]}),
+                  event(2, "Order Completed", properties={"total": 500.0,
+                                                          "products": [{"category": "Hats"},
+                                                                       {"category": "Hats"}]})])
+    as_of = T0 + timedelta(days=1)
+    assert merge(a, b, as_of)["computed"] == merge(b, a, as_of)["computed"]
+    assert merge(a, b, as_of)["computed"] == refresh_computed(one, as_of)["computed"]
+    assert merge(a, b, as_of)["computed"]["favourite_product_groups"] == ["Hats", "Shoes"]
+
+
+def test_the_snapshot_is_plain_json_without_provenance():
+    profile = replay([event(1, "Order Completed", traits={"firstName": "Anna"},
+                            properties={"total": 20.0}, identifiers={"email": "a@x.fi"})])
+    profile["segments"] = ["buyers"]
+    snap = snapshot(profile)
+    assert snap["traits"] == {"first_name": "Anna"}
+    assert snap["identifiers"] == {"email": ["a@x.fi"]}
+    assert snap["segments"] == ["buyers"] and snap["merged_into"] is None
+    assert snap["computed"]["last_purchase_at"] == (T0 + timedelta(minutes=1)).isoformat()
+    json.dumps(snap)
+
+
+def test_the_data_subjects_rectification_outranks_later_events_until_rectified_again():
+    profile = replay([event(1, traits={"lastName": "Korhonen"})])
+    rectified = rectify(profile, {"lastName": "Virtanen"}, "r1", T0 + timedelta(minutes=5))
+    assert rectified["traits"]["last_name"]["source"] == "data_subject"
+    later = apply_event(rectified, event(9, traits={"lastName": "Korhonen"}))
+    assert later["traits"]["last_name"]["value"] == "Virtanen"
+    again = rectify(later, {"lastName": "Nieminen"}, "r2", T0 + timedelta(minutes=10))
+    assert again["traits"]["last_name"]["value"] == "Nieminen"
+    assert rectify(again, {"lastName": "X"}, "r2", T0) == again
+
+
+def test_events_list_the_months_their_history_is_kept_in():
+    profile = replay([event(1, at=datetime(2026, 9, 30, 23, tzinfo=UTC)),
+                      event(2, at=datetime(2026, 11, 1, tzinfo=UTC)),
+                      event(3, at=datetime(2026, 11, 2, tzinfo=UTC))])
+    assert profile["history_months"] == ["2026-11", "2026-09"]
+
+
+def test_names_are_indexed_by_every_prefix_of_either_name_and_both_orders():
+    prefixes = name_prefixes("Äijä", "Korhonen")
+    assert {"ai", "aija", "ko", "korhonen", "aija korhon", "korhonen ai"} <= prefixes
+    assert "a" not in prefixes and all(len(p) <= 12 for p in prefixes)
+    assert normalise_name("  Hämäläinen  Öhman ") == "hamalainen ohman"
+    assert name_of({"traits": {"name": {"value": "Aino Maria Korhonen"}}}) == (
+        "Aino", "Maria Korhonen")

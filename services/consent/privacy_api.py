@@ -1,0 +1,241 @@
+"""HTTP adapter for data-subject requests and retention (``/v1/privacy``).
+
+Roles: the data-protection officer (dpo) files requests and downloads access exports, which
+hold the subject's personal data; supervisors may read statuses and proofs (audit), which
+hold none; admin may do everything, and alone runs a retention sweep for real.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import flask
+import orjson
+import pymongo.errors
+from flask_smorest import Blueprint
+from marshmallow import Schema, ValidationError, fields, validate, validates, validates_schema
+
+from services.common import retention
+from services.common.documents import unstorable
+from services.common.identifiers import IDENTIFIER_TYPES, InvalidIdentifier, normalise
+from services.common.web import Problem, current_principal, require_roles, runtime
+from services.consent.privacy import (
+    KINDS,
+    STATES,
+    Identifier,
+    InvalidPrivacyRequest,
+    PrivacyRequest,
+    access_export,
+)
+from services.consent.privacy_flow import PrivacyFlow, build_flow
+from services.consent.privacy_store import RETENTION_RULES
+
+MAX_FIELDS = 50
+
+
+class IdentifierSchema(Schema):
+    type = fields.String(required=True, validate=validate.OneOf(IDENTIFIER_TYPES))
+    value = fields.String(required=True, validate=validate.Length(min=1, max=512))
+
+
+class SubjectSchema(Schema):
+    profile_id = fields.String(validate=validate.Length(min=1, max=128))
+    identifier = fields.Nested(IdentifierSchema)
+
+    @validates_schema
+    def _exactly_one(self, data: dict, **_: Any) -> None:
+        if ("profile_id" in data) == ("identifier" in data):
+            raise ValidationError("give either profile_id or identifier")
+
+
+class NewRequestSchema(Schema):
+    kind = fields.String(required=True, validate=validate.OneOf(KINDS))
+    subject = fields.Nested(SubjectSchema, required=True)
+    fields_ = fields.Dict(data_key="fields", keys=fields.String(validate=validate.Length(
+        min=1, max=64)), metadata={"description": "rectification only: trait → new value"})
+    reason = fields.String(required=True, validate=validate.Length(min=1, max=500), metadata={
+        "description": "the verification reference (how the subject's identity was checked); "
+                       "a reference, not personal data"})
+    request_id = fields.String(validate=validate.Regexp(r"^[A-Za-z0-9._:-]{8,128}$"), metadata={
+        "description": "optional id chosen by the caller: filing the same id again returns "
+                       "the request already filed (a platform's retried deletion callback)"})
+
+    @validates("fields_")
+    def _plain_fields(self, value: dict, **_: Any) -> None:
+        if len(value) > MAX_FIELDS:
+            raise ValidationError(f"at most {MAX_FIELDS} fields")
+        reason = unstorable(value)
+        if reason:
+            raise ValidationError(reason)
+
+
+class ListQuerySchema(Schema):
+    state = fields.String(validate=validate.OneOf(STATES))
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
+
+
+class ExportQuerySchema(Schema):
+    partial = fields.Boolean(load_default=False, metadata={
+        "description": "download even though some services have not answered yet"})
+
+
+class AcceptedSchema(Schema):
+    request_id = fields.String()
+    state = fields.String()
+    deadline = fields.String()
+    status_url = fields.String()
+
+
+def _accepted(request: PrivacyRequest) -> dict:
+    return {"request_id": request.request_id, "state": request.state_at(datetime.now(UTC)),
+            "deadline": request.deadline.isoformat(),
+            "status_url": f"/v1/privacy/requests/{request.request_id}"}
+
+
+def privacy_blueprint() -> Blueprint:
+    blueprint = Blueprint("privacy", __name__, url_prefix="/v1/privacy",
+                          description="Data-subject requests (access, erasure, restriction, "
+                                      "rectification) and retention")
+
+    @blueprint.route("/requests", methods=["POST"])
+    @require_roles("dpo")
+    @blueprint.arguments(NewRequestSchema)
+    @blueprint.response(202, AcceptedSchema)
+    def file_request(body):
+        """File a request. It is stored at once (202), then the subject is expanded through
+        the identity graph and the request fanned out on cdp.privacy.requests."""
+        flow = _flow()
+        if body.get("request_id"):
+            existing = flow.repository.get(body["request_id"])
+            if existing is not None:
+                return _accepted(existing)
+        subject = body["subject"]
+        identifier = _identifier(subject["identifier"]) if "identifier" in subject else None
+        try:
+            request = PrivacyRequest.new(
+                kind=body["kind"], profile_id=subject.get("profile_id"), identifier=identifier,
+                fields=body.get("fields_"), reason=body["reason"],
+                requested_by=current_principal().key_id, expected=_expected(),
+                deadline_days=runtime().settings.privacy_deadline_days, now=datetime.now(UTC),
+                digest=flow.digest, request_id=body.get("request_id"))
+        except InvalidPrivacyRequest as exc:
+            raise Problem(422, str(exc)) from None
+        try:
+            flow.repository.add(request)
+        except pymongo.errors.DuplicateKeyError:  # the same id filed at the same moment
+            return _accepted(flow.repository.get(request.request_id))
+        flow.send_now(request.request_id, lambda messages: runtime().producer.send(
+            messages, timeout=5))
+        return _accepted(flow.repository.get(request.request_id))
+
+    @blueprint.route("/requests")
+    @require_roles("dpo", "supervisor")
+    @blueprint.arguments(ListQuerySchema, location="query")
+    @blueprint.response(200)
+    def list_requests(query):
+        """Requests, newest first; ``state=overdue`` lists open ones past their deadline."""
+        now = datetime.now(UTC)
+        found = _flow().repository.listing(query.get("state"), now, query["limit"])
+        return {"requests": [_summary(request, now) for request in found]}
+
+    @blueprint.route("/requests/<string:request_id>")
+    @require_roles("dpo", "supervisor")
+    @blueprint.response(200)
+    @blueprint.alt_response(404, description="no such request")
+    def show_request(request_id):
+        """Status, acknowledgements, who is missing, the audit trail and the proof (no
+        identifier in the clear)."""
+        now = datetime.now(UTC)
+        request = _request(request_id)
+        return {**_summary(request, now), "audit": [_audit_view(e) for e in request.audit],
+                "proof": request.proof(now)}
+
+    @blueprint.route("/requests/<string:request_id>/export")
+    @require_roles("dpo")
+    @blueprint.arguments(ExportQuerySchema, location="query")
+    @blueprint.response(200, content_type="application/json")
+    @blueprint.alt_response(409, description="not an access request, or services still missing")
+    def export(query, request_id):
+        """An access request's combined export: every service's data about the subject, as a
+        JSON download."""
+        request = _request(request_id)
+        if request.kind != "access":
+            raise Problem(409, f"request {request_id} is a {request.kind}, not an access request")
+        if request.missing() and not query["partial"]:
+            raise Problem(409, "services have not answered yet: " + ", ".join(request.missing())
+                          + " (partial=true downloads what there is)")
+        document = access_export(request, _flow().repository.access_data(request_id),
+                                 datetime.now(UTC))
+        return flask.Response(
+            orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS),
+            mimetype="application/json", headers={
+                "Content-Disposition": f'attachment; filename="access-{request_id}.json"'})
+
+    @blueprint.route("/retention")
+    @require_roles("dpo", "supervisor")
+    @blueprint.response(200)
+    def retention_report():
+        """Dry run: per data kind this service holds, how much is past its retention."""
+        return {"applied": False, "kinds": _sweep(apply=False)}
+
+    @blueprint.route("/retention/sweep", methods=["POST"])
+    @require_roles("admin")
+    @blueprint.response(200)
+    def retention_sweep():
+        """Delete what is past its retention now (the consent worker also sweeps daily)."""
+        return {"applied": True, "kinds": _sweep(apply=True)}
+
+    return blueprint
+
+
+def install_privacy(app: flask.Flask) -> None:
+    """Give the app's privacy views their flow; raises ConfigError without the keys."""
+    rt = app.extensions["muisti"]
+    app.extensions["privacy_flow"] = build_flow(rt.settings, rt.db)
+
+
+def _flow() -> PrivacyFlow:
+    return flask.current_app.extensions["privacy_flow"]
+
+
+def _expected() -> tuple[str, ...]:
+    return tuple(s.strip() for s in runtime().settings.privacy_services.split(","))
+
+
+def _sweep(*, apply: bool) -> list[dict]:
+    settings = runtime().settings
+    return retention.sweep(runtime().db, RETENTION_RULES,
+                           retention.parse_policy(settings.retention_days),
+                           datetime.now(UTC), apply=apply)
+
+
+def _identifier(raw: dict) -> Identifier:
+    try:
+        return Identifier(raw["type"], normalise(raw["type"], raw["value"]))
+    except InvalidIdentifier as exc:
+        raise Problem(422, f"invalid {raw['type']}: {exc.reason}",
+                      errors={"json": {"subject": {"identifier": {"value": [exc.reason]}}}}
+                      ) from None
+
+
+def _request(request_id: str) -> PrivacyRequest:
+    request = _flow().repository.get(request_id)
+    if request is None:
+        raise Problem(404, f"no privacy request {request_id}")
+    return request
+
+
+def _summary(request: PrivacyRequest, now: datetime) -> dict[str, Any]:
+    proof = request.proof(now)
+    return {"request_id": request.request_id, "kind": request.kind, "state": proof["state"],
+            "received_at": proof["received_at"], "deadline": proof["deadline"],
+            "closed_at": proof["closed_at"], "requested_by": request.requested_by,
+            "subject": request.subject, "expected": list(request.expected),
+            "acknowledged": [s for s in proof["services"] if s["status"] != "missing"],
+            "missing": request.missing(), "held_up": request.last_error}
+
+
+def _audit_view(entry: dict) -> dict:
+    return {**entry, "at": entry["at"].isoformat()}
+

@@ -1,0 +1,307 @@
+"""The export service's own collections in MongoDB.
+
+The service reads no other service's collections: its read model (profile snapshots, consent
+states, restrictions) is fed from Kafka by the worker. Besides it: partner contracts, runs
+(claimed by one worker at a time through a lease), each run's batches (the exact bytes sent,
+so a resumed run re-sends a batch unchanged under the same idempotency key), the record of
+what each partner received about each profile, and the deletion notices waiting to go out.
+
+Reads and writes go by ``_id`` wherever a hot path allows: FerretDB 1.x pushes little else
+down to SQLite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pymongo
+import pymongo.errors
+from pymongo.database import Database
+
+from services.export.contracts import PartnerContract, from_document, to_document
+from services.export.rendering import ConsentState
+
+PARTNERS = "export_partners"
+PROFILES = "export_profiles"
+CONSENTS = "export_consents"
+RESTRICTIONS = "export_restrictions"
+RUNS = "export_runs"
+BATCHES = "export_batches"
+DELIVERIES = "export_deliveries"
+NOTICES = "export_notices"
+
+RUN_ACTIVE = ("queued", "running")
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _key(text: str) -> str:
+    """A safe document field name (purpose names come from another service)."""
+    return text.replace(".", "_").replace("$", "_")
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    if moment is not None and moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment
+
+
+class ExportStore:
+    def __init__(self, db: Database):
+        self.db = db
+
+    # --- partners ------------------------------------------------------------------------
+
+    def save_partner(self, contract: PartnerContract) -> None:
+        self.db[PARTNERS].update_one(
+            {"_id": contract.partner_id},
+            {"$set": {**to_document(contract), "updated_at": now(), "deleted_at": None},
+             "$setOnInsert": {"created_at": now()}}, upsert=True)
+
+    def partner(self, partner_id: str, *, include_deleted: bool = False
+                ) -> PartnerContract | None:
+        doc = self.db[PARTNERS].find_one({"_id": partner_id})
+        if doc is None or (doc.get("deleted_at") and not include_deleted):
+            return None
+        return from_document(doc)
+
+    def delete_partner(self, partner_id: str) -> bool:
+        """Retire a contract: no new runs; deletion notices to the partner still go out."""
+        result = self.db[PARTNERS].update_one(
+            {"_id": partner_id, "deleted_at": None}, {"$set": {"deleted_at": now()}})
+        return result.modified_count == 1
+
+    def partners_requiring(self, purpose: str) -> list[PartnerContract]:
+        return [from_document(doc) for doc in self.db[PARTNERS].find({})
+                if purpose in doc.get("required_purposes", [])]
+
+    def partner_names(self, partner_ids: Iterable[str]) -> dict[str, str]:
+        return {doc["_id"]: doc["name"]
+                for doc in self.db[PARTNERS].find({"_id": {"$in": list(partner_ids)}})}
+
+    # --- read model ----------------------------------------------------------------------
+
+    def upsert_profile(self, snapshot: Mapping[str, Any], changed_at: datetime) -> None:
+        profile_id = snapshot["profile_id"]
+        self.db[PROFILES].replace_one({"_id": profile_id}, {
+            "_id": profile_id, "identifiers": snapshot.get("identifiers") or {},
+            "traits": snapshot.get("traits") or {}, "computed": snapshot.get("computed") or {},
+            "segments": snapshot.get("segments") or [], "changed_at": changed_at}, upsert=True)
+
+    def delete_profiles(self, profile_ids: list[str]) -> int:
+        return self.db[PROFILES].delete_many({"_id": {"$in": profile_ids}}).deleted_count
+
+    def profile_page(self, after: str | None, limit: int, changed_since: datetime | None,
+                     segment: str | None = None) -> list[dict[str, Any]]:
+        """Up to ``limit`` snapshots with ids after ``after``, in id order; only those changed
+        since ``changed_since`` (incremental runs) and in ``segment``, when given."""
+        query: dict[str, Any] = {}
+        if segment is not None:
+            query["segments"] = segment
+        if after is not None:
+            query["_id"] = {"$gt": after}
+        if changed_since is not None:
+            query["changed_at"] = {"$gt": changed_since}
+        docs = self.db[PROFILES].find(query).sort("_id", pymongo.ASCENDING).limit(limit)
+        return [{**doc, "profile_id": doc["_id"]} for doc in docs]
+
+    def set_consent(self, profile_id: str, purpose: str, allowed: bool, state: str,
+                    decided_at: datetime) -> bool:
+        """Record a consent state unless a later one is already stored; returns whether the
+        stored state changed."""
+        key = f"{profile_id}|{purpose}"
+        current = self.db[CONSENTS].find_one({"_id": key})
+        if current is not None and _aware(current["decided_at"]) > decided_at:
+            return False
+        self.db[CONSENTS].replace_one({"_id": key}, {
+            "_id": key, "profile_id": profile_id, "purpose": purpose, "allowed": allowed,
+            "state": state, "decided_at": decided_at}, upsert=True)
+        return True
+
+    def consents(self, profile_ids: list[str], purposes: Iterable[str]
+                 ) -> dict[str, dict[str, ConsentState]]:
+        keys = [f"{p}|{purpose}" for p in profile_ids for purpose in purposes]
+        out: dict[str, dict[str, ConsentState]] = {}
+        for doc in self.db[CONSENTS].find({"_id": {"$in": keys}}):
+            out.setdefault(doc["profile_id"], {})[doc["purpose"]] = ConsentState(
+                doc["allowed"], doc["state"])
+        return out
+
+    def delete_consents(self, profile_ids: list[str]) -> int:
+        return self.db[CONSENTS].delete_many({"profile_id": {"$in": profile_ids}}).deleted_count
+
+    def set_restricted(self, profile_ids: list[str], restricted: bool) -> None:
+        for profile_id in profile_ids:
+            if restricted:
+                self.db[RESTRICTIONS].replace_one(
+                    {"_id": profile_id}, {"_id": profile_id, "since": now()}, upsert=True)
+            else:
+                self.db[RESTRICTIONS].delete_one({"_id": profile_id})
+
+    def restricted(self, profile_ids: list[str]) -> set[str]:
+        return {doc["_id"] for doc in self.db[RESTRICTIONS].find({"_id": {"$in": profile_ids}})}
+
+    # --- runs ----------------------------------------------------------------------------
+
+    def create_run(self, run: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Insert ``run``; when its id exists (a repeated Idempotency-Key) return the stored
+        one. Returns (run, created)."""
+        try:
+            self.db[RUNS].insert_one(run)
+            return run, True
+        except pymongo.errors.DuplicateKeyError:
+            return self.db[RUNS].find_one({"_id": run["_id"]}), False
+
+    def run(self, run_id: str) -> dict[str, Any] | None:
+        return self.db[RUNS].find_one({"_id": run_id})
+
+    def runs(self, partner_id: str, limit: int = 50) -> list[dict[str, Any]]:
+        docs = self.db[RUNS].find({"partner_id": partner_id})
+        return sorted(docs, key=lambda d: _aware(d["created_at"]), reverse=True)[:limit]
+
+    def active_run(self, partner_id: str) -> dict[str, Any] | None:
+        return self.db[RUNS].find_one({"partner_id": partner_id,
+                                       "status": {"$in": list(RUN_ACTIVE)}})
+
+    def last_successful_run(self, partner_id: str, before: datetime) -> dict[str, Any] | None:
+        done = [doc for doc in self.db[RUNS].find({"partner_id": partner_id,
+                                                   "status": "succeeded"})
+                if _aware(doc["created_at"]) < before]
+        return max(done, key=lambda d: _aware(d["created_at"]), default=None)
+
+    def claim_run(self, owner: str, lease_seconds: float) -> dict[str, Any] | None:
+        """Take the oldest active run whose lease is free or expired; None when there is
+        none. Another worker cannot take it until ``lease_seconds`` after the last renewal."""
+        moment = now()
+        for candidate in self.db[RUNS].find({"status": {"$in": list(RUN_ACTIVE)}}):
+            lease_until = _aware(candidate.get("lease_until"))
+            if lease_until is not None and lease_until > moment:
+                continue
+            claimed = self.db[RUNS].find_one_and_update(
+                {"_id": candidate["_id"], "lease_until": candidate.get("lease_until"),
+                 "status": {"$in": list(RUN_ACTIVE)}},
+                {"$set": {"lease_owner": owner, "status": "running",
+                          "lease_until": moment + timedelta(seconds=lease_seconds)},
+                 "$inc": {"claims": 1}},
+                return_document=pymongo.ReturnDocument.AFTER)
+            if claimed is not None:
+                if claimed.get("started_at") is None:
+                    self.db[RUNS].update_one({"_id": claimed["_id"], "started_at": None},
+                                             {"$set": {"started_at": moment}})
+                return claimed
+        return None
+
+    def renew_lease(self, run_id: str, owner: str, lease_seconds: float) -> bool:
+        result = self.db[RUNS].update_one(
+            {"_id": run_id, "lease_owner": owner, "status": "running"},
+            {"$set": {"lease_until": now() + timedelta(seconds=lease_seconds)}})
+        return result.matched_count == 1
+
+    def batch(self, run_id: str, number: int) -> dict[str, Any] | None:
+        return self.db[BATCHES].find_one({"_id": f"{run_id}:{number}"})
+
+    def save_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Store a rendered batch once; a batch stored before (by a worker that died) wins, so
+        what is re-sent is exactly what may already have reached the partner."""
+        try:
+            self.db[BATCHES].insert_one(batch)
+            return batch
+        except pymongo.errors.DuplicateKeyError:
+            return self.db[BATCHES].find_one({"_id": batch["_id"]})
+
+    def batch_acknowledged(self, run_id: str, owner: str, batch: dict[str, Any],
+                           receipt: dict[str, Any]) -> bool:
+        """Record a batch the partner acknowledged and move the run on to the next one. The
+        run's counters grow only if its ``next_batch`` was this batch (idempotent)."""
+        # the bytes are no longer needed once the partner has them: keep only their hash
+        self.db[BATCHES].update_one({"_id": batch["_id"]},
+                                    {"$set": {"acknowledged_at": now(), "receipt": receipt,
+                                              "body": None, "sent": []}})
+        counts = batch["counts"]
+        increments = {"progress.considered": counts["considered"],
+                      "progress.exported": counts["exported"],
+                      "progress.batches_sent": 1 if counts["exported"] else 0}
+        for reason, number in counts["excluded"].items():
+            increments[f"progress.excluded.{_key(reason)}"] = number
+        for name, number in counts["invalid_values"].items():
+            increments[f"progress.invalid_values.{_key(name)}"] = number
+        update: dict[str, Any] = {
+            "$set": {"next_batch": batch["number"] + 1, "cursor": batch["last_profile_id"]},
+            "$inc": increments}
+        if counts["exported"]:
+            # the audit's content hash is taken over these, in batch order
+            update["$push"] = {"batch_digests": batch["sha256"]}
+        result = self.db[RUNS].update_one(
+            {"_id": run_id, "lease_owner": owner, "next_batch": batch["number"]}, update)
+        return result.modified_count == 1
+
+    def finish_run(self, run_id: str, owner: str, status: str, **fields: Any) -> None:
+        self.db[RUNS].update_one(
+            {"_id": run_id, "lease_owner": owner},
+            {"$set": {"status": status, "finished_at": now(), "lease_until": None, **fields}})
+
+    # --- what each partner received ------------------------------------------------------
+
+    def record_deliveries(self, partner_id: str, run_id: str,
+                          sent: Mapping[str, Mapping[str, list[Any]]]) -> None:
+        """Remember, per profile, that ``partner_id`` received these identifiers now."""
+        moment = now()
+        for profile_id, identifiers in sent.items():
+            self.db[DELIVERIES].update_one(
+                {"_id": f"{partner_id}|{profile_id}"},
+                {"$set": {"partner_id": partner_id, "profile_id": profile_id,
+                          "last_sent_at": moment, "last_run_id": run_id,
+                          "identifiers": dict(identifiers), "awaiting_notice": True},
+                 "$setOnInsert": {"first_sent_at": moment}}, upsert=True)
+
+    def deliveries_of(self, profile_ids: list[str]) -> list[dict[str, Any]]:
+        return list(self.db[DELIVERIES].find({"profile_id": {"$in": profile_ids}}))
+
+    def delivery(self, partner_id: str, profile_id: str) -> dict[str, Any] | None:
+        return self.db[DELIVERIES].find_one({"_id": f"{partner_id}|{profile_id}"})
+
+    # --- deletion notices ----------------------------------------------------------------
+
+    def queue_notice(self, notice_id: str, delivery: Mapping[str, Any], reason: str) -> bool:
+        """Queue a deletion notice for what ``delivery`` says the partner holds and forget
+        those identifiers here; returns False when this notice was queued before."""
+        try:
+            self.db[NOTICES].insert_one({
+                "_id": notice_id, "partner_id": delivery["partner_id"],
+                "profile_id": delivery["profile_id"], "reason": reason,
+                "identifiers": delivery.get("identifiers") or {}, "status": "pending",
+                "attempts": 0, "next_attempt_at": now(), "created_at": now()})
+        except pymongo.errors.DuplicateKeyError:
+            return False
+        self.db[DELIVERIES].update_one(
+            {"_id": delivery["_id"]},
+            {"$set": {"awaiting_notice": False, "identifiers": {}, "last_notice_id": notice_id,
+                      "last_notice_at": now()}})
+        return True
+
+    def due_notices(self, limit: int = 50) -> list[dict[str, Any]]:
+        moment = now()
+        pending = self.db[NOTICES].find({"status": "pending"})
+        return [doc for doc in pending if _aware(doc["next_attempt_at"]) <= moment][:limit]
+
+    def notice_sent(self, notice_id: str, receipt: dict[str, Any]) -> None:
+        self.db[NOTICES].update_one(
+            {"_id": notice_id},
+            {"$set": {"status": "sent", "sent_at": now(), "receipt": receipt, "identifiers": {}},
+             "$inc": {"attempts": 1}})
+
+    def notice_failed(self, notice_id: str, error: str, retry_at: datetime | None) -> None:
+        update: dict[str, Any] = {"last_error": error}
+        if retry_at is None:
+            update["status"] = "failed"
+        else:
+            update["next_attempt_at"] = retry_at
+        self.db[NOTICES].update_one({"_id": notice_id},
+                                    {"$set": update, "$inc": {"attempts": 1}})
+
+    def notices_of(self, profile_ids: list[str]) -> list[dict[str, Any]]:
+        return list(self.db[NOTICES].find({"profile_id": {"$in": profile_ids}}))

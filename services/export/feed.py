@@ -1,0 +1,166 @@
+"""What the export worker does with each Kafka message: keep its read model, propagate
+deletions, answer data-subject requests.
+
+* ``cdp.profile.changes`` (Profile Changed): ``payload.profile`` (the snapshot) replaces the
+  read-model row; ``merged_away`` removes it (the survivor carries the data on); ``erased``
+  removes it with its consent states and queues a deletion notice to every partner holding
+  the profile.
+* ``cdp.consent.changes`` (Consent Changed): the profile's state for the purpose; a purpose
+  no longer allowed queues a deletion notice to each partner that requires it and holds the
+  profile. Bare-identifier subjects (no profile_id) concern no export and are skipped.
+* ``cdp.privacy.requests``: erasure (as ``erased``), access (which partners received the
+  subject's data and when), restriction (no exports while it holds); each answered with one
+  ``Privacy Request Acknowledged`` on ``cdp.privacy.acks``.
+
+Every effect is idempotent: rows are replaced, notices have ids derived from the message.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from services.common import topics
+from services.common.bus import InvalidMessage, Outgoing
+from services.common.envelope import Envelope, derived_message_id, new_envelope
+from services.export.export_store import ExportStore, now
+
+log = logging.getLogger(__name__)
+
+SERVICE = "export"
+PRIVACY_KINDS = ("erasure", "access", "restriction", "restriction_lifted", "rectification")
+
+
+def handle_profile_change(store: ExportStore, envelope: Envelope) -> list[Outgoing]:
+    if envelope.type != "Profile Changed":
+        return []
+    profile_id = envelope.profile_id
+    if not profile_id:
+        raise InvalidMessage("a Profile Changed message needs a profile_id")
+    payload = envelope.payload
+    kind = payload.get("kind")
+    if kind == "erased":
+        erase(store, [profile_id], cause=envelope.message_id)
+        return []
+    snapshot = payload.get("profile")
+    if kind == "merged_away" or (isinstance(snapshot, dict) and snapshot.get("merged_into")):
+        store.delete_profiles([profile_id])
+        return []
+    if snapshot is None:
+        return []  # a change announced without its snapshot: nothing to project
+    _check_snapshot(snapshot, profile_id)
+    store.upsert_profile(snapshot, changed_at=now())
+    return []
+
+
+def _check_snapshot(snapshot: Any, profile_id: str) -> None:
+    if not isinstance(snapshot, dict):
+        raise InvalidMessage("payload.profile must be an object or null")
+    if snapshot.get("profile_id") != profile_id:
+        raise InvalidMessage("payload.profile.profile_id differs from the envelope's profile_id")
+    for section in ("identifiers", "traits", "computed"):
+        if not isinstance(snapshot.get(section) or {}, dict):
+            raise InvalidMessage(f"payload.profile.{section} must be an object")
+    identifiers = snapshot.get("identifiers") or {}
+    if not all(isinstance(values, list) for values in identifiers.values()):
+        raise InvalidMessage("payload.profile.identifiers maps each type to a list")
+    if not isinstance(snapshot.get("segments") or [], list):
+        raise InvalidMessage("payload.profile.segments must be a list")
+
+
+def handle_consent_change(store: ExportStore, envelope: Envelope) -> list[Outgoing]:
+    if envelope.type != "Consent Changed" or not envelope.profile_id:
+        return []
+    payload = envelope.payload
+    purpose, allowed, state = payload.get("purpose"), payload.get("allowed"), payload.get("state")
+    if not isinstance(purpose, str) or not purpose or not isinstance(allowed, bool):
+        raise InvalidMessage("Consent Changed needs payload.purpose and a boolean "
+                             "payload.allowed")
+    decided_at = _moment(payload.get("collected_at")) or envelope.occurred_at
+    changed = store.set_consent(envelope.profile_id, purpose, allowed, str(state or ""),
+                                decided_at)
+    if changed and not allowed:
+        for contract in store.partners_requiring(purpose):
+            delivery = store.delivery(contract.partner_id, envelope.profile_id)
+            if delivery is not None and delivery.get("awaiting_notice"):
+                notice_id = derived_message_id(envelope.message_id,
+                                               f"export-deletion-{contract.partner_id}")
+                store.queue_notice(notice_id, delivery, f"consent:{purpose}:{state}")
+    return []
+
+
+def _moment(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else None
+
+
+def erase(store: ExportStore, profile_ids: list[str], cause: str) -> dict[str, Any]:
+    """Delete the read model's rows for ``profile_ids`` and queue a deletion notice to each
+    partner that still holds one of them. Returns the counts."""
+    queued, partners = 0, set()
+    for delivery in store.deliveries_of(profile_ids):
+        if not delivery.get("awaiting_notice"):
+            continue  # told already (after a withdrawal) and sent nothing since
+        notice_id = derived_message_id(
+            cause, f"export-erasure-{delivery['partner_id']}-{delivery['profile_id']}")
+        if store.queue_notice(notice_id, delivery, "erasure"):
+            queued += 1
+        partners.add(delivery["partner_id"])
+    profiles = store.delete_profiles(profile_ids)
+    consents = store.delete_consents(profile_ids)
+    store.set_restricted(profile_ids, False)
+    return {"read_model_profiles_deleted": profiles, "consent_states_deleted": consents,
+            "deletion_notices_queued": queued, "partners_notified": sorted(partners)}
+
+
+def handle_privacy_request(store: ExportStore, envelope: Envelope) -> list[Outgoing]:
+    payload = envelope.payload
+    request_id, kind = payload.get("request_id"), payload.get("kind")
+    if not isinstance(request_id, str) or not request_id or kind not in PRIVACY_KINDS:
+        raise InvalidMessage(f"a privacy request needs request_id and a kind in "
+                             f"{', '.join(PRIVACY_KINDS)}")
+    profile_ids = payload.get("profile_ids") or []
+    if not isinstance(profile_ids, list) or not all(isinstance(p, str) for p in profile_ids):
+        raise InvalidMessage("payload.profile_ids must be a list of strings")
+    ack: dict[str, Any] = {"request_id": request_id, "kind": kind, "service": SERVICE,
+                           "status": "done"}
+    if kind == "erasure":
+        ack["summary"] = erase(store, profile_ids, cause=envelope.message_id)
+    elif kind == "access":
+        ack["data"] = {"partners": _partners_of(store, profile_ids)}
+        ack["summary"] = {"partners": len(ack["data"]["partners"])}
+    elif kind in ("restriction", "restriction_lifted"):
+        store.set_restricted(profile_ids, kind == "restriction")
+        ack["summary"] = {"profiles_restricted" if kind == "restriction"
+                          else "profiles_released": len(profile_ids)}
+    else:
+        # the read model follows cdp.profile.changes, which carries the rectified values
+        ack["summary"] = {"note": "rectified values arrive with the profile's next change"}
+    message = new_envelope("Privacy Request Acknowledged", "system",
+                           message_id=derived_message_id(envelope.message_id,
+                                                         f"privacy-ack-{SERVICE}"),
+                           payload=ack)
+    return [Outgoing(topics.PRIVACY_ACKS, request_id, message)]
+
+
+def _partners_of(store: ExportStore, profile_ids: list[str]) -> list[dict[str, Any]]:
+    """Which partners received the subject's data, when, and whether they were told to delete
+    it: what an access request reports."""
+    deliveries = store.deliveries_of(profile_ids)
+    names = store.partner_names({d["partner_id"] for d in deliveries})
+    return [{"partner_id": d["partner_id"], "partner_name": names.get(d["partner_id"]),
+             "profile_id": d["profile_id"], "first_sent_at": _iso(d.get("first_sent_at")),
+             "last_sent_at": _iso(d.get("last_sent_at")),
+             "fields": sorted(d.get("identifiers") or {}),
+             "deletion_notice_at": _iso(d.get("last_notice_at"))}
+            for d in sorted(deliveries, key=lambda d: (d["partner_id"], d["profile_id"]))]
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None

@@ -1,0 +1,198 @@
+"""The run executor: claims export runs and deletion notices and delivers them.
+
+One executor runs in each export worker process beside the Kafka consumers. A run document is
+claimed with a lease (renewed before each batch and each retry), so one worker at a time works
+on it and another takes over when the holder dies. For each batch the executor:
+
+1. renders the next page of the read model (profile-id order after the run's cursor) and
+   stores the batch, with its bytes, before sending anything;
+2. delivers the stored bytes under the key ``<run id>:batch:<n>``;
+3. records what the partner now holds, then marks the batch acknowledged and moves the run's
+   cursor, counters and ``next_batch`` on in one conditional update.
+
+A crash anywhere re-sends at most the batch in hand, byte for byte and under the same key; the
+partner's idempotency makes that harmless. Batches in which nobody may be sent are not sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from datetime import timedelta
+from typing import Any
+
+from services.export import rendering
+from services.export.contracts import PartnerContract
+from services.export.delivery import Deliverer, Outcome, Parcel
+from services.export.export_store import ExportStore, now
+
+log = logging.getLogger(__name__)
+
+NOTICE_RETRY_CAP = timedelta(minutes=10)
+
+
+class RunExecutor:
+    """Runs until ``stop()``; the interface (run, stop, stopping, group) is the one the
+    worker runtime expects of its loops."""
+
+    group = "export-runs"
+
+    def __init__(self, store: ExportStore, deliverer: Deliverer, *, owner: str,
+                 batch_size: int, lease_seconds: float, poll_seconds: float = 1.0):
+        self.store = store
+        self.deliverer = deliverer
+        self.owner = owner
+        self.batch_size = batch_size
+        self.lease_seconds = lease_seconds
+        self.poll_seconds = poll_seconds
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def run(self) -> None:
+        log.info("run executor started", extra={"owner": self.owner})
+        while not self.stopping:
+            try:
+                busy = self.work_once()
+            except Exception:  # noqa: BLE001 - a store outage or a bug: log, wait, go on
+                log.exception("run executor step failed; retrying")
+                busy = False
+            if not busy:
+                self._stopping.wait(self.poll_seconds)
+
+    def work_once(self) -> bool:
+        """Send due deletion notices, then work on one claimable run; True if anything was
+        done."""
+        sent = self.send_due_notices()
+        claimed = self.store.claim_run(self.owner, self.lease_seconds)
+        if claimed is not None:
+            self.execute(claimed)
+        return bool(sent or claimed)
+
+    # --- runs ----------------------------------------------------------------------------
+
+    def execute(self, run: dict[str, Any]) -> None:
+        run_id = run["_id"]
+        contract = self.store.partner(run["partner_id"], include_deleted=True)
+        if contract is None:
+            self.store.finish_run(run_id, self.owner, "failed", error="the contract is gone")
+            return
+        log.info("running export", extra={"run_id": run_id, "partner": contract.partner_id,
+                                          "next_batch": run.get("next_batch", 0)})
+        while not self.stopping:
+            if not self.store.renew_lease(run_id, self.owner, self.lease_seconds):
+                log.warning("lost the run's lease; leaving it", extra={"run_id": run_id})
+                return
+            number = run.get("next_batch", 0)
+            batch = self.store.batch(run_id, number) or self._render(contract, run, number)
+            if batch is None:
+                digest = hashlib.sha256(
+                    "\n".join(run.get("batch_digests") or []).encode()).hexdigest()
+                self.store.finish_run(run_id, self.owner, "succeeded", content_sha256=digest)
+                log.info("export finished", extra={"run_id": run_id})
+                return
+            receipt: dict[str, Any] = batch.get("receipt") or {}
+            if batch["counts"]["exported"] and not batch.get("acknowledged_at"):
+                outcome = self._send(contract, run_id, batch)
+                if not outcome.ok:
+                    if not self.stopping and (outcome.permanent or outcome.attempts > 0):
+                        self.store.finish_run(
+                            run_id, self.owner, "failed", failed_batch=number,
+                            error=outcome.error, receipt=outcome.receipt)
+                    return
+                receipt = outcome.receipt
+                self._record_sent(contract, run_id, batch)
+            self.store.batch_acknowledged(run_id, self.owner, batch, receipt)
+            run = self.store.run(run_id)
+
+    def _render(self, contract: PartnerContract, run: dict[str, Any],
+                number: int) -> dict[str, Any] | None:
+        page = self.store.profile_page(run.get("cursor"), self.batch_size,
+                                       run.get("changed_since"), contract.segment)
+        if not page:
+            return None
+        ids = [snapshot["profile_id"] for snapshot in page]
+        built = rendering.build_batch(contract, number, page,
+                                      self.store.consents(ids, contract.required_purposes),
+                                      self.store.restricted(ids))
+        body = (rendering.encode_rows(contract, [row.values for row in built.rows])
+                if built.rows else b"")
+        return self.store.save_batch({
+            "_id": f"{run['_id']}:{number}", "run_id": run["_id"], "number": number,
+            "idempotency_key": rendering.batch_idempotency_key(run["_id"], number),
+            "body": body, "sha256": hashlib.sha256(body).hexdigest(),
+            "last_profile_id": built.last_profile_id, "created_at": now(),
+            "sent": [{"profile_id": row.profile_id, "identifiers": row.identifiers(contract)}
+                     for row in built.rows],
+            "counts": {"considered": built.considered, "exported": len(built.rows),
+                       "excluded": dict(built.excluded),
+                       "invalid_values": dict(built.invalid_values)}})
+
+    def _send(self, contract: PartnerContract, run_id: str, batch: dict[str, Any]) -> Outcome:
+        parcel = Parcel(
+            body=batch["body"], idempotency_key=batch["idempotency_key"], kind="batch",
+            content_type=rendering.content_type(contract),
+            content_encoding="gzip" if contract.gzip else None,
+            file_name=rendering.file_name(contract, f"{run_id}-{batch['number']:06d}"),
+            headers={"X-Muisti-Run": run_id, "X-Muisti-Batch": str(batch["number"])})
+
+        def keep_going() -> bool:
+            return not self.stopping and self.store.renew_lease(run_id, self.owner,
+                                                                self.lease_seconds)
+
+        return self.deliverer.deliver(contract.destination, parcel, keep_going)
+
+    def _record_sent(self, contract: PartnerContract, run_id: str,
+                     batch: dict[str, Any]) -> None:
+        sent = {item["profile_id"]: item["identifiers"] for item in batch["sent"]}
+        self.store.record_deliveries(contract.partner_id, run_id, sent)
+        # a consent withdrawn while the batch was on its way found no delivery record to
+        # notify about: check now, so the partner still hears of it
+        consents = self.store.consents(list(sent), contract.required_purposes)
+        for profile_id in sent:
+            reason = rendering.exclusion_reason(contract, consents.get(profile_id, {}))
+            delivery = self.store.delivery(contract.partner_id, profile_id)
+            if reason is not None and delivery is not None:
+                self.store.queue_notice(f"{batch['_id']}:{profile_id}:withdrawn", delivery,
+                                        reason)
+
+    # --- deletion notices ----------------------------------------------------------------
+
+    def send_due_notices(self) -> int:
+        sent = 0
+        for notice in self.store.due_notices():
+            if self.stopping:
+                break
+            contract = self.store.partner(notice["partner_id"], include_deleted=True)
+            if contract is None:
+                self.store.notice_failed(notice["_id"], "the contract is gone", None)
+                continue
+            body = rendering.deletion_notice_body(contract, notice["_id"], notice["reason"],
+                                                  notice["identifiers"])
+            parcel = Parcel(body=body, idempotency_key=notice["_id"], kind="deletion",
+                            content_type="application/json",
+                            file_name=f"deletion-{_file_safe(notice['_id'])}.json")
+            # one attempt per turn: the store schedules the next with backoff, so a partner
+            # that is down does not hold up the runs
+            outcome = self.deliverer.deliver(contract.destination, parcel, attempts=1)
+            if outcome.ok:
+                self.store.notice_sent(notice["_id"], outcome.receipt)
+                sent += 1
+                continue
+            retry_at = None
+            if not outcome.permanent:
+                delay = self.deliverer.policy.delay(notice["attempts"] + 1)
+                retry_at = now() + min(timedelta(seconds=max(delay, 0.5)), NOTICE_RETRY_CAP)
+            self.store.notice_failed(notice["_id"], outcome.error or "failed", retry_at)
+        return sent
+
+
+def _file_safe(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in text)
+

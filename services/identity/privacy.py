@@ -1,0 +1,94 @@
+"""Data-subject requests as the identity service sees them (cdp.privacy.requests).
+
+The identity graph is where a request's subject is known in full: a request may name only an
+identifier (a platform's deletion callback knows just a social handle), so the graph finds
+every profile that identifier reached and every profile merged into those, and every
+identifier they hold. Erasure then removes the links, the profile nodes, the person records
+behind match suggestions, the conflicts, and the identifier values in the identity log (the
+log keeps that merges happened, not with what), and puts each erased identifier on the
+suppression list, so a later event carrying it (a new tweet from the same handle) is dropped
+instead of starting a new profile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from services.common.identifiers import IDENTIFIER_TYPES, InvalidIdentifier, normalise
+from services.identity.graph import GraphRepository, Identifier, canonical
+
+KINDS = ("erasure", "access", "restriction", "restriction_lifted", "rectification")
+
+
+class InvalidRequest(ValueError):
+    """A privacy request this service cannot act on; the message says why."""
+
+
+@dataclass(frozen=True)
+class PrivacyRequest:
+    request_id: str
+    kind: str
+    profile_ids: tuple[str, ...]
+    identifiers: tuple[Identifier, ...]
+
+
+def parse_request(payload: dict[str, Any]) -> PrivacyRequest:
+    """The request in a cdp.privacy.requests payload; raises InvalidRequest."""
+    request_id, kind = payload.get("request_id"), payload.get("kind")
+    if not isinstance(request_id, str) or not request_id:
+        raise InvalidRequest("request_id must be a non-empty string")
+    if kind not in KINDS:
+        raise InvalidRequest(f"kind must be one of {', '.join(KINDS)}")
+    profile_ids = payload.get("profile_ids") or []
+    if not isinstance(profile_ids, list) or not all(isinstance(p, str) for p in profile_ids):
+        raise InvalidRequest("profile_ids must be a list of strings")
+    raw_identifiers = payload.get("identifiers") or []
+    if not isinstance(raw_identifiers, list):
+        raise InvalidRequest("identifiers must be a list of {type, value}")
+    identifiers = []
+    for item in raw_identifiers:
+        if not isinstance(item, dict) or item.get("type") not in IDENTIFIER_TYPES:
+            raise InvalidRequest(f"not an identifier: {item!r}")
+        try:
+            identifiers.append(Identifier(item["type"], normalise(item["type"], item["value"])))
+        except (InvalidIdentifier, KeyError) as error:
+            raise InvalidRequest(f"invalid {item['type']}: {error}") from None
+    if not profile_ids and not identifiers:
+        raise InvalidRequest("the request names no profile and no identifier")
+    return PrivacyRequest(request_id, kind, tuple(profile_ids), tuple(identifiers))
+
+
+@dataclass(frozen=True)
+class Subject:
+    """Everything the graph holds about one person: their profiles (the canonical ones and
+    those merged into them) and every identifier linked to any of them."""
+
+    profile_ids: frozenset[str]
+    identifiers: frozenset[Identifier]
+
+
+def expand_subject(repo: GraphRepository, request: PrivacyRequest,
+                   merged_into: callable) -> Subject:
+    """Follow the request's profiles and identifiers through the graph.
+
+    ``merged_into(ids)`` returns the profiles whose ``merged_into`` is one of ``ids`` (the
+    graph keeps merge pointers forward only)."""
+    roots = {canonical(repo, p) for p in request.profile_ids if repo.profile(p) is not None}
+    roots |= {canonical(repo, link.profile_id)
+              for link in repo.links(request.identifiers).values()}
+    profiles = set(roots)
+    frontier = set(roots)
+    while frontier:
+        frontier = set(merged_into(frontier)) - profiles
+        profiles |= frontier
+    identifiers = set(request.identifiers)
+    for profile_id in profiles:
+        identifiers |= repo.listed(profile_id)
+    return Subject(frozenset(profiles), frozenset(identifiers))
+
+
+def identifier_view(identifiers: Iterable[Identifier]) -> list[dict[str, str]]:
+    return [{"type": i.type, "value": i.value}
+            for i in sorted(identifiers, key=lambda i: (i.type, i.value))]

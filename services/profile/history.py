@@ -1,0 +1,128 @@
+"""The full event history of every profile, kept for a retention period.
+
+Two collections:
+
+* ``profile_events``: one document per applied event, ``_id = "<profile_id>|<message_id>"``
+  (a replay finds it there and adds nothing), with the event's payload and ``expires_at``;
+* ``profile_event_months``: per profile and month (``_id = "<profile_id>|<YYYY-MM>"``) the
+  month's timeline entries, so a page of history is read by ``_id`` alone (FerretDB 1.x on
+  SQLite pushes nothing else down) and the timeline pages beyond the profile's capped recent
+  list. The profile document lists its months (``history_months``).
+
+Retention: ``expires_at = occurred_at + retention``. Where the store honours TTL indexes
+(MongoDB) it expires documents itself; FerretDB refuses them, and the worker then calls
+``sweep`` periodically. Reads hide entries past retention either way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+import pymongo.errors
+from pymongo.database import Database
+
+from services.common.documents import unstorable
+from services.common.store import Index, ensure_indexes
+from services.profile.projection import month_of
+
+EVENTS = "profile_events"
+MONTHS = "profile_event_months"
+TTL_INDEX_NAMES = ("profile_events_expiry", "profile_event_months_expiry")
+
+
+def history_indexes() -> list[Index]:
+    return [Index(EVENTS, [("expires_at", 1)], ttl_seconds=0, name=TTL_INDEX_NAMES[0]),
+            Index(MONTHS, [("expires_at", 1)], ttl_seconds=0, name=TTL_INDEX_NAMES[1]),
+            Index(EVENTS, [("profile_id", 1), ("at", -1)]),
+            Index(MONTHS, [("profile_id", 1)])]
+
+
+class HistoryStore:
+    def __init__(self, db: Database, retention: timedelta):
+        self.events = db[EVENTS]
+        self.months = db[MONTHS]
+        self.retention = retention
+
+    def prepare(self) -> bool:
+        """Create the indexes; returns True when the store expires history itself (TTL),
+        False when ``sweep`` must."""
+        support = ensure_indexes(self.events.database, history_indexes())
+        return all(support.get(name, False) for name in TTL_INDEX_NAMES)
+
+    def record(self, profile_id: str, event: dict[str, Any], entry: dict[str, Any],
+               now: datetime) -> bool:
+        """Keep one applied event (``entry`` is its timeline entry). Idempotent. Returns
+        False for an event already past retention (nothing stored)."""
+        expires_at = entry["at"] + self.retention
+        if expires_at <= now:
+            return False
+        payload = event.get("payload") or {}
+        document = {"_id": f"{profile_id}|{entry['message_id']}", "profile_id": profile_id,
+                    "message_id": entry["message_id"], "type": entry["type"],
+                    "channel": entry["channel"], "at": entry["at"],
+                    "identifiers": event.get("identifiers") or {},
+                    "payload": None if unstorable(payload) else payload,
+                    "expires_at": expires_at}
+        try:
+            self.events.insert_one(document)
+        except pymongo.errors.DuplicateKeyError:
+            pass  # a replay: the event is already kept
+        self._add_entries(profile_id, month_of(entry["at"]), [entry], expires_at)
+        return True
+
+    def _add_entries(self, profile_id: str, month: str, entries: list[dict],
+                     expires_at: datetime) -> None:
+        self.months.update_one(
+            {"_id": f"{profile_id}|{month}"},
+            {"$addToSet": {"entries": {"$each": entries}}, "$max": {"expires_at": expires_at},
+             "$setOnInsert": {"profile_id": profile_id, "month": month}}, upsert=True)
+
+    def copy(self, from_profile: str, to_profile: str, months: Iterable[str]) -> None:
+        """Add one profile's history pages to another's (a merge). Idempotent."""
+        for month in months:
+            page = self.months.find_one({"_id": f"{from_profile}|{month}"})
+            if page and page.get("entries"):
+                self._add_entries(to_profile, month, page["entries"], page["expires_at"])
+
+    def page(self, profile_id: str, months: Iterable[str], now: datetime, *,
+             before: tuple[datetime, str] | None = None, channel: str | None = None,
+             limit: int = 20) -> tuple[list[dict], tuple[datetime, str] | None]:
+        """Up to ``limit`` entries newest first, older than ``before`` (at, message_id), and
+        the cursor of the next page (None at the end)."""
+        oldest = now - self.retention
+        found: list[dict] = []
+        for month in sorted(months, reverse=True):
+            if before is not None and month > month_of(before[0]):
+                continue
+            page = self.months.find_one({"_id": f"{profile_id}|{month}"}) or {}
+            found.extend(e for e in page.get("entries", ())
+                         if e["at"] > oldest and (channel is None or e["channel"] == channel)
+                         and (before is None or (e["at"], e["message_id"]) < before))
+            if len(found) > limit:
+                break
+        found.sort(key=lambda e: (e["at"], e["message_id"]), reverse=True)
+        unique = list({e["message_id"]: e for e in reversed(found)}.values())[::-1]
+        more = len(unique) > limit
+        entries = unique[:limit]
+        return entries, ((entries[-1]["at"], entries[-1]["message_id"]) if more else None)
+
+    def count(self, profile_id: str, months: Iterable[str], now: datetime) -> int:
+        oldest = now - self.retention
+        ids = set()
+        for month in months:
+            page = self.months.find_one({"_id": f"{profile_id}|{month}"}) or {}
+            ids.update(e["message_id"] for e in page.get("entries", ()) if e["at"] > oldest)
+        return len(ids)
+
+    def erase(self, profile_ids: Iterable[str]) -> int:
+        """Delete everything kept for ``profile_ids``; returns how many events were deleted."""
+        ids = list(profile_ids)
+        self.months.delete_many({"profile_id": {"$in": ids}})
+        return self.events.delete_many({"profile_id": {"$in": ids}}).deleted_count
+
+    def sweep(self, now: datetime) -> int:
+        """Delete history past retention (for stores without TTL). Returns events deleted."""
+        self.months.delete_many({"expires_at": {"$lt": now}})
+        return self.events.delete_many({"expires_at": {"$lt": now}}).deleted_count

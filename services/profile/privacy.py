@@ -1,0 +1,157 @@
+"""Privacy rules of the profile service, pure: purpose-bound reads, processing restrictions,
+and data-subject requests as they arrive on cdp.privacy.requests.
+
+Purpose-bound reads. A read states its purpose (``X-Purpose``). A purpose listed in
+``CDP_PROFILE_PURPOSE_CONSENTS`` needs one of its consent purposes allowed for the profile
+(the states come from cdp.consent.changes); a consent purpose never decided counts as not
+allowed. Without one, the read returns no personal data at all: identifiers, traits,
+timeline, computed traits and segments are withheld, and ``withheld`` says why. With one, a
+marketing read still shows a contact channel only where that channel's own consent allows it
+(``CONTACT_CONSENTS``): email needs ``marketing_email``, phone ``marketing_sms`` or
+``marketing_phone``, the postal address ``marketing_post``; a denial recorded for the bare
+identifier (e.g. a do-not-call number) withholds that value too. Other purposes
+(customer_service, fraud_prevention, data_request) need no consent.
+
+Restriction (GDPR art. 18). A restricted profile is stored but not used: reads answer 403
+with the reason, except for the data-protection officer.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+KINDS = ("erasure", "access", "restriction", "restriction_lifted", "rectification")
+UNRESTRICTED_ROLES = frozenset({"dpo"})
+
+CONTACT_CONSENTS: dict[str, tuple[str, ...]] = {
+    "email": ("marketing_email",),
+    "phone": ("marketing_sms", "marketing_phone"),
+    "address": ("marketing_post",),
+}
+# which traits and identifier types make up each contact channel
+CONTACT_FIELDS: dict[str, tuple[str, ...]] = {
+    "email": ("email",),
+    "phone": ("phone", "mobile"),
+    "address": ("street", "address", "city", "postcode", "postal_code", "country", "state"),
+}
+CONTACT_IDENTIFIERS = {"email": "email", "phone": "phone"}
+
+
+def parse_purpose_consents(text: str) -> dict[str, tuple[str, ...]]:
+    """``marketing=marketing_email|marketing_sms,analytics=analytics`` → mapping."""
+    mapping = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        purpose, _, consents = item.partition("=")
+        mapping[purpose.strip()] = tuple(c.strip() for c in consents.split("|") if c.strip())
+    return mapping
+
+
+def allowed(states: Mapping[str, Mapping[str, Any]], consent_purpose: str) -> bool:
+    state = states.get(consent_purpose)
+    return bool(state and state.get("allowed"))
+
+
+def bound_view(view: dict[str, Any], purpose: str, needs: Mapping[str, tuple[str, ...]],
+               states: Mapping[str, Mapping[str, Any]],
+               denied_values: Mapping[str, set[str]] | None = None) -> dict[str, Any]:
+    """The profile view a read for ``purpose`` may see, given the profile's consent
+    ``states`` ({consent purpose: {"allowed": bool, ...}}) and identifier values denied on
+    their own (``denied_values``: {consent purpose: {values}})."""
+    required = needs.get(purpose)
+    if not required:
+        return view
+    granted = [c for c in required if allowed(states, c)]
+    if not granted:
+        return {"profile_id": view["profile_id"], "identifiers": {}, "traits": {},
+                "computed": {}, "segments": [], "timeline": [],
+                "merged_from": view.get("merged_from", []),
+                "withheld": {"purpose": purpose, "reason": f"no consent for {purpose} (needs "
+                             f"one of {', '.join(required)})",
+                             "fields": ["identifiers", "traits", "computed", "segments",
+                                        "timeline"]}}
+    if purpose != "marketing":
+        return view
+    result = copy.deepcopy(view)
+    withheld = []
+    denied_values = denied_values or {}
+    for channel, consents in CONTACT_CONSENTS.items():
+        if not any(allowed(states, c) for c in consents):
+            withheld.append(channel)
+            for name in CONTACT_FIELDS[channel]:
+                result["traits"].pop(name, None)
+            if channel in CONTACT_IDENTIFIERS:
+                result["identifiers"].pop(CONTACT_IDENTIFIERS[channel], None)
+            continue
+        blocked = set().union(*(denied_values.get(c, set()) for c in consents))
+        if channel in CONTACT_IDENTIFIERS and blocked:
+            type_ = CONTACT_IDENTIFIERS[channel]
+            kept = [v for v in result["identifiers"].get(type_, []) if v not in blocked]
+            result["identifiers"][type_] = kept
+            for name in CONTACT_FIELDS[channel]:
+                if result["traits"].get(name, {}).get("value") in blocked:
+                    result["traits"].pop(name)
+    if withheld:
+        result["withheld"] = {"purpose": purpose, "reason": "no consent for these contact "
+                              "channels", "fields": withheld}
+    return result
+
+
+def restriction_reason(profile: Mapping[str, Any], roles: frozenset[str]) -> str | None:
+    """Why ``roles`` may not read the profile now, or None."""
+    restricted = profile.get("restricted")
+    if not restricted or roles & UNRESTRICTED_ROLES:
+        return None
+    return (f"processing of this profile is restricted at the data subject's request "
+            f"({restricted['request_id']}); only the data-protection officer may read it")
+
+
+class InvalidRequest(ValueError):
+    """A privacy request the profile service cannot act on; the message says why."""
+
+
+@dataclass(frozen=True)
+class PrivacyRequest:
+    request_id: str
+    kind: str
+    profile_ids: tuple[str, ...]
+    identifiers: tuple[tuple[str, str], ...]
+    fields: dict[str, Any]
+
+
+def parse_request(payload: Mapping[str, Any]) -> PrivacyRequest:
+    """The request in a cdp.privacy.requests payload; raises InvalidRequest."""
+    request_id, kind = payload.get("request_id"), payload.get("kind")
+    if not isinstance(request_id, str) or not request_id:
+        raise InvalidRequest("request_id must be a non-empty string")
+    if kind not in KINDS:
+        raise InvalidRequest(f"kind must be one of {', '.join(KINDS)}")
+    profile_ids = payload.get("profile_ids") or []
+    if not isinstance(profile_ids, list) or not all(
+            isinstance(p, str) and p for p in profile_ids):
+        raise InvalidRequest("profile_ids must be a list of profile ids")
+    identifiers = []
+    for item in payload.get("identifiers") or []:
+        if not isinstance(item, Mapping) or not isinstance(item.get("type"), str) \
+                or not isinstance(item.get("value"), str):
+            raise InvalidRequest(f"not an identifier: {item!r}")
+        identifiers.append((item["type"], item["value"]))
+    fields = payload.get("fields") or {}
+    if not isinstance(fields, Mapping):
+        raise InvalidRequest("fields must be an object")
+    if kind == "rectification" and not fields:
+        raise InvalidRequest("a rectification names the fields to set")
+    return PrivacyRequest(request_id, kind, tuple(dict.fromkeys(profile_ids)),
+                          tuple(identifiers), dict(fields))
+
+
+def ack_payload(request: PrivacyRequest, service: str, summary: dict[str, Any],
+                data: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The cdp.privacy.acks payload of a request done."""
+    payload = {"request_id": request.request_id, "kind": request.kind, "service": service,
+               "status": "done", "summary": summary}
+    if request.kind == "access":
+        payload["data"] = data or {}
+    return payload

@@ -1,0 +1,136 @@
+"""Privacy on the social side. Pure functions.
+
+* Platform-driven deletion: Meta's data-deletion callback and X's user compliance events
+  (account deleted, protected, suspended) become an erasure request on cdp.privacy.requests
+  for that social identity, in the shape of CONTRACTS.md (``profile_ids`` empty: the identity
+  service expands the identifiers to the profiles that hold them).
+* The social service's own answer to every data-subject request: it holds nothing about a
+  person (only the poller's checkpoint and the statuses of deletion requests, which name no
+  one), so each request is acknowledged at once with a summary that says so.
+
+Ids are derived, never random: a platform's retried callback yields the same request id and
+confirmation code, and a re-delivered request the same acknowledgement id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from services.common.envelope import Envelope, derived_message_id, new_envelope
+from services.common.identifiers import InvalidIdentifier, normalise
+
+SERVICE = "social"
+ACK_TYPE = "Privacy Request Acknowledged"
+KINDS = ("erasure", "access", "restriction", "restriction_lifted", "rectification")
+# the services CONTRACTS.md lists as answering every request
+ANSWERING_SERVICES = ("identity", "profile", "consent", "social", "export")
+# X user compliance events that mean: forget this account
+X_ERASING_EVENTS = ("user_delete", "user_protect", "user_suspend")
+
+
+class InvalidDeletion(ValueError):
+    """A deletion notice that cannot be acted on (no user id, unknown shape)."""
+
+
+@dataclass(frozen=True)
+class DeletionRequest:
+    request_id: str
+    confirmation_code: str
+    platform: str
+    reason: str
+    identifiers: tuple[tuple[str, str], ...]
+    requested_at: datetime
+
+    def filing(self) -> dict[str, Any]:
+        """The body filing this erasure with the privacy service (POST /v1/privacy/requests);
+        the request id is derived from the platform's notice, so a retry files nothing new."""
+        (type_, value), = self.identifiers
+        return {"kind": "erasure", "request_id": self.request_id,
+                "subject": {"identifier": {"type": type_, "value": value}},
+                "reason": f"platform:{self.platform}: {self.reason}"}
+
+
+def _request(platform: str, reason: str, identifier: tuple[str, str], natural_key: str,
+             secret: str, at: datetime) -> DeletionRequest:
+    request_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"muisti:social-deletion:{natural_key}"))
+    # keyed, so nobody can guess another person's status page from their platform id
+    code = hmac.new(secret.encode(), request_id.encode(), hashlib.sha256).hexdigest()[:24]
+    return DeletionRequest(request_id, code, platform, reason, (identifier,), at)
+
+
+def from_meta_signed_request(payload: dict[str, Any], app_secret: str) -> DeletionRequest:
+    """A verified Meta data-deletion ``signed_request`` payload → an erasure request.
+
+    The ``user_id`` is the app-scoped id Meta gives the app; it is erased as a facebook_id.
+    Raises InvalidDeletion without a usable user_id."""
+    try:
+        user_id = normalise("facebook_id", str(payload.get("user_id", "")))
+    except InvalidIdentifier:
+        raise InvalidDeletion("the signed_request names no valid user_id") from None
+    issued = payload.get("issued_at")
+    at = datetime.fromtimestamp(issued, UTC) if isinstance(issued, int) else datetime.now(UTC)
+    return _request("meta", "Meta data deletion request", ("facebook_id", user_id),
+                    f"meta:{user_id}:{issued}", app_secret, at)
+
+
+def from_x_compliance_event(event: Any, secret: str) -> DeletionRequest | None:
+    """One X user compliance stream event → an erasure request, or None for events that ask
+    for nothing to be forgotten (undelete, unprotect, profile changes...).
+
+    Raises InvalidDeletion for something that is not a compliance event."""
+    data = event.get("data") if isinstance(event, dict) else None
+    if not isinstance(data, dict) or len(data) != 1:
+        raise InvalidDeletion("a compliance event is {\"data\": {\"<event>\": {...}}}")
+    (name, body), = data.items()
+    if name not in X_ERASING_EVENTS:
+        return None
+    user = body.get("user") if isinstance(body, dict) else None
+    try:
+        user_id = normalise("twitter_id", str((user or {}).get("id", "")))
+    except InvalidIdentifier:
+        raise InvalidDeletion(f"the {name} event names no valid user id") from None
+    event_at = str(body.get("event_at", ""))
+    try:
+        at = datetime.fromisoformat(event_at.replace("Z", "+00:00"))
+    except ValueError:
+        at = datetime.now(UTC)
+    return _request("x", f"X {name}", ("twitter_id", user_id), f"x:{name}:{user_id}:{event_at}",
+                    secret, at)
+
+
+@dataclass(frozen=True)
+class PrivacyRequest:
+    request_id: str
+    kind: str
+
+
+def parse_request(envelope: Envelope) -> PrivacyRequest:
+    """The request on cdp.privacy.requests. Raises ValueError when it is not one."""
+    payload = envelope.payload
+    request_id, kind = payload.get("request_id"), payload.get("kind")
+    if not isinstance(request_id, str) or not request_id:
+        raise ValueError("a privacy request needs a request_id")
+    if kind not in KINDS:
+        raise ValueError(f"a privacy request's kind is one of {', '.join(KINDS)}")
+    return PrivacyRequest(request_id, kind)
+
+
+def acknowledgement(envelope: Envelope, request: PrivacyRequest) -> Envelope:
+    """The social service's ack: done at once, since it holds no data about any person."""
+    payload: dict[str, Any] = {
+        "request_id": request.request_id, "kind": request.kind, "service": SERVICE,
+        "status": "done",
+        "summary": {"held": "nothing about data subjects: the social service stores only the "
+                            "poller checkpoint and deletion-request statuses",
+                    "erased": 0},
+    }
+    if request.kind == "access":
+        payload["data"] = {}
+    return new_envelope(ACK_TYPE, "system", payload=payload,
+                        message_id=derived_message_id(envelope.message_id,
+                                                      f"privacy-ack-{SERVICE}"))

@@ -1,0 +1,212 @@
+"""Data-subject requests through the consent API and worker on the real broker and store:
+fan-out exactly once, acks to completion, a missing ack, the access export, crypto-shredding
+by the consent service's own part, bad input and roles."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+from services.common import topics
+from services.common.envelope import derived_message_id, new_envelope
+from services.common.shredding import (
+    FieldCipher,
+    MasterKey,
+    MongoWrappedKeys,
+    Shredded,
+    SubjectKeys,
+    identifier_key_id,
+)
+from tests.support.kafka import produce, read_all
+from tests.support.processes import ServiceApi, ServiceWorker, wait_until
+
+OTHER_SERVICES = ("identity", "profile", "social", "export")
+
+
+@pytest.fixture(scope="module")
+def consent(test_env):
+    identity = ServiceApi("identity", test_env).start()
+    env = {**test_env, "CDP_IDENTITY_URL": identity.url}
+    api = ServiceApi("consent", env).start()
+    worker = ServiceWorker("services.consent", env, name="consent-worker").start()
+    yield api
+    for process in (worker, api, identity):
+        process.stop()
+
+
+def headers(api_keys, role="dpo"):
+    return {"Authorization": f"Bearer {api_keys[role]}"}
+
+
+def file_request(consent, api_keys, body) -> str:
+    response = requests.post(f"{consent.url}/v1/privacy/requests", json=body,
+                             headers=headers(api_keys), timeout=30)
+    assert response.status_code == 202, response.text
+    return response.json()["request_id"]
+
+
+def fanned_out(settings, request_id) -> list[dict]:
+    return [m for m in read_all(settings, topics.PRIVACY_REQUESTS, idle_ms=300)
+            if m["payload"].get("request_id") == request_id]
+
+
+def wait_for_fan_out(settings, request_id) -> dict:
+    return wait_until(lambda: fanned_out(settings, request_id), 60, interval=0.5,
+                      what="the request on cdp.privacy.requests")[0]
+
+
+def acknowledge(settings, request: dict, services, data=None) -> None:
+    acks = []
+    for service in services:
+        payload = {"request_id": request["payload"]["request_id"],
+                   "kind": request["payload"]["kind"], "service": service, "status": "done",
+                   "summary": {"deleted": 1}}
+        if data is not None:
+            payload["data"] = data(service)
+        acks.append(new_envelope("Privacy Request Acknowledged", "system", payload=payload,
+                                 message_id=derived_message_id(request["message_id"],
+                                                               f"privacy-ack-{service}")))
+    produce(settings, topics.PRIVACY_ACKS, acks, key=lambda i, v: v.payload["request_id"])
+
+
+def status(consent, api_keys, request_id, role="dpo") -> dict:
+    response = requests.get(f"{consent.url}/v1/privacy/requests/{request_id}",
+                            headers=headers(api_keys, role), timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def wait_for(consent, api_keys, request_id, predicate, what):
+    return wait_until(lambda: (lambda s: s if predicate(s) else None)(
+        status(consent, api_keys, request_id)), 60, interval=0.5, what=what)
+
+
+def test_erasure_fans_out_once_completes_on_every_ack_and_shreds_the_subjects_keys(
+        consent, api_keys, settings, test_env, db, unique):
+    email = f"aino.{unique}@example.com"
+    keys = SubjectKeys(MongoWrappedKeys(db), MasterKey.from_setting(test_env["CDP_MASTER_KEY"]))
+    digest_key = test_env["CDP_PRIVACY_DIGEST_KEY"].encode()
+    ledger_proof = FieldCipher(keys).seal(identifier_key_id(digest_key, "email", email),
+                                          {"ip": "192.0.2.7", "user_agent": "Mozilla/5.0"})
+
+    request_id = file_request(consent, api_keys, {
+        "kind": "erasure", "subject": {"identifier": {"type": "email", "value": email.upper()}},
+        "reason": "ticket 4711"})
+    request = wait_for_fan_out(settings, request_id)
+    assert request["type"] == "Erasure Requested"
+    assert {"type": "email", "value": email} in request["payload"]["identifiers"]
+
+    acknowledge(settings, request, OTHER_SERVICES)
+    done = wait_for(consent, api_keys, request_id, lambda s: s["state"] == "completed",
+                    "the erasure completed")
+    assert sorted(a["service"] for a in done["acknowledged"]) == sorted(
+        (*OTHER_SERVICES, "consent"))
+    assert done["missing"] == []
+    assert len(fanned_out(settings, request_id)) == 1
+    with pytest.raises(Shredded):
+        FieldCipher(keys).open(ledger_proof)
+    forgotten = wait_for(consent, api_keys, request_id,
+                         lambda s: s["proof"]["personal_data_forgotten"], "identifiers forgotten")
+    assert unique not in str(forgotten)
+    assert forgotten["proof"]["identifier_digests"][0]["type"] == "email"
+
+
+def test_a_missing_ack_keeps_the_request_open_and_shows_who_is_missing(
+        consent, api_keys, settings, unique):
+    request_id = file_request(consent, api_keys, {
+        "kind": "restriction", "subject": {"profile_id": f"profile-{unique}"},
+        "reason": "ticket 4712"})
+    acknowledge(settings, wait_for_fan_out(settings, request_id), ("identity", "profile",
+                                                                   "social"))
+    seen = wait_for(consent, api_keys, request_id, lambda s: len(s["acknowledged"]) == 4,
+                    "four acks recorded")
+    assert seen["state"] == "fanned_out"
+    assert seen["missing"] == ["export"]
+    listed = requests.get(f"{consent.url}/v1/privacy/requests", params={"state": "fanned_out"},
+                          headers=headers(api_keys, "supervisor"), timeout=10).json()
+    assert request_id in [r["request_id"] for r in listed["requests"]]
+
+
+def test_access_export_combines_the_data_of_every_service(consent, api_keys, settings, db,
+                                                          test_env, unique):
+    profile_id = f"profile-{unique}"
+    request_id = file_request(consent, api_keys, {
+        "kind": "access", "subject": {"profile_id": profile_id}, "reason": "ticket 4713"})
+    request = wait_for_fan_out(settings, request_id)
+    assert request["payload"]["profile_ids"] == [profile_id]
+    url = f"{consent.url}/v1/privacy/requests/{request_id}/export"
+    early = requests.get(url, headers=headers(api_keys), timeout=10)
+    assert early.status_code == 409
+
+    acknowledge(settings, request, OTHER_SERVICES,
+                data=lambda service: {"held_by": service, "profile_id": profile_id})
+    wait_for(consent, api_keys, request_id, lambda s: s["state"] == "completed",
+             "the access request completed")
+    export = requests.get(url, headers=headers(api_keys), timeout=10)
+    assert export.status_code == 200
+    assert "attachment" in export.headers["Content-Disposition"]
+    services = export.json()["services"]
+    assert sorted(services) == sorted((*OTHER_SERVICES, "consent"))
+    assert services["social"] == {"held_by": "social", "profile_id": profile_id}
+    assert services["consent"]["do_not_contact"] is False
+    stored = db["privacy_access_data"].find_one({"request_id": request_id})
+    assert profile_id not in str(stored)  # sealed at rest
+
+
+@pytest.mark.parametrize("body", [
+    {"kind": "forget", "subject": {"profile_id": "p"}, "reason": "r"},
+    {"kind": "erasure", "subject": {}, "reason": "r"},
+    {"kind": "erasure", "subject": {"profile_id": "p", "identifier": {
+        "type": "email", "value": "a@example.com"}}, "reason": "r"},
+    {"kind": "erasure", "subject": {"identifier": {"type": "email", "value": "not-mail"}},
+     "reason": "r"},
+    {"kind": "rectification", "subject": {"profile_id": "p"}, "reason": "r"},
+    {"kind": "erasure", "subject": {"profile_id": "p"}},
+    {"kind": "erasure", "subject": {"profile_id": {"$gt": ""}}, "reason": "r"},
+    {"kind": "rectification", "subject": {"profile_id": "p"}, "reason": "r",
+     "fields": {"$where": "1"}},
+])
+def test_bad_requests_are_refused_with_a_problem(consent, api_keys, body):
+    response = requests.post(f"{consent.url}/v1/privacy/requests", json=body,
+                             headers=headers(api_keys), timeout=10)
+    assert response.status_code == 422, response.text
+    assert response.headers["Content-Type"] == "application/problem+json"
+
+
+def test_unknown_requests_and_exports_of_other_kinds_are_4xx(consent, api_keys, unique):
+    missing = requests.get(f"{consent.url}/v1/privacy/requests/nope-{unique}",
+                           headers=headers(api_keys), timeout=10)
+    assert missing.status_code == 404
+    request_id = file_request(consent, api_keys, {
+        "kind": "erasure", "subject": {"profile_id": f"p-{unique}"}, "reason": "r"})
+    export = requests.get(f"{consent.url}/v1/privacy/requests/{request_id}/export",
+                          headers=headers(api_keys), timeout=10)
+    assert export.status_code == 409
+
+
+def test_only_the_dpo_files_requests_and_downloads_exports(consent, api_keys, unique):
+    body = {"kind": "access", "subject": {"profile_id": f"p-{unique}"}, "reason": "r"}
+    url = f"{consent.url}/v1/privacy/requests"
+    assert requests.post(url, json=body, timeout=10).status_code == 401
+    for role in ("agent", "supervisor", "collector", "partner"):
+        assert requests.post(url, json=body, headers=headers(api_keys, role),
+                             timeout=10).status_code == 403
+    request_id = file_request(consent, api_keys, body)
+    assert status(consent, api_keys, request_id, "supervisor")["kind"] == "access"
+    assert requests.get(f"{url}/{request_id}/export", headers=headers(api_keys, "supervisor"),
+                        timeout=10).status_code == 403
+    assert requests.get(f"{url}/{request_id}", headers=headers(api_keys, "agent"),
+                        timeout=10).status_code == 403
+
+
+def test_retention_dry_run_reports_without_deleting(consent, api_keys):
+    report = requests.get(f"{consent.url}/v1/privacy/retention", headers=headers(api_keys),
+                          timeout=10)
+    assert report.status_code == 200
+    kinds = {k["kind"]: k for k in report.json()["kinds"]}
+    assert kinds["access_exports"]["retention_days"] == 30
+    assert all(k["deleted"] == 0 for k in kinds.values())
+    assert requests.post(f"{consent.url}/v1/privacy/retention/sweep",
+                         headers=headers(api_keys), timeout=10).status_code == 403
+
+

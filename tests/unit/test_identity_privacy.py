@@ -1,0 +1,65 @@
+"""How the identity service reads a data-subject request and finds everything about its
+subject in the graph."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from services.common.identifiers import normalise
+from services.identity.graph import Identifier, resolve
+from services.identity.privacy import InvalidRequest, expand_subject, parse_request
+from tests.support.identity_fakes import InMemoryGraph
+
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
+HANDLE = Identifier("twitter_handle", normalise("twitter_handle", "@Maija"))
+
+
+def merged_into(graph: InMemoryGraph):
+    return lambda ids: [n.profile_id for n in graph.nodes.values() if n.merged_into in ids]
+
+
+def test_request_identifiers_are_normalised_as_on_ingestion():
+    request = parse_request({"request_id": "r1", "kind": "erasure",
+                             "identifiers": [{"type": "phone", "value": "040 123 4567"}]})
+    assert request.identifiers == (Identifier("phone", "+358401234567"),)
+
+
+@pytest.mark.parametrize("payload, reason", [
+    ({"kind": "erasure", "profile_ids": ["p"]}, "request_id"),
+    ({"request_id": "r", "kind": "forget", "profile_ids": ["p"]}, "kind must be one of"),
+    ({"request_id": "r", "kind": "erasure"}, "names no profile"),
+    ({"request_id": "r", "kind": "erasure", "identifiers": [{"type": "shoe", "value": "x"}]},
+     "not an identifier"),
+    ({"request_id": "r", "kind": "erasure", "identifiers": [{"type": "email", "value": "no"}]},
+     "invalid email"),
+    ({"request_id": "r", "kind": "access", "profile_ids": "p1"}, "profile_ids must be a list"),
+])
+def test_a_request_the_service_cannot_act_on_says_why(payload, reason):
+    with pytest.raises(InvalidRequest, match=reason):
+        parse_request(payload)
+
+
+def test_one_identifier_leads_to_the_merged_profiles_and_all_their_identifiers():
+    graph = InMemoryGraph()
+    web = resolve(graph, [Identifier("anonymous_id", "c1")], message_id="m1", at=T0)
+    social = resolve(graph, [HANDLE], message_id="m2", at=T0)
+    resolve(graph, [Identifier("anonymous_id", "c1"), HANDLE],
+            message_id="m3", at=T0)  # links the two: one is merged into the other
+    request = parse_request({"request_id": "r", "kind": "erasure",
+                             "identifiers": [{"type": "twitter_handle", "value": "@maija"}]})
+
+    subject = expand_subject(graph, request, merged_into(graph))
+
+    assert subject.profile_ids == {web.profile_id, social.profile_id}
+    assert subject.identifiers == {Identifier("anonymous_id", "c1"),
+                                   HANDLE}
+
+
+def test_an_unknown_subject_is_just_the_identifiers_the_request_names():
+    request = parse_request({"request_id": "r", "kind": "erasure", "profile_ids": ["nobody"],
+                             "identifiers": [{"type": "email", "value": "a@example.com"}]})
+    subject = expand_subject(InMemoryGraph(), request, lambda ids: [])
+    assert subject.profile_ids == frozenset()
+    assert subject.identifiers == {Identifier("email", "a@example.com")}

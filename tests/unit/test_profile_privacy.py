@@ -1,0 +1,86 @@
+"""Purpose-bound reads, restriction and data-subject requests as the profile service sees them."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.profile.privacy import (
+    InvalidRequest,
+    bound_view,
+    parse_purpose_consents,
+    parse_request,
+    restriction_reason,
+)
+
+NEEDS = parse_purpose_consents(
+    "marketing=marketing_email|marketing_sms|marketing_phone|marketing_post,analytics=analytics")
+
+
+def view():
+    return {"profile_id": "p1",
+            "identifiers": {"email": ["a@example.com"], "phone": ["+358401234567"],
+                            "user_id": ["L1"]},
+            "traits": {"first_name": {"value": "Aino"}, "email": {"value": "a@example.com"},
+                       "phone": {"value": "+358401234567"}, "city": {"value": "Espoo"}},
+            "computed": {"rfm_segment": "champions"}, "segments": ["vip"],
+            "timeline": [{"type": "Order Completed"}], "merged_from": []}
+
+
+def states(**allowed):
+    return {purpose: {"allowed": value} for purpose, value in allowed.items()}
+
+
+def test_purposes_without_consent_needs_see_everything():
+    assert bound_view(view(), "customer_service", NEEDS, {}) == view()
+
+
+def test_a_marketing_read_of_a_customer_who_objected_returns_no_contact_details():
+    objected = states(marketing_email=False, marketing_sms=False, marketing_phone=False,
+                      marketing_post=False)
+    bound = bound_view(view(), "marketing", NEEDS, objected)
+    assert bound["identifiers"] == {} and bound["traits"] == {} and bound["timeline"] == []
+    assert "no consent for marketing" in bound["withheld"]["reason"]
+
+
+def test_a_marketing_read_shows_only_the_channels_consented_to():
+    bound = bound_view(view(), "marketing", NEEDS, states(marketing_email=True))
+    assert bound["identifiers"]["email"] == ["a@example.com"]
+    assert "phone" not in bound["identifiers"] and "phone" not in bound["traits"]
+    assert "city" not in bound["traits"]  # the postal address needs marketing_post
+    assert bound["traits"]["first_name"] == {"value": "Aino"}
+    assert set(bound["withheld"]["fields"]) == {"phone", "address"}
+
+
+def test_a_number_denied_on_its_own_is_withheld_even_with_the_channel_consented():
+    bound = bound_view(view(), "marketing", NEEDS, states(marketing_phone=True),
+                       {"marketing_phone": {"+358401234567"}})
+    assert bound["identifiers"]["phone"] == []
+    assert "phone" not in bound["traits"]
+
+
+def test_an_analytics_read_needs_the_analytics_consent():
+    assert bound_view(view(), "analytics", NEEDS, {})["traits"] == {}
+    assert bound_view(view(), "analytics", NEEDS, states(analytics=True)) == view()
+
+
+def test_a_restricted_profile_is_readable_by_the_dpo_only():
+    profile = {"restricted": {"request_id": "r1"}}
+    assert "restricted" in restriction_reason(profile, frozenset({"agent"}))
+    assert "r1" in restriction_reason(profile, frozenset({"supervisor"}))
+    assert restriction_reason(profile, frozenset({"dpo"})) is None
+    assert restriction_reason({}, frozenset({"agent"})) is None
+
+
+def test_requests_are_parsed_and_bad_ones_refused():
+    request = parse_request({"request_id": "r1", "kind": "rectification",
+                             "profile_ids": ["p1", "p2", "p1"],
+                             "identifiers": [{"type": "email", "value": "a@example.com"}],
+                             "fields": {"last_name": "Virtanen"}, "requested_by": "k1"})
+    assert request.profile_ids == ("p1", "p2")
+    assert request.fields == {"last_name": "Virtanen"}
+    for bad in ({"kind": "erasure"}, {"request_id": "r", "kind": "forget"},
+                {"request_id": "r", "kind": "erasure", "profile_ids": "p1"},
+                {"request_id": "r", "kind": "rectification", "profile_ids": ["p1"]},
+                {"request_id": "r", "kind": "access", "identifiers": ["x"]}):
+        with pytest.raises(InvalidRequest):
+            parse_request(bad)
