@@ -86,15 +86,22 @@ def kafka_libs() -> Path:
     return libs
 
 
-# FerretDB 1.24's SQLite backend looks documents up by _id with the expression
-# `_ferretdb_sjson->'$._id'`, but creates the _id index on `_ferretdb_sjson->"_id"`. SQLite
-# uses an expression index only for the same expression, so every find, update and delete by
-# _id scanned the whole table (70 ms per lookup at 50k documents). The build rewrites the
-# lookup expression to the indexed one: same value, index used.
+# Two fixes to FerretDB 1.24's SQLite backend, applied to its source before the build:
+# - it looks documents up by _id with the expression `_ferretdb_sjson->'$._id'`, but creates
+#   the _id index on `_ferretdb_sjson->"_id"`; SQLite uses an expression index only for the
+#   same expression, so every find, update and delete by _id scanned the whole table (70 ms
+#   per lookup at 50k documents, 0.5 ms with the fix);
+# - it pushes `_id` equality down only when it is the filter's sole field, so a conditional
+#   write such as {_id, version} scanned the table too. FerretDB's handler filters every
+#   fetched document by the whole filter again, so narrowing by _id first is always safe.
 FERRETDB_PATCHES = {
     "internal/backends/sqlite/metadata/metadata.go": (
         'IDColumn = DefaultColumn + "->\'$._id\'"',
         'IDColumn = DefaultColumn + `->"_id"`',
+    ),
+    "internal/backends/sqlite/collection.go": (
+        "if params.Filter.Len() == 1 {",
+        "if params.Filter.Len() >= 1 {",
     ),
 }
 
@@ -140,7 +147,7 @@ def _patched_ferretdb_source(build_dir: Path, env: dict[str, str]) -> None:
         text = target.read_text()
         if old not in text:
             raise InfraError(f"FerretDB patch does not apply to {relative}: {old!r} not found")
-        target.write_text(text.replace(old, new))
+        target.write_text(text.replace(old, new))  # every occurrence: find and explain
     _run(["go", "mod", "edit", f"-replace=github.com/FerretDB/FerretDB=./{source.name}"],
          "go mod edit failed", cwd=build_dir, env=env)
 

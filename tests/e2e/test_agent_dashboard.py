@@ -93,7 +93,7 @@ def test_agent_finds_a_caller_sees_a_tweet_arrive_live_and_gets_the_next_caller_
     ]}, collector)
     producer = Producer(settings, "tests")
     verified = new_envelope("Customer Verified", "phone",
-                            identifiers={"user_id": loyalty, "hetu": "131052-308T"})
+                            identifiers={"user_id": loyalty, "hetu": "220478-123H"})
     producer.send([Outgoing(topics.EVENTS_PHONE, f"user_id:{loyalty}", verified)])
     post(stack["identity"], "/v1/calls", {"call_id": f"a-{unique}", "event": "offered",
                                           "caller_number": local_phone, "queue": "orders"},
@@ -114,8 +114,8 @@ def test_agent_finds_a_caller_sees_a_tweet_arrive_live_and_gets_the_next_caller_
 
     expect(page.get_by_role("heading", name="Aino Korhonen")).to_be_visible(timeout=WAIT_MS)
     card = page.locator("#profile")
-    expect(card).to_contain_text("131052*****")
-    expect(card).not_to_contain_text("131052-308T")
+    expect(card).to_contain_text("220478*****")
+    expect(card).not_to_contain_text("220478-123H")
     timeline = page.locator("#timeline")
     for entry in ("Call Started", "Order Completed", "Identify", "Page Viewed"):
         expect(timeline).to_contain_text(entry, timeout=WAIT_MS)
