@@ -104,17 +104,18 @@ def ingestion(identity_url: str, settings: Settings, collector_key: str,
             "ingest_http_batch_p50_ms": statistics.median(batch_latencies) * 1000}
 
 
-def seed_profiles(settings: Settings, count: int) -> list[str]:
+def seed_profiles(settings: Settings, count: int) -> tuple[list[str], list[str]]:
     """``count`` profiles made by the profile worker from resolved registrations produced
-    straight to cdp.events.resolved; returns their phone numbers."""
+    straight to cdp.events.resolved; returns their phone numbers and profile ids."""
     run = uuid.uuid4().hex[:6]
     phones = [f"+35850{i:07d}" for i in range(count)]
+    profile_ids = [f"p_bench_{run}_{i}" for i in range(count)]
     producer = Producer(settings, "bench")
     try:
         for start in range(0, count, 2000):
             batch = []
             for i in range(start, min(start + 2000, count)):
-                profile_id = f"p_bench_{run}_{i}"
+                profile_id = profile_ids[i]
                 envelope = new_envelope(
                     "Identify", "web", message_id=f"seed-{run}-{i}",
                     identifiers={"phone": phones[i], "user_id": f"SEED{run}{i}"},
@@ -134,7 +135,7 @@ def seed_profiles(settings: Settings, count: int) -> list[str]:
         return lag == 0
 
     wait_until(projected, 7200, interval=10, what="seed profiles projected")
-    return phones
+    return phones, profile_ids
 
 
 def _fixed_rate(call: Callable[[str], bool], keys: list[str], rate: float,
@@ -268,3 +269,103 @@ def freshness(identity_url: str, profile_url: str, keys: dict, probes: int = 30,
     return {"freshness_p50_ms": delays[len(delays) // 2] * 1000,
             "freshness_p95_ms": delays[int(len(delays) * 0.95) - 1] * 1000,
             "freshness_background_events_per_s": background_per_s}
+
+
+def erasures(consent_url: str, dpo_key: str, profile_ids: list[str], count: int = 10) -> dict:
+    """Erasure requests filed with the privacy service → completed, i.e. acknowledged by every
+    service after each erased what it holds."""
+    headers = {"Authorization": f"Bearer {dpo_key}"}
+    durations = []
+    for profile_id in profile_ids[:count]:
+        started = time.perf_counter()
+        filed = requests.post(f"{consent_url}/v1/privacy/requests", headers=headers, timeout=30,
+                              json={"kind": "erasure", "subject": {"profile_id": profile_id},
+                                    "reason": "bench"})
+        filed.raise_for_status()
+        url = f"{consent_url}/v1/privacy/requests/{filed.json()['request_id']}"
+
+        def completed(url: str = url) -> bool:
+            state = requests.get(url, headers=headers, timeout=30).json()["state"]
+            if state == "partially_failed":
+                raise AssertionError(f"erasure failed: {url}")
+            return state == "completed"
+
+        wait_until(completed, 300, interval=0.05, what="the erasure to complete")
+        durations.append(time.perf_counter() - started)
+    durations.sort()
+    return {"erasure_p50_ms": durations[len(durations) // 2] * 1000,
+            "erasure_p95_ms": durations[max(int(len(durations) * 0.95) - 1, 0)] * 1000,
+            "erasures": len(durations)}
+
+
+def grant_partner_consent(settings: Settings, profile_ids: list[str]) -> None:
+    """marketing_email granted for every seeded profile, as the consent service announces it."""
+    producer = Producer(settings, "bench")
+    try:
+        for start in range(0, len(profile_ids), 2000):
+            producer.send([Outgoing(topics.CONSENT_CHANGES, profile_id, new_envelope(
+                "Consent Changed", "system", message_id=f"bench-consent-{profile_id}",
+                payload={"purpose": "marketing_email", "state": "granted", "allowed": True,
+                         "reason": "bench", "receipt_id": f"r-{profile_id}",
+                         "notice_version": None, "source": "bench",
+                         "collected_at": datetime.now(UTC).isoformat()},
+            ).resolved_to(profile_id)) for profile_id in profile_ids[start:start + 2000]])
+    finally:
+        producer.close()
+
+
+def export(export_url: str, admin_key: str, settings: Settings, db, expected: int,
+           out_dir: str) -> dict:
+    """A full export run of every seeded profile (email and phone hashed for Meta, CSV, to a
+    directory) against the raw ceiling: reading the same read model with pymongo and writing
+    the same columns, hashed, with the csv module."""
+    import csv
+    import hashlib
+    from pathlib import Path
+
+    def caught_up() -> bool:
+        lag = (group_lag(settings, "export-feed", topics.PROFILE_CHANGES)
+               + group_lag(settings, "export-feed", topics.CONSENT_CHANGES))
+        step(f"  export read model: {lag:,} changes to go")
+        return lag == 0
+
+    wait_until(caught_up, 7200, interval=10, what="the export read model to catch up")
+    headers = {"Authorization": f"Bearer {admin_key}"}
+    contract = {"name": "Bench ads", "required_purposes": ["marketing_email"], "format": "csv",
+                "destination": {"kind": "directory", "path": "bench"},
+                "fields": [{"name": "ph", "source": "identifiers.phone", "treatment": "sha256",
+                            "platform": "meta", "platform_field": "ph"},
+                           {"name": "external_id", "source": "identifiers.user_id",
+                            "treatment": "sha256", "platform": "meta",
+                            "platform_field": "external_id"}]}
+    requests.put(f"{export_url}/v1/partners/bench", json=contract, headers=headers,
+                 timeout=30).raise_for_status()
+    started = time.perf_counter()
+    run = requests.post(f"{export_url}/v1/exports/bench/runs", json={}, headers=headers,
+                        timeout=30)
+    run.raise_for_status()
+    url = f"{export_url}/v1/exports/bench/runs/{run.json()['run_id']}"
+
+    def finished() -> dict | None:
+        body = requests.get(url, headers=headers, timeout=30).json()
+        if body["status"] == "failed":
+            raise AssertionError(f"export run failed: {body}")
+        return body if body["status"] == "succeeded" else None
+
+    done = wait_until(finished, 3600, interval=0.5, what="the export run")
+    export_s = time.perf_counter() - started
+    exported = done["progress"]["exported"]
+
+    started = time.perf_counter()
+    with open(Path(out_dir) / "raw.csv", "w", newline="") as out:
+        writer = csv.writer(out)
+        rows = 0
+        for doc in db["export_profiles"].find({}):
+            ids = (doc.get("profile") or doc).get("identifiers", {})
+            writer.writerow([hashlib.sha256(str(ids.get(k, [""])[0]).encode()).hexdigest()
+                             for k in ("phone", "user_id")])
+            rows += 1
+    raw_s = time.perf_counter() - started
+    return {"export_profiles": exported, "export_expected": expected,
+            "export_per_s": exported / export_s, "raw_export_per_s": rows / raw_s,
+            "export_ratio": (exported / export_s) / (rows / raw_s)}
