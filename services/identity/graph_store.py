@@ -2,9 +2,10 @@
 
 Collections: ``identity_links`` (one document per identifier, ``_id`` = "type:value", so the
 store itself guarantees an identifier belongs to one profile), ``identity_profiles`` (creation
-time, ``merged_into``, the profile's identifiers by type, a lease lock), ``identity_log``
-(merges, splits, releases), ``identity_outbox`` (which log entries each event caused, re-emitted
-on ``cdp.identity.merges`` whenever the event is handled) and ``identity_conflicts``.
+time, ``merged_into``, the profile's identifiers by type), ``identity_locks`` (lease locks,
+one document per locked profile), ``identity_log`` (merges, splits, releases),
+``identity_outbox`` (which log entries each event caused, re-emitted on ``cdp.identity.merges``
+whenever the event is handled) and ``identity_conflicts``.
 
 Hot paths read and write by ``_id`` only: FerretDB 1.x pushes little else down to its backend,
 so a filter on any other field scans the collection. The profile document therefore carries
@@ -41,6 +42,7 @@ PROFILES = "identity_profiles"
 LOG = "identity_log"
 OUTBOX = "identity_outbox"
 CONFLICTS = "identity_conflicts"
+LOCKS = "identity_locks"
 
 INDEXES = [
     Index(LOG, [("profiles", 1)]),
@@ -57,6 +59,7 @@ class MongoGraph(GraphRepository):
         self.log = db[LOG]
         self.outbox = db[OUTBOX]
         self.conflicts = db[CONFLICTS]
+        self.locks = db[LOCKS]
         self.lock_wait_seconds = lock_wait_seconds
 
     # reads
@@ -222,8 +225,11 @@ class MongoGraph(GraphRepository):
     def lock(self, profile_ids: Iterable[str]) -> Iterator[None]:
         """Lease locks on the profiles, taken in sorted order (no deadlock between workers).
 
-        Raises TimeoutError when a lock is not free within ``lock_wait_seconds``; the lease
-        expires by itself if its holder dies."""
+        A lock is a document in ``identity_locks`` whose ``_id`` is the profile id: inserting
+        a duplicate ``_id`` is the one check FerretDB 1.x enforces against a concurrent
+        writer (a filtered update is not atomic there). Raises TimeoutError when a lock is
+        not free within ``lock_wait_seconds``; the lease expires by itself if its holder
+        dies."""
         token = uuid.uuid4().hex
         held: list[str] = []
         try:
@@ -233,21 +239,23 @@ class MongoGraph(GraphRepository):
             yield
         finally:
             for profile_id in held:
-                self.profiles.update_one({"_id": profile_id, "lock_owner": token},
-                                         {"$set": {"lock_owner": None, "lock_until": None}})
+                self.locks.delete_one({"_id": profile_id, "owner": token})
 
     def _acquire(self, profile_id: str, token: str) -> None:
         deadline = time.monotonic() + self.lock_wait_seconds
         delay = 0.005
         while True:
             now = datetime.now(UTC)
-            taken = self.profiles.find_one_and_update(
-                {"_id": profile_id,
-                 "$or": [{"lock_until": None}, {"lock_until": {"$lt": now}}]},
-                {"$set": {"lock_owner": token, "lock_until": now + LOCK_LEASE}},
-            )  # no projection: FerretDB 1.x findAndModify does not implement "fields"
-            if taken is not None:
+            try:
+                self.locks.insert_one({"_id": profile_id, "owner": token,
+                                       "until": now + LOCK_LEASE})
                 return
+            except pymongo.errors.DuplicateKeyError:
+                held = self.locks.find_one({"_id": profile_id})
+                if held is not None and held["until"] < now:
+                    # its holder died: clear that lease (only that one) and try again
+                    self.locks.delete_one({"_id": profile_id, "owner": held["owner"]})
+                    continue
             if time.monotonic() > deadline:
                 raise TimeoutError(f"profile {profile_id} stayed locked")
             time.sleep(delay)
