@@ -94,8 +94,14 @@ class Stack:
 
     def __init__(self, env: dict):
         self.apis = {name: ServiceApi(name, env) for name in SERVICES}
-        self.workers = {name: ServiceWorker(f"services.{name}", env, name=f"{name}-worker")
-                        for name in SERVICES}
+        # the consent API asks identity for a data subject's profiles; social files platform
+        # deletions with consent: each needs the other's address before it starts
+        links = {"CDP_IDENTITY_URL": self.apis["identity"].url,
+                 "CDP_CONSENT_URL": self.apis["consent"].url}
+        for api in self.apis.values():
+            api.env.update(links)
+        self.workers = {name: ServiceWorker(f"services.{name}", {**env, **links},
+                                            name=f"{name}-worker") for name in SERVICES}
 
     def start(self) -> Stack:
         for process in [*self.workers.values(), *self.apis.values()]:
