@@ -21,7 +21,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from services.common import topics
+from services.common import privacy_requests, topics
 from services.common.bus import InvalidMessage, Outgoing
 from services.common.envelope import Envelope, derived_message_id, new_envelope
 from services.export.export_store import ExportStore, now
@@ -29,7 +29,6 @@ from services.export.export_store import ExportStore, now
 log = logging.getLogger(__name__)
 
 SERVICE = "export"
-PRIVACY_KINDS = ("erasure", "access", "restriction", "restriction_lifted", "rectification")
 
 
 def handle_profile_change(store: ExportStore, envelope: Envelope) -> list[Outgoing]:
@@ -120,33 +119,29 @@ def erase(store: ExportStore, profile_ids: list[str], cause: str) -> dict[str, A
 
 
 def handle_privacy_request(store: ExportStore, envelope: Envelope) -> list[Outgoing]:
-    payload = envelope.payload
-    request_id, kind = payload.get("request_id"), payload.get("kind")
-    if not isinstance(request_id, str) or not request_id or kind not in PRIVACY_KINDS:
-        raise InvalidMessage(f"a privacy request needs request_id and a kind in "
-                             f"{', '.join(PRIVACY_KINDS)}")
-    profile_ids = payload.get("profile_ids") or []
-    if not isinstance(profile_ids, list) or not all(isinstance(p, str) for p in profile_ids):
-        raise InvalidMessage("payload.profile_ids must be a list of strings")
-    ack: dict[str, Any] = {"request_id": request_id, "kind": kind, "service": SERVICE,
-                           "status": "done"}
+    try:
+        request = privacy_requests.parse_request(envelope.payload)
+    except privacy_requests.InvalidRequest as error:
+        raise InvalidMessage(str(error)) from None
+    kind, profile_ids, data = request.kind, list(request.profile_ids), None
     if kind == "erasure":
-        ack["summary"] = erase(store, profile_ids, cause=envelope.message_id)
+        summary = erase(store, profile_ids, cause=envelope.message_id)
     elif kind == "access":
-        ack["data"] = {"partners": _partners_of(store, profile_ids)}
-        ack["summary"] = {"partners": len(ack["data"]["partners"])}
+        data = {"partners": _partners_of(store, profile_ids)}
+        summary = {"partners": len(data["partners"])}
     elif kind in ("restriction", "restriction_lifted"):
         store.set_restricted(profile_ids, kind == "restriction")
-        ack["summary"] = {"profiles_restricted" if kind == "restriction"
-                          else "profiles_released": len(profile_ids)}
+        summary = {"profiles_restricted" if kind == "restriction"
+                   else "profiles_released": len(profile_ids)}
     else:
         # the read model follows cdp.profile.changes, which carries the rectified values
-        ack["summary"] = {"note": "rectified values arrive with the profile's next change"}
+        summary = {"note": "rectified values arrive with the profile's next change"}
     message = new_envelope("Privacy Request Acknowledged", "system",
                            message_id=derived_message_id(envelope.message_id,
                                                          f"privacy-ack-{SERVICE}"),
-                           payload=ack)
-    return [Outgoing(topics.PRIVACY_ACKS, request_id, message)]
+                           payload=privacy_requests.ack_payload(request, SERVICE, summary,
+                                                                data))
+    return [Outgoing(topics.PRIVACY_ACKS, request.request_id, message)]
 
 
 def _partners_of(store: ExportStore, profile_ids: list[str]) -> list[dict[str, Any]]:

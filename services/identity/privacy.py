@@ -16,14 +16,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from services.common import privacy_requests
 from services.common.identifiers import IDENTIFIER_TYPES, InvalidIdentifier, normalise
+from services.common.privacy_requests import InvalidRequest
 from services.identity.graph import GraphRepository, Identifier, canonical
-
-KINDS = ("erasure", "access", "restriction", "restriction_lifted", "rectification")
-
-
-class InvalidRequest(ValueError):
-    """A privacy request this service cannot act on; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -35,29 +31,21 @@ class PrivacyRequest:
 
 
 def parse_request(payload: dict[str, Any]) -> PrivacyRequest:
-    """The request in a cdp.privacy.requests payload; raises InvalidRequest."""
-    request_id, kind = payload.get("request_id"), payload.get("kind")
-    if not isinstance(request_id, str) or not request_id:
-        raise InvalidRequest("request_id must be a non-empty string")
-    if kind not in KINDS:
-        raise InvalidRequest(f"kind must be one of {', '.join(KINDS)}")
-    profile_ids = payload.get("profile_ids") or []
-    if not isinstance(profile_ids, list) or not all(isinstance(p, str) for p in profile_ids):
-        raise InvalidRequest("profile_ids must be a list of strings")
-    raw_identifiers = payload.get("identifiers") or []
-    if not isinstance(raw_identifiers, list):
-        raise InvalidRequest("identifiers must be a list of {type, value}")
+    """The request in a cdp.privacy.requests payload, its identifiers normalised as on
+    ingestion; raises InvalidRequest."""
+    request = privacy_requests.parse_request(payload)
     identifiers = []
-    for item in raw_identifiers:
-        if not isinstance(item, dict) or item.get("type") not in IDENTIFIER_TYPES:
-            raise InvalidRequest(f"not an identifier: {item!r}")
+    for type_, value in request.identifiers:
+        if type_ not in IDENTIFIER_TYPES:
+            raise InvalidRequest(f"not an identifier: {type_!r}")
         try:
-            identifiers.append(Identifier(item["type"], normalise(item["type"], item["value"])))
-        except (InvalidIdentifier, KeyError) as error:
-            raise InvalidRequest(f"invalid {item['type']}: {error}") from None
-    if not profile_ids and not identifiers:
+            identifiers.append(Identifier(type_, normalise(type_, value)))
+        except InvalidIdentifier as error:
+            raise InvalidRequest(f"invalid {type_}: {error}") from None
+    if not request.profile_ids and not identifiers:
         raise InvalidRequest("the request names no profile and no identifier")
-    return PrivacyRequest(request_id, kind, tuple(profile_ids), tuple(identifiers))
+    return PrivacyRequest(request.request_id, request.kind, request.profile_ids,
+                          tuple(identifiers))
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from services.common.bus import ConsumerLoop, InvalidMessage, Outgoing, Producer
 from services.common.config import ConfigError, Settings, parse_type_limits
 from services.common.envelope import Envelope, derived_message_id, new_envelope
 from services.common.identifiers import InvalidIdentifier, normalise
+from services.common.privacy_requests import ack_payload
 from services.common.store import ProcessedLedger, ensure_indexes
 from services.identity import privacy
 from services.identity.graph import Identifier, limits_from, resolve
@@ -125,11 +126,8 @@ def make_privacy_handler(graph: MongoGraph, eraser: GraphEraser, suppressions: S
             data = eraser.access(subject.profile_ids, subject.identifiers)
         else:
             summary["note"] = "the identity graph holds identifiers only; nothing to change"
-        payload = {"request_id": request.request_id, "kind": request.kind, "service": SERVICE,
-                   "status": "done", "summary": summary}
-        if data is not None:
-            payload["data"] = data
-        ack = new_envelope("Privacy Request Acknowledged", "system", payload=payload,
+        ack = new_envelope("Privacy Request Acknowledged", "system",
+                           payload=ack_payload(request, SERVICE, summary, data),
                            message_id=derived_message_id(envelope.message_id,
                                                          f"privacy-ack-{SERVICE}"))
         return [Outgoing(topics.PRIVACY_ACKS, request.request_id, ack)]

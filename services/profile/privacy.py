@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-KINDS = ("erasure", "access", "restriction", "restriction_lifted", "rectification")
+from services.common import privacy_requests
+from services.common.privacy_requests import InvalidRequest, PrivacyRequest
+
 UNRESTRICTED_ROLES = frozenset({"dpo"})
 
 CONTACT_CONSENTS: dict[str, tuple[str, ...]] = {
@@ -99,6 +100,15 @@ def bound_view(view: dict[str, Any], purpose: str, needs: Mapping[str, tuple[str
     return result
 
 
+def parse_request(payload: Mapping[str, Any]) -> PrivacyRequest:
+    """The request in a cdp.privacy.requests payload; raises InvalidRequest. The profile
+    applies a rectification's fields, so one without fields is refused here."""
+    request = privacy_requests.parse_request(payload)
+    if request.kind == "rectification" and not request.fields:
+        raise InvalidRequest("a rectification names the fields to set")
+    return request
+
+
 def restriction_reason(profile: Mapping[str, Any], roles: frozenset[str]) -> str | None:
     """Why ``roles`` may not read the profile now, or None."""
     restricted = profile.get("restricted")
@@ -108,50 +118,3 @@ def restriction_reason(profile: Mapping[str, Any], roles: frozenset[str]) -> str
             f"({restricted['request_id']}); only the data-protection officer may read it")
 
 
-class InvalidRequest(ValueError):
-    """A privacy request the profile service cannot act on; the message says why."""
-
-
-@dataclass(frozen=True)
-class PrivacyRequest:
-    request_id: str
-    kind: str
-    profile_ids: tuple[str, ...]
-    identifiers: tuple[tuple[str, str], ...]
-    fields: dict[str, Any]
-
-
-def parse_request(payload: Mapping[str, Any]) -> PrivacyRequest:
-    """The request in a cdp.privacy.requests payload; raises InvalidRequest."""
-    request_id, kind = payload.get("request_id"), payload.get("kind")
-    if not isinstance(request_id, str) or not request_id:
-        raise InvalidRequest("request_id must be a non-empty string")
-    if kind not in KINDS:
-        raise InvalidRequest(f"kind must be one of {', '.join(KINDS)}")
-    profile_ids = payload.get("profile_ids") or []
-    if not isinstance(profile_ids, list) or not all(
-            isinstance(p, str) and p for p in profile_ids):
-        raise InvalidRequest("profile_ids must be a list of profile ids")
-    identifiers = []
-    for item in payload.get("identifiers") or []:
-        if not isinstance(item, Mapping) or not isinstance(item.get("type"), str) \
-                or not isinstance(item.get("value"), str):
-            raise InvalidRequest(f"not an identifier: {item!r}")
-        identifiers.append((item["type"], item["value"]))
-    fields = payload.get("fields") or {}
-    if not isinstance(fields, Mapping):
-        raise InvalidRequest("fields must be an object")
-    if kind == "rectification" and not fields:
-        raise InvalidRequest("a rectification names the fields to set")
-    return PrivacyRequest(request_id, kind, tuple(dict.fromkeys(profile_ids)),
-                          tuple(identifiers), dict(fields))
-
-
-def ack_payload(request: PrivacyRequest, service: str, summary: dict[str, Any],
-                data: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The cdp.privacy.acks payload of a request done."""
-    payload = {"request_id": request.request_id, "kind": request.kind, "service": service,
-               "status": "done", "summary": summary}
-    if request.kind == "access":
-        payload["data"] = data or {}
-    return payload

@@ -33,11 +33,12 @@ from services.common import retention, topics
 from services.common.bus import TRANSIENT_ERRORS, ConsumerLoop, InvalidMessage, Outgoing, Producer
 from services.common.config import Settings
 from services.common.envelope import Envelope, derived_message_id, new_envelope
+from services.common.privacy_requests import InvalidRequest, PrivacyRequest, ack_payload
 from services.common.store import ProcessedLedger, ensure_indexes
 from services.profile import projection
 from services.profile.computed import RfmThresholds, safe_key
 from services.profile.history import HistoryStore
-from services.profile.privacy import InvalidRequest, PrivacyRequest, ack_payload, parse_request
+from services.profile.privacy import parse_request
 from services.profile.profile_store import (
     ACCESS_LOG,
     INDEXES,

@@ -21,12 +21,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from services.common import privacy_requests
 from services.common.envelope import Envelope, derived_message_id, new_envelope
 from services.common.identifiers import InvalidIdentifier, normalise
+from services.common.privacy_requests import PrivacyRequest
 
 SERVICE = "social"
 ACK_TYPE = "Privacy Request Acknowledged"
-KINDS = ("erasure", "access", "restriction", "restriction_lifted", "rectification")
+KINDS = privacy_requests.KINDS
 # the services CONTRACTS.md lists as answering every request
 ANSWERING_SERVICES = ("identity", "profile", "consent", "social", "export")
 # X user compliance events that mean: forget this account
@@ -103,34 +105,18 @@ def from_x_compliance_event(event: Any, secret: str) -> DeletionRequest | None:
                     secret, at)
 
 
-@dataclass(frozen=True)
-class PrivacyRequest:
-    request_id: str
-    kind: str
-
-
 def parse_request(envelope: Envelope) -> PrivacyRequest:
-    """The request on cdp.privacy.requests. Raises ValueError when it is not one."""
-    payload = envelope.payload
-    request_id, kind = payload.get("request_id"), payload.get("kind")
-    if not isinstance(request_id, str) or not request_id:
-        raise ValueError("a privacy request needs a request_id")
-    if kind not in KINDS:
-        raise ValueError(f"a privacy request's kind is one of {', '.join(KINDS)}")
-    return PrivacyRequest(request_id, kind)
+    """The request on cdp.privacy.requests. Raises InvalidRequest (a ValueError) when it is
+    not one."""
+    return privacy_requests.parse_request(envelope.payload)
 
 
 def acknowledgement(envelope: Envelope, request: PrivacyRequest) -> Envelope:
     """The social service's ack: done at once, since it holds no data about any person."""
-    payload: dict[str, Any] = {
-        "request_id": request.request_id, "kind": request.kind, "service": SERVICE,
-        "status": "done",
-        "summary": {"held": "nothing about data subjects: the social service stores only the "
-                            "poller checkpoint and deletion-request statuses",
-                    "erased": 0},
-    }
-    if request.kind == "access":
-        payload["data"] = {}
+    payload = privacy_requests.ack_payload(request, SERVICE, {
+        "held": "nothing about data subjects: the social service stores only the poller "
+                "checkpoint and deletion-request statuses",
+        "erased": 0})
     return new_envelope(ACK_TYPE, "system", payload=payload,
                         message_id=derived_message_id(envelope.message_id,
                                                       f"privacy-ack-{SERVICE}"))
