@@ -11,7 +11,9 @@ Rules, for one event carrying a set of normalised identifiers:
 * An identifier known on another profile merges the two profiles, unless the merged profile
   would exceed a limit (two user_ids, six emails...) or the link is unverified (a caller-id
   phone number): then the profiles stay apart and a conflict is recorded. The event still
-  resolves.
+  resolves. The exception is an unknown caller's profile, made of caller-id numbers alone: a
+  verified claim on its number absorbs it, so the outcome does not depend on whether the call
+  or the claim was processed first.
 * The survivor of a merge is the older profile (creation time, then id): deterministic
   whichever worker performs it.
 * Every link remembers the event that made it, so any merge can be explained and undone.
@@ -285,7 +287,8 @@ def _resolve_locked(repo, ordered, links, message_id, at, unverified, limits) ->
                 # link the profile's record does not list yet
                 repo.move_links([identifier], link.profile_id, owner)
             continue
-        if identifier in unverified or not link.verified:
+        if identifier in unverified or (not link.verified
+                                        and _holds_a_verified_link(repo, owner)):
             result.conflicts.append(Conflict(identifier, result.profile_id, owner,
                                              "unverified link never merges profiles"))
             continue
@@ -306,6 +309,12 @@ def _resolve_locked(repo, ordered, links, message_id, at, unverified, limits) ->
         counts = {t: counts.get(t, 0) + other_counts.get(t, 0)
                   for t in set(counts) | set(other_counts)}
     return result
+
+
+def _holds_a_verified_link(repo: GraphRepository, profile_id: str) -> bool:
+    """False for a profile made of caller-id numbers alone (an unknown caller): a verified
+    claim on its number absorbs it, as it would have had the call come after the claim."""
+    return any(link.verified for link in repo.links(repo.listed(profile_id)).values())
 
 
 def _survivor(repo: GraphRepository, a: str, b: str) -> tuple[str, str]:

@@ -94,7 +94,11 @@ def make_handler(graph: MongoGraph, people: SuggestionStore, limits: dict[str, i
         if isinstance(traits, dict):
             people.remember(result.profile_id, person_record(traits, identifiers),
                             envelope.occurred_at)
-        resolved = dataclasses.replace(envelope, identifiers=identifiers).resolved_to(
+        # what merge protection held back stays off the profile downstream too, or a lookup
+        # by it would find this customer instead of the one the graph links it to
+        held_back = {conflict.identifier for conflict in result.conflicts}
+        linked = {t: v for t, v in identifiers.items() if Identifier(t, v) not in held_back}
+        resolved = dataclasses.replace(envelope, identifiers=linked).resolved_to(
             result.profile_id)
         # re-emit every merge this event ever caused: a crash may have kept it from Kafka
         caused = graph.caused_by(envelope.message_id) if len(identifiers) > 1 else []

@@ -67,6 +67,24 @@ def test_web_registration_and_a_call_from_the_local_number_resolve_to_one_profil
         ("phone", "+358501112233")}
 
 
+def test_an_identifier_merge_protection_holds_back_does_not_travel_with_the_event(
+        identity_api, identity_worker, api_keys, settings, unique):
+    collector = (api_keys["collector"], "")
+    for user_id, email in ((f"A-{unique}", f"a.{unique}@example.com"),
+                           (f"B-{unique}", f"b.{unique}@example.com")):
+        body = {"userId": user_id, "messageId": f"reg-{user_id}", "traits": {"email": email}}
+        assert requests.post(f"{identity_api.url}/v1/identify", json=body, auth=collector,
+                             timeout=10).status_code == 200
+        resolved_for(settings, f"reg-{user_id}")
+    # B claims A's email: two user_ids on one profile would break the limit
+    claim = {"userId": f"B-{unique}", "messageId": f"claim-{unique}",
+             "traits": {"email": f"a.{unique}@example.com"}}
+    assert requests.post(f"{identity_api.url}/v1/identify", json=claim, auth=collector,
+                         timeout=10).status_code == 200
+    resolved = resolved_for(settings, f"claim-{unique}")
+    assert resolved["identifiers"] == {"user_id": f"B-{unique}"}
+
+
 def test_alias_merges_the_cookie_profile_and_announces_the_merge(
         identity_api, identity_worker, api_keys, settings, unique):
     collector = (api_keys["collector"], "")

@@ -83,6 +83,30 @@ def test_caller_id_number_finds_the_profile_but_never_merges_two():
     assert result.profile_id == web.profile_id != other.profile_id
 
 
+def test_unknown_callers_profile_joins_the_customer_who_later_verifies_the_number():
+    graph = InMemoryGraph()
+    known = apply(graph, ["user_id:L1"])
+    caller = apply(graph, ["phone:+358401234567"], unverified=["phone:+358401234567"])
+    customer = apply(graph, ["user_id:L1", "phone:+358401234567"])
+    assert [(m.survivor, m.merged) for m in customer.merges] == [
+        (known.profile_id, caller.profile_id)]
+    assert not customer.conflicts
+    assert len(graph.partition()) == 1
+
+
+@given(st.permutations(["visit", "call", "verified", "login"]))
+def test_visit_call_identity_check_and_login_end_in_one_profile_in_any_order(order):
+    graph = InMemoryGraph()
+    events = {"visit": (["anonymous_id:c1"], []),
+              "verified": (["user_id:L1", "hetu:220478-123H"], []),
+              "call": (["phone:+358401234567"], ["phone:+358401234567"]),
+              "login": (["user_id:L1", "anonymous_id:c1", "phone:+358401234567"], [])}
+    for name in order:
+        keys, unverified = events[name]
+        apply(graph, keys, unverified=unverified)
+    assert len(graph.partition()) == 1
+
+
 def test_replaying_an_event_changes_nothing():
     graph = InMemoryGraph()
     apply(graph, ["email:a@example.com"])
