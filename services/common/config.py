@@ -40,6 +40,10 @@ def _one_of(*choices: str) -> Callable[[str], str | None]:
     return lambda value: None if value in choices else f"must be one of {', '.join(choices)}"
 
 
+def _probability(value: float) -> str | None:
+    return None if 0 < value <= 1 else "must be a number above 0 and at most 1"
+
+
 def _mongo_uri(value: str) -> str | None:
     ok = value.startswith(("mongodb://", "mongodb+srv://"))
     return None if ok else "must start with mongodb:// or mongodb+srv://"
@@ -167,6 +171,22 @@ class Settings:
         "type=n,type=n over the defaults (user_id=1, hetu=1, email=5, phone=5, social ids 10, "
         "device_id and anonymous_id 100)",
         check=_type_limits,
+    )
+    identity_match_threshold: float = _setting(
+        0.99,
+        "Match score at or above which a suggested pair of profiles is called a match "
+        "(chosen on the generated labelled set for precision >= 0.99; see matching.py)",
+        check=_probability,
+    )
+    identity_possible_threshold: float = _setting(
+        0.95, "Match score at or above which a pair is still offered for review as possible",
+        check=_probability,
+    )
+    identity_auto_merge_threshold: float = _setting(
+        0.0,
+        "Match score at or above which a suggestion run merges the pair without review; 0 "
+        "means never (the default: a person decides); otherwise at least the match threshold",
+        check=lambda value: None if value == 0 else _probability(value),
     )
     http_host: str = _setting("127.0.0.1", "Address the HTTP APIs listen on")
     http_port: int = _setting(0, "HTTP port; 0 means the service's default", check=_port)
@@ -350,9 +370,23 @@ class Settings:
             if reason:
                 problems.append(f"{var}: {reason}")
             values[spec.name] = value
+        problems += _threshold_order(values) if not problems else []
         if problems:
             raise ConfigError(problems)
         return cls(**values)
+
+
+def _threshold_order(values: Mapping[str, Any]) -> list[str]:
+    possible, match = values["identity_possible_threshold"], values["identity_match_threshold"]
+    auto = values["identity_auto_merge_threshold"]
+    problems = []
+    if possible > match:
+        problems.append("CDP_IDENTITY_POSSIBLE_THRESHOLD: must not exceed "
+                        "CDP_IDENTITY_MATCH_THRESHOLD")
+    if auto and auto < match:
+        problems.append("CDP_IDENTITY_AUTO_MERGE_THRESHOLD: must be 0 (off) or at least "
+                        "CDP_IDENTITY_MATCH_THRESHOLD")
+    return problems
 
 
 def env_name(field_name: str) -> str:

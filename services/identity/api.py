@@ -308,8 +308,22 @@ def _graph_blueprint() -> Blueprint:
     @require_roles("supervisor")
     @blueprint.response(200)
     def run_suggestions():
-        """Score live profiles for probable duplicates and store new suggestions."""
-        return SuggestionStore(runtime().db).run(datetime.now(UTC))
+        """Score live profiles for probable duplicates and store new suggestions; with
+        CDP_IDENTITY_AUTO_MERGE_THRESHOLD set, merge the pairs scoring at or above it."""
+        settings, suggestions = runtime().settings, SuggestionStore(runtime().db)
+        summary = suggestions.run(datetime.now(UTC),
+                                  threshold_match=settings.identity_match_threshold,
+                                  threshold_possible=settings.identity_possible_threshold)
+        threshold = settings.identity_auto_merge_threshold
+        if threshold:
+            summary["auto_merged"] = summary["auto_merge_refused"] = 0
+            for doc in suggestions.open_at_or_above(threshold):
+                try:
+                    _accept(suggestions, doc, actor=f"auto-merge (score >= {threshold})")
+                    summary["auto_merged"] += 1
+                except graph_rules.MergeRefused:
+                    summary["auto_merge_refused"] += 1  # stays open for a person to judge
+        return summary
 
     @blueprint.route("/suggestions")
     @require_roles("supervisor")
@@ -327,25 +341,17 @@ def _graph_blueprint() -> Blueprint:
     @blueprint.response(200)
     def accept_suggestion(suggestion_id):
         """Merge the two profiles (merge protection still applies) and close the suggestion."""
-        suggestions, graph = SuggestionStore(runtime().db), MongoGraph(runtime().db)
+        suggestions = SuggestionStore(runtime().db)
         doc = suggestions.get(suggestion_id)
         if doc is None:
             raise Problem(404, f"no suggestion {suggestion_id}")
         if doc["status"] != "open":
             raise Problem(409, f"the suggestion is already {doc['status']}")
         try:
-            limits = graph_rules.limits_from(
-                parse_type_limits(runtime().settings.identity_limits))
-            merge = graph_rules.merge_profiles(graph, doc["a"], doc["b"], limits=limits,
-                                               decision_id=suggestion_id, at=datetime.now(UTC))
+            profile_id = _accept(suggestions, doc, actor=current_principal().key_id)
         except graph_rules.MergeRefused as exc:
             raise Problem(409, str(exc)) from None
-        if merge is not None:
-            _announce(graph, merge.merge_id)
-        suggestions.decide(suggestion_id, "accepted", current_principal().key_id,
-                           datetime.now(UTC))
-        return {"id": suggestion_id, "status": "accepted",
-                "profile_id": merge.survivor if merge else graph_rules.canonical(graph, doc["a"])}
+        return {"id": suggestion_id, "status": "accepted", "profile_id": profile_id}
 
     @blueprint.route("/suggestions/<string:suggestion_id>/reject", methods=["POST"])
     @require_roles("supervisor")
@@ -361,6 +367,19 @@ def _graph_blueprint() -> Blueprint:
         return {"id": suggestion_id, "status": "rejected"}
 
     return blueprint
+
+
+def _accept(suggestions: SuggestionStore, doc: dict, actor: str) -> str:
+    """Merge a suggested pair and close the suggestion; the surviving profile's id.
+    Raises MergeRefused when merge protection forbids it."""
+    graph = MongoGraph(runtime().db)
+    limits = graph_rules.limits_from(parse_type_limits(runtime().settings.identity_limits))
+    merge = graph_rules.merge_profiles(graph, doc["a"], doc["b"], limits=limits,
+                                       decision_id=doc["_id"], at=datetime.now(UTC))
+    if merge is not None:
+        _announce(graph, merge.merge_id)
+    suggestions.decide(doc["_id"], "accepted", actor, datetime.now(UTC))
+    return merge.survivor if merge else graph_rules.canonical(graph, doc["a"])
 
 
 def _announce(graph: MongoGraph, entry_id: str) -> None:

@@ -100,6 +100,9 @@ class SuggestionStore:
             created += result.upserted_id is not None
         return {"records": len(records), "pairs": len(pairs), "new": created}
 
+    def open_at_or_above(self, score: float) -> list[dict]:
+        return list(self.suggestions.find({"status": "open", "score": {"$gte": score}}))
+
     def page(self, status: str, limit: int, offset: int) -> list[dict]:
         cursor = self.suggestions.find({"status": status}).sort("score", -1)
         return list(cursor.skip(offset).limit(limit))

@@ -4,6 +4,7 @@ merges announced, repairs through the API, and several workers agreeing with one
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime
 
 import pytest
 import requests
@@ -12,8 +13,9 @@ from services.common import topics
 from services.common.bus import Outgoing, Producer
 from services.common.envelope import new_envelope
 from services.identity.channels import partition_key
-from services.identity.graph import Identifier
-from services.identity.graph_store import LINKS
+from services.identity.graph import Identifier, canonical, resolve
+from services.identity.graph_store import LINKS, MongoGraph
+from services.identity.suggestions import SuggestionStore
 from tests.support.kafka import read_all
 from tests.support.processes import ServiceApi, ServiceWorker, wait_until
 
@@ -263,6 +265,38 @@ def test_probable_duplicate_is_suggested_with_its_evidence_and_merged_when_accep
     again = requests.post(f"{identity_api.url}/v1/identity/suggestions/{mine['id']}/reject",
                           headers=supervisor, timeout=10)
     assert again.status_code == 409
+
+
+def test_suggestion_run_merges_pairs_above_the_auto_merge_threshold_and_leaves_the_rest(
+        test_env, mongo_client, api_keys, unique):
+    # a database of its own: auto-merge must not touch other tests' profiles
+    env = {**test_env, "CDP_MONGO_DB": f"muisti_automerge_{unique}",
+           "CDP_IDENTITY_AUTO_MERGE_THRESHOLD": "0.9999"}
+    graph = MongoGraph(mongo_client[env["CDP_MONGO_DB"]])
+    people = SuggestionStore(mongo_client[env["CDP_MONGO_DB"]])
+    person = {"given_name": "Johanna", "family_name": "Virtanen", "birth_date": "1985-03-12",
+              "street": "Mannerheimintie 12 B 4", "postcode": "00100", "city": "Helsinki"}
+    profiles = {}
+    for name, identifier, fields in (
+            ("loyalty", Identifier("email", f"j.{unique}@example.com"), person),
+            ("phone order", Identifier("phone", "+358403217788"), person),
+            ("namesake", Identifier("phone", "+358409876543"),
+             {**person, "given_name": "Jonna", "street": "Hämeentie 3", "postcode": "00530"})):
+        profiles[name] = resolve(graph, [identifier], message_id=f"{name}-{unique}",
+                                 at=datetime.now(UTC)).profile_id
+        people.remember(profiles[name], fields, datetime.now(UTC))
+    api = ServiceApi("identity", env).start()
+    try:
+        run = requests.post(f"{api.url}/v1/identity/suggestions/run", timeout=60,
+                            headers={"Authorization": f"Bearer {api_keys['supervisor']}"})
+        assert run.status_code == 200, run.text
+        assert run.json()["auto_merged"] == 1
+        assert canonical(graph, profiles["loyalty"]) == canonical(graph, profiles["phone order"])
+        assert canonical(graph, profiles["namesake"]) == profiles["namesake"]
+        left = people.page("open", 10, 0)
+        assert left and all(d["score"] < 0.9999 for d in left)
+    finally:
+        api.stop()
 
 
 def test_a_stored_split_that_kafka_never_heard_of_is_announced_by_the_worker(

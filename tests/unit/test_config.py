@@ -61,3 +61,15 @@ def test_identity_limits_are_type_number_pairs_of_known_types():
         Settings.from_env({"CDP_IDENTITY_LIMITS": "shoe=1"})
     with pytest.raises(ConfigError, match="bad entry email=0"):
         Settings.from_env({"CDP_IDENTITY_LIMITS": "email=0"})
+
+
+def test_match_thresholds_must_be_ordered_and_auto_merge_is_off_by_default():
+    assert Settings.from_env({}).identity_auto_merge_threshold == 0
+    with pytest.raises(ConfigError, match="must not exceed CDP_IDENTITY_MATCH_THRESHOLD"):
+        Settings.from_env({"CDP_IDENTITY_POSSIBLE_THRESHOLD": "0.995"})
+    with pytest.raises(ConfigError, match="0 \\(off\\) or at least"):
+        Settings.from_env({"CDP_IDENTITY_AUTO_MERGE_THRESHOLD": "0.9"})
+    with pytest.raises(ConfigError, match="above 0 and at most 1"):
+        Settings.from_env({"CDP_IDENTITY_MATCH_THRESHOLD": "1.5"})
+    assert Settings.from_env({"CDP_IDENTITY_AUTO_MERGE_THRESHOLD": "0.999"}
+                             ).identity_auto_merge_threshold == 0.999
