@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run stop status test test-unit bench lint provision chromium
+.PHONY: install run stop status test test-unit bench lint provision chromium docker-compose
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP) chromium
+install: $(STAMP) chromium docker-compose
 
 # The dashboard's browser test runs Debian's chromium (Playwright drives it; no browser download)
 chromium:
@@ -25,6 +25,17 @@ chromium:
 		|| { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; \
 	else \
 		echo "/usr/bin/chromium is missing: run 'sudo apt-get install chromium' (the dashboard's browser test needs it)"; \
+	fi
+
+# The compose file's test runs `docker-compose config` (Debian's Compose; no engine needed)
+docker-compose:
+	@if [ -x /usr/bin/docker-compose ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		echo "installing Debian's docker-compose to validate deploy/docker-compose.yml"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null \
+		|| { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; }; \
+	else \
+		echo "/usr/bin/docker-compose is missing: run 'sudo apt-get install docker-compose' (the compose file's test needs it)"; \
 	fi
 
 provision: install

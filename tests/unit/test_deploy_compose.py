@@ -1,15 +1,17 @@
 """deploy/docker-compose.yml and the Dockerfile, checked without a container engine.
 
-`docker compose config` needs the Compose plugin, which this machine's Docker client lacks;
-instead the file is validated against the Compose specification's JSON schema (the one
-Compose itself validates with, vendored by check-jsonschema) and checked for what Muisti
-needs: every service's API and worker, settings, health-gated start order, unique host ports,
-files that exist, Prometheus scraping every process."""
+Compose itself validates the file (`docker-compose config`, Debian's package, which `make
+install` adds; it needs no engine), with the secrets `muisti secrets` writes and without them;
+the file is also validated against the Compose specification's JSON schema (vendored by
+check-jsonschema) and checked for what Muisti needs: every service's API and worker, settings,
+health-gated start order, unique host ports, files that exist, Prometheus scraping every
+process."""
 
 from __future__ import annotations
 
 import json
 import re
+import subprocess
 from importlib import resources
 from pathlib import Path
 
@@ -31,6 +33,37 @@ PACKAGES = sorted(path.parent.name for path in (REPO / "services").glob("*/__mai
 def default_port(package: str) -> int:
     text = (REPO / "services" / package / "__main__.py").read_text()
     return int(re.search(r"DEFAULT_PORT = (\d+)", text).group(1))
+
+
+DOCKER_COMPOSE = Path("/usr/bin/docker-compose")
+
+
+def compose_config(env_file: Path) -> subprocess.CompletedProcess:
+    if not DOCKER_COMPOSE.exists():
+        pytest.fail(f"{DOCKER_COMPOSE} is missing: run `make install` (as root it installs "
+                    "Debian's docker-compose package)")
+    return subprocess.run([str(DOCKER_COMPOSE), "--env-file", str(env_file), "-f",
+                           str(DEPLOY / "docker-compose.yml"), "config"],
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
+
+
+def test_compose_validates_the_file_with_the_secrets_muisti_writes(tmp_path):
+    from services.cli.secrets_env import new_secrets
+
+    env_file = tmp_path / ".env"
+    env_file.write_text("".join(f"{name}={value}\n" for name, value in new_secrets().items()))
+    result = compose_config(env_file)
+    assert result.returncode == 0, result.stderr
+    rendered = yaml.safe_load(result.stdout)
+    assert set(rendered["services"]) == set(SERVICES)
+
+
+def test_compose_refuses_to_start_without_the_secrets_and_says_how_to_make_them(tmp_path):
+    empty = tmp_path / ".env"
+    empty.write_text("")
+    result = compose_config(empty)
+    assert result.returncode != 0
+    assert "run muisti secrets > deploy/.env" in result.stderr
 
 
 def test_the_file_follows_the_compose_specification():
