@@ -74,6 +74,10 @@ class Platform:
             path.chmod(0o600)
         return {**known, **missing}
 
+    @property
+    def outbox(self) -> Path:
+        return self.instance.run_dir / "preferences-outbox"
+
     def env(self) -> dict[str, str]:
         bootstrap = ",".join(f"{role}:{key}" for role, key in self.keys().items())
         return {**os.environ, **self.instance.env(), **self.secrets(),
@@ -82,7 +86,11 @@ class Platform:
                 # files platform deletions with the consent service
                 "CDP_SERVICE_API_KEY": self.keys()["dpo"],
                 "CDP_IDENTITY_URL": f"http://127.0.0.1:{SERVICES['identity']}",
-                "CDP_CONSENT_URL": f"http://127.0.0.1:{SERVICES['consent']}"}
+                "CDP_CONSENT_URL": f"http://127.0.0.1:{SERVICES['consent']}",
+                "CDP_PROFILE_URL": f"http://127.0.0.1:{SERVICES['profile']}",
+                # the preference centre's sign-in codes go to files, never out
+                "CDP_PREFERENCES_SENDER": "outbox",
+                "CDP_PREFERENCES_OUTBOX_DIR": str(self.outbox)}
 
     def start(self) -> None:
         started = time.monotonic()
@@ -149,6 +157,8 @@ class Platform:
             _say(f"    {role:10} {key}")
         _say(f"\n  Agent dashboard: http://127.0.0.1:{SERVICES['profile']}/dashboard "
              "(sign in with the agent or supervisor key)")
+        _say(f"  Preference centre: http://127.0.0.1:{SERVICES['consent']}/preferences "
+             f"(sign-in codes are written to {self.outbox})")
         _say(f"  Logs: {self.dir}/*.log and {self.instance.run_dir}/*.log")
         _say("  Try:  curl -H 'Authorization: Bearer " + keys["agent"]
              + "' 'http://127.0.0.1:8101/v1/identity/resolve?type=user_id&value=LOY100001'")

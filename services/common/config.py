@@ -269,6 +269,53 @@ class Settings:
         "", "API key a service presents to another service's API (the consent service to "
         "identity's subject lookup: a key with the dpo role)"
     )
+    profile_url: str = _setting(
+        "http://127.0.0.1:8102",
+        "Base URL of the profile API; the preference centre shows a signed-in customer their "
+        "profile there (with CDP_SERVICE_API_KEY)",
+        check=lambda value: None if value.startswith(("http://", "https://"))
+        else "must start with http:// or https://",
+    )
+    preferences_sender: str = _setting(
+        "outbox",
+        "How the preference centre sends one-time sign-in codes: outbox (files in "
+        "CDP_PREFERENCES_OUTBOX_DIR, never a real send), smtp (email) and sms (phone numbers, "
+        "through the HTTP gateway) together, or smtp or sms alone",
+        check=_one_of("outbox", "smtp+sms", "smtp", "sms"),
+    )
+    preferences_outbox_dir: str = _setting(
+        ".run/preferences-outbox", "Directory where the outbox sender writes one file per code"
+    )
+    preferences_smtp_host: str = _setting("", "SMTP server that sends sign-in codes by email")
+    preferences_smtp_port: int = _setting(587, "Port of the SMTP server", check=_port)
+    preferences_smtp_starttls: bool = _setting(True, "Upgrade the SMTP connection with STARTTLS")
+    preferences_smtp_user: str = _setting("", "SMTP user name; empty: no login")
+    preferences_smtp_password: str = _setting("", "SMTP password")
+    preferences_smtp_from: str = _setting("", "From address of sign-in code emails")
+    preferences_sms_url: str = _setting(
+        "", "SMS gateway endpoint: the code goes out as a JSON POST {to, message}"
+    )
+    preferences_sms_token: str = _setting("", "Bearer token presented to the SMS gateway")
+    preferences_code_seconds: int = _setting(
+        600, "How long a one-time sign-in code is valid", check=_positive
+    )
+    preferences_code_attempts: int = _setting(
+        5, "Wrong guesses after which a one-time code is dead (a new one must be asked for)",
+        check=_positive,
+    )
+    preferences_codes_per_identifier: int = _setting(
+        5, "Codes one email address or phone number may be sent per hour", check=_positive
+    )
+    preferences_codes_per_ip: int = _setting(
+        20, "Codes one client address may ask for per hour", check=_positive
+    )
+    preferences_session_seconds: int = _setting(
+        1800, "How long a preference-centre session lasts after its last use", check=_positive
+    )
+    preferences_secure_cookies: bool = _setting(
+        False, "Mark preference-centre cookies Secure (set it wherever the page is served over "
+        "HTTPS, i.e. everywhere but local runs)"
+    )
     retention_days: str = _setting(
         "consent_proof=1825,access_log=730,event_history=395,privacy_requests=1825,"
         "access_exports=30",

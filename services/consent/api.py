@@ -5,6 +5,7 @@ from flask import Flask
 from services.common import web
 from services.common.config import Settings
 from services.consent.consents_api import consents_blueprint, install_consents
+from services.consent.preferences import routes as preferences
 from services.consent.privacy_api import install_privacy, privacy_blueprint
 
 
@@ -13,4 +14,5 @@ def create_app(settings: Settings | None = None) -> Flask:
                          blueprints=[consents_blueprint(), privacy_blueprint()])
     install_consents(app)
     install_privacy(app)
+    preferences.install(app)
     return app

@@ -14,8 +14,9 @@ from tests.support.processes import wait_until
 
 SERVICES = ("identity", "profile", "consent", "social", "export")
 OPEN = {"/healthz", "/readyz", "/metrics", "/openapi.json"}
-# the agent dashboard's page and static files: loaded before sign-in, they hold no data
-PUBLIC_PAGES = re.compile(r"/dashboard(/static/.+)?")
+# the agent dashboard's and the preference centre's pages and static files: loaded before
+# sign-in, they hold no data (the preference centre's page shows data only to a session)
+PUBLIC_PAGES = re.compile(r"/(dashboard|preferences)(/static/.+)?")
 
 
 def endpoints(app):
