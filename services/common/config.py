@@ -392,6 +392,36 @@ class Settings:
         100, "Posts asked for per page of the mentions endpoint (X allows 5-100)",
         check=_positive,
     )
+    social_x_compliance_url: str = _setting(
+        "", "Base URL of the X API v2 whose user compliance stream the social worker reads "
+        "(e.g. https://api.x.com); empty disables the reader"
+    )
+    social_x_compliance_partitions: str = _setting(
+        "1,2,3,4", "Partitions of the user compliance stream this deployment reads, "
+        "comma-separated (X splits the events over 1-4; read all four somewhere)",
+        check=lambda value: None if value and all(
+            part.strip() in ("1", "2", "3", "4") for part in value.split(","))
+        else "comma-separated partitions among 1, 2, 3, 4",
+    )
+    social_x_compliance_bearer_token: str = _setting(
+        "", "App-only bearer token the compliance stream reader presents to the X API"
+    )
+    social_meta_graph_url: str = _setting(
+        "", "Base URL of Meta's Graph API with its version (e.g. "
+        "https://graph.facebook.com/v21.0) for the Instagram mentions poller and resolving the "
+        "app-scoped ids of Meta's deletion callbacks; empty disables both"
+    )
+    social_meta_app_id: str = _setting(
+        "", "Meta app id: with the app secret it forms the app access token that resolves a "
+        "deletion callback's app-scoped id to the person's page-scoped ids (ids_for_pages); "
+        "empty erases the app-scoped id only"
+    )
+    social_instagram_user_id: str = _setting(
+        "", "Instagram professional account id (IG user id) whose tags the poller reads"
+    )
+    social_instagram_access_token: str = _setting(
+        "", "Access token (page or system user) the Instagram poller presents to the Graph API"
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -8,7 +8,6 @@ import threading
 
 import flask
 import orjson
-import requests as http
 from flask import Flask
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
@@ -25,6 +24,9 @@ from services.common.web import (
 )
 from services.social import messages, privacy, signatures
 from services.social.classify import detect_language
+from services.social.classify import model as classify_model
+from services.social.filing import FilingFailed, PrivacyFiler
+from services.social.meta_ids import PageScopedIds, ResolutionFailed
 from services.social.publish import SERVICE, publish
 from services.social.social_store import DeletionStatuses
 
@@ -35,10 +37,20 @@ MAX_COMPLIANCE_EVENTS = 1000
 def create_app(settings: Settings | None = None) -> Flask:
     threading.Thread(target=detect_language.load, name="load-language-model",
                      daemon=True).start()
-    return web.create_app(service=SERVICE, settings=settings or Settings.from_env(),
-                          blueprints=[_meta_blueprint(), _x_blueprint(), _posts_blueprint(),
-                                      _deletions_blueprint()],
-                          max_body_bytes=MAX_DELIVERY_BYTES)
+    threading.Thread(target=classify_model.load, name="train-classifier", daemon=True).start()
+    app = web.create_app(service=SERVICE, settings=settings or Settings.from_env(),
+                         blueprints=[_meta_blueprint(), _x_blueprint(), _posts_blueprint(),
+                                     _deletions_blueprint()],
+                         max_body_bytes=MAX_DELIVERY_BYTES)
+    # not ready until the classifier is trained, so no delivery waits for it (the platforms
+    # retry slow webhooks)
+    app.extensions["muisti"].readiness["classifier"] = _classifier_trained
+    return app
+
+
+def _classifier_trained() -> None:
+    if not classify_model.trained:
+        raise RuntimeError("the complaint classifier is still training")
 
 
 def _verified_body(verify, secret: str, header: str) -> bytes:
@@ -127,6 +139,7 @@ def _meta_blueprint() -> Blueprint:
         except privacy.InvalidDeletion as exc:
             raise Problem(400, str(exc)) from None
         _request_erasure([request])
+        _erase_page_scoped_ids(request)
         return {"url": _status_url(request.confirmation_code),
                 "confirmation_code": request.confirmation_code}
 
@@ -134,22 +147,41 @@ def _meta_blueprint() -> Blueprint:
 
 
 def _request_erasure(deletions: list[privacy.DeletionRequest]) -> None:
-    """Record the statuses, then file each erasure with the privacy service, which expands
-    the subject through the identity graph, fans it out to every service and keeps the proof.
-    The request id is derived from the platform's notice, so a retried callback files nothing
-    new; if the privacy service is unreachable the platform gets 503 and retries."""
+    """File each erasure with the privacy service; if it is unreachable the platform gets 503
+    and retries (the request id is derived from its notice, so a retry files nothing new)."""
     settings = runtime().settings
-    statuses = DeletionStatuses(runtime().db)
+    filer = PrivacyFiler(settings.consent_url, settings.service_api_key,
+                         DeletionStatuses(runtime().db))
     for deletion in deletions:
-        statuses.record(deletion)
         try:
-            answer = http.post(f"{settings.consent_url.rstrip('/')}/v1/privacy/requests",
-                               json=deletion.filing(), timeout=10,
-                               headers={"Authorization": f"Bearer {settings.service_api_key}"})
-        except http.RequestException as exc:
-            raise Problem(503, f"the privacy service is unreachable: {exc}") from None
-        if answer.status_code != 202:
-            raise Problem(503, f"the privacy service refused the erasure ({answer.status_code})")
+            filer.file(deletion)
+        except FilingFailed as exc:
+            raise Problem(503, str(exc)) from None
+
+
+def _erase_page_scoped_ids(request: privacy.DeletionRequest) -> None:
+    """Resolve the callback's app-scoped id to the page-scoped ids page webhooks use and file
+    an erasure for each, counted on the callback's status page (meta_ids.py says why). After
+    the app-scoped erasure is filed, so a Graph API failure (503, Meta retries) loses nothing
+    already done."""
+    settings = runtime().settings
+    if not (settings.social_meta_graph_url and settings.social_meta_app_id):
+        return
+    (_type, app_scoped_id), = request.identifiers
+    resolver = PageScopedIds(settings.social_meta_graph_url, settings.social_meta_app_id,
+                             settings.social_meta_app_secret)
+    try:
+        page_scoped = resolver.resolve(app_scoped_id)
+    except ResolutionFailed as exc:
+        raise Problem(503, f"the app-scoped id could not be resolved: {exc}") from None
+    filer = PrivacyFiler(settings.consent_url, settings.service_api_key,
+                         DeletionStatuses(runtime().db))
+    for part in privacy.page_scoped_deletions(request, page_scoped,
+                                              settings.social_meta_app_secret):
+        try:
+            filer.file(part, part_of=request.confirmation_code)
+        except FilingFailed as exc:
+            raise Problem(503, str(exc)) from None
 
 
 def _status_url(code: str) -> str:
@@ -305,7 +337,8 @@ def _deletions_blueprint() -> Blueprint:
                 "platform": doc["platform"],
                 "requested_at": _iso(doc.get("requested_at")),
                 "completed_at": _iso(doc.get("completed_at")),
-                "services_done": sorted(doc.get("services_done") or [])}
+                "services_done": sorted(doc.get("services_done") or []),
+                "page_scoped_erasures": doc["parts"]}
 
     return blueprint
 

@@ -2,8 +2,9 @@
 
 Inputs: Meta webhook deliveries (Facebook page ``feed`` comments and posts, page ``mention``,
 Messenger ``messaging``, Instagram ``comments`` and ``mentions``), X Account Activity deliveries
-(``tweet_create_events``, ``direct_message_events``), X API v2 mention pages (the poller) and
-the collector's own form (``POST /v1/social/posts``).
+(``tweet_create_events``, ``direct_message_events``), X API v2 mention pages (the poller),
+Instagram Graph API ``/{ig-user-id}/tags`` pages (the Instagram poller) and the collector's own
+form (``POST /v1/social/posts``).
 
 Each becomes a ``SocialMessage`` and then an envelope on cdp.events.social:
 
@@ -402,6 +403,34 @@ def from_x_v2_page(page: Any, account: str | None) -> Normalised:
             mentions=[m.get("username") for m in _objects(entities.get("mentions"))
                       if _str(m.get("username"))],
             language_hint=_str(tweet.get("lang")), account_id=account))
+    return result
+
+
+# --- Instagram Graph API ----------------------------------------------------------------------
+
+def from_instagram_tags_page(page: Any, account: str | None) -> Normalised:
+    """One page of the Graph API's ``GET /{ig-user-id}/tags`` (media the brand was tagged in,
+    ``fields=id,caption,username,timestamp,permalink,media_type,media_url``): each an Instagram
+    mention. The author is known by username only (Meta gives ``owner`` to the owner alone)."""
+    if not isinstance(page, dict) or not isinstance(page.get("data", []), list):
+        raise UnreadablePayload("a Graph API page is an object with a 'data' list")
+    result = Normalised()
+    for media in _objects(page.get("data")):
+        media_id, username = _str(media.get("id")), _str(media.get("username"))
+        if not media_id or not username:
+            result.skipped.append(Skipped("instagram", "no_author"))
+            continue
+        owner = media.get("owner") if isinstance(media.get("owner"), dict) else {}
+        if account and _str(owner.get("id")) == account:
+            result.skipped.append(Skipped("instagram", "own"))
+            continue
+        result.messages.append(SocialMessage(
+            platform="instagram", platform_id=media_id, kind="mention",
+            author=Author(handle=username), text=_str(media.get("caption")) or "",
+            created_at=_from_iso(media.get("timestamp")),
+            urls=[link] if (link := _str(media.get("permalink"))) else [],
+            media=[url] if (url := _str(media.get("media_url"))) else [],
+            account_id=account))
     return result
 
 

@@ -9,6 +9,10 @@ Kafka) and only then the checkpoint saved with the next page's token, so a crash
 most one page (same message ids, deduplicated downstream) and never skips one. When a sweep
 ends, ``since_id`` becomes the newest id it saw.
 
+Other platforms plug in with their own ``MentionsSource`` and page normaliser (instagram.py:
+the Graph API's ``/{ig-user-id}/tags``); ``since_id`` and the tokens are whatever marks the
+source defines.
+
 Rate limits: a 429 waits for ``Retry-After`` (seconds) or ``x-rate-limit-reset`` (epoch
 seconds); other failures back off exponentially with full jitter. ``PollLoop`` runs sweeps
 until stopped and has the loop interface ``services.common.runner`` runs workers with.
@@ -58,6 +62,8 @@ class Page:
     body: dict[str, Any]
     next_token: str | None
     newest_id: str | None
+    # the platform asks to slow down: wait this long once the page is handed on
+    pause_seconds: float | None = None
 
 
 class RateLimited(Exception):
@@ -137,12 +143,14 @@ class Poller:
     accepted (Kafka acknowledged); it is called before the checkpoint moves."""
 
     def __init__(self, name: str, account_id: str, source: MentionsSource,
-                 checkpoints: CheckpointStore, emit: Callable[[Normalised], None]):
+                 checkpoints: CheckpointStore, emit: Callable[[Normalised], None],
+                 normalise: Callable[[Any, str | None], Normalised] = from_x_v2_page):
         self.name = name
         self.account_id = account_id
         self.source = source
         self.checkpoints = checkpoints
         self.emit = emit
+        self.normalise = normalise  # a page's body → messages (X v2 unless told)
 
     def sweep(self, max_pages: int | None = None) -> int:
         """Read pages until the sweep ends (or ``max_pages`` were read); returns how many
@@ -158,7 +166,7 @@ class Poller:
                 self.checkpoints.save(self.name, checkpoint)
                 continue
             pages += 1
-            self.emit(from_x_v2_page(page.body, self.account_id))
+            self.emit(self.normalise(page.body, self.account_id))
             newest = checkpoint.sweep_newest_id or page.newest_id
             if page.next_token:
                 checkpoint = replace(checkpoint, sweep_newest_id=newest,
@@ -166,6 +174,8 @@ class Poller:
             else:
                 checkpoint = Checkpoint(since_id=newest or checkpoint.since_id)
             self.checkpoints.save(self.name, checkpoint)
+            if page.pause_seconds:
+                raise RateLimited(page.pause_seconds)
             if not page.next_token:
                 break
         return pages

@@ -3,7 +3,8 @@
 * Platform-driven deletion: Meta's data-deletion callback and X's user compliance events
   (account deleted, protected, suspended) become an erasure request on cdp.privacy.requests
   for that social identity, in the shape of CONTRACTS.md (``profile_ids`` empty: the identity
-  service expands the identifiers to the profiles that hold them).
+  service expands the identifiers to the profiles that hold them). Meta's callback names an
+  app-scoped id; the page-scoped ids it resolves to get an erasure each (meta_ids.py).
 * The social service's own answer to every data-subject request: it holds nothing about a
   person (only the poller's checkpoint and the statuses of deletion requests, which name no
   one), so each request is acknowledged at once with a summary that says so.
@@ -80,6 +81,16 @@ def from_meta_signed_request(payload: dict[str, Any], app_secret: str) -> Deleti
                     f"meta:{user_id}:{issued}", app_secret, at)
 
 
+def page_scoped_deletions(deletion: DeletionRequest, page_scoped_ids: list[str],
+                          secret: str) -> list[DeletionRequest]:
+    """One erasure per page-scoped id Meta resolved the callback's app-scoped id to (see
+    meta_ids.py), derived from the callback's request so a retry files nothing new."""
+    return [_request("meta", "Meta data deletion request (page-scoped id)",
+                     ("facebook_id", normalise("facebook_id", psid)),
+                     f"{deletion.request_id}:psid:{psid}", secret, deletion.requested_at)
+            for psid in page_scoped_ids]
+
+
 def from_x_compliance_event(event: Any, secret: str) -> DeletionRequest | None:
     """One X user compliance stream event → an erasure request, or None for events that ask
     for nothing to be forgotten (undelete, unprotect, profile changes...).
@@ -114,8 +125,9 @@ def parse_request(envelope: Envelope) -> PrivacyRequest:
 def acknowledgement(envelope: Envelope, request: PrivacyRequest) -> Envelope:
     """The social service's ack: done at once, since it holds no data about any person."""
     payload = privacy_requests.ack_payload(request, SERVICE, {
-        "held": "nothing about data subjects: the social service stores only the poller "
-                "checkpoint and deletion-request statuses",
+        "held": "nothing about data subjects: the social service stores only the pollers' "
+                "checkpoints, stream positions, deletion-request statuses and, until the "
+                "privacy service accepts them, platform deletions in flight",
         "erased": 0})
     return new_envelope(ACK_TYPE, "system", payload=payload,
                         message_id=derived_message_id(envelope.message_id,

@@ -1,6 +1,8 @@
-"""What the social service keeps in the store: the pollers' checkpoints and the statuses of
-platform-driven deletion requests. Neither names a person (a status is keyed by its
-confirmation code and holds only the request id and which services have finished)."""
+"""What the social service keeps in the store: the pollers' checkpoints, the compliance
+streams' positions and the statuses of platform-driven deletion requests, none of which names a
+person (a status is keyed by its confirmation code and holds only the request id and which
+services have finished); and, briefly, stream deletions the privacy service has not yet
+accepted."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from datetime import UTC, datetime
 
 from pymongo.database import Database
 
+from services.social.compliance_stream import PendingDeletionStore, StreamPositionStore
 from services.social.poller import Checkpoint, CheckpointStore
 from services.social.privacy import ANSWERING_SERVICES, DeletionRequest
 
@@ -40,12 +43,14 @@ class DeletionStatuses:
     def __init__(self, db: Database):
         self._collection = db[self.COLLECTION]
 
-    def record(self, request: DeletionRequest) -> None:
-        """Idempotent: a platform's retried callback finds its request already there."""
+    def record(self, request: DeletionRequest, part_of: str | None = None) -> None:
+        """Idempotent: a platform's retried callback finds its request already there.
+        ``part_of`` names the confirmation code whose status page this request counts towards
+        (the page-scoped erasures of a Meta callback)."""
         self._collection.update_one({"_id": request.confirmation_code}, {"$setOnInsert": {
             "request_id": request.request_id, "platform": request.platform,
             "status": "in_progress", "requested_at": request.requested_at,
-            "services_done": [], "completed_at": None}}, upsert=True)
+            "services_done": [], "completed_at": None, "part_of": part_of}}, upsert=True)
 
     def acknowledged(self, request_id: str, service: str, status: str) -> bool:
         """Note one service's ack; returns False when the request is not one of ours."""
@@ -61,4 +66,59 @@ class DeletionStatuses:
         return True
 
     def get(self, confirmation_code: str) -> dict | None:
-        return self._collection.find_one({"_id": confirmation_code})
+        """The status of a deletion: done only when its request and every part are done."""
+        doc = self._collection.find_one({"_id": confirmation_code})
+        if doc is None:
+            return None
+        parts = list(self._collection.find({"part_of": confirmation_code}))
+        if any(part.get("status") != "done" for part in parts):
+            doc = {**doc, "status": "in_progress", "completed_at": None}
+        elif parts and doc.get("status") == "done":
+            doc = {**doc, "completed_at": max(
+                [doc["completed_at"], *(part["completed_at"] for part in parts)])}
+        return {**doc, "parts": len(parts)}
+
+
+class MongoStreamPositions(StreamPositionStore):
+    """When each compliance stream partition was last heard from (``_id`` = stream name)."""
+
+    COLLECTION = "social_stream_positions"
+
+    def __init__(self, db: Database):
+        self._collection = db[self.COLLECTION]
+
+    def load(self, name: str) -> datetime | None:
+        doc = self._collection.find_one({"_id": name}) or {}
+        seen = doc.get("last_seen")
+        return seen.replace(tzinfo=UTC) if seen and seen.tzinfo is None else seen
+
+    def save(self, name: str, last_seen: datetime) -> None:
+        self._collection.update_one({"_id": name}, {"$set": {"last_seen": last_seen}},
+                                    upsert=True)
+
+
+class MongoPendingDeletions(PendingDeletionStore):
+    """Deletions read from a stream but not yet filed with the privacy service. The only
+    place the social service holds a platform id, and only until the filing succeeds."""
+
+    COLLECTION = "social_pending_deletions"
+
+    def __init__(self, db: Database):
+        self._collection = db[self.COLLECTION]
+
+    def add(self, deletion: DeletionRequest) -> None:
+        (type_, value), = deletion.identifiers
+        self._collection.update_one({"_id": deletion.request_id}, {"$setOnInsert": {
+            "confirmation_code": deletion.confirmation_code, "platform": deletion.platform,
+            "reason": deletion.reason, "identifier": {"type": type_, "value": value},
+            "requested_at": deletion.requested_at}}, upsert=True)
+
+    def all(self) -> list[DeletionRequest]:
+        return [DeletionRequest(
+            request_id=doc["_id"], confirmation_code=doc["confirmation_code"],
+            platform=doc["platform"], reason=doc["reason"],
+            identifiers=((doc["identifier"]["type"], doc["identifier"]["value"]),),
+            requested_at=doc["requested_at"]) for doc in self._collection.find().sort("_id")]
+
+    def remove(self, request_id: str) -> None:
+        self._collection.delete_one({"_id": request_id})

@@ -3,7 +3,10 @@
 * ``social-privacy`` answers every request on cdp.privacy.requests with an ack;
 * ``social-deletion-status`` follows cdp.privacy.acks for the deletion requests this service
   raised, so their status page can say when every service is done;
-* the X mentions poller runs when ``CDP_SOCIAL_POLL_URL`` is set.
+* the X mentions poller runs when ``CDP_SOCIAL_POLL_URL`` is set, the Instagram one (media the
+  brand is tagged in) when ``CDP_SOCIAL_META_GRAPH_URL`` and ``CDP_SOCIAL_INSTAGRAM_USER_ID`` are;
+* a reader of X's user compliance stream runs per partition when
+  ``CDP_SOCIAL_X_COMPLIANCE_URL`` is set, filing erasures with the privacy service.
 """
 
 from __future__ import annotations
@@ -12,17 +15,32 @@ from pymongo.database import Database
 
 from services.common import topics
 from services.common.bus import ConsumerLoop, InvalidMessage, Outgoing, Producer
-from services.common.config import Settings
+from services.common.config import ConfigError, Settings
 from services.common.envelope import Envelope
 from services.common.store import Index, ProcessedLedger, ensure_indexes
 from services.social import privacy
+from services.social.compliance_stream import (
+    ComplianceLoop,
+    ComplianceReader,
+    XUserComplianceStream,
+    parse_partitions,
+)
+from services.social.filing import PrivacyFiler
+from services.social.instagram import InstagramTagsApi
+from services.social.messages import from_instagram_tags_page
 from services.social.poller import Poller, PollLoop, XMentionsApi
 from services.social.publish import SERVICE, publish
-from services.social.social_store import DeletionStatuses, MongoCheckpoints
+from services.social.social_store import (
+    DeletionStatuses,
+    MongoCheckpoints,
+    MongoPendingDeletions,
+    MongoStreamPositions,
+)
 
 PRIVACY_GROUP = "social-privacy"
 STATUS_GROUP = "social-deletion-status"
-INDEXES = [Index(DeletionStatuses.COLLECTION, [("request_id", 1)])]
+INDEXES = [Index(DeletionStatuses.COLLECTION, [("request_id", 1)]),
+           Index(DeletionStatuses.COLLECTION, [("part_of", 1)])]
 
 
 def build_consumers(settings: Settings, producer: Producer, db: Database) -> list:
@@ -40,7 +58,34 @@ def build_consumers(settings: Settings, producer: Producer, db: Database) -> lis
     if settings.social_poll_url:
         loops.append(PollLoop(mentions_poller(settings, producer, db),
                               settings.social_poll_interval_seconds))
+    if settings.social_meta_graph_url and settings.social_instagram_user_id:
+        loops.append(PollLoop(instagram_poller(settings, producer, db),
+                              settings.social_poll_interval_seconds))
+    if settings.social_x_compliance_url:
+        loops.extend(ComplianceLoop(compliance_reader(settings, db, partition))
+                     for partition in parse_partitions(settings.social_x_compliance_partitions))
     return loops
+
+
+def instagram_poller(settings: Settings, producer: Producer, db: Database) -> Poller:
+    account = settings.social_instagram_user_id
+    source = InstagramTagsApi(settings.social_meta_graph_url, account,
+                              settings.social_instagram_access_token)
+    return Poller(f"instagram-tags-{account}", account, source, MongoCheckpoints(db),
+                  lambda normalised: publish(producer, normalised, source="instagram-poller"),
+                  normalise=from_instagram_tags_page)
+
+
+def compliance_reader(settings: Settings, db: Database, partition: int) -> ComplianceReader:
+    if not settings.social_x_consumer_secret:
+        raise ConfigError(["CDP_SOCIAL_X_CONSUMER_SECRET: needed by the compliance stream "
+                           "reader to key the confirmation codes of its deletions"])
+    filer = PrivacyFiler(settings.consent_url, settings.service_api_key, DeletionStatuses(db))
+    return ComplianceReader(
+        partition, XUserComplianceStream(settings.social_x_compliance_url,
+                                         settings.social_x_compliance_bearer_token),
+        MongoStreamPositions(db), MongoPendingDeletions(db), filer.file,
+        settings.social_x_consumer_secret)
 
 
 def mentions_poller(settings: Settings, producer: Producer, db: Database) -> Poller:

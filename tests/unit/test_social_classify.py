@@ -1,5 +1,5 @@
 """The complaint classifier in Finnish, Swedish and English, negations included, and its
-accuracy on the project's labelled samples."""
+accuracy on the training messages and on the separate held-out sample."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from services.social.classify import classify
+from services.social.classify_training import TRAINING
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "social"
 
@@ -67,17 +68,49 @@ def test_negation_does_not_cross_a_clause_boundary():
     assert "fi:kiitos" in result.reasons  # not negated by the "ei" of the first clause
 
 
-def accuracy(name: str) -> float:
-    rows = [json.loads(line) for line in (FIXTURES / name).read_text().splitlines() if line]
-    return sum(classify(row["text"]).label == row["label"] for row in rows) / len(rows)
+def held_out() -> list[dict]:
+    path = FIXTURES / "labelled_holdout.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
-def test_accuracy_on_the_development_sample():
-    # the sample the lexicon was written against (52 messages, fi/sv/en): 100 %
-    assert accuracy("labelled_messages.jsonl") >= 0.95
+def test_accuracy_on_the_training_messages():
+    # the messages the lexicon was written against and the model is trained on: 150/150
+    hits = sum(classify(text).label == label for text, label in TRAINING)
+    assert hits / len(TRAINING) >= 0.95
 
 
-def test_accuracy_on_the_held_out_sample():
-    # 30 messages written after the lexicon was frozen and never tuned on: 70 % (21/30).
-    # A floor against regressions, not a target: the figure is reported in the issue note.
-    assert accuracy("labelled_holdout.jsonl") >= 0.65
+def test_training_and_held_out_messages_do_not_overlap():
+    assert not {text for text, _ in TRAINING} & {row["text"] for row in held_out()}
+
+
+def test_accuracy_and_complaint_precision_recall_on_the_held_out_sample():
+    # 75 messages (fi 33, en 30, sv 12) written before the lexicon was extended and never
+    # trained or tuned on. Measured: accuracy 68/75 (90.7 %); complaint precision 24/24,
+    # recall 24/31; question 18/19, 18/18; praise 16/16, 16/16; other 10/16, 10/10.
+    # Floors against regressions, not targets: the figures are reported in the issue note.
+    rows = held_out()
+    predicted = [classify(row["text"]).label for row in rows]
+    pairs = list(zip(predicted, rows, strict=True))
+    assert sum(p == row["label"] for p, row in pairs) / len(rows) >= 0.88
+    hits = sum(p == row["label"] == "complaint" for p, row in pairs)
+    assert hits / predicted.count("complaint") >= 0.95
+    assert hits / sum(row["label"] == "complaint" for row in rows) >= 0.75
+
+
+@pytest.mark.parametrize(("text", "label"), [
+    ("Couldn't be happier with the service", "praise"),
+    ("No complaints at all", "praise"),
+    ("Still no refund after three weeks", "complaint"),
+    ("Lähetitte taas väärän koon", "complaint"),
+    ("Toimitatteko Ruotsiin", "question"),
+])
+def test_negation_aggravation_and_finnish_clitic_questions(text, label):
+    assert classify(text).label == label
+
+
+def test_the_model_decides_only_where_the_lexicon_found_nothing():
+    with_cue = classify("Worst service ever")
+    assert not any(reason.startswith("model:") for reason in with_cue.reasons)
+    fallback = classify("Paketti on ollut matkalla kolme viikkoa", "fi")
+    assert fallback.complaint and fallback.reasons[-1].startswith("model:complaint(")
+    assert fallback.score >= 0.5

@@ -1,0 +1,163 @@
+"""Meta's data-deletion callback names an app-scoped id; the running social API resolves it
+through a fake Graph API's ids_for_pages (paged) and files an erasure for the app-scoped id and
+each page-scoped id with the real privacy service, and the status page waits for all of them."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+import requests
+
+from services.common import topics
+from services.common.bus import ensure_topics
+from services.common.envelope import new_envelope
+from services.social import signatures
+from services.social.privacy import ANSWERING_SERVICES
+from tests.support.kafka import produce, read_all
+from tests.support.processes import ServiceApi, ServiceWorker, wait_until
+
+META_SECRET = "meta-secret-" + uuid.uuid4().hex
+APP_ID = "438291047712"
+
+
+class FakeIdsForPages:
+    """``GET /v21.0/{asid}/ids_for_pages``: the page-scoped ids in ``psids``, one per page of
+    the answer, linked by absolute ``paging.next`` URLs as Meta gives them."""
+
+    def __init__(self):
+        self.psids: dict[str, list[str]] = {}
+        self.requests: list[dict] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                url = urlparse(self.path)
+                query = {k: v[0] for k, v in parse_qs(url.query).items()}
+                fake.requests.append({"path": url.path, "query": query})
+                asid = url.path.split("/")[2]
+                index = int(query.get("after", "0"))
+                psids = fake.psids.get(asid, [])
+                data = [{"id": psid, "page": {"id": f"10{index}", "name": f"Muisti {index}"}}
+                        for psid in psids[index:index + 1]]
+                body = {"data": data, "paging": {"cursors": {"before": str(index),
+                                                             "after": str(index + 1)}}}
+                if index + 1 < len(psids):
+                    body["paging"]["next"] = (f"{fake.url}/{asid}/ids_for_pages?access_token="
+                                              f"{query.get('access_token')}&after={index + 1}")
+                data_bytes = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data_bytes)))
+                self.end_headers()
+                self.wfile.write(data_bytes)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v21.0"
+
+    def close(self):
+        self.server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def fake_graph():
+    fake = FakeIdsForPages()
+    yield fake
+    fake.close()
+
+
+@pytest.fixture(scope="module")
+def social_env(test_env, fake_graph):
+    identity = ServiceApi("identity", test_env).start()
+    consent = ServiceApi("consent", {**test_env, "CDP_IDENTITY_URL": identity.url}).start()
+    yield {**test_env, "CDP_SOCIAL_META_APP_SECRET": META_SECRET, "CDP_CONSENT_URL": consent.url,
+           "CDP_SOCIAL_META_APP_ID": APP_ID, "CDP_SOCIAL_META_GRAPH_URL": fake_graph.url}
+    consent.stop()
+    identity.stop()
+
+
+@pytest.fixture(scope="module")
+def social_api(social_env, settings):
+    ensure_topics(settings)
+    api = ServiceApi("social", social_env).start()
+    yield api
+    api.stop()
+
+
+def ids() -> str:
+    return str(uuid.uuid4().int)[:16]
+
+
+def test_deletion_reaches_the_page_scoped_ids_of_the_app_scoped_user(
+        social_api, social_env, fake_graph, settings):
+    asid, first_psid, second_psid = ids(), ids(), ids()
+    fake_graph.psids[asid] = [first_psid, second_psid]
+    signed = signatures.sign_request(META_SECRET, {"algorithm": "HMAC-SHA256",
+                                                   "issued_at": 1717405200, "user_id": asid})
+    url = f"{social_api.url}/v1/social/meta/data-deletion"
+    response = requests.post(url, data={"signed_request": signed}, timeout=10)
+    assert response.status_code == 200, response.text
+    code = response.json()["confirmation_code"]
+    again = requests.post(url, data={"signed_request": signed}, timeout=10)  # Meta retries
+    assert again.json()["confirmation_code"] == code
+
+    wanted = {asid, first_psid, second_psid}
+
+    def erasures():
+        found = [m for m in read_all(settings, topics.PRIVACY_REQUESTS, idle_ms=300)
+                 if any(i.get("type") == "facebook_id" and i.get("value") in wanted
+                        for i in m["payload"].get("identifiers") or [])]
+        return found if len(found) >= 3 else None
+
+    found = wait_until(erasures, 60, interval=0.5, what="three erasure requests")
+    assert len(found) == 3  # the retried callback filed nothing new
+    named = {i["value"] for m in found for i in m["payload"]["identifiers"]} & wanted
+    assert named == wanted
+
+    first_call = fake_graph.requests[0]
+    assert first_call["path"] == f"/v21.0/{asid}/ids_for_pages"
+    token = f"{APP_ID}|{META_SECRET}"
+    assert first_call["query"]["access_token"] == token
+    assert first_call["query"]["appsecret_proof"] == hmac.new(
+        META_SECRET.encode(), token.encode(), hashlib.sha256).hexdigest()
+
+    status_url = f"{social_api.url}/v1/social/deletions/{code}"
+    status = requests.get(status_url, timeout=10).json()
+    assert status["page_scoped_erasures"] == 2 and status["status"] == "in_progress"
+
+    request_ids = [m["payload"]["request_id"] for m in found]
+    by_request = {m["payload"]["request_id"]: m for m in found}
+    asid_request = next(r for r in request_ids if any(
+        i["value"] == asid for i in by_request[r]["payload"]["identifiers"]))
+
+    def acknowledge(request_ids):
+        produce(settings, topics.PRIVACY_ACKS, [new_envelope(
+            "Privacy Request Acknowledged", "system", payload={
+                "request_id": request_id, "kind": "erasure", "service": service,
+                "status": "done", "summary": {}})
+            for request_id in request_ids for service in ANSWERING_SERVICES],
+            key=lambda i, v: v.payload["request_id"])
+
+    # the social worker follows the acks for the status page
+    worker = ServiceWorker("services.social", social_env).start()
+    try:
+        acknowledge([asid_request])
+        wait_until(lambda: requests.get(status_url, timeout=10).json()[
+            "services_done"] == sorted(ANSWERING_SERVICES), 60, interval=0.5,
+            what="the app-scoped erasure to be acknowledged")
+        assert requests.get(status_url, timeout=10).json()["status"] == "in_progress"
+        acknowledge([r for r in request_ids if r != asid_request])
+        wait_until(lambda: requests.get(status_url, timeout=10).json()["status"] == "done",
+                   60, interval=0.5, what="every erasure to be acknowledged")
+    finally:
+        worker.stop()
