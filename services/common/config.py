@@ -362,6 +362,14 @@ class Settings:
     export_allow_http: bool = _setting(
         False, "Accept plain http:// partner endpoints (local runs and tests only)"
     )
+    export_stream_batch_size: int = _setting(
+        50, "Most profiles in one batch of a streaming export (changes waiting together go "
+        "in one signed delivery)", check=_positive,
+    )
+    export_min_cell_size: int = _setting(
+        10, "k of aggregate exports: a cell (and a measure's sum) is sent only when at least "
+        "this many profiles make it; a contract may ask for more, never less", check=_positive,
+    )
     social_meta_app_secret: str = _setting(
         "", "Meta app secret: checks X-Hub-Signature-256 on webhook deliveries and the "
         "signed_request of data-deletion callbacks; empty refuses every Meta delivery"

@@ -4,7 +4,9 @@ Roles: admin defines contracts (PUT, DELETE); admin and dpo start runs; admin, d
 supervisor read every contract and run (every export is auditable); a partner key reads only
 its own contract and runs (another partner's answer 404, so ids cannot be probed). Runs are
 worked by the export worker, never in the request thread: POST answers 202 with the queued
-run, and a repeated POST with the same ``Idempotency-Key`` answers the same run.
+run, and a repeated POST with the same ``Idempotency-Key`` answers the same run. A streaming
+contract's stream (what it has sent, its last error) is read at ``/v1/exports/{partner}/stream``.
+Secrets are sealed at rest (services.export.sealing) and never returned.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import flask
 from flask import Flask, request
 from flask_smorest import Blueprint
 from marshmallow import EXCLUDE, Schema, fields, validate
@@ -21,6 +24,7 @@ from services.common.config import Settings
 from services.common.web import Problem, current_principal, require_roles, runtime
 from services.export import contracts
 from services.export.export_store import ExportStore, now
+from services.export.sealing import SecretBox
 
 SERVICE = "export"
 AUDITORS = ("dpo", "supervisor")
@@ -28,8 +32,13 @@ MAX_IDEMPOTENCY_KEY = 200
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    return web.create_app(service=SERVICE, settings=settings or Settings.from_env(),
-                          blueprints=[_partners_blueprint(), _runs_blueprint()])
+    settings = settings or Settings.from_env()
+    # refuses to start without a usable CDP_MASTER_KEY: contracts' secrets are sealed with it
+    secrets = SecretBox.from_setting(settings.master_key)
+    app = web.create_app(service=SERVICE, settings=settings,
+                         blueprints=[_partners_blueprint(), _runs_blueprint()])
+    app.extensions["export_secrets"] = secrets
+    return app
 
 
 class FieldRuleSchema(Schema):
@@ -54,7 +63,29 @@ class DestinationSchema(Schema):
     kind = fields.String(required=True, validate=validate.OneOf(("https", "directory")))
     url = fields.String(load_default=None, allow_none=True)
     signing_secret = fields.String(load_default=None, allow_none=True, load_only=True)
+    authorization = fields.String(load_default=None, allow_none=True, load_only=True, metadata={
+        "description": "the endpoint's credentials: the Authorization header value it expects"})
     path = fields.String(load_default=None, allow_none=True)
+
+
+class ColumnSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    name = fields.String(required=True)
+    source = fields.String(required=True, metadata={
+        "description": "traits.<name> or computed.<name>"})
+
+
+class AggregateSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    dimensions = fields.List(fields.Nested(ColumnSchema), required=True)
+    measures = fields.List(fields.Nested(ColumnSchema), load_default=list, metadata={
+        "description": "numeric sources: each gives <name>_sum and <name>_avg per cell"})
+    k = fields.Integer(load_default=None, allow_none=True, metadata={
+        "description": "minimum profiles per cell; CDP_EXPORT_MIN_CELL_SIZE when larger"})
 
 
 class ContractSchema(Schema):
@@ -64,8 +95,9 @@ class ContractSchema(Schema):
     name = fields.String(required=True)
     required_purposes = fields.List(fields.String(), required=True, metadata={
         "description": "every one must be allowed for a profile at the moment it is sent"})
-    fields_ = fields.List(fields.Nested(FieldRuleSchema), required=True, data_key="fields",
-                          metadata={"description": "the allow-list of fields and treatments"})
+    fields_ = fields.List(fields.Nested(FieldRuleSchema), load_default=list, data_key="fields",
+                          metadata={"description": "the allow-list of fields and treatments "
+                                                   "(none for an aggregate contract)"})
     destination = fields.Nested(DestinationSchema, required=True)
     format = fields.String(load_default="csv", validate=validate.OneOf(contracts.FORMATS))
     gzip = fields.Boolean(load_default=False)
@@ -73,6 +105,8 @@ class ContractSchema(Schema):
     segment = fields.String(load_default=None, allow_none=True)
     pseudonym_key = fields.String(load_default=None, allow_none=True, load_only=True)
     phone_region = fields.String(load_default="FI")
+    aggregate = fields.Nested(AggregateSchema, load_default=None, allow_none=True, metadata={
+        "description": "mode aggregate only: statistics by dimensions, cells of k+ profiles"})
 
 
 class RunRequestSchema(Schema):
@@ -80,12 +114,13 @@ class RunRequestSchema(Schema):
         unknown = EXCLUDE
 
     mode = fields.String(load_default=None, allow_none=True,
-                         validate=validate.OneOf(contracts.MODES),
-                         metadata={"description": "overrides the contract's mode"})
+                         validate=validate.OneOf(contracts.RUN_MODES),
+                         metadata={"description": "overrides the contract's mode (a run of a "
+                                   "streaming contract is a full backfill by default)"})
 
 
 def _store() -> ExportStore:
-    return ExportStore(runtime().db)
+    return ExportStore(runtime().db, flask.current_app.extensions["export_secrets"])
 
 
 def _visible_partner(partner_id: str) -> None:
@@ -106,8 +141,8 @@ def _partners_blueprint() -> Blueprint:
     @blueprint.response(200)
     @blueprint.alt_response(422, description="the contract is invalid; errors name each field")
     def put_partner(body, partner_id):
-        """Create or replace a partner's contract. Secrets (signing_secret, pseudonym_key) are
-        stored and never shown again."""
+        """Create or replace a partner's contract. Secrets (signing_secret, authorization,
+        pseudonym_key) are stored sealed and never shown again."""
         body = {**body, "fields": body.pop("fields_")}
         try:
             contract = contracts.parse_contract(
@@ -167,6 +202,32 @@ def _iso(moment) -> str | None:
     return moment.isoformat() if moment is not None else None
 
 
+def _run_mode(contract: contracts.PartnerContract, asked: str | None) -> str:
+    if contract.mode == "aggregate":
+        if asked is not None:
+            raise Problem(422, "an aggregate contract's runs are aggregates; leave mode out")
+        return "aggregate"
+    return asked or ("full" if contract.mode == "streaming" else contract.mode)
+
+
+def _stream_view(partner_id: str, stream: dict[str, Any] | None,
+                 changes: dict[str, int]) -> dict[str, Any]:
+    stream = stream or {}
+    progress = stream.get("progress") or {}
+    return {"partner_id": partner_id, "next_batch": stream.get("next_batch", 0),
+            "changes": changes,
+            "progress": {"considered": progress.get("considered", 0),
+                         "excluded": progress.get("excluded", {}),
+                         "exported": progress.get("exported", 0),
+                         "batches_sent": progress.get("batches_sent", 0),
+                         "invalid_values": progress.get("invalid_values", {})},
+            "last_sent_at": _iso(stream.get("last_sent_at")),
+            "last_batch_sha256": stream.get("last_batch_sha256"),
+            "partner_receipt": stream.get("last_receipt"),
+            "error": stream.get("last_error"), "retry_at": _iso(stream.get("retry_at")),
+            "claims": stream.get("claims", 0)}
+
+
 def _runs_blueprint() -> Blueprint:
     blueprint = Blueprint("exports", __name__, url_prefix="/v1/exports",
                           description="Export runs: start, follow, audit")
@@ -194,7 +255,7 @@ def _runs_blueprint() -> Blueprint:
             return _run_view(existing)
         if store.active_run(partner_id) is not None:
             raise Problem(409, "a run of this partner is queued or running; wait for it")
-        mode = body.get("mode") or contract.mode
+        mode = _run_mode(contract, body.get("mode"))
         created = now()
         changed_since = None
         if mode == "incremental":
@@ -232,5 +293,20 @@ def _runs_blueprint() -> Blueprint:
         if run is None or run["partner_id"] != partner_id:
             raise Problem(404, f"no run {run_id} of partner {partner_id}")
         return _run_view(run)
+
+    @blueprint.route("/<string:partner_id>/stream", methods=["GET"])
+    @require_roles("admin", "partner", *AUDITORS)
+    @blueprint.response(200)
+    @blueprint.alt_response(404, description="no such streaming partner")
+    def get_stream(partner_id):
+        """A streaming partner's stream: changes by status (pending, sent, not_sent,
+        cancelled), what was sent, the last receipt and the last error."""
+        _visible_partner(partner_id)
+        store = _store()
+        contract = store.partner(partner_id, include_deleted=True)
+        if contract is None or contract.mode != "streaming":
+            raise Problem(404, f"no streaming partner {partner_id}")
+        return _stream_view(partner_id, store.stream(partner_id),
+                            store.stream_change_counts(partner_id))
 
     return blueprint

@@ -13,6 +13,15 @@ field names its ``source`` in a profile snapshot (``profile_id``, ``identifiers.
   ``platform`` is meta or google and ``platform_field`` the platform's parameter name;
 * ``hmac``: HMAC-SHA256 under the partner's own pseudonym key (a stable pseudonym that
   another partner, holding another key, cannot link).
+
+Modes: ``full`` and ``incremental`` runs; ``streaming`` sends each changed profile as the
+change arrives (a run of a streaming contract is a full backfill); ``aggregate`` sends no
+individuals, only segment-level statistics by ``aggregate.dimensions`` (services.export
+.aggregates), each cell published only when it holds at least k profiles.
+
+Secrets (``destination.signing_secret``, ``destination.authorization`` — the endpoint's
+credentials, sent as the Authorization header — and ``pseudonym_key``) are sealed by the store
+(services.export.sealing) and never shown back.
 """
 
 from __future__ import annotations
@@ -25,10 +34,15 @@ from urllib.parse import urlparse
 from services.export import hashing
 
 FORMATS = ("csv", "jsonl")
-MODES = ("full", "incremental")
+MODES = ("full", "incremental", "streaming", "aggregate")
+RUN_MODES = ("full", "incremental")
 TREATMENTS = ("plain", "sha256", "hmac")
 PARTNER_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 SOURCE = re.compile(r"profile_id|(identifiers|traits|computed)\.[A-Za-z0-9_]{1,64}")
+# aggregates group and sum by attributes, never by who someone is
+AGGREGATE_SOURCE = re.compile(r"(traits|computed)\.[A-Za-z0-9_]{1,64}")
+MAX_DIMENSIONS = 4
+MIN_K = 2
 FIELD_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
 MIN_SECRET_LENGTH = 16
 
@@ -62,6 +76,26 @@ class Destination:
     url: str | None = None
     signing_secret: str | None = None
     path: str | None = None
+    authorization: str | None = None
+
+
+@dataclass(frozen=True)
+class Column:
+    """An aggregate's dimension or measure: the output name and the snapshot source."""
+
+    name: str
+    source: str
+
+
+@dataclass(frozen=True)
+class AggregateSpec:
+    """Statistics by ``dimensions``: per cell the profile count and, per measure, the sum
+    and average of its numeric values. ``k``: the contract's minimum cell size (the service's
+    CDP_EXPORT_MIN_CELL_SIZE applies when it is larger)."""
+
+    dimensions: tuple[Column, ...]
+    measures: tuple[Column, ...] = ()
+    k: int | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +111,7 @@ class PartnerContract:
     segment: str | None = None
     pseudonym_key: str | None = None
     phone_region: str = hashing.DEFAULT_REGION
+    aggregate: AggregateSpec | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -115,7 +150,16 @@ def parse_contract(partner_id: str, data: dict[str, Any], *,
     if not isinstance(region, str) or not re.fullmatch(r"[A-Z]{2}", region):
         problems["phone_region"] = "a two-letter region such as FI"
     pseudonym_key = data.get("pseudonym_key")
-    rules = _parse_fields(data.get("fields"), problems)
+    aggregate = None
+    if mode == "aggregate":
+        if data.get("fields"):
+            problems["fields"] = "an aggregate contract sends no individual fields"
+        rules = []
+        aggregate = _parse_aggregate(data.get("aggregate"), problems)
+    else:
+        rules = _parse_fields(data.get("fields"), problems)
+        if data.get("aggregate") is not None:
+            problems["aggregate"] = "only a contract in mode aggregate has one"
     if any(rule.treatment == "hmac" for rule in rules) and not _secret_ok(pseudonym_key):
         problems["pseudonym_key"] = (f"hmac fields need a pseudonym_key of "
                                      f"{MIN_SECRET_LENGTH}+ characters")
@@ -125,7 +169,42 @@ def parse_contract(partner_id: str, data: dict[str, Any], *,
     return PartnerContract(
         partner_id=partner_id, name=name.strip(), required_purposes=tuple(dict.fromkeys(purposes)),
         fields=tuple(rules), destination=destination, format=fmt, gzip=data.get("gzip", False),
-        mode=mode, segment=segment, pseudonym_key=pseudonym_key, phone_region=region)
+        mode=mode, segment=segment, pseudonym_key=pseudonym_key, phone_region=region,
+        aggregate=aggregate)
+
+
+def _parse_aggregate(raw: Any, problems: dict[str, str]) -> AggregateSpec | None:
+    if not isinstance(raw, dict):
+        problems["aggregate"] = "an object with dimensions, measures and optionally k"
+        return None
+    dimensions = _parse_columns(raw.get("dimensions"), "aggregate.dimensions", problems)
+    measures = _parse_columns(raw.get("measures") or [], "aggregate.measures", problems)
+    if not dimensions or len(dimensions) > MAX_DIMENSIONS:
+        problems.setdefault("aggregate.dimensions", f"1-{MAX_DIMENSIONS} dimensions")
+    names = [column.name for column in (*dimensions, *measures)]
+    if len(names) != len(set(names)) or "count" in names:
+        problems["aggregate"] = "dimension and measure names must be unique and not 'count'"
+    k = raw.get("k")
+    if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < MIN_K):
+        problems["aggregate.k"] = f"an integer of at least {MIN_K}"
+    return AggregateSpec(tuple(dimensions), tuple(measures), k)
+
+
+def _parse_columns(raw: Any, path: str, problems: dict[str, str]) -> list[Column]:
+    if not isinstance(raw, list):
+        problems[path] = "a list of {name, source}"
+        return []
+    columns = []
+    for index, item in enumerate(raw):
+        if (not isinstance(item, dict) or not isinstance(item.get("name"), str)
+                or not FIELD_NAME.fullmatch(item["name"])
+                or not isinstance(item.get("source"), str)
+                or not AGGREGATE_SOURCE.fullmatch(item["source"])):
+            problems[f"{path}.{index}"] = ("{name: letters, digits or _, source: traits.<name> "
+                                           "or computed.<name>}")
+            continue
+        columns.append(Column(item["name"], item["source"]))
+    return columns
 
 
 def _secret_ok(value: Any) -> bool:
@@ -181,7 +260,14 @@ def _parse_destination(raw: Any, problems: dict[str, str], allow_http: bool) -> 
         if not _secret_ok(raw.get("signing_secret")):
             problems["destination.signing_secret"] = (
                 f"a secret of {MIN_SECRET_LENGTH}+ characters (bodies are signed with it)")
-        return Destination(kind="https", url=url, signing_secret=raw.get("signing_secret"))
+        authorization = raw.get("authorization")
+        if authorization is not None and not (
+                isinstance(authorization, str) and 8 <= len(authorization) <= 4096
+                and authorization.isprintable()):
+            problems["destination.authorization"] = (
+                "the Authorization header value the endpoint expects (8+ printable characters)")
+        return Destination(kind="https", url=url, signing_secret=raw.get("signing_secret"),
+                           authorization=authorization)
     if kind == "directory":
         path = raw.get("path")
         if (not isinstance(path, str) or not path or path.startswith("/")
@@ -193,12 +279,19 @@ def _parse_destination(raw: Any, problems: dict[str, str], allow_http: bool) -> 
 
 
 def to_document(contract: PartnerContract) -> dict[str, Any]:
-    """The contract as stored (secrets included)."""
+    """The contract as a plain document, secrets in clear (the store seals them)."""
     doc = asdict(contract)
     doc["fields"] = [asdict(rule) for rule in contract.fields]
     doc["required_purposes"] = list(contract.required_purposes)
     doc.pop("extra", None)
     return doc
+
+
+def _aggregate_from(doc: dict[str, Any] | None) -> AggregateSpec | None:
+    if doc is None:
+        return None
+    return AggregateSpec(dimensions=tuple(Column(**c) for c in doc["dimensions"]),
+                         measures=tuple(Column(**c) for c in doc["measures"]), k=doc.get("k"))
 
 
 def from_document(doc: dict[str, Any]) -> PartnerContract:
@@ -208,7 +301,8 @@ def from_document(doc: dict[str, Any]) -> PartnerContract:
         fields=tuple(FieldRule(**rule) for rule in doc["fields"]),
         destination=Destination(**doc["destination"]), format=doc["format"], gzip=doc["gzip"],
         mode=doc["mode"], segment=doc.get("segment"), pseudonym_key=doc.get("pseudonym_key"),
-        phone_region=doc.get("phone_region", hashing.DEFAULT_REGION))
+        phone_region=doc.get("phone_region", hashing.DEFAULT_REGION),
+        aggregate=_aggregate_from(doc.get("aggregate")))
 
 
 def public_view(contract: PartnerContract) -> dict[str, Any]:
@@ -216,9 +310,11 @@ def public_view(contract: PartnerContract) -> dict[str, Any]:
     doc = to_document(contract)
     destination = dict(doc["destination"])
     secret = destination.pop("signing_secret", None)
+    authorization = destination.pop("authorization", None)
     doc["destination"] = {key: value for key, value in destination.items() if value is not None}
     if contract.destination.kind == "https":
         doc["destination"]["signing_secret_set"] = bool(secret)
+        doc["destination"]["authorization_set"] = bool(authorization)
     doc["pseudonym_key_set"] = bool(doc.pop("pseudonym_key", None))
     doc["fields"] = [{key: value for key, value in rule.items() if value is not None}
                      for rule in doc["fields"]]

@@ -2,7 +2,8 @@
 
 HTTPS: a POST through requests whose body is signed (``X-Muisti-Signature: sha256=<hex HMAC>``
 under the partner's signing secret) and carries an ``Idempotency-Key`` that stays the same on
-every attempt and after a resume. Timeouts, connection failures, 429 and 5xx are retried with
+every attempt and after a resume, and the endpoint's credentials (``Authorization``) when the
+contract has them. Timeouts, connection failures, 429 and 5xx are retried with
 exponential backoff and full jitter (honouring a short ``Retry-After``); any other 4xx is a
 permanent failure. Directory: the file is written to a temporary name, synced and renamed, so
 a reader never sees half a batch and a re-sent batch simply replaces an identical file.
@@ -99,6 +100,8 @@ class Deliverer:
                    **parcel.headers}
         if parcel.content_encoding:
             headers["Content-Encoding"] = parcel.content_encoding
+        if destination.authorization:
+            headers["Authorization"] = destination.authorization
         error = None
         for attempt in range(1, max_attempts + 1):
             retry_after = None

@@ -1,10 +1,12 @@
 """The export service's own collections in MongoDB.
 
 The service reads no other service's collections: its read model (profile snapshots, consent
-states, restrictions) is fed from Kafka by the worker. Besides it: partner contracts, runs
-(claimed by one worker at a time through a lease), each run's batches (the exact bytes sent,
-so a resumed run re-sends a batch unchanged under the same idempotency key), the record of
-what each partner received about each profile, and the deletion notices waiting to go out.
+states, restrictions) is fed from Kafka by the worker. Besides it: partner contracts (their
+secrets sealed, services.export.sealing), runs (claimed by one worker at a time through a
+lease), each run's batches (the exact bytes sent, so a resumed run re-sends a batch unchanged
+under the same idempotency key), the changes waiting for a streaming partner and each such
+partner's stream (leased like a run, its batches stored like a run's), the record of what
+each partner received about each profile, and the deletion notices waiting to go out.
 
 Reads and writes go by ``_id`` wherever a hot path allows: FerretDB 1.x pushes little else
 down to SQLite.
@@ -22,6 +24,7 @@ from pymongo.database import Database
 
 from services.export.contracts import PartnerContract, from_document, to_document
 from services.export.rendering import ConsentState
+from services.export.sealing import SecretBox
 
 PARTNERS = "export_partners"
 PROFILES = "export_profiles"
@@ -31,8 +34,11 @@ RUNS = "export_runs"
 BATCHES = "export_batches"
 DELIVERIES = "export_deliveries"
 NOTICES = "export_notices"
+STREAM_CHANGES = "export_stream_changes"
+STREAMS = "export_streams"
 
 RUN_ACTIVE = ("queued", "running")
+CHANGE_STATES = ("pending", "sent", "not_sent", "cancelled")
 
 
 def now() -> datetime:
@@ -50,24 +56,43 @@ def _aware(moment: datetime | None) -> datetime | None:
     return moment
 
 
+def stream_id(partner_id: str) -> str:
+    """The run id under which a streaming partner's batches are stored."""
+    return f"stream:{partner_id}"
+
+
 class ExportStore:
-    def __init__(self, db: Database):
+    def __init__(self, db: Database, secrets: SecretBox):
         self.db = db
+        self.secrets = secrets
 
     # --- partners ------------------------------------------------------------------------
 
     def save_partner(self, contract: PartnerContract) -> None:
+        doc = to_document(contract)
+        owner, destination = contract.partner_id, doc["destination"]
+        for name in ("signing_secret", "authorization"):
+            destination[name] = self.secrets.seal(owner, name, destination[name])
+        doc["pseudonym_key"] = self.secrets.seal(owner, "pseudonym_key", doc["pseudonym_key"])
         self.db[PARTNERS].update_one(
             {"_id": contract.partner_id},
-            {"$set": {**to_document(contract), "updated_at": now(), "deleted_at": None},
+            {"$set": {**doc, "updated_at": now(), "deleted_at": None},
              "$setOnInsert": {"created_at": now()}}, upsert=True)
+
+    def _contract(self, doc: dict[str, Any]) -> PartnerContract:
+        owner, destination = doc["_id"], dict(doc["destination"])
+        for name in ("signing_secret", "authorization"):
+            destination[name] = self.secrets.open(owner, name, destination.get(name))
+        pseudonym_key = self.secrets.open(owner, "pseudonym_key", doc.get("pseudonym_key"))
+        return from_document({**doc, "destination": destination,
+                              "pseudonym_key": pseudonym_key})
 
     def partner(self, partner_id: str, *, include_deleted: bool = False
                 ) -> PartnerContract | None:
         doc = self.db[PARTNERS].find_one({"_id": partner_id})
         if doc is None or (doc.get("deleted_at") and not include_deleted):
             return None
-        return from_document(doc)
+        return self._contract(doc)
 
     def delete_partner(self, partner_id: str) -> bool:
         """Retire a contract: no new runs; deletion notices to the partner still go out."""
@@ -76,8 +101,16 @@ class ExportStore:
         return result.modified_count == 1
 
     def partners_requiring(self, purpose: str) -> list[PartnerContract]:
-        return [from_document(doc) for doc in self.db[PARTNERS].find({})
+        return [self._contract(doc) for doc in self.db[PARTNERS].find({})
                 if purpose in doc.get("required_purposes", [])]
+
+    def all_partners(self) -> list[PartnerContract]:
+        """Every contract, retired ones too (they may still hold data to be deleted)."""
+        return [self._contract(doc) for doc in self.db[PARTNERS].find({})]
+
+    def streaming_partners(self) -> list[PartnerContract]:
+        return [self._contract(doc)
+                for doc in self.db[PARTNERS].find({"mode": "streaming", "deleted_at": None})]
 
     def partner_names(self, partner_ids: Iterable[str]) -> dict[str, str]:
         return {doc["_id"]: doc["name"]
@@ -91,6 +124,21 @@ class ExportStore:
             "_id": profile_id, "identifiers": snapshot.get("identifiers") or {},
             "traits": snapshot.get("traits") or {}, "computed": snapshot.get("computed") or {},
             "segments": snapshot.get("segments") or [], "changed_at": changed_at}, upsert=True)
+
+    def profiles(self, profile_ids: list[str]) -> list[dict[str, Any]]:
+        """The read model's snapshots of ``profile_ids`` that exist, in id order."""
+        docs = self.db[PROFILES].find({"_id": {"$in": profile_ids}})
+        return sorted(({**doc, "profile_id": doc["_id"]} for doc in docs),
+                      key=lambda doc: doc["_id"])
+
+    def profiles_holding(self, identifiers: Iterable[tuple[str, str]]) -> list[str]:
+        """Ids of the read model's profiles holding one of ``identifiers`` (type, value)."""
+        found: set[str] = set()
+        for type_, value in identifiers:
+            if type_.isidentifier():
+                found.update(doc["_id"] for doc in self.db[PROFILES].find(
+                    {f"identifiers.{type_}": value}, {"_id": 1}))
+        return sorted(found)
 
     def delete_profiles(self, profile_ids: list[str]) -> int:
         return self.db[PROFILES].delete_many({"_id": {"$in": profile_ids}}).deleted_count
@@ -235,6 +283,7 @@ class ExportStore:
         if counts["exported"]:
             # the audit's content hash is taken over these, in batch order
             update["$push"] = {"batch_digests": batch["sha256"]}
+            update["$set"]["receipt"] = receipt  # the audit shows the partner's last receipt
         result = self.db[RUNS].update_one(
             {"_id": run_id, "lease_owner": owner, "next_batch": batch["number"]}, update)
         return result.modified_count == 1
@@ -260,6 +309,12 @@ class ExportStore:
 
     def deliveries_of(self, profile_ids: list[str]) -> list[dict[str, Any]]:
         return list(self.db[DELIVERIES].find({"profile_id": {"$in": profile_ids}}))
+
+    def deliveries_holding(self, partner_id: str, field_name: str,
+                           values: list[Any]) -> list[dict[str, Any]]:
+        """What ``partner_id`` received under ``field_name`` with one of ``values``."""
+        return list(self.db[DELIVERIES].find(
+            {"partner_id": partner_id, f"identifiers.{field_name}": {"$in": values}}))
 
     def delivery(self, partner_id: str, profile_id: str) -> dict[str, Any] | None:
         return self.db[DELIVERIES].find_one({"_id": f"{partner_id}|{profile_id}"})
@@ -305,3 +360,129 @@ class ExportStore:
 
     def notices_of(self, profile_ids: list[str]) -> list[dict[str, Any]]:
         return list(self.db[NOTICES].find({"profile_id": {"$in": profile_ids}}))
+
+    # --- streaming -----------------------------------------------------------------------
+
+    def queue_stream_change(self, change_id: str, partner_id: str, profile_id: str,
+                            cause: str) -> bool:
+        """Queue a profile's change for a streaming partner; False when queued before (a
+        redelivered message)."""
+        try:
+            self.db[STREAM_CHANGES].insert_one({
+                "_id": change_id, "partner_id": partner_id, "profile_id": profile_id,
+                "cause": cause, "status": "pending", "queued_at": now()})
+        except pymongo.errors.DuplicateKeyError:
+            return False
+        return True
+
+    def cancel_stream_changes(self, profile_ids: list[str], reason: str,
+                              partner_id: str | None = None) -> int:
+        """Drop the profiles' changes waiting for ``partner_id`` (every partner when None):
+        a consent was withdrawn or the profiles erased, so nothing more of theirs goes."""
+        query: dict[str, Any] = {"profile_id": {"$in": profile_ids}, "status": "pending"}
+        if partner_id is not None:
+            query["partner_id"] = partner_id
+        result = self.db[STREAM_CHANGES].update_many(
+            query, {"$set": {"status": "cancelled", "reason": reason, "settled_at": now()}})
+        return result.modified_count
+
+    def pending_stream_changes(self, partner_id: str, limit: int) -> list[dict[str, Any]]:
+        docs = self.db[STREAM_CHANGES].find({"partner_id": partner_id, "status": "pending"})
+        return sorted(docs, key=lambda doc: (_aware(doc["queued_at"]), doc["_id"]))[:limit]
+
+    def stream_change_counts(self, partner_id: str) -> dict[str, int]:
+        """How many of the partner's changes are in each state."""
+        counts = {status: self.db[STREAM_CHANGES].count_documents(
+            {"partner_id": partner_id, "status": status}) for status in CHANGE_STATES}
+        return {status: number for status, number in counts.items() if number}
+
+    def stream(self, partner_id: str) -> dict[str, Any] | None:
+        return self.db[STREAMS].find_one({"_id": partner_id})
+
+    def claim_stream(self, partner_id: str, owner: str, lease_seconds: float
+                     ) -> dict[str, Any] | None:
+        """The partner's stream, leased to ``owner`` (renewed when it holds it already);
+        None while another worker holds it or a failed delivery waits for its retry."""
+        moment = now()
+        current = self.db[STREAMS].find_one({"_id": partner_id})
+        if current is None:
+            self.db[STREAMS].update_one(
+                {"_id": partner_id},
+                {"$setOnInsert": {"next_batch": 0, "lease_owner": None, "lease_until": None,
+                                  "retry_at": None, "created_at": moment,
+                                  "progress": {"considered": 0, "excluded": {}, "exported": 0,
+                                               "batches_sent": 0, "invalid_values": {}}}},
+                upsert=True)
+            current = self.db[STREAMS].find_one({"_id": partner_id})
+        lease_until = _aware(current.get("lease_until"))
+        retry_at = _aware(current.get("retry_at"))
+        if retry_at is not None and retry_at > moment:
+            return None
+        if current.get("lease_owner") != owner and lease_until is not None \
+                and lease_until > moment:
+            return None
+        return self.db[STREAMS].find_one_and_update(
+            {"_id": partner_id, "lease_owner": current.get("lease_owner"),
+             "lease_until": current.get("lease_until")},
+            {"$set": {"lease_owner": owner,
+                      "lease_until": moment + timedelta(seconds=lease_seconds)},
+             "$inc": {"claims": 0 if current.get("lease_owner") == owner else 1}},
+            return_document=pymongo.ReturnDocument.AFTER)
+
+    def renew_stream_lease(self, partner_id: str, owner: str, lease_seconds: float) -> bool:
+        result = self.db[STREAMS].update_one(
+            {"_id": partner_id, "lease_owner": owner},
+            {"$set": {"lease_until": now() + timedelta(seconds=lease_seconds)}})
+        return result.matched_count == 1
+
+    def discard_unsent_batch(self, batch_id: str) -> bool:
+        """Forget a rendered batch no attempt was made to send (it is rendered afresh)."""
+        result = self.db[BATCHES].delete_one({"_id": batch_id, "attempted_at": None})
+        return result.deleted_count == 1
+
+    def batch_attempted(self, batch_id: str) -> None:
+        self.db[BATCHES].update_one({"_id": batch_id, "attempted_at": None},
+                                    {"$set": {"attempted_at": now()}})
+
+    def stream_batch_acknowledged(self, partner_id: str, owner: str, batch: dict[str, Any],
+                                  receipt: dict[str, Any]) -> bool:
+        """Mark the batch's changes sent and move the stream to its next batch; counters grow
+        only if ``next_batch`` was this batch (idempotent after a crash)."""
+        moment = now()
+        # the changes first: a batch's ``sent`` list is cleared once it is acknowledged
+        sent = [item["profile_id"] for item in batch["sent"]]
+        for status, query in (("sent", {"profile_id": {"$in": sent}}), ("not_sent", {})):
+            self.db[STREAM_CHANGES].update_many(
+                {"_id": {"$in": batch["changes"]}, "status": "pending", **query},
+                {"$set": {"status": status, "batch": batch["number"], "settled_at": moment}})
+        self.db[BATCHES].update_one({"_id": batch["_id"]},
+                                    {"$set": {"acknowledged_at": moment, "receipt": receipt,
+                                              "body": None, "sent": []}})
+        counts = batch["counts"]
+        increments = {"progress.considered": counts["considered"],
+                      "progress.exported": counts["exported"],
+                      "progress.batches_sent": 1 if counts["exported"] else 0}
+        for reason, number in counts["excluded"].items():
+            increments[f"progress.excluded.{_key(reason)}"] = number
+        for name, number in counts["invalid_values"].items():
+            increments[f"progress.invalid_values.{_key(name)}"] = number
+        update: dict[str, Any] = {"$set": {"next_batch": batch["number"] + 1, "retry_at": None,
+                                           "last_error": None, "failures": 0},
+                                  "$inc": increments}
+        if counts["exported"]:
+            update["$set"].update({"last_sent_at": moment, "last_receipt": receipt,
+                                   "last_batch_sha256": batch["sha256"]})
+        result = self.db[STREAMS].update_one(
+            {"_id": partner_id, "lease_owner": owner, "next_batch": batch["number"]}, update)
+        return result.modified_count == 1
+
+    def stream_failed(self, partner_id: str, owner: str, error: str, permanent: bool,
+                      retry_at: datetime) -> None:
+        """A batch the partner did not take: the stream pauses until ``retry_at`` and then
+        re-sends the same batch; nothing is dropped."""
+        self.db[STREAMS].update_one(
+            {"_id": partner_id, "lease_owner": owner},
+            {"$set": {"retry_at": retry_at, "last_error": error,
+                      "last_error_permanent": permanent, "last_error_at": now(),
+                      "lease_owner": None, "lease_until": None},
+             "$inc": {"failures": 1}})

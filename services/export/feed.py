@@ -2,15 +2,19 @@
 deletions, answer data-subject requests.
 
 * ``cdp.profile.changes`` (Profile Changed): ``payload.profile`` (the snapshot) replaces the
-  read-model row; ``merged_away`` removes it (the survivor carries the data on); ``erased``
-  removes it with its consent states and queues a deletion notice to every partner holding
-  the profile.
+  read-model row and queues the change for each streaming partner whose segment holds the
+  profile (services.export.streaming); ``merged_away`` removes it (the survivor carries the
+  data on); ``erased`` removes it with its consent states and queues a deletion notice to
+  every partner holding the profile.
 * ``cdp.consent.changes`` (Consent Changed): the profile's state for the purpose; a purpose
-  no longer allowed queues a deletion notice to each partner that requires it and holds the
-  profile. Bare-identifier subjects (no profile_id) concern no export and are skipped.
-* ``cdp.privacy.requests``: erasure (as ``erased``), access (which partners received the
-  subject's data and when), restriction (no exports while it holds); each answered with one
-  ``Privacy Request Acknowledged`` on ``cdp.privacy.acks``.
+  no longer allowed cancels the profile's changes waiting for a streaming partner that
+  requires it and queues a deletion notice to each such partner holding the profile; a
+  purpose newly allowed queues the profile for the streaming partners requiring it.
+  Bare-identifier subjects (no profile_id) concern no export and are skipped.
+* ``cdp.privacy.requests``: erasure (as ``erased``, and for a subject known only by
+  identifiers, every partner that received one of them in its own treatment), access (which
+  partners received the subject's data and when), restriction (no exports while it holds);
+  each answered with one ``Privacy Request Acknowledged`` on ``cdp.privacy.acks``.
 
 Every effect is idempotent: rows are replaced, notices have ids derived from the message.
 """
@@ -24,6 +28,7 @@ from typing import Any
 from services.common import privacy_requests, topics
 from services.common.bus import InvalidMessage, Outgoing
 from services.common.envelope import Envelope, derived_message_id, new_envelope
+from services.export import rendering
 from services.export.export_store import ExportStore, now
 
 log = logging.getLogger(__name__)
@@ -50,7 +55,16 @@ def handle_profile_change(store: ExportStore, envelope: Envelope) -> list[Outgoi
         return []  # a change announced without its snapshot: nothing to project
     _check_snapshot(snapshot, profile_id)
     store.upsert_profile(snapshot, changed_at=now())
+    for contract in store.streaming_partners():
+        if rendering.in_segment(contract, snapshot):
+            _queue_for_stream(store, envelope, contract.partner_id, profile_id)
     return []
+
+
+def _queue_for_stream(store: ExportStore, envelope: Envelope, partner_id: str,
+                      profile_id: str) -> None:
+    change_id = derived_message_id(envelope.message_id, f"export-stream-{partner_id}")
+    store.queue_stream_change(change_id, partner_id, profile_id, envelope.message_id)
 
 
 def _check_snapshot(snapshot: Any, profile_id: str) -> None:
@@ -77,11 +91,22 @@ def handle_consent_change(store: ExportStore, envelope: Envelope) -> list[Outgoi
         raise InvalidMessage("Consent Changed needs payload.purpose and a boolean "
                              "payload.allowed")
     decided_at = _moment(payload.get("collected_at")) or envelope.occurred_at
-    changed = store.set_consent(envelope.profile_id, purpose, allowed, str(state or ""),
-                                decided_at)
+    profile_id = envelope.profile_id
+    changed = store.set_consent(profile_id, purpose, allowed, str(state or ""), decided_at)
+    if changed and allowed:
+        # a profile that just became sendable goes to the streaming partners now, not at
+        # its next change
+        streaming = [contract for contract in store.streaming_partners()
+                     if purpose in contract.required_purposes]
+        snapshots = store.profiles([profile_id]) if streaming else []
+        for contract in streaming:
+            if snapshots and rendering.in_segment(contract, snapshots[0]):
+                _queue_for_stream(store, envelope, contract.partner_id, profile_id)
     if changed and not allowed:
         for contract in store.partners_requiring(purpose):
-            delivery = store.delivery(contract.partner_id, envelope.profile_id)
+            store.cancel_stream_changes([profile_id], f"consent:{purpose}:{state}",
+                                        contract.partner_id)
+            delivery = store.delivery(contract.partner_id, profile_id)
             if delivery is not None and delivery.get("awaiting_notice"):
                 notice_id = derived_message_id(envelope.message_id,
                                                f"export-deletion-{contract.partner_id}")
@@ -99,11 +124,22 @@ def _moment(value: Any) -> datetime | None:
     return moment if moment.tzinfo else None
 
 
-def erase(store: ExportStore, profile_ids: list[str], cause: str) -> dict[str, Any]:
+def erase(store: ExportStore, profile_ids: list[str], cause: str,
+          identifiers: tuple[tuple[str, str], ...] = ()) -> dict[str, Any]:
     """Delete the read model's rows for ``profile_ids`` and queue a deletion notice to each
-    partner that still holds one of them. Returns the counts."""
+    partner that still holds one of them, or one of ``identifiers`` (type, normalised value)
+    as the partner received it. Returns the counts."""
     queued, partners = 0, set()
-    for delivery in store.deliveries_of(profile_ids):
+    profile_ids = sorted({*profile_ids, *store.profiles_holding(identifiers)})
+    deliveries = {d["_id"]: d for d in store.deliveries_of(profile_ids)}
+    if identifiers:
+        for contract in store.all_partners():
+            treated = rendering.treated_identifiers(contract, identifiers)
+            for field_name, values in treated.items():
+                for delivery in store.deliveries_holding(contract.partner_id, field_name,
+                                                         values):
+                    deliveries.setdefault(delivery["_id"], delivery)
+    for delivery in deliveries.values():
         if not delivery.get("awaiting_notice"):
             continue  # told already (after a withdrawal) and sent nothing since
         notice_id = derived_message_id(
@@ -111,6 +147,7 @@ def erase(store: ExportStore, profile_ids: list[str], cause: str) -> dict[str, A
         if store.queue_notice(notice_id, delivery, "erasure"):
             queued += 1
         partners.add(delivery["partner_id"])
+    store.cancel_stream_changes(profile_ids, "erasure")
     profiles = store.delete_profiles(profile_ids)
     consents = store.delete_consents(profile_ids)
     store.set_restricted(profile_ids, False)
@@ -125,7 +162,8 @@ def handle_privacy_request(store: ExportStore, envelope: Envelope) -> list[Outgo
         raise InvalidMessage(str(error)) from None
     kind, profile_ids, data = request.kind, list(request.profile_ids), None
     if kind == "erasure":
-        summary = erase(store, profile_ids, cause=envelope.message_id)
+        summary = erase(store, profile_ids, cause=envelope.message_id,
+                        identifiers=request.identifiers)
     elif kind == "access":
         data = {"partners": _partners_of(store, profile_ids)}
         summary = {"partners": len(data["partners"])}

@@ -156,15 +156,17 @@ def build_batch(contract: PartnerContract, number: int, snapshots: Iterable[Mapp
     return batch
 
 
-def encode_rows(contract: PartnerContract, rows: Iterable[Mapping[str, Any]]) -> bytes:
+def encode_rows(contract: PartnerContract, rows: Iterable[Mapping[str, Any]],
+                columns: list[str] | None = None) -> bytes:
     """Rows as the contract's format (CSV with a header, or JSON Lines), gzipped when asked.
-    The bytes are deterministic (gzip without a timestamp), so the content hash is stable."""
+    ``columns`` are the CSV's (the contract's fields by default). The bytes are deterministic
+    (gzip without a timestamp), so the content hash is stable."""
     if contract.format == "jsonl":
         body = b"".join(orjson.dumps(row) + b"\n" for row in rows)
     else:
         text = io.StringIO()
         writer = csv.writer(text, lineterminator="\n")
-        names = [rule.name for rule in contract.fields]
+        names = columns or [rule.name for rule in contract.fields]
         writer.writerow(names)
         for row in rows:
             writer.writerow([_csv_cell(row.get(name)) for name in names])
@@ -200,6 +202,28 @@ def sign(secret: str, body: bytes) -> str:
 
 def signature_valid(secret: str, body: bytes, header: str | None) -> bool:
     return header is not None and hmac.compare_digest(sign(secret, body), header)
+
+
+def treated_identifiers(contract: PartnerContract, identifiers: Iterable[tuple[str, str]]
+                        ) -> dict[str, list[Any]]:
+    """The subject's identifiers (type, normalised value) as the partner would have received
+    them, by the contract's field name: how a subject known only by identifiers is found
+    among what was sent."""
+    out: dict[str, list[Any]] = {}
+    for rule in contract.identifying_fields:
+        section, _, type_ = rule.source.partition(".")
+        if section != "identifiers":
+            continue
+        for kind, value in identifiers:
+            if kind != type_:
+                continue
+            try:
+                treated = treat(rule, value, contract)
+            except hashing.InvalidValue:
+                continue
+            if treated not in out.setdefault(rule.name, []):
+                out[rule.name].append(treated)
+    return {name: values for name, values in out.items() if values}
 
 
 def deletion_notice_body(contract: PartnerContract, notice_id: str, reason: str,

@@ -12,6 +12,11 @@ on it and another takes over when the holder dies. For each batch the executor:
 
 A crash anywhere re-sends at most the batch in hand, byte for byte and under the same key; the
 partner's idempotency makes that harmless. Batches in which nobody may be sent are not sent.
+
+An aggregate run (services.export.aggregates) has one batch: the whole read model, gated as
+above, reduced to the cells that hold at least k profiles. Its counts are of cells
+(considered, exported, excluded ``cell_below_k``), never of profiles, so nothing in the run's
+record lets a suppressed cell be recovered by subtraction.
 """
 
 from __future__ import annotations
@@ -19,10 +24,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from services.export import rendering
+from services.export import aggregates, rendering
 from services.export.contracts import PartnerContract
 from services.export.delivery import Deliverer, Outcome, Parcel
 from services.export.export_store import ExportStore, now
@@ -32,11 +38,11 @@ log = logging.getLogger(__name__)
 NOTICE_RETRY_CAP = timedelta(minutes=10)
 
 
-class RunExecutor:
-    """Runs until ``stop()``; the interface (run, stop, stopping, group) is the one the
-    worker runtime expects of its loops."""
+class PollingLoop:
+    """A loop the worker runtime runs beside its consumers (the interface: run, stop,
+    stopping, group): ``work_once`` until stopped, pausing when it found nothing to do."""
 
-    group = "export-runs"
+    group = "export-loop"
 
     def __init__(self, store: ExportStore, deliverer: Deliverer, *, owner: str,
                  batch_size: int, lease_seconds: float, poll_seconds: float = 1.0):
@@ -56,15 +62,78 @@ class RunExecutor:
         return self._stopping.is_set()
 
     def run(self) -> None:
-        log.info("run executor started", extra={"owner": self.owner})
+        log.info("export loop started", extra={"owner": self.owner, "group": self.group})
         while not self.stopping:
             try:
                 busy = self.work_once()
             except Exception:  # noqa: BLE001 - a store outage or a bug: log, wait, go on
-                log.exception("run executor step failed; retrying")
+                log.exception("export loop step failed; retrying", extra={"group": self.group})
                 busy = False
             if not busy:
                 self._stopping.wait(self.poll_seconds)
+
+    def work_once(self) -> bool:
+        raise NotImplementedError
+
+    def send(self, contract: PartnerContract, run_id: str, batch: dict[str, Any],
+             keep_going: Callable[[], bool], headers: dict[str, str]) -> Outcome:
+        parcel = Parcel(
+            body=batch["body"], idempotency_key=batch["idempotency_key"], kind="batch",
+            content_type=rendering.content_type(contract),
+            content_encoding="gzip" if contract.gzip else None,
+            file_name=rendering.file_name(contract, f"{_file_safe(run_id)}-"
+                                                    f"{batch['number']:06d}"),
+            headers={**headers, "X-Muisti-Batch": str(batch["number"])})
+        return self.deliverer.deliver(contract.destination, parcel, keep_going)
+
+    def record_sent(self, contract: PartnerContract, run_id: str,
+                    batch: dict[str, Any]) -> None:
+        sent = {item["profile_id"]: item["identifiers"] for item in batch["sent"]}
+        self.store.record_deliveries(contract.partner_id, run_id, sent)
+        # a consent withdrawn while the batch was on its way found no delivery record to
+        # notify about: check now, so the partner still hears of it
+        consents = self.store.consents(list(sent), contract.required_purposes)
+        for profile_id in sent:
+            reason = rendering.exclusion_reason(contract, consents.get(profile_id, {}))
+            delivery = self.store.delivery(contract.partner_id, profile_id)
+            if reason is not None and delivery is not None:
+                self.store.queue_notice(f"{batch['_id']}:{profile_id}:withdrawn", delivery,
+                                        reason)
+
+    def render_profiles(self, contract: PartnerContract, run_id: str, number: int,
+                        page: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        """Gate and render ``page`` as batch ``number`` of ``run_id`` and store it, bytes
+        included, before anything is sent."""
+        ids = [snapshot["profile_id"] for snapshot in page]
+        built = rendering.build_batch(contract, number, page,
+                                      self.store.consents(ids, contract.required_purposes),
+                                      self.store.restricted(ids))
+        body = (rendering.encode_rows(contract, [row.values for row in built.rows])
+                if built.rows else b"")
+        return self.store.save_batch({
+            "_id": f"{run_id}:{number}", "run_id": run_id, "number": number,
+            "idempotency_key": rendering.batch_idempotency_key(run_id, number),
+            "body": body, "sha256": hashlib.sha256(body).hexdigest(),
+            "last_profile_id": built.last_profile_id, "created_at": now(),
+            "attempted_at": None,
+            "sent": [{"profile_id": row.profile_id, "identifiers": row.identifiers(contract)}
+                     for row in built.rows],
+            "counts": {"considered": built.considered, "exported": len(built.rows),
+                       "excluded": dict(built.excluded),
+                       "invalid_values": dict(built.invalid_values)}, **extra})
+
+
+class RunExecutor(PollingLoop):
+    """Claims runs and sends due deletion notices."""
+
+    group = "export-runs"
+
+    def __init__(self, store: ExportStore, deliverer: Deliverer, *, owner: str,
+                 batch_size: int, lease_seconds: float, min_cell_size: int,
+                 poll_seconds: float = 1.0):
+        super().__init__(store, deliverer, owner=owner, batch_size=batch_size,
+                         lease_seconds=lease_seconds, poll_seconds=poll_seconds)
+        self.min_cell_size = min_cell_size
 
     def work_once(self) -> bool:
         """Send due deletion notices, then work on one claimable run; True if anything was
@@ -107,60 +176,57 @@ class RunExecutor:
                             error=outcome.error, receipt=outcome.receipt)
                     return
                 receipt = outcome.receipt
-                self._record_sent(contract, run_id, batch)
+                self.record_sent(contract, run_id, batch)
             self.store.batch_acknowledged(run_id, self.owner, batch, receipt)
             run = self.store.run(run_id)
 
     def _render(self, contract: PartnerContract, run: dict[str, Any],
                 number: int) -> dict[str, Any] | None:
+        if run["mode"] == "aggregate":
+            return self._render_aggregate(contract, run) if number == 0 else None
         page = self.store.profile_page(run.get("cursor"), self.batch_size,
                                        run.get("changed_since"), contract.segment)
         if not page:
             return None
-        ids = [snapshot["profile_id"] for snapshot in page]
-        built = rendering.build_batch(contract, number, page,
-                                      self.store.consents(ids, contract.required_purposes),
-                                      self.store.restricted(ids))
-        body = (rendering.encode_rows(contract, [row.values for row in built.rows])
-                if built.rows else b"")
+        return self.render_profiles(contract, run["_id"], number, page)
+
+    def _render_aggregate(self, contract: PartnerContract,
+                          run: dict[str, Any]) -> dict[str, Any] | None:
+        spec = contract.aggregate
+        if spec is None:
+            return None  # the contract stopped being an aggregate one: nothing to send
+        aggregator = aggregates.Aggregator(spec)
+        cursor = None
+        while page := self.store.profile_page(cursor, self.batch_size, None, contract.segment):
+            cursor = page[-1]["profile_id"]
+            ids = [snapshot["profile_id"] for snapshot in page]
+            consents = self.store.consents(ids, contract.required_purposes)
+            restricted = self.store.restricted(ids)
+            for snapshot in page:
+                profile_id = snapshot["profile_id"]
+                if rendering.in_segment(contract, snapshot) and rendering.exclusion_reason(
+                        contract, consents.get(profile_id, {}), profile_id in restricted) is None:
+                    aggregator.add(snapshot)
+        k = aggregates.effective_k(spec, self.min_cell_size)
+        result = aggregator.result(k)
+        body = (rendering.encode_rows(contract, result.rows, aggregates.columns(spec))
+                if result.rows else b"")
+        excluded = {"cell_below_k": result.suppressed_cells} if result.suppressed_cells else {}
         return self.store.save_batch({
-            "_id": f"{run['_id']}:{number}", "run_id": run["_id"], "number": number,
-            "idempotency_key": rendering.batch_idempotency_key(run["_id"], number),
-            "body": body, "sha256": hashlib.sha256(body).hexdigest(),
-            "last_profile_id": built.last_profile_id, "created_at": now(),
-            "sent": [{"profile_id": row.profile_id, "identifiers": row.identifiers(contract)}
-                     for row in built.rows],
-            "counts": {"considered": built.considered, "exported": len(built.rows),
-                       "excluded": dict(built.excluded),
-                       "invalid_values": dict(built.invalid_values)}})
+            "_id": f"{run['_id']}:0", "run_id": run["_id"], "number": 0,
+            "idempotency_key": rendering.batch_idempotency_key(run["_id"], 0),
+            "body": body, "sha256": hashlib.sha256(body).hexdigest(), "last_profile_id": None,
+            "created_at": now(), "attempted_at": None, "sent": [], "k": k,
+            "counts": {"considered": result.published_cells + result.suppressed_cells,
+                       "exported": result.published_cells, "excluded": excluded,
+                       "invalid_values": {}}})
 
     def _send(self, contract: PartnerContract, run_id: str, batch: dict[str, Any]) -> Outcome:
-        parcel = Parcel(
-            body=batch["body"], idempotency_key=batch["idempotency_key"], kind="batch",
-            content_type=rendering.content_type(contract),
-            content_encoding="gzip" if contract.gzip else None,
-            file_name=rendering.file_name(contract, f"{run_id}-{batch['number']:06d}"),
-            headers={"X-Muisti-Run": run_id, "X-Muisti-Batch": str(batch["number"])})
-
         def keep_going() -> bool:
             return not self.stopping and self.store.renew_lease(run_id, self.owner,
                                                                 self.lease_seconds)
 
-        return self.deliverer.deliver(contract.destination, parcel, keep_going)
-
-    def _record_sent(self, contract: PartnerContract, run_id: str,
-                     batch: dict[str, Any]) -> None:
-        sent = {item["profile_id"]: item["identifiers"] for item in batch["sent"]}
-        self.store.record_deliveries(contract.partner_id, run_id, sent)
-        # a consent withdrawn while the batch was on its way found no delivery record to
-        # notify about: check now, so the partner still hears of it
-        consents = self.store.consents(list(sent), contract.required_purposes)
-        for profile_id in sent:
-            reason = rendering.exclusion_reason(contract, consents.get(profile_id, {}))
-            delivery = self.store.delivery(contract.partner_id, profile_id)
-            if reason is not None and delivery is not None:
-                self.store.queue_notice(f"{batch['_id']}:{profile_id}:withdrawn", delivery,
-                                        reason)
+        return self.send(contract, run_id, batch, keep_going, {"X-Muisti-Run": run_id})
 
     # --- deletion notices ----------------------------------------------------------------
 

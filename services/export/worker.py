@@ -2,7 +2,8 @@
 
 One consumer loop (group ``export-feed``) keeps the read model from cdp.profile.changes and
 cdp.consent.changes and answers cdp.privacy.requests on cdp.privacy.acks (services.export.feed).
-Beside it the run executor (services.export.runs) claims export runs and deletion notices.
+Beside it the run executor (services.export.runs) claims export runs and deletion notices,
+and the stream executor (services.export.streaming) sends streaming partners their changes.
 """
 
 from __future__ import annotations
@@ -21,27 +22,39 @@ from services.common.envelope import Envelope
 from services.common.store import Index, ProcessedLedger, ensure_indexes
 from services.export import feed
 from services.export.delivery import Deliverer, RetryPolicy
-from services.export.export_store import CONSENTS, DELIVERIES, NOTICES, RUNS, ExportStore
+from services.export.export_store import (
+    CONSENTS,
+    DELIVERIES,
+    NOTICES,
+    RUNS,
+    STREAM_CHANGES,
+    ExportStore,
+)
 from services.export.runs import RunExecutor
+from services.export.sealing import SecretBox
+from services.export.streaming import StreamExecutor
 
 GROUP = "export-feed"
 PRIVACY_TYPES = ("Erasure Requested", "Access Requested", "Restriction Requested",
                  "Restriction Lifted", "Rectification Requested")
 INDEXES = [Index(CONSENTS, [("profile_id", 1)]), Index(DELIVERIES, [("profile_id", 1)]),
            Index(RUNS, [("partner_id", 1)]), Index(RUNS, [("status", 1)]),
-           Index(NOTICES, [("status", 1)])]
+           Index(NOTICES, [("status", 1)]), Index(DELIVERIES, [("partner_id", 1)]),
+           Index(STREAM_CHANGES, [("partner_id", 1), ("status", 1)]),
+           Index(STREAM_CHANGES, [("profile_id", 1)])]
+STREAM_POLL_SECONDS = 0.5  # how late, at most, an idle stream sees a queued change
 
 
 def build_consumers(settings: Settings, producer: Producer, db: Database) -> list:
     ensure_indexes(db, INDEXES)
     ledger = ProcessedLedger(db, GROUP)
     ledger.prepare()
-    store = ExportStore(db)
+    store = ExportStore(db, SecretBox.from_setting(settings.master_key))
     consumer = ConsumerLoop(
         settings=settings, service=feed.SERVICE, group=GROUP,
         topics=[topics.PROFILE_CHANGES, topics.CONSENT_CHANGES, topics.PRIVACY_REQUESTS],
         handler=make_handler(store), producer=producer, ledger=ledger)
-    return [consumer, build_executor(settings, store)]
+    return [consumer, *build_executors(settings, store)]
 
 
 def make_handler(store: ExportStore):
@@ -57,11 +70,20 @@ def make_handler(store: ExportStore):
     return handle
 
 
-def build_executor(settings: Settings, store: ExportStore) -> RunExecutor:
+def build_executors(settings: Settings, store: ExportStore
+                    ) -> tuple[RunExecutor, StreamExecutor]:
     policy = RetryPolicy(max_attempts=settings.export_max_attempts,
                          base_seconds=settings.export_retry_base_seconds,
                          timeout_seconds=settings.export_http_timeout_seconds)
-    deliverer = Deliverer(policy, Path(settings.export_directory_root))
+    root = Path(settings.export_directory_root)
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-    return RunExecutor(store, deliverer, owner=owner, batch_size=settings.export_batch_size,
-                       lease_seconds=settings.export_lease_seconds)
+    # one deliverer (one requests session) per thread: sessions are not thread-safe
+    runs = RunExecutor(store, Deliverer(policy, root), owner=owner,
+                       batch_size=settings.export_batch_size,
+                       lease_seconds=settings.export_lease_seconds,
+                       min_cell_size=settings.export_min_cell_size)
+    streams = StreamExecutor(store, Deliverer(policy, root), owner=owner,
+                             batch_size=settings.export_stream_batch_size,
+                             lease_seconds=settings.export_lease_seconds,
+                             poll_seconds=STREAM_POLL_SECONDS)
+    return runs, streams
