@@ -7,7 +7,10 @@ The loop's contract, for every polled batch:
 2. skip records whose message_id this consumer group already applied (the ledger in the store);
 3. call the handler, which stores its effect and returns messages to emit; ``InvalidMessage``
    dead-letters the record at once, a store or broker outage is retried until it heals, any
-   other exception is retried ``handler_max_attempts`` times, then dead-lettered;
+   other exception is retried ``handler_max_attempts`` times, then dead-lettered. A loop given
+   a ``batch_handler`` hands it all the poll's fresh messages at once (one load of what they
+   share, bulk writes); should it raise anything but an outage, the poll goes through the
+   per-message handler instead, so only a bad message is dead-lettered;
 4. produce the emitted messages and dead letters and wait for the broker's acknowledgement;
 5. record the applied message_ids in the ledger;
 6. commit the offsets.
@@ -67,6 +70,8 @@ class Outgoing:
 
 
 Handler = Callable[[Envelope], Iterable[Outgoing] | None]
+# the messages of one poll, in order; must be as idempotent as a Handler, as a whole
+BatchHandler = Callable[[list[Envelope]], Iterable[Outgoing] | None]
 
 
 class Relay:
@@ -183,12 +188,14 @@ class ConsumerLoop:
         ledger: ProcessedLedger,
         consumer: KafkaConsumer | None = None,
         relay: Relay | None = None,
+        batch_handler: BatchHandler | None = None,
     ):
         self.settings = settings
         self.service = service
         self.group = settings.consumer_group_prefix + group
         self.topics = list(topics)
         self.handler = handler
+        self.batch_handler = batch_handler
         self.producer = producer
         self.ledger = ledger
         self._stopping = threading.Event()
@@ -198,6 +205,7 @@ class ConsumerLoop:
         self._rebuildable = consumer is None
         self._progress_at = time.monotonic()
         self._committed_at_last_check = -1
+        self._lag_reported: set[TopicPartition] = set()
         self._consumer = consumer or self._new_consumer()
 
     def _new_consumer(self) -> KafkaConsumer:
@@ -262,6 +270,7 @@ class ConsumerLoop:
                 self._retry_until_done(self.ledger.expire_if_due)
         finally:
             self._consumer.close(autocommit=False)
+            self._forget_lag(set(self._lag_reported))
             log.info("consumer closed", extra={"group": self.group})
 
     # one batch
@@ -270,11 +279,14 @@ class ConsumerLoop:
         started = time.monotonic()
         outgoing: list[Outgoing] = []
         applied: list[str] = []
-        offsets = {}
-        for partition, records in batch.items():
-            for record, envelope in self._decode(records, outgoing):
+        offsets = {partition: OffsetAndMetadata(records[-1].offset + 1, "", -1)
+                   for partition, records in batch.items()}
+        fresh = self._decode([r for records in batch.values() for r in records], outgoing)
+        if self.batch_handler is not None and len(fresh) > 1:
+            outgoing.extend(self._apply_batch(fresh, applied))
+        else:
+            for record, envelope in fresh:
                 outgoing.extend(self._apply(record, envelope, applied))
-            offsets[partition] = OffsetAndMetadata(records[-1].offset + 1, "", -1)
         self._retry_until_done(lambda: self.producer.send(outgoing) if outgoing else None)
         self._retry_until_done(lambda: self.ledger.mark(applied))
         self._commit(offsets)
@@ -301,6 +313,35 @@ class ConsumerLoop:
             already.add(envelope.message_id)  # the same id twice within one batch
             fresh.append((record, envelope))
         return fresh
+
+    def _apply_batch(self, fresh: list[tuple[object, Envelope]],
+                     applied: list[str]) -> list[Outgoing]:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                result = list(self.batch_handler([envelope for _, envelope in fresh]) or ())
+            except TRANSIENT_ERRORS as exc:
+                if self._stopping.is_set():
+                    raise
+                log.warning("transient failure, retrying the batch", extra={"error": repr(exc)})
+                time.sleep(_backoff(attempt))
+                continue
+            except Exception:  # noqa: BLE001 - a poison message or a bug: find which, singly
+                log.warning("batch handler failed; applying the batch message by message",
+                            exc_info=True)
+                result = []
+                for record, envelope in fresh:
+                    result.extend(self._apply(record, envelope, applied))
+                return result
+            self._dead_letter_streak = 0
+            now = datetime.now(UTC)
+            for record, envelope in fresh:
+                applied.append(envelope.message_id)
+                metrics.MESSAGES_CONSUMED.labels(self.service, record.topic).inc()
+                metrics.EVENT_AGE.labels(self.service, record.topic).observe(
+                    max((now - envelope.received_at).total_seconds(), 0.0))
+            return result
 
     def _apply(self, record, envelope: Envelope, applied: list[str]) -> list[Outgoing]:
         token = logs.message_id.set(envelope.message_id)
@@ -432,7 +473,10 @@ class ConsumerLoop:
             self._reconnect()
 
     def _report_lag(self) -> None:
-        for partition in self._consumer.assignment():
+        assigned = set(self._consumer.assignment())
+        # a partition lost in a rebalance is another worker's to report now
+        self._forget_lag(self._lag_reported - assigned)
+        for partition in assigned:
             highwater = self._consumer.highwater(partition)
             if highwater is None:
                 continue
@@ -444,6 +488,16 @@ class ConsumerLoop:
                 metrics.CONSUMER_LAG.labels(
                     self.service, partition.topic, str(partition.partition)).set(
                     max(highwater - position, 0))
+                self._lag_reported.add(partition)
+
+    def _forget_lag(self, partitions: set[TopicPartition]) -> None:
+        for partition in partitions:
+            try:
+                metrics.CONSUMER_LAG.remove(self.service, partition.topic,
+                                            str(partition.partition))
+            except KeyError:
+                pass  # never reported
+            self._lag_reported.discard(partition)
 
 
 def _backoff(attempt: int) -> float:

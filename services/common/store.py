@@ -45,7 +45,10 @@ def find_by_ids(collection: pymongo.collection.Collection, ids: list[str],
     """The documents whose ``_id`` is one of ``ids``, in one query on MongoDB.
 
     FerretDB 1.x answers only a single ``_id`` equality from an index; ``$in`` scans the whole
-    collection, which grows with the data, so there it is one indexed lookup per id instead.
+    collection, which grows with the data, so there it is one indexed lookup per id instead,
+    one after another: lookups in parallel from every worker exhaust FerretDB's SQLite
+    connection pool, where an update holding one connection waits for a second forever (seen
+    as every client timing out at once).
     """
     if not ids:
         return []
@@ -53,6 +56,35 @@ def find_by_ids(collection: pymongo.collection.Collection, ids: list[str],
         return list(collection.find({"_id": {"$in": ids}}, projection))
     found = (collection.find_one({"_id": one}, projection) for one in ids)
     return [doc for doc in found if doc is not None]
+
+
+BULK_CHUNK = 50
+
+
+def bulk_write(collection: pymongo.collection.Collection, writes: list, *,
+               ordered: bool = False) -> tuple[int, list[dict]]:
+    """``collection.bulk_write`` in commands of at most ``BULK_CHUNK`` writes. Returns how
+    many documents were matched, inserted or upserted and the write errors (an ordered
+    write stops at the first).
+
+    FerretDB 1.x keeps each update's query open until its whole command ends, one SQLite
+    connection each: an update command of a hundred or more statements that match exhausts
+    its connection pool and hangs the store for every client.
+    """
+    done, errors = 0, []
+    for start in range(0, len(writes), BULK_CHUNK):
+        try:
+            result = collection.bulk_write(writes[start:start + BULK_CHUNK], ordered=ordered)
+        except pymongo.errors.BulkWriteError as exc:
+            details = exc.details
+            done += (details.get("nMatched", 0) + details.get("nInserted", 0)
+                     + details.get("nUpserted", 0))
+            errors.extend(details.get("writeErrors", []))
+            if ordered:
+                break
+            continue
+        done += result.matched_count + result.inserted_count + result.upserted_count
+    return done, errors
 
 
 _ferretdb: dict[int, bool] = {}

@@ -21,10 +21,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pymongo.errors
+from pymongo import UpdateOne
 from pymongo.database import Database
 
 from services.common.documents import unstorable
-from services.common.store import Index, ensure_indexes
+from services.common.store import Index, bulk_write, ensure_indexes
 from services.profile.projection import month_of
 
 EVENTS = "profile_events"
@@ -55,29 +56,61 @@ class HistoryStore:
                now: datetime) -> bool:
         """Keep one applied event (``entry`` is its timeline entry). Idempotent. Returns
         False for an event already past retention (nothing stored)."""
-        expires_at = entry["at"] + self.retention
-        if expires_at <= now:
-            return False
-        payload = event.get("payload") or {}
-        document = {"_id": f"{profile_id}|{entry['message_id']}", "profile_id": profile_id,
-                    "message_id": entry["message_id"], "type": entry["type"],
-                    "channel": entry["channel"], "at": entry["at"],
-                    "identifiers": event.get("identifiers") or {},
-                    "payload": None if unstorable(payload) else payload,
-                    "expires_at": expires_at}
-        try:
-            self.events.insert_one(document)
-        except pymongo.errors.DuplicateKeyError:
-            pass  # a replay: the event is already kept
-        self._add_entries(profile_id, month_of(entry["at"]), [entry], expires_at)
-        return True
+        return bool(self.record_many([(profile_id, event, entry)], now))
 
-    def _add_entries(self, profile_id: str, month: str, entries: list[dict],
-                     expires_at: datetime) -> None:
-        self.months.update_one(
+    def record_many(self, items: Iterable[tuple[str, dict[str, Any], dict[str, Any]]],
+                    now: datetime) -> int:
+        """``record`` for several (profile_id, event, entry): the events in one insert, each
+        profile's month pages in one upsert. Idempotent. Returns how many were within
+        retention."""
+        documents, pages = [], {}
+        for profile_id, event, entry in items:
+            expires_at = entry["at"] + self.retention
+            if expires_at <= now:
+                continue
+            documents.append(self._document(profile_id, event, entry, expires_at))
+            page = pages.setdefault((profile_id, month_of(entry["at"])),
+                                    {"entries": [], "expires_at": expires_at})
+            page["entries"].append(entry)
+            page["expires_at"] = max(page["expires_at"], expires_at)
+        if not documents:
+            return 0
+        try:
+            self.events.insert_many(documents, ordered=False)
+        except pymongo.errors.BulkWriteError as exc:
+            # duplicates are replays: those events are already kept
+            if any(error.get("code") != 11000 for error in exc.details.get("writeErrors", [])):
+                raise
+        _, errors = bulk_write(self.months, [
+            self._add_entries_write(profile_id, month, page["entries"], page["expires_at"])
+            for (profile_id, month), page in pages.items()])
+        if errors:
+            raise pymongo.errors.BulkWriteError({"writeErrors": errors})
+        return len(documents)
+
+    @staticmethod
+    def _document(profile_id: str, event: dict[str, Any], entry: dict[str, Any],
+                  expires_at: datetime) -> dict[str, Any]:
+        payload = event.get("payload") or {}
+        return {"_id": f"{profile_id}|{entry['message_id']}", "profile_id": profile_id,
+                "message_id": entry["message_id"], "type": entry["type"],
+                "channel": entry["channel"], "at": entry["at"],
+                "identifiers": event.get("identifiers") or {},
+                "payload": None if unstorable(payload) else payload,
+                "expires_at": expires_at}
+
+    @staticmethod
+    def _add_entries_write(profile_id: str, month: str, entries: list[dict],
+                           expires_at: datetime) -> UpdateOne:
+        return UpdateOne(
             {"_id": f"{profile_id}|{month}"},
             {"$addToSet": {"entries": {"$each": entries}}, "$max": {"expires_at": expires_at},
              "$setOnInsert": {"profile_id": profile_id, "month": month}}, upsert=True)
+
+    def _add_entries(self, profile_id: str, month: str, entries: list[dict],
+                     expires_at: datetime) -> None:
+        self.months.bulk_write([self._add_entries_write(profile_id, month, entries,
+                                                        expires_at)])
 
     def copy(self, from_profile: str, to_profile: str, months: Iterable[str]) -> None:
         """Add one profile's history pages to another's (a merge). Idempotent."""

@@ -72,12 +72,13 @@ class FakeLedger:
         self.already.update(ids)
 
 
-def make_loop(batches, handler, already=()):
+def make_loop(batches, handler, already=(), batch_handler=None):
     journal: list = []
     consumer = FakeConsumer(batches, journal)
     loop = ConsumerLoop(settings=Settings.from_env({}), service="t", group="g", topics=["in"],
                         handler=handler, producer=FakeProducer(journal),
-                        ledger=FakeLedger(journal, already), consumer=consumer)
+                        ledger=FakeLedger(journal, already), consumer=consumer,
+                        batch_handler=batch_handler)
     consumer.loop = loop
     return loop, journal
 
@@ -194,3 +195,97 @@ def test_relay_messages_are_produced_and_then_marked_sent():
     loop.run()
     assert ("produce", ["cdp.identity.merges"]) in journal
     assert len(outbox.marked) == 1
+
+
+def test_batch_handler_gets_the_polls_fresh_messages_at_once_before_outputs_ledger_commit():
+    done, first, second = (new_envelope(t, "web") for t in ("A", "B", "C"))
+
+    def batch_handler(envelopes):
+        journal.append(("batch", [e.type for e in envelopes]))
+        return [Outgoing("out", "k", e) for e in envelopes]
+
+    loop, journal = make_loop([{**batch(done, first), **batch(second, partition=1)}],
+                              lambda e: 1 / 0, already={done.message_id},
+                              batch_handler=batch_handler)
+    loop.run()
+    assert journal == [
+        ("batch", ["B", "C"]),
+        ("produce", ["out", "out"]),
+        ("mark", [first.message_id, second.message_id]),
+        ("commit", {0: 2, 1: 1}),
+        ("close", False),
+    ]
+
+
+def test_a_batch_the_batch_handler_refuses_goes_message_by_message_so_only_the_bad_one_dies():
+    bad, good = new_envelope("Bad", "web"), new_envelope("Good", "web")
+    handled = []
+
+    def handler(envelope):
+        if envelope.type == "Bad":
+            raise InvalidMessage("no such thing")
+        handled.append(envelope.type)
+
+    def batch_handler(envelopes):
+        raise InvalidMessage("one of them is bad")
+
+    loop, journal = make_loop([batch(bad, good)], handler, batch_handler=batch_handler)
+    loop.run()
+    assert handled == ["Good"]
+    assert ("produce", ["cdp.deadletter"]) in journal
+    assert ("mark", [good.message_id]) in journal
+    assert ("commit", {0: 2}) in journal
+
+
+def test_batch_handler_outage_is_retried_with_the_whole_batch(monkeypatch):
+    import pymongo.errors
+
+    monkeypatch.setattr("services.common.bus.time.sleep", lambda s: None)
+    failures = [pymongo.errors.AutoReconnect("down")] * 3
+    calls = []
+
+    def batch_handler(envelopes):
+        calls.append(len(envelopes))
+        if failures:
+            raise failures.pop()
+
+    envelopes = [new_envelope("A", "web"), new_envelope("B", "web")]
+    loop, journal = make_loop([batch(*envelopes)], lambda e: 1 / 0,
+                              batch_handler=batch_handler)
+    loop.run()
+    assert calls == [2, 2, 2, 2]
+    assert ("mark", [e.message_id for e in envelopes]) in journal
+
+
+def test_lag_of_a_partition_lost_in_a_rebalance_is_no_longer_reported():
+    from services.common import metrics
+
+    class RebalancedConsumer(FakeConsumer):
+        assigned = [{TopicPartition("in", 0), TopicPartition("in", 1)},
+                    {TopicPartition("in", 1)}]
+
+        def assignment(self):
+            return self.assigned.pop(0) if len(self.assigned) > 1 else self.assigned[0]
+
+        def highwater(self, partition):
+            return 10
+
+        def position(self, partition, timeout_ms=None):
+            return 4
+
+    journal: list = []
+    consumer = RebalancedConsumer([], journal)
+    loop = ConsumerLoop(settings=Settings.from_env({}), service="lag-test", group="g",
+                        topics=["in"], handler=lambda e: (), producer=FakeProducer(journal),
+                        ledger=FakeLedger(journal), consumer=consumer)
+    consumer.loop = loop
+
+    def reported():
+        return {sample.labels["partition"]: sample.value
+                for family in metrics.CONSUMER_LAG.collect() for sample in family.samples
+                if sample.labels["service"] == "lag-test"}
+
+    loop._report_lag()
+    assert reported() == {"0": 6, "1": 6}
+    loop._report_lag()
+    assert reported() == {"1": 6}

@@ -1,0 +1,100 @@
+"""The profile projection of a whole poll at once (the worker's batch handler) against the
+real store: the same profiles as event by event, replays change nothing, merges between events
+keep their order."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from services.common.envelope import new_envelope
+from services.common.store import ensure_indexes
+from services.profile import worker
+from services.profile.profile_store import INDEXES
+from services.profile.segments_store import SEGMENT_INDEXES
+
+T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
+
+
+@pytest.fixture(scope="module")
+def context(settings, db):
+    ensure_indexes(db, INDEXES + SEGMENT_INDEXES)
+    context = worker.Context.build(settings, db)
+    context.history.prepare()
+    return context
+
+
+def shop_events(profile_id: str, tag: str) -> list:
+    """Registration with a name, a view and a purchase, each with its identifiers."""
+    def event(n, type_, identifiers, **payload):
+        return new_envelope(type_, "web", identifiers=identifiers, payload=payload,
+                            occurred_at=T0 + timedelta(minutes=n),
+                            message_id=f"{tag}-{profile_id}-{n}").resolved_to(profile_id)
+
+    return [
+        event(1, "Identify", {"anonymous_id": f"a-{profile_id}", "email": f"{profile_id}@x.fi"},
+              traits={"firstName": "Batchilda", "lastName": f"Poll{profile_id[-6:]}"}),
+        event(2, "Product Viewed", {"anonymous_id": f"a-{profile_id}"},
+              properties={"sku": "S-1", "category": "kahvi"}),
+        event(3, "Order Completed", {"user_id": f"u-{profile_id}"},
+              properties={"order_id": f"o-{profile_id}", "total": 12.5, "currency": "EUR"}),
+    ]
+
+
+def stored(context, profile_id):
+    doc = context.store.load(profile_id)
+    return {"traits": {k: v["value"] for k, v in doc["traits"].items()},
+            "identifiers": {k: sorted(v) for k, v in doc["identifiers"].items()},
+            "purchases": doc["computed"]["purchase_count"], "timeline": len(doc["timeline"]),
+            "months": doc["history_months"]}
+
+
+def test_a_poll_gives_the_profiles_event_by_event_would_and_a_replay_changes_nothing(
+        context, unique):
+    batched, single = f"pb_{unique}", f"ps_{unique}"
+    other = f"po_{unique}"
+    poll = [e for pair in zip(shop_events(batched, "b"), shop_events(other, "b"), strict=True)
+            for e in pair]
+    first = worker.make_batch_handler(context)(poll)
+    handle = worker.make_handler(context)
+    for envelope in shop_events(single, "s"):
+        handle(envelope)
+
+    expected = stored(context, single)
+    for profile_id in (batched, other):
+        got = stored(context, profile_id)
+        assert got["purchases"] == expected["purchases"] == 1
+        assert got["timeline"] == expected["timeline"] == 3
+        assert got["months"] == expected["months"]
+        assert got["traits"]["first_name"] == "Batchilda"
+        assert sorted(got["identifiers"]) == sorted(expected["identifiers"])
+    for key in (f"user_id:u-{batched}", f"email:{batched}@x.fi", f"anonymous_id:a-{batched}"):
+        assert context.store.identifiers.find_one({"_id": key})["profile_id"] == batched
+    found, _ = context.store.search_names(f"batchilda poll{batched[-6:]}")
+    assert batched in found
+    months = context.store.load(batched)["history_months"]
+    assert context.history.count(batched, months, datetime.now(UTC)) == 3
+
+    version = context.store.load(batched)["version"]
+    replay = worker.make_batch_handler(context)(poll)
+    assert [m.value.message_id for m in replay] == [m.value.message_id for m in first]
+    assert context.store.load(batched)["version"] == version
+    assert stored(context, batched)["purchases"] == 1
+    assert context.history.count(batched, months, datetime.now(UTC)) == 3
+
+
+def test_a_merge_inside_a_poll_takes_effect_between_the_events_around_it(context, unique):
+    survivor, absorbed = f"pm1_{unique}", f"pm2_{unique}"
+    before = shop_events(absorbed, "m")[:2]
+    merge = new_envelope("Profiles Merged", "system", message_id=f"merge-{unique}",
+                         payload={"survivor": survivor, "merged": absorbed, "identifier": None,
+                                  "cause_message_id": "x"}).resolved_to(survivor)
+    after = shop_events(absorbed, "m")[2:]
+    worker.make_batch_handler(context)([*before, merge, *after])
+
+    assert context.store.load(absorbed)["merged_into"] == survivor
+    merged = stored(context, survivor)
+    assert merged["purchases"] == 1  # the purchase came after the merge: the survivor's
+    assert merged["timeline"] == 3
+    assert stored(context, absorbed)["purchases"] == 0
