@@ -276,6 +276,13 @@ class Settings:
         check=lambda value: None if value.startswith(("http://", "https://"))
         else "must start with http:// or https://",
     )
+    export_url: str = _setting(
+        "http://127.0.0.1:8105",
+        "Base URL of the export API; the preference centre shows a signed-in customer which "
+        "partners received their data there (with CDP_SERVICE_API_KEY)",
+        check=lambda value: None if value.startswith(("http://", "https://"))
+        else "must start with http:// or https://",
+    )
     preferences_sender: str = _setting(
         "outbox",
         "How the preference centre sends one-time sign-in codes: outbox (files in "

@@ -6,6 +6,8 @@ its own contract and runs (another partner's answer 404, so ids cannot be probed
 worked by the export worker, never in the request thread: POST answers 202 with the queued
 run, and a repeated POST with the same ``Idempotency-Key`` answers the same run. A streaming
 contract's stream (what it has sent, its last error) is read at ``/v1/exports/{partner}/stream``.
+What went to which partner about one profile (by runs and streams) is read by admin and dpo at
+``/v1/exports/disclosures`` (the consent service's preference centre shows it the customer).
 Secrets are sealed at rest (services.export.sealing) and never returned.
 """
 
@@ -24,6 +26,7 @@ from services.common.config import Settings
 from services.common.web import Problem, current_principal, require_roles, runtime
 from services.export import contracts
 from services.export.export_store import ExportStore, now
+from services.export.feed import partners_of
 from services.export.sealing import SecretBox
 
 SERVICE = "export"
@@ -117,6 +120,29 @@ class RunRequestSchema(Schema):
                          validate=validate.OneOf(contracts.RUN_MODES),
                          metadata={"description": "overrides the contract's mode (a run of a "
                                    "streaming contract is a full backfill by default)"})
+
+
+class DisclosureQuerySchema(Schema):
+    profile_id = fields.String(required=True, validate=validate.Length(min=1, max=200))
+
+
+class DisclosureSchema(Schema):
+    partner_id = fields.String()
+    partner_name = fields.String(allow_none=True)
+    profile_id = fields.String()
+    first_sent_at = fields.String(allow_none=True)
+    last_sent_at = fields.String(allow_none=True)
+    via = fields.String(metadata={"description": "run or stream: how it was last sent"})
+    # named apart from the ``fields`` module this class body uses
+    fields_sent = fields.List(fields.String(), attribute="fields", data_key="fields",
+                              metadata={"description": "the columns the partner holds"})
+    deletion_notice_at = fields.String(allow_none=True, metadata={
+        "description": "when the partner was last told to delete it"})
+
+
+class DisclosuresSchema(Schema):
+    profile_id = fields.String()
+    disclosures = fields.List(fields.Nested(DisclosureSchema))
 
 
 def _store() -> ExportStore:
@@ -231,6 +257,17 @@ def _stream_view(partner_id: str, stream: dict[str, Any] | None,
 def _runs_blueprint() -> Blueprint:
     blueprint = Blueprint("exports", __name__, url_prefix="/v1/exports",
                           description="Export runs: start, follow, audit")
+
+    @blueprint.route("/disclosures", methods=["GET"])
+    @require_roles("admin", "dpo")
+    @blueprint.arguments(DisclosureQuerySchema, location="query")
+    @blueprint.response(200, DisclosuresSchema)
+    def disclosures(query):
+        """Which partners received a profile's data and when (first and last send, by a run
+        or a stream), and whether they were told to delete it."""
+        profile_id = query["profile_id"]
+        return {"profile_id": profile_id,
+                "disclosures": partners_of(_store(), [profile_id])}
 
     @blueprint.route("/<string:partner_id>/runs", methods=["POST"])
     @require_roles("admin", "dpo")

@@ -29,7 +29,7 @@ from services.common import privacy_requests, topics
 from services.common.bus import InvalidMessage, Outgoing
 from services.common.envelope import Envelope, derived_message_id, new_envelope
 from services.export import rendering
-from services.export.export_store import ExportStore, now
+from services.export.export_store import ExportStore, now, stream_id
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ def handle_privacy_request(store: ExportStore, envelope: Envelope) -> list[Outgo
         summary = erase(store, profile_ids, cause=envelope.message_id,
                         identifiers=request.identifiers)
     elif kind == "access":
-        data = {"partners": _partners_of(store, profile_ids)}
+        data = {"partners": partners_of(store, profile_ids)}
         summary = {"partners": len(data["partners"])}
     elif kind in ("restriction", "restriction_lifted"):
         store.set_restricted(profile_ids, kind == "restriction")
@@ -182,14 +182,16 @@ def handle_privacy_request(store: ExportStore, envelope: Envelope) -> list[Outgo
     return [Outgoing(topics.PRIVACY_ACKS, request.request_id, message)]
 
 
-def _partners_of(store: ExportStore, profile_ids: list[str]) -> list[dict[str, Any]]:
-    """Which partners received the subject's data, when, and whether they were told to delete
-    it: what an access request reports."""
+def partners_of(store: ExportStore, profile_ids: list[str]) -> list[dict[str, Any]]:
+    """Which partners received the subject's data, when, by a run or a stream, and whether
+    they were told to delete it: what an access request and GET /v1/exports/disclosures
+    report."""
     deliveries = store.deliveries_of(profile_ids)
     names = store.partner_names({d["partner_id"] for d in deliveries})
     return [{"partner_id": d["partner_id"], "partner_name": names.get(d["partner_id"]),
              "profile_id": d["profile_id"], "first_sent_at": _iso(d.get("first_sent_at")),
              "last_sent_at": _iso(d.get("last_sent_at")),
+             "via": "stream" if d.get("last_run_id") == stream_id(d["partner_id"]) else "run",
              "fields": sorted(d.get("identifiers") or {}),
              "deletion_notice_at": _iso(d.get("last_notice_at"))}
             for d in sorted(deliveries, key=lambda d: (d["partner_id"], d["profile_id"]))]

@@ -1,6 +1,7 @@
 """The services the preference centre needs, as real processes on the test broker and store:
-identity, profile and consent (API and worker each), the consent service sending codes to an
-outbox directory; a customer to sign in as; and reading a code from the outbox."""
+identity, profile and consent (API and worker each) and the export API (the partners a
+customer's data went to), the consent service sending codes to an outbox directory; a customer
+to sign in as; and reading a code from the outbox."""
 
 from __future__ import annotations
 
@@ -21,16 +22,18 @@ PRIVACY_SERVICES = "identity,profile,consent"
 def preference_stack(test_env: dict[str, str], outbox: Path, **settings: str) -> Iterator[dict]:
     identity = ServiceApi("identity", test_env).start()
     profile = ServiceApi("profile", test_env).start()
+    export = ServiceApi("export", test_env).start()
     env = {**test_env, "CDP_PREFERENCES_SENDER": "outbox",
            "CDP_PREFERENCES_OUTBOX_DIR": str(outbox), "CDP_PRIVACY_SERVICES": PRIVACY_SERVICES,
-           "CDP_IDENTITY_URL": identity.url, "CDP_PROFILE_URL": profile.url, **settings}
-    processes = [identity, profile, ServiceApi("consent", env).start(),
+           "CDP_IDENTITY_URL": identity.url, "CDP_PROFILE_URL": profile.url,
+           "CDP_EXPORT_URL": export.url, **settings}
+    processes = [identity, profile, export, ServiceApi("consent", env).start(),
                  ServiceWorker("services.identity", env, name="identity-worker").start(),
                  ServiceWorker("services.profile", env, name="profile-worker").start(),
                  ServiceWorker("services.consent", env, name="consent-worker").start()]
     try:
-        yield {"identity": identity.url, "profile": profile.url, "consent": processes[2].url,
-               "outbox": outbox}
+        yield {"identity": identity.url, "profile": profile.url, "consent": processes[3].url,
+               "export": export.url, "outbox": outbox}
     finally:
         for process in processes:
             process.stop()

@@ -1,7 +1,8 @@
 """What the preference centre asks other services over HTTP, with ``CDP_SERVICE_API_KEY``:
 the identity service which profile an email address or phone number belongs to, and the
 profile service what is held about that profile (read with the purpose ``data_request``, so
-the profile service's access log shows the customer's own look)."""
+the profile service's access log shows the customer's own look), and the export service which
+partners received the profile's data and when."""
 
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ class ServiceUnavailable(Exception):
 
 
 class Directory:
-    def __init__(self, identity_url: str, profile_url: str, api_key: str):
+    def __init__(self, identity_url: str, profile_url: str, api_key: str, *, export_url: str):
         self.identity_url = identity_url.rstrip("/")
         self.profile_url = profile_url.rstrip("/")
+        self.export_url = export_url.rstrip("/")
         self.headers = {"Authorization": f"Bearer {api_key}"}
 
     def _get(self, url: str, **kwargs) -> requests.Response:
@@ -49,3 +51,12 @@ class Directory:
         if response.status_code != 200:
             raise ServiceUnavailable(f"profile answered {response.status_code}")
         return response.json()
+
+    def disclosures(self, profile_id: str) -> list[dict]:
+        """The partners the profile's data went to: partner name, first and last send, and
+        when the partner was told to delete it (the export service's disclosure list)."""
+        response = self._get(self.export_url + "/v1/exports/disclosures",
+                             params={"profile_id": profile_id})
+        if response.status_code != 200:
+            raise ServiceUnavailable(f"export answered {response.status_code}")
+        return response.json()["disclosures"]

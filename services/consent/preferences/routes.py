@@ -1,7 +1,7 @@
 """The preference centre's HTTP side (``/preferences``): server-rendered pages and plain HTML
 forms, no JavaScript needed. A thin adapter: codes, sessions, limits and senders are the
 modules beside it; every consent decision and data-subject request goes through the consent
-service's own code paths (``consents_api._record`` as POST /v1/consents and /v1/objections,
+service's own code paths (``recording.record_decision`` as POST /v1/consents and /v1/objections,
 the privacy flow as POST /v1/privacy/requests), acting as the customer's session
 (``customer-session:<hash prefix>``), so the ledger, receipts, audit trail and Kafka fan-out
 are the same as for an agent or the dpo.
@@ -47,6 +47,7 @@ from services.consent.privacy import (
     access_export,
 )
 from services.consent.privacy_flow import PrivacyFlow
+from services.consent.recording import record_decision
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def install(app: flask.Flask) -> None:
                           settings.preferences_codes_per_ip),
         counters=store.MongoCounters(db),
         directory=Directory(settings.identity_url, settings.profile_url,
-                            settings.service_api_key),
+                            settings.service_api_key, export_url=settings.export_url),
         sender=build_sender(settings),
         sending=ThreadPoolExecutor(max_workers=2, thread_name_prefix="code-sender"),
         code_minutes=max(1, settings.preferences_code_seconds // 60),
@@ -170,7 +171,13 @@ def _flow() -> PrivacyFlow:
 def _file_request(session: Session, kind: str, fields: dict | None = None) -> PrivacyRequest:
     """File a data-subject request about the signed-in customer through the privacy flow,
     exactly as POST /v1/privacy/requests does for the dpo."""
-    flow, settings = _flow(), runtime().settings
+    request = _new_request(session, kind, fields)
+    _send(request)
+    return request
+
+
+def _new_request(session: Session, kind: str, fields: dict | None = None) -> PrivacyRequest:
+    settings = runtime().settings
     try:
         request = PrivacyRequest.new(
             kind=kind, profile_id=session.profile_id, identifier=None, fields=fields,
@@ -178,15 +185,20 @@ def _file_request(session: Session, kind: str, fields: dict | None = None) -> Pr
                    f"{session.identifier_type}",
             requested_by=session.reference,
             expected=tuple(s.strip() for s in settings.privacy_services.split(",")),
-            deadline_days=settings.privacy_deadline_days, now=_now(), digest=flow.digest)
+            deadline_days=settings.privacy_deadline_days, now=_now(), digest=_flow().digest)
     except InvalidPrivacyRequest as exc:
         raise Problem(422, str(exc)) from None
+    return request
+
+
+def _send(request: PrivacyRequest) -> None:
+    flow = _flow()
     flow.repository.add(request)
     flow.send_now(request.request_id,
                   lambda messages: runtime().producer.send(messages, timeout=5))
     log.info("customer filed a data-subject request", extra={
-        "request_id": request.request_id, "kind": kind, "requested_by": session.reference})
-    return request
+        "request_id": request.request_id, "kind": request.kind,
+        "requested_by": request.requested_by})
 
 
 def _send_code(type_: str, value: str, code: str) -> None:
@@ -234,8 +246,15 @@ def _account(session: Session) -> Response:
     except ServiceUnavailable as exc:
         log.warning("profile service unavailable", extra={"error": str(exc)})
         profile, unavailable = None, True
+    disclosures = None
+    if profile is not None:
+        try:
+            disclosures = centre.directory.disclosures(session.profile_id)
+        except ServiceUnavailable as exc:
+            log.warning("export service unavailable", extra={"error": str(exc)})
     catalogue = flask.current_app.extensions["consent_catalogue"]
     return _render("account.html", session, profile=profile, unavailable=unavailable,
+                   disclosures=disclosures,
                    purposes=_purposes(catalogue, session.profile_id, _language()),
                    requests=_request_states(session), notice=notice,
                    confirming_erasure=bool(session.challenge_id))
@@ -359,7 +378,7 @@ def _blueprint() -> flask.Blueprint:
         if state not in ("granted", "denied"):
             raise Problem(400, "state must be granted or denied")
         _as_customer(session)
-        answer, _ = consents_api._record(_decision_body(
+        answer, _ = record_decision(_decision_body(
             session, purpose=flask.request.form.get("purpose", "")[:64], state=state),
             objection=False)
         return _back(session, ("purposes.saved", {"receipt": answer["decision_id"]}))
@@ -370,7 +389,7 @@ def _blueprint() -> flask.Blueprint:
         """Object to all direct marketing, through POST /v1/objections' own code path."""
         session = _posted()
         _as_customer(session)
-        consents_api._record(_decision_body(session), objection=True)
+        record_decision(_decision_body(session), objection=True)
         return _back(session, ("object.done", {}))
 
     @blueprint.route("/access", methods=["POST"])
@@ -442,9 +461,14 @@ def _blueprint() -> flask.Blueprint:
             return _back(session, ("code.refused", {}))
         if challenge.profile_id != session.profile_id:
             raise Problem(403, "the code belongs to another session")
-        request = _file_request(session, "erasure")
-        session = centre.sessions.update(session, challenge_id=None)
-        return _back(session, erasure=request.request_id)
+        request = _new_request(session, "erasure")
+        # stripped before the request goes out: the erasure handler then finds this session
+        # holding only what the page needs to show the erasure's progress
+        centre.sessions.update(session, challenge_id=None, identifier_type=None,
+                               identifier_value=None,
+                               pending={**session.pending, "erasure": request.request_id})
+        _send(request)
+        return _back()
 
     return blueprint
 

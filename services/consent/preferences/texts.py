@@ -35,8 +35,11 @@ TEXTS: dict[str, dict[str, str]] = {
         "held.timeline": "Viimeisimmät tapahtumat",
         "held.no_timeline": "Ei tapahtumia.",
         "held.partners": "Kumppanit, joille tietojasi on luovutettu",
-        "held.partners_text": "Luovutukset kumppaneille näkyvät täydessä tietopaketissa "
-                              "(lataa alta); tällä sivulla niitä ei vielä voi näyttää.",
+        "held.no_partners": "Tietojasi ei ole luovutettu kumppaneille.",
+        "held.partner_sent": "ensimmäisen kerran {first}, viimeksi {last}",
+        "held.partner_told_to_delete": "pyydetty poistamaan {at}",
+        "held.partners_unavailable": "Luovutustietoja ei juuri nyt saatu; ne ovat myös "
+                                     "täydessä tietopaketissa (lataa alta).",
         "held.none": "Meillä ei ole sinusta profiilitietoja.",
         "held.unavailable": "Profiilitietoja ei juuri nyt saatu. Yritä hetken kuluttua.",
         "export.heading": "Lataa kaikki tietosi",
@@ -110,8 +113,11 @@ TEXTS: dict[str, dict[str, str]] = {
         "held.timeline": "Senaste händelser",
         "held.no_timeline": "Inga händelser.",
         "held.partners": "Partner som fått dina uppgifter",
-        "held.partners_text": "Utlämnanden till partner finns i det fullständiga "
-                              "datapaketet (ladda ner nedan); sidan kan ännu inte visa dem.",
+        "held.no_partners": "Dina uppgifter har inte lämnats ut till partner.",
+        "held.partner_sent": "första gången {first}, senast {last}",
+        "held.partner_told_to_delete": "ombedd att radera dem {at}",
+        "held.partners_unavailable": "Utlämnandena kunde inte hämtas just nu; de finns också "
+                                     "i det fullständiga datapaketet (ladda ner nedan).",
         "held.none": "Vi har inga profiluppgifter om dig.",
         "held.unavailable": "Profiluppgifterna kunde inte hämtas just nu. Försök snart igen.",
         "export.heading": "Ladda ner alla dina uppgifter",
@@ -183,8 +189,11 @@ TEXTS: dict[str, dict[str, str]] = {
         "held.timeline": "Recent activity",
         "held.no_timeline": "No activity.",
         "held.partners": "Partners your data went to",
-        "held.partners_text": "Disclosures to partners are listed in the full download "
-                              "(below); this page cannot show them yet.",
+        "held.no_partners": "Your data has not been given to any partner.",
+        "held.partner_sent": "first {first}, last {last}",
+        "held.partner_told_to_delete": "asked to delete it {at}",
+        "held.partners_unavailable": "Disclosures could not be fetched just now; the full "
+                                     "download (below) lists them too.",
         "held.none": "We hold no profile about you.",
         "held.unavailable": "Your profile could not be fetched just now. Try again shortly.",
         "export.heading": "Download all your data",

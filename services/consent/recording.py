@@ -1,0 +1,109 @@
+"""Recording a consent decision or objection: the one code path behind POST /v1/consents,
+POST /v1/objections and the preference centre's switches and objection button, so every
+decision gets the same ledger entry, signed receipt, sealed proof and Consent Changed
+message, whoever records it. Runs inside a request of the consent service's Flask app (it
+reads the catalogue, keys and store installed by ``consents_api.install_consents`` and the
+request's principal as the actor)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import flask
+
+from services.common.envelope import derived_message_id
+from services.common.identifiers import InvalidIdentifier
+from services.common.shredding import identifier_key_id, profile_key_id
+from services.common.web import Problem, current_principal, runtime
+from services.consent import ledger
+from services.consent.catalogue import Catalogue
+from services.consent.consent_store import ConsentStore, change_messages
+from services.consent.decisions import (
+    DecisionRefused,
+    DecisionRequest,
+    decision_change,
+    decisions_for,
+    same_request,
+)
+
+PERSONAL_PROOF = ("ip", "user_agent", "agent_id", "tc_string")
+
+
+def current_catalogue() -> Catalogue:
+    return flask.current_app.extensions["consent_catalogue"]
+
+
+def current_store() -> ConsentStore:
+    return ConsentStore(runtime().db)
+
+
+def record_decision(body: dict, *, objection: bool) -> tuple[dict, int]:
+    """Record a decision (or, with ``objection``, an objection to all direct marketing) as the
+    request's principal; returns (response body, status: 201 new, 200 a repeated
+    ``decision_id``). ``body`` is POST /v1/consents' validated body. Raises Problem."""
+    principal = current_principal()
+    subject = _subject(body)
+    now = datetime.now(UTC)
+    proof = {k: (str(v) if v is not None else None) for k, v in body["proof"].items()}
+    request = DecisionRequest(
+        subject=subject, channel=body["channel"], source=body["source"],
+        collected_at=body["collected_at"] or now, purpose=body.get("purpose"),
+        state=body.get("state"), notice_version=body["notice_version"], proof=proof,
+        actor=principal.key_id)
+    kind = "objection" if objection else "decision"
+    cause_id = (derived_message_id(body["decision_id"], f"consent-{kind}:{principal.key_id}")
+                if body["decision_id"] else str(uuid.uuid4()))
+    store = current_store()
+    extensions = flask.current_app.extensions
+    try:
+        existing = store.change(cause_id)
+        if existing is not None:
+            decisions = None if objection else decisions_for(current_catalogue(), request)[0]
+            if not same_request(existing, subject, decisions):
+                raise Problem(409, "decision_id was already used for a different decision")
+            change, status = existing, 200
+        else:
+            change = decision_change(current_catalogue(), request, cause_id=cause_id,
+                                     subject_state=store.state(subject.key),
+                                     signer=extensions["consent_signer"], now=now,
+                                     objection=objection)
+            change.entries = [_with_proof(e) for e in change.entries]
+            change, status = store.commit(change, announce_later=True), 201
+    except DecisionRefused as exc:
+        raise Problem(400, exc.reason, errors={exc.field: [exc.reason]}) from None
+    runtime().producer.send(change_messages(store.finish(change)))
+    store.announced([change.id])
+    receipts = [e.receipt for e in change.entries if e.subject.key == subject.key]
+    return {"decision_id": change.id, "subject": subject.key, "receipts": receipts}, status
+
+
+def _subject(body: dict) -> ledger.Subject:
+    if "identifier" in body:
+        raw = body["identifier"]
+        try:
+            return ledger.identifier_subject(raw["type"], raw["value"], raw["region"].upper())
+        except InvalidIdentifier as exc:
+            raise Problem(422, f"invalid {raw['type']}: {exc.reason}",
+                          errors={"identifier": {"value": [exc.reason]}}) from None
+    key, _ = current_store().current_state(body["profile_id"])
+    return ledger.profile_subject(key)
+
+
+def _seal(subject: ledger.Subject, proof: dict) -> dict:
+    """Personal proof (IP, user agent, agent id, TC string) sealed under the subject's data
+    key, so erasing the subject shreds it in the append-only ledger."""
+    personal = {k: proof[k] for k in PERSONAL_PROOF if proof.get(k)}
+    if not personal:
+        return proof
+    extensions = flask.current_app.extensions
+    key_id = (identifier_key_id(extensions["consent_digest_key"], subject.identifier_type,
+                                subject.identifier_value)
+              if subject.is_identifier else profile_key_id(subject.profile_id))
+    rest = {k: v for k, v in proof.items() if k not in PERSONAL_PROOF}
+    return {**rest, "personal": extensions["consent_cipher"].seal(key_id, personal)}
+
+
+def _with_proof(entry: ledger.Entry) -> ledger.Entry:
+    return replace(entry, proof=_seal(entry.subject, entry.proof))
