@@ -240,7 +240,9 @@ class Settings:
     privacy_digest_key: str = _setting(
         "",
         "Secret (16+ characters) for the keyed digests that stand in for erased identifiers "
-        "(the suppression list); required where data-subject requests are handled",
+        "(the suppression list) and for every personal identity code (hetu) at rest; "
+        "required where data-subject requests or hetus are handled (identity, profile API, "
+        "consent)",
         check=lambda value: None if value == "" or len(value) >= 16
         else "must be at least 16 characters",
     )
@@ -248,7 +250,15 @@ class Settings:
         "",
         "Base64 of 32 random bytes: wraps the per-subject data keys of crypto-shredded personal "
         "fields (python -m services.common.shredding makes one); required by the consent "
-        "service; losing it makes every sealed field unreadable",
+        "service, and by identity and the profile API, which seal and open hetus; losing it "
+        "makes every sealed field unreadable",
+        check=_master_key,
+    )
+    master_key_previous: str = _setting(
+        "",
+        "The master key being rotated out (base64 of 32 bytes): data keys still wrapped under "
+        "it keep opening until python -m services.common.shredding rewrap has wrapped them all "
+        "under CDP_MASTER_KEY; then remove it",
         check=_master_key,
     )
     privacy_services: str = _setting(

@@ -13,6 +13,10 @@ Contract:
   of its type. It never returns a "best effort" value.
 * :class:`InvalidIdentifier` messages never contain the value itself, so they
   are safe to log (a hetu must not end up in logs).
+* A hetu is kept at rest only as its keyed digest (``hmac:`` and 64 hex digits, made by
+  services.common.hetu_protection). :func:`normalise` accepts that form as a hetu too and
+  returns it unchanged, so identifiers read back from the graph, a profile or a data-subject
+  request pass through the same code as fresh ones; :func:`is_hetu_digest` tells them apart.
 
 Command line::
 
@@ -38,8 +42,10 @@ from stdnum.fi import ytunnus as stdnum_ytunnus
 
 __all__ = [
     "IDENTIFIER_TYPES",
+    "HETU_DIGEST_PREFIX",
     "SENSITIVE_TYPES",
     "InvalidIdentifier",
+    "is_hetu_digest",
     "main",
     "normalise",
 ]
@@ -61,6 +67,9 @@ IDENTIFIER_TYPES: tuple[str, ...] = (
 
 # Stored only hashed/encrypted by the services that persist identifiers.
 SENSITIVE_TYPES: frozenset[str] = frozenset({"hetu"})
+
+HETU_DIGEST_PREFIX = "hmac:"
+_HETU_DIGEST_RE = re.compile(r"hmac:[0-9a-f]{64}")
 
 OPAQUE_ID_MAX_LENGTH = 256
 
@@ -130,7 +139,14 @@ def _phone(value: str, region: str) -> str:
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 
+def is_hetu_digest(value: object) -> bool:
+    """Whether ``value`` is a hetu's keyed digest rather than a hetu."""
+    return isinstance(value, str) and _HETU_DIGEST_RE.fullmatch(value) is not None
+
+
 def _hetu(value: str, region: str) -> str:
+    if is_hetu_digest(value):
+        return value
     # The python-stdnum versions we allow (>= 1.20) know the 2023 century signs
     # (Y X W V U and B-F), so no hand-written check is needed. Individual
     # numbers 900-999 are temporary ids (issued by e.g. hospitals) that stdnum
@@ -224,9 +240,9 @@ def normalise(type_: str, value: str, *, region: str = "FI") -> str:
     country code; other types ignore it.
 
     Canonical forms: email lower-cased; phone E.164 (``+358401234567``); hetu
-    upper case (``131052-308T``); business_id ``1234567-8``; twitter_handle
-    lower case without ``@``; instagram_handle likewise; twitter_id / facebook_id /
-    instagram_id the digits; user_id,
+    upper case (``131052-308T``), or its keyed digest unchanged; business_id
+    ``1234567-8``; twitter_handle lower case without ``@``; instagram_handle
+    likewise; twitter_id / facebook_id / instagram_id the digits; user_id,
     anonymous_id and device_id unchanged apart from stripping (case kept).
 
     Raises :class:`InvalidIdentifier` if ``type_`` is not in

@@ -79,6 +79,24 @@ IDENTIFIERS_DROPPED = Counter(
     "Identifiers dropped from events: invalid, or suppressed after erasure",
     ["service", "type", "reason"],
 )
+SPECIAL_TRAITS_REFUSED = Counter(
+    "muisti_special_category_traits_refused_total",
+    "Special-category traits (GDPR art. 9) withheld from a profile for want of explicit "
+    "consent, by category",
+    ["service", "category"],
+)
+ERASURE_REQUESTS = Gauge(
+    "muisti_erasure_requests",
+    "Erasure requests by state: open (not every service acknowledged yet), overdue (open past "
+    "the deadline), partially_failed (a service failed; retry it); read from the store at "
+    "scrape time",
+    ["service", "state"],
+)
+ERASURE_OLDEST_OPEN_AGE = Gauge(
+    "muisti_erasure_oldest_open_age_seconds",
+    "Seconds since the oldest open erasure request was received (0 when none is open)",
+    ["service"],
+)
 EVENTS_SUPPRESSED = Counter(
     "muisti_events_suppressed_total",
     "Events dropped because they carry an identifier erased on the data subject's request",

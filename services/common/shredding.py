@@ -19,8 +19,20 @@ ledger, a retained Kafka message, a backup).
   an erasure proof can be checked against the identity service's suppression list.
 
 Data keys are not cached between calls: a key destroyed by one process must stop decrypting
-in every other at once. Rotating the master key means re-wrapping every stored data key; that
-tool is not written yet.
+in every other at once.
+
+Rotating the master key (``MasterKey.from_settings``):
+
+1. set the new key as ``CDP_MASTER_KEY`` and the old one as ``CDP_MASTER_KEY_PREVIOUS`` on
+   every service and restart them: new data keys are wrapped under the new key, old ones
+   still open under the previous;
+2. ``python -m services.common.shredding rewrap`` (same settings) wraps every stored data key
+   under the new key; it is resumable and safe beside running services (a key is replaced
+   only if it is unchanged since read, so a key erased meanwhile stays erased) and prints a
+   JSON report; exit 1 if a key opens under neither (it is left as it is);
+3. remove ``CDP_MASTER_KEY_PREVIOUS`` everywhere.
+
+``python -m services.common.shredding`` alone prints a fresh master key.
 """
 
 from __future__ import annotations
@@ -43,6 +55,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pymongo.database import Database
 
 KEY_BYTES = 32
+WRAPPING_PURPOSE = b"muisti data-key wrapping"
 NONCE_BYTES = 12
 SEALED_VERSION = 1
 
@@ -60,25 +73,53 @@ class Shredded(LookupError):
 
 
 class MasterKey:
-    """The process's master key, used (through a derived sub-key) to wrap data keys."""
+    """The process's master key, used (through a derived sub-key) to wrap data keys; during a
+    rotation also the previous master key, which only unwraps."""
 
-    def __init__(self, raw: bytes):
-        if len(raw) != KEY_BYTES:
-            raise InvalidMasterKey(f"the master key must be {KEY_BYTES} bytes, not {len(raw)}")
-        self._wrapping = AESGCM(_derive(raw, b"muisti data-key wrapping"))
+    def __init__(self, raw: bytes, previous: bytes | None = None):
+        for key in (raw, previous or raw):
+            if len(key) != KEY_BYTES:
+                raise InvalidMasterKey(
+                    f"the master key must be {KEY_BYTES} bytes, not {len(key)}")
+        self._wrapping = AESGCM(_derive(raw, WRAPPING_PURPOSE))
+        self._previous = AESGCM(_derive(previous, WRAPPING_PURPOSE)) if previous else None
 
     @classmethod
     def from_setting(cls, value: str) -> MasterKey:
         """Parse ``CDP_MASTER_KEY``; raises InvalidMasterKey with the reason."""
         return cls(parse_master_key(value))
 
+    @classmethod
+    def from_settings(cls, settings: Any) -> MasterKey:
+        """``CDP_MASTER_KEY`` with ``CDP_MASTER_KEY_PREVIOUS`` when a rotation is under way;
+        raises InvalidMasterKey with the reason."""
+        previous = settings.master_key_previous
+        return cls(parse_master_key(settings.master_key),
+                   parse_master_key(previous) if previous else None)
+
     def wrap(self, key_id: str, data_key: bytes) -> bytes:
         nonce = os.urandom(NONCE_BYTES)
         return nonce + self._wrapping.encrypt(nonce, data_key, key_id.encode())
 
     def unwrap(self, key_id: str, wrapped: bytes) -> bytes:
-        return self._wrapping.decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:],
-                                      key_id.encode())
+        """The data key; raises InvalidTag when neither the master key nor the previous one
+        wrapped it."""
+        return self._unwrap(key_id, wrapped)[0]
+
+    def rewrapped(self, key_id: str, wrapped: bytes) -> bytes | None:
+        """``wrapped`` wrapped anew under the master key, or None when it already is.
+        Raises InvalidTag when neither key opens it."""
+        data_key, current = self._unwrap(key_id, wrapped)
+        return None if current else self.wrap(key_id, data_key)
+
+    def _unwrap(self, key_id: str, wrapped: bytes) -> tuple[bytes, bool]:
+        nonce, sealed, aad = wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], key_id.encode()
+        try:
+            return self._wrapping.decrypt(nonce, sealed, aad), True
+        except InvalidTag:
+            if self._previous is None:
+                raise
+        return self._previous.decrypt(nonce, sealed, aad), False
 
 
 def parse_master_key(value: str) -> bytes:
@@ -133,6 +174,15 @@ class WrappedKeyStore:
         """Delete the keys; returns how many existed."""
         raise NotImplementedError
 
+    def all(self, after: str | None, limit: int) -> list[tuple[str, bytes]]:
+        """Up to ``limit`` (key id, wrapped key) pairs in key-id order after ``after``."""
+        raise NotImplementedError
+
+    def replace_if_unchanged(self, key_id: str, old: bytes, new: bytes) -> bool:
+        """Store ``new`` for ``key_id`` only if it still holds ``old`` (never re-creates a
+        destroyed key); True when replaced."""
+        raise NotImplementedError
+
 
 class MongoWrappedKeys(WrappedKeyStore):
     """Wrapped keys in the ``subject_keys`` collection, ``_id`` = key id."""
@@ -155,6 +205,17 @@ class MongoWrappedKeys(WrappedKeyStore):
 
     def delete(self, key_ids: list[str]) -> int:
         return self._keys.delete_many({"_id": {"$in": key_ids}}).deleted_count
+
+    def all(self, after: str | None, limit: int) -> list[tuple[str, bytes]]:
+        query = {"_id": {"$gt": after}} if after is not None else {}
+        docs = self._keys.find(query, {"wrapped": 1}).sort("_id", 1).limit(limit)
+        return [(doc["_id"], bytes(doc["wrapped"])) for doc in docs]
+
+    def replace_if_unchanged(self, key_id: str, old: bytes, new: bytes) -> bool:
+        result = self._keys.update_one({"_id": key_id, "wrapped": old},
+                                       {"$set": {"wrapped": new,
+                                                 "rewrapped_at": datetime.now(UTC)}})
+        return result.modified_count == 1
 
 
 class SubjectKeys:
@@ -181,6 +242,30 @@ class SubjectKeys:
         Returns how many existed."""
         ids = sorted(set(key_ids))
         return self._store.delete(ids) if ids else 0
+
+    def rewrap_all(self, batch: int = 500) -> dict[str, Any]:
+        """Wrap every stored data key under the current master key (a rotation's second step;
+        idempotent and resumable). Returns counts, and the ids of keys neither master key
+        opens (left untouched)."""
+        report: dict[str, Any] = {"scanned": 0, "rewrapped": 0, "already_current": 0,
+                                  "changed_meanwhile": 0, "unreadable": []}
+        after = None
+        while page := self._store.all(after, batch):
+            for key_id, wrapped in page:
+                report["scanned"] += 1
+                try:
+                    fresh = self._master.rewrapped(key_id, wrapped)
+                except InvalidTag:
+                    report["unreadable"].append(key_id)
+                    continue
+                if fresh is None:
+                    report["already_current"] += 1
+                elif self._store.replace_if_unchanged(key_id, wrapped, fresh):
+                    report["rewrapped"] += 1
+                else:  # destroyed (erased) or rewrapped by another run since it was read
+                    report["changed_meanwhile"] += 1
+            after = page[-1][0]
+        return report
 
 
 class FieldCipher:
@@ -221,5 +306,41 @@ def is_sealed(value: Any) -> bool:
             and isinstance(value.get("key_id"), str) and isinstance(value.get("ciphertext"), str))
 
 
+def main(argv: list[str] | None = None) -> int:
+    """``python -m services.common.shredding`` prints a new master key; ``... rewrap``
+    re-wraps every data key under ``CDP_MASTER_KEY`` (see the module docstring)."""
+    import argparse
+    import json
+    import sys
+
+    from services.common import store
+    from services.common.config import ConfigError, Settings
+
+    parser = argparse.ArgumentParser(prog="python -m services.common.shredding",
+                                     description="Master keys for crypto-shredding.")
+    parser.add_argument("action", nargs="?", choices=("new-key", "rewrap"), default="new-key",
+                        help="new-key (default): print a fresh CDP_MASTER_KEY; rewrap: wrap "
+                             "every stored data key under CDP_MASTER_KEY, opening those still "
+                             "under CDP_MASTER_KEY_PREVIOUS")
+    args = parser.parse_args(argv)
+    if args.action == "new-key":
+        print(new_master_key())
+        return 0
+    try:
+        settings = Settings.from_env()
+        master = MasterKey.from_settings(settings)
+    except (ConfigError, InvalidMasterKey) as exc:
+        print(f"cannot rewrap: {exc}", file=sys.stderr)
+        return 2
+    client = store.connect(settings)
+    try:
+        report = SubjectKeys(MongoWrappedKeys(store.database(client, settings)),
+                             master).rewrap_all()
+    finally:
+        client.close()
+    print(json.dumps(report, indent=2))
+    return 1 if report["unreadable"] else 0
+
+
 if __name__ == "__main__":
-    print(new_master_key())
+    raise SystemExit(main())

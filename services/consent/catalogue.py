@@ -3,6 +3,10 @@ default state and texts in Finnish, Swedish and English, the privacy-notice vers
 special categories (GDPR art. 9) and which traits belong to each, and how IAB TCF purposes map
 to Muisti purposes.
 
+The special categories and their traits are classified in the shared
+services/common/special_categories.toml (the profile service enforces them too); the catalogue
+checks that each category's purpose is one of its explicit-consent purposes.
+
 The catalogue is a versioned TOML file (services/consent/purposes.toml by default,
 ``CDP_CONSENT_PURPOSES_FILE`` overrides it), loaded and validated once at start-up:
 ``load_catalogue`` raises CatalogueError naming every problem, so a service refuses to start on
@@ -15,14 +19,18 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.common.special_categories import (
+    Classification,
+    SpecialCategory,
+    load_classification,
+)
+
 DEFAULT_PATH = Path(__file__).with_name("purposes.toml")
 LEGAL_BASES = ("consent", "explicit_consent", "legitimate_interest", "contract",
                "legal_obligation")
 CONSENT_BASES = ("consent", "explicit_consent")
 LANGUAGES = ("fi", "sv", "en")
 TEXT_FIELDS = ("title", "used_for", "customer_gets")
-SPECIAL_CATEGORIES = ("health", "religion", "ethnic_origin", "political_opinion", "trade_union",
-                      "sexual_orientation", "biometric")
 STATES = ("granted", "denied")
 MAX_TCF_PURPOSE = 24
 
@@ -54,13 +62,6 @@ class Notice:
     id: str
     published: str
     url: str
-
-
-@dataclass(frozen=True)
-class SpecialCategory:
-    name: str
-    purpose: str
-    traits: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -119,8 +120,9 @@ def load_catalogue(path: str | Path | None = None) -> Catalogue:
     return parse_catalogue(data)
 
 
-def parse_catalogue(data: dict) -> Catalogue:
-    """Validate a catalogue already parsed from TOML. Raises CatalogueError."""
+def parse_catalogue(data: dict, classification: Classification | None = None) -> Catalogue:
+    """Validate a catalogue already parsed from TOML against the special-category
+    ``classification`` (default: the shared one). Raises CatalogueError."""
     problems: list[str] = []
     notices = {}
     for raw in data.get("notices") or []:
@@ -142,30 +144,15 @@ def parse_catalogue(data: dict) -> Catalogue:
             purposes[name] = purpose
     if not purposes:
         problems.append("the catalogue defines no purposes")
-    categories = {}
-    for name, raw in (data.get("special_categories") or {}).items():
-        if name not in SPECIAL_CATEGORIES:
-            problems.append(f"special category {name!r} is not one of "
-                            f"{', '.join(SPECIAL_CATEGORIES)}")
-            continue
-        purpose = purposes.get(raw.get("purpose"))
-        if purpose is None or purpose.legal_basis != "explicit_consent":
-            problems.append(f"special category {name}: purpose must name a purpose with "
-                            "legal_basis explicit_consent")
-            continue
-        traits = raw.get("traits") or []
-        if not traits or not all(isinstance(t, str) and t for t in traits):
-            problems.append(f"special category {name}: traits must be a non-empty list of names")
-            continue
-        categories[name] = SpecialCategory(name, purpose.name,
-                                           frozenset(t.lower() for t in traits))
-    claimed: dict[str, str] = {}
+    if "special_categories" in data:
+        problems.append("special categories are classified in "
+                        "services/common/special_categories.toml, not in the catalogue")
+    categories = dict((classification or load_classification()).categories)
     for category in categories.values():
-        for trait in category.traits:
-            if trait in claimed:
-                problems.append(f"trait {trait!r} is in both {claimed[trait]} and "
-                                f"{category.name}")
-            claimed[trait] = category.name
+        purpose = purposes.get(category.purpose)
+        if purpose is None or purpose.legal_basis != "explicit_consent":
+            problems.append(f"special category {category.name}: purpose {category.purpose!r} "
+                            "must be a catalogue purpose with legal_basis explicit_consent")
     if problems:
         raise CatalogueError(problems)
     return Catalogue(version=version, current_notice=current, notices=notices,

@@ -16,38 +16,35 @@ worker announces it later (consent_store.UnannouncedChanges); a retry with the s
 
 from __future__ import annotations
 
-import uuid
-from dataclasses import replace
+import logging
 from datetime import UTC, datetime, timedelta
 
 import flask
+import requests
 from flask_smorest import Blueprint
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from services.common.envelope import CHANNELS, derived_message_id
+from services.common.envelope import CHANNELS
 from services.common.identifiers import IDENTIFIER_TYPES, InvalidIdentifier
-from services.common.shredding import FieldCipher, identifier_key_id, profile_key_id
-from services.common.web import Problem, current_principal, require_roles, runtime
-from services.consent import ledger
-from services.consent.catalogue import Catalogue, load_catalogue
-from services.consent.consent_store import ConsentStore, change_messages
+from services.common.shredding import FieldCipher
+from services.common.web import Problem, require_roles
+from services.consent import ledger, recording
+from services.consent.catalogue import load_catalogue
 from services.consent.decisions import (
-    DecisionRefused,
-    DecisionRequest,
-    decision_change,
-    decisions_for,
-    same_request,
+    identifier_check,
     special_category_answers,
 )
 from services.consent.privacy_flow import digest_key, subject_keys
 from services.consent.receipts import ReceiptSigner
+from services.consent.recording import current_catalogue, current_store
 
 WRITERS = ("collector", "agent", "supervisor", "dpo")
 READERS = ("agent", "supervisor", "dpo")
 CHECKERS = ("collector", "agent", "supervisor", "dpo")
 EVERYONE = ("collector", "agent", "supervisor", "partner", "dpo")
 CLOCK_SKEW = timedelta(minutes=5)
-PERSONAL_PROOF = ("ip", "user_agent", "agent_id", "tc_string")
+
+log = logging.getLogger(__name__)
 
 
 class IdentifierSchema(Schema):
@@ -114,11 +111,52 @@ class SpecialCategoryCheckSchema(Schema):
 class CheckSchema(Schema):
     profile_id = fields.String()
     subject = fields.String()
+    resolved_profile_id = fields.String(allow_none=True, metadata={
+        "description": "identifier checks: the profile the identity graph resolves it to"})
     purpose = fields.String()
     allowed = fields.Boolean()
     state = fields.String()
     reason = fields.String()
     decided_at = fields.String(allow_none=True)
+
+
+class ProfileLookupFailed(Exception):
+    """The identity graph could not say which profile an identifier belongs to."""
+
+
+class IdentityProfiles:
+    """Which profile an identifier belongs to, from the identity API's resolve
+    (``CDP_IDENTITY_URL`` with ``CDP_SERVICE_API_KEY``). Without an identity URL, the profile
+    the consent worker linked the identifier to, if any."""
+
+    TIMEOUT_SECONDS = 2.0
+
+    def __init__(self, base_url: str, api_key: str):
+        self.url = base_url.rstrip("/") + "/v1/identity/resolve" if base_url else ""
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"Bearer {api_key}"
+
+    def profile_of(self, type_: str, value: str,
+                   identifier_state: ledger.SubjectState | None) -> str | None:
+        """The profile id, or None when no profile has the identifier. Raises
+        ProfileLookupFailed."""
+        if not self.url:
+            linked = identifier_state.linked if identifier_state else []
+            return linked[0] if linked else None
+        try:
+            response = self.session.get(self.url, params={"type": type_, "value": value},
+                                        timeout=self.TIMEOUT_SECONDS)
+        except requests.RequestException as exc:
+            raise ProfileLookupFailed(f"identity API unreachable: {exc.__class__.__name__}") \
+                from None
+        if response.status_code == 404:
+            return None
+        try:
+            if response.status_code == 200:
+                return str(response.json()["profile_id"])
+        except (ValueError, KeyError, TypeError):
+            pass
+        raise ProfileLookupFailed(f"identity API answered {response.status_code}")
 
 
 def install_consents(app: flask.Flask) -> None:
@@ -128,82 +166,8 @@ def install_consents(app: flask.Flask) -> None:
     app.extensions["consent_signer"] = ReceiptSigner.from_setting(rt.settings.consent_receipt_key)
     app.extensions["consent_cipher"] = FieldCipher(subject_keys(rt.settings, rt.db))
     app.extensions["consent_digest_key"] = digest_key(rt.settings)
-
-
-def _catalogue() -> Catalogue:
-    return flask.current_app.extensions["consent_catalogue"]
-
-
-def _store() -> ConsentStore:
-    return ConsentStore(runtime().db)
-
-
-def _subject(body: dict) -> ledger.Subject:
-    if "identifier" in body:
-        raw = body["identifier"]
-        try:
-            return ledger.identifier_subject(raw["type"], raw["value"], raw["region"].upper())
-        except InvalidIdentifier as exc:
-            raise Problem(422, f"invalid {raw['type']}: {exc.reason}",
-                          errors={"identifier": {"value": [exc.reason]}}) from None
-    key, _ = _store().current_state(body["profile_id"])
-    return ledger.profile_subject(key)
-
-
-def _seal(subject: ledger.Subject, proof: dict) -> dict:
-    """Personal proof (IP, user agent, agent id, TC string) sealed under the subject's data
-    key, so erasing the subject shreds it in the append-only ledger."""
-    personal = {k: proof[k] for k in PERSONAL_PROOF if proof.get(k)}
-    if not personal:
-        return proof
-    extensions = flask.current_app.extensions
-    key_id = (identifier_key_id(extensions["consent_digest_key"], subject.identifier_type,
-                                subject.identifier_value)
-              if subject.is_identifier else profile_key_id(subject.profile_id))
-    rest = {k: v for k, v in proof.items() if k not in PERSONAL_PROOF}
-    return {**rest, "personal": extensions["consent_cipher"].seal(key_id, personal)}
-
-
-def _record(body: dict, *, objection: bool):
-    """Record a decision or objection; returns (response, status)."""
-    principal = current_principal()
-    subject = _subject(body)
-    now = datetime.now(UTC)
-    proof = {k: (str(v) if v is not None else None) for k, v in body["proof"].items()}
-    request = DecisionRequest(
-        subject=subject, channel=body["channel"], source=body["source"],
-        collected_at=body["collected_at"] or now, purpose=body.get("purpose"),
-        state=body.get("state"), notice_version=body["notice_version"], proof=proof,
-        actor=principal.key_id)
-    kind = "objection" if objection else "decision"
-    cause_id = (derived_message_id(body["decision_id"], f"consent-{kind}:{principal.key_id}")
-                if body["decision_id"] else str(uuid.uuid4()))
-    store = _store()
-    extensions = flask.current_app.extensions
-    try:
-        existing = store.change(cause_id)
-        if existing is not None:
-            decisions = None if objection else decisions_for(_catalogue(), request)[0]
-            if not same_request(existing, subject, decisions):
-                raise Problem(409, "decision_id was already used for a different decision")
-            change, status = existing, 200
-        else:
-            change = decision_change(_catalogue(), request, cause_id=cause_id,
-                                     subject_state=store.state(subject.key),
-                                     signer=extensions["consent_signer"], now=now,
-                                     objection=objection)
-            change.entries = [_with_proof(e) for e in change.entries]
-            change, status = store.commit(change, announce_later=True), 201
-    except DecisionRefused as exc:
-        raise Problem(400, exc.reason, errors={exc.field: [exc.reason]}) from None
-    runtime().producer.send(change_messages(store.finish(change)))
-    store.announced([change.id])
-    receipts = [e.receipt for e in change.entries if e.subject.key == subject.key]
-    return {"decision_id": change.id, "subject": subject.key, "receipts": receipts}, status
-
-
-def _with_proof(entry: ledger.Entry) -> ledger.Entry:
-    return replace(entry, proof=_seal(entry.subject, entry.proof))
+    app.extensions["consent_profiles"] = IdentityProfiles(rt.settings.identity_url,
+                                                          rt.settings.service_api_key)
 
 
 def _answer(subject_key: str, answer: ledger.CheckAnswer, profile: bool) -> dict:
@@ -215,16 +179,16 @@ def _answer(subject_key: str, answer: ledger.CheckAnswer, profile: bool) -> dict
 
 
 def _checked(subject_key: str, purpose: str, profile: bool) -> dict:
-    catalogue = _catalogue()
+    catalogue = current_catalogue()
     if catalogue.purpose(purpose) is None:
         raise Problem(400, f"unknown purpose {purpose!r}",
                       errors={"purpose": [f"known: {', '.join(catalogue.purposes)}"]})
-    key, state = _store().current_state(subject_key)
+    key, state = current_store().current_state(subject_key)
     return _answer(key, ledger.check(catalogue, state, purpose), profile)
 
 
 def _overview(subject_key: str) -> dict:
-    store, catalogue = _store(), _catalogue()
+    store, catalogue = current_store(), current_catalogue()
     key, state = store.current_state(subject_key)
     history = store.entries(state.applied) if state else []
     return {
@@ -244,6 +208,28 @@ def _entry_view(entry: ledger.Entry) -> dict:
             "source": entry.source, "collected_at": entry.collected_at.isoformat(),
             "notice_version": entry.notice_version, "proof": proof,
             "proof_sealed": "personal" in entry.proof, "receipt": entry.receipt}
+
+
+def _identifier_checked(query: dict) -> dict:
+    catalogue, store = current_catalogue(), current_store()
+    if catalogue.purpose(query["purpose"]) is None:
+        raise Problem(400, f"unknown purpose {query['purpose']!r}",
+                      errors={"purpose": [f"known: {', '.join(catalogue.purposes)}"]})
+    key = _identifier_key(query)
+    _, identifier_state = store.current_state(key)
+    subject = ledger.subject_from_key(key)
+    try:
+        profile_id = flask.current_app.extensions["consent_profiles"].profile_of(
+            subject.identifier_type, subject.identifier_value, identifier_state)
+    except ProfileLookupFailed as exc:
+        log.warning("identifier check without its profile", extra={"error": str(exc)})
+        profile_id, known = None, False
+    else:
+        known = True
+    profile_state = store.current_state(profile_id)[1] if profile_id else None
+    answer = identifier_check(catalogue, identifier_state, profile_state, query["purpose"],
+                              profile_known=known)
+    return {**_answer(key, answer, False), "resolved_profile_id": profile_id}
 
 
 def _identifier_key(query: dict) -> str:
@@ -268,7 +254,7 @@ def consents_blueprint() -> Blueprint:
     def record_decision(body):
         """Record a decision for a profile or a bare identifier; returns signed receipts.
         Without `purpose`, `proof.tc_string` decides the TCF-mapped purposes."""
-        return _record(body, objection=False)
+        return recording.record_decision(body, objection=False)
 
     @blueprint.route("/v1/objections", methods=["POST"])
     @require_roles(*WRITERS)
@@ -277,7 +263,7 @@ def consents_blueprint() -> Blueprint:
     def record_objection(body):
         """Object to direct marketing: every direct-marketing purpose denied on every
         channel, for a profile or a bare identifier (a do-not-call number)."""
-        return _record(body, objection=True)
+        return recording.record_decision(body, objection=True)
 
     @blueprint.route("/v1/consents/<string:profile_id>")
     @require_roles(*READERS)
@@ -307,8 +293,10 @@ def consents_blueprint() -> Blueprint:
     @blueprint.arguments(IdentifierCheckQuerySchema, location="query")
     @blueprint.response(200, CheckSchema)
     def check_identifier(query):
-        """Is the purpose allowed for a bare identifier (e.g. before calling a number)."""
-        return _checked(_identifier_key(query), query["purpose"], profile=False)
+        """Is the purpose allowed for an identifier (e.g. before calling a number): the
+        decisions recorded on the identifier and those of the profile the identity graph
+        resolves it to; the latest wins. If the graph cannot be asked, never allowed."""
+        return _identifier_checked(query)
 
     @blueprint.route("/v1/consents/special-categories/check", methods=["POST"])
     @require_roles(*CHECKERS)
@@ -317,8 +305,8 @@ def consents_blueprint() -> Blueprint:
     def check_special_categories(body):
         """Which of these traits the platform may store for the profile: a trait classified
         in a special category needs explicit consent for that category."""
-        _, state = _store().current_state(body["profile_id"])
-        answers = special_category_answers(_catalogue(), state, body["traits"])
+        _, state = current_store().current_state(body["profile_id"])
+        answers = special_category_answers(current_catalogue(), state, body["traits"])
         return {"profile_id": body["profile_id"], "traits": [vars(a) for a in answers],
                 "refused": [a.trait for a in answers if not a.allowed]}
 
@@ -335,7 +323,7 @@ def consents_blueprint() -> Blueprint:
     def purposes():
         """The purposes catalogue: legal bases, defaults, texts (fi, sv, en), notices and
         special categories."""
-        return _catalogue().to_dict()
+        return current_catalogue().to_dict()
 
     return blueprint
 

@@ -149,3 +149,30 @@ def special_category_answers(catalogue: Catalogue, state: SubjectState | None,
         answers.append(TraitAnswer(trait, answer.allowed, category.name, category.purpose,
                                    reason))
     return answers
+
+
+PROFILE_UNRESOLVED = "profile_unresolved"
+
+
+def identifier_check(catalogue: Catalogue, identifier_state: SubjectState | None,
+                     profile_state: SubjectState | None, purpose: str, *,
+                     profile_known: bool = True) -> ledger.CheckAnswer:
+    """A bare identifier's answer, considering the profile the identifier resolves to
+    (``profile_state``): the latest decision of either wins — a customer's decision on their
+    profile after a do-not-call entry for the number decides again, a later objection on the
+    number denies again — and a purpose neither decided takes the catalogue default. With
+    ``profile_known`` False (the identity graph could not be asked) the answer is never
+    "allowed": the profile may have refused."""
+    if catalogue.purpose(purpose) is None:
+        return ledger.check(catalogue, None, purpose)
+    records = [state.purposes[purpose] for state in (identifier_state, profile_state)
+               if state is not None and purpose in state.purposes]
+    if records:
+        latest = max(records, key=lambda record: record.order())
+        answer = ledger.CheckAnswer(purpose, latest.allowed, latest.state, latest.reason,
+                                    latest.decided_at)
+    else:
+        answer = ledger.check(catalogue, None, purpose)
+    if answer.allowed and not profile_known:
+        return replace(answer, allowed=False, reason=PROFILE_UNRESOLVED)
+    return answer

@@ -6,6 +6,8 @@ rectification — about one subject (a profile id or a bare identifier). Its lif
     received ──(subject expanded, fanned out on cdp.privacy.requests)──▶ fanned_out
     fanned_out ──(every expected service acknowledged "done")──▶ completed
     fanned_out ──(every expected service acknowledged, one or more "failed")──▶ partially_failed
+    partially_failed / overdue ──(retry: re-sent to the services without a "done" ack)──▶
+        completed once each of them acknowledges "done"
     received / fanned_out, past the deadline ──▶ overdue (shown, not stored: an ack can still
     complete it)
 
@@ -44,12 +46,17 @@ PARTIALLY_FAILED = "partially_failed"
 OVERDUE = "overdue"
 STATES = (RECEIVED, FANNED_OUT, COMPLETED, PARTIALLY_FAILED, OVERDUE)
 OPEN_STATES = (RECEIVED, FANNED_OUT)
+RETRYABLE_STATES = (PARTIALLY_FAILED, OVERDUE)
 
 Digest = Callable[[str, str], str]  # (type, normalised value) → keyed digest
 
 
 class InvalidPrivacyRequest(ValueError):
     """A request that cannot be accepted; the message says why (shown to the caller)."""
+
+
+class NotRetryable(ValueError):
+    """The request is not in a state a retry can help; the message says why."""
 
 
 class InvalidAck(ValueError):
@@ -103,6 +110,8 @@ class PrivacyRequest:
     closed_at: datetime | None = None
     personal_data_forgotten: bool = False
     last_error: str | None = None
+    receipt: dict[str, Any] | None = None  # the signed erasure receipt, once completed
+    retries: list[dict[str, Any]] = field(default_factory=list)
 
     # --- creation and progress ----------------------------------------------------------
 
@@ -206,6 +215,39 @@ class PrivacyRequest:
         self.identifiers, self.fields = [], {}
         self.personal_data_forgotten = True
         self._log(now, "personal_data_forgotten", "consent", {})
+        return True
+
+    def retry_targets(self, now: datetime) -> list[str]:
+        """The services a retry re-sends the request to: those that have not acknowledged
+        and those that failed. Raises NotRetryable unless the request is partially failed,
+        or fanned out and overdue."""
+        state = self.state_at(now)
+        if state not in RETRYABLE_STATES or self.fanned_out_at is None:
+            raise NotRetryable(f"request {self.request_id} is {state}; only a partially failed "
+                               "or an overdue request that was fanned out is retried")
+        return [s for s in self.expected
+                if s not in self.acks or self.acks[s].status != "done"]
+
+    def last_retry(self) -> dict[str, Any] | None:
+        return self.retries[-1] if self.retries else None
+
+    def record_retry(self, attempt: int, services: list[str], message_id: str, by: str,
+                     now: datetime) -> bool:
+        """Record retry number ``attempt`` (sent); False when that attempt is recorded."""
+        if any(r["attempt"] == attempt for r in self.retries):
+            return False
+        retry = {"attempt": attempt, "services": list(services), "message_id": message_id,
+                 "by": by, "at": now}
+        self.retries.append(retry)
+        self._log(now, "retried", by, {k: v for k, v in retry.items() if k not in ("by", "at")})
+        return True
+
+    def record_receipt(self, receipt: dict[str, Any], now: datetime) -> bool:
+        """Keep the signed erasure receipt; the first one issued stands. True when kept."""
+        if self.receipt is not None:
+            return False
+        self.receipt = receipt
+        self._log(now, "receipt_issued", "consent", {"key_id": receipt.get("key_id")})
         return True
 
     # --- reading -------------------------------------------------------------------------

@@ -7,31 +7,47 @@ hold none; admin may do everything, and alone runs a retention sweep for real.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import flask
 import orjson
 import pymongo.errors
 from flask_smorest import Blueprint
-from marshmallow import Schema, ValidationError, fields, validate, validates, validates_schema
+from marshmallow import (
+    INCLUDE,
+    Schema,
+    ValidationError,
+    fields,
+    validate,
+    validates,
+    validates_schema,
+)
 
 from services.common import retention
 from services.common.documents import unstorable
+from services.common.hetu_protection import hetu_digest
 from services.common.identifiers import IDENTIFIER_TYPES, InvalidIdentifier, normalise
 from services.common.web import Problem, current_principal, require_roles, runtime
+from services.consent import privacy_backlog
 from services.consent.privacy import (
     KINDS,
     STATES,
     Identifier,
     InvalidPrivacyRequest,
+    NotRetryable,
     PrivacyRequest,
     access_export,
 )
-from services.consent.privacy_flow import PrivacyFlow, build_flow
+from services.consent.privacy_backlog import ErasureBacklog
+from services.consent.privacy_flow import PrivacyFlow, build_flow, retry_message
+from services.consent.privacy_handlers import issue_receipt
+from services.consent.privacy_receipts import NoReceipt
 from services.consent.privacy_store import RETENTION_RULES
+from services.consent.receipts import ReceiptSigner, verify
 
 MAX_FIELDS = 50
+RETRY_REPEAT_WINDOW = timedelta(minutes=1)
 
 
 class IdentifierSchema(Schema):
@@ -78,6 +94,26 @@ class ListQuerySchema(Schema):
 class ExportQuerySchema(Schema):
     partial = fields.Boolean(load_default=False, metadata={
         "description": "download even though some services have not answered yet"})
+
+
+class RetrySchema(Schema):
+    request_id = fields.String()
+    attempt = fields.Integer()
+    services = fields.List(fields.String())
+    message_id = fields.String()
+    retried_at = fields.String()
+
+
+class ReceiptSchema(Schema):
+    class Meta:
+        unknown = INCLUDE
+
+    signature = fields.String(required=True, validate=validate.Length(min=1, max=200))
+
+
+class VerificationSchema(Schema):
+    valid = fields.Boolean()
+    key_id = fields.String()
 
 
 class AcceptedSchema(Schema):
@@ -172,6 +208,67 @@ def privacy_blueprint() -> Blueprint:
             mimetype="application/json", headers={
                 "Content-Disposition": f'attachment; filename="access-{request_id}.json"'})
 
+    @blueprint.route("/requests/<string:request_id>/retry", methods=["POST"])
+    @require_roles("dpo")
+    @blueprint.response(202, RetrySchema)
+    @blueprint.alt_response(200, description="the same retry, asked again within a minute")
+    @blueprint.alt_response(404, description="no such request")
+    @blueprint.alt_response(409, description="neither partially failed nor overdue")
+    def retry_request(request_id):
+        """Send a partially failed or overdue request again to the services that have not
+        acknowledged it as done (audited). Asking again within a minute returns that retry
+        instead of sending another; services handle a repeat idempotently."""
+        now = datetime.now(UTC)
+        now = now.replace(microsecond=now.microsecond // 1000 * 1000)  # as the store keeps it
+        request = _request(request_id)
+        try:
+            services = request.retry_targets(now)
+        except NotRetryable as exc:
+            raise Problem(409, str(exc)) from None
+        last = request.last_retry()
+        if last and last["services"] == services and now - last["at"] < RETRY_REPEAT_WINDOW:
+            return _retry_view(request_id, last), 200
+        attempt = len(request.retries) + 1
+        message = retry_message(request, attempt, services)
+        runtime().producer.send([message], timeout=5)
+        by = current_principal().key_id
+        _flow().repository.update(request_id, lambda r: r.record_retry(
+            attempt, services, message.value.message_id, by, now))
+        return _retry_view(request_id, {"attempt": attempt, "services": services,
+                                        "message_id": message.value.message_id, "at": now})
+
+    @blueprint.route("/requests/<string:request_id>/receipt")
+    @require_roles("dpo")
+    @blueprint.response(200)
+    @blueprint.alt_response(404, description="no such request")
+    @blueprint.alt_response(409, description="not an erasure, or not completed")
+    def erasure_receipt(request_id):
+        """The signed erasure receipt of a completed erasure, for the DPO to hand to the
+        customer: no personal data, verifiable by anyone with the public key at
+        /v1/consents/receipt-key."""
+        request = _request(request_id)
+        if request.receipt is None:
+            try:  # an erasure completed before receipts were issued gets one now
+                request = issue_receipt(_flow().repository, _signer(), request_id,
+                                        datetime.now(UTC))
+            except NoReceipt as exc:
+                raise Problem(409, str(exc)) from None
+        return flask.Response(
+            orjson.dumps(request.receipt, option=orjson.OPT_INDENT_2),
+            mimetype="application/json", headers={
+                "Content-Disposition": f'attachment; filename="erasure-receipt-{request_id}.json"'})
+
+    @blueprint.route("/receipts/verify", methods=["POST"])
+    @require_roles("collector", "agent", "supervisor", "partner", "dpo")
+    @blueprint.arguments(ReceiptSchema)
+    @blueprint.response(200, VerificationSchema)
+    def verify_receipt(body):
+        """Check a consent or erasure receipt against this platform's public key: valid
+        only when it was signed by it and not altered since. (Offline, without a key to
+        this API: python -m services.consent.receipts RECEIPT.json --public-key KEY.)"""
+        signer = _signer()
+        return {"valid": verify(body, signer.public_key_bytes), "key_id": signer.key_id}
+
     @blueprint.route("/retention")
     @require_roles("dpo", "supervisor")
     @blueprint.response(200)
@@ -193,10 +290,21 @@ def install_privacy(app: flask.Flask) -> None:
     """Give the app's privacy views their flow; raises ConfigError without the keys."""
     rt = app.extensions["muisti"]
     app.extensions["privacy_flow"] = build_flow(rt.settings, rt.db)
+    privacy_backlog.expose(ErasureBacklog(app.extensions["privacy_flow"].repository.erasure_backlog))
+    app.extensions["privacy_signer"] = ReceiptSigner.from_setting(rt.settings.consent_receipt_key)
 
 
 def _flow() -> PrivacyFlow:
     return flask.current_app.extensions["privacy_flow"]
+
+
+def _retry_view(request_id: str, retry: dict) -> dict:
+    return {"request_id": request_id, "attempt": retry["attempt"], "services": retry["services"],
+            "message_id": retry["message_id"], "retried_at": retry["at"].isoformat()}
+
+
+def _signer() -> ReceiptSigner:
+    return flask.current_app.extensions["privacy_signer"]
 
 
 def _expected() -> tuple[str, ...]:
@@ -211,7 +319,10 @@ def _sweep(*, apply: bool) -> list[dict]:
 
 
 def _identifier(raw: dict) -> Identifier:
+    """The subject identifier as every service keeps it: a hetu as its keyed digest."""
     try:
+        if raw["type"] == "hetu":
+            return Identifier("hetu", hetu_digest(_flow().digest_key, raw["value"]))
         return Identifier(raw["type"], normalise(raw["type"], raw["value"]))
     except InvalidIdentifier as exc:
         raise Problem(422, f"invalid {raw['type']}: {exc.reason}",

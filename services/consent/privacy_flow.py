@@ -54,7 +54,7 @@ Send = Callable[[list[Outgoing]], None]
 def subject_keys(settings: Settings, db) -> SubjectKeys:
     """The data keys, wrapped under ``CDP_MASTER_KEY``; raises ConfigError without it."""
     try:
-        master = MasterKey.from_setting(settings.master_key)
+        master = MasterKey.from_settings(settings)
     except InvalidMasterKey as exc:
         raise ConfigError([f"CDP_MASTER_KEY: {exc}"]) from None
     return SubjectKeys(MongoWrappedKeys(db), master)
@@ -186,6 +186,20 @@ def request_message(request: PrivacyRequest) -> Outgoing:
                             payload=request.fan_out_payload(),
                             message_id=derived_message_id(request.request_id, "privacy-request"),
                             occurred_at=request.received_at)
+    return Outgoing(topics.PRIVACY_REQUESTS, request.request_id, envelope)
+
+
+def retry_message(request: PrivacyRequest, attempt: int, services: list[str]) -> Outgoing:
+    """The request sent again (retry number ``attempt``) for ``services``. A new message id
+    per attempt, since every service already recorded the first one as handled; a service
+    that had answered "done" may handle it again harmlessly (its ack is not counted twice).
+    ``retry`` is informational: a service not listed in it may skip the request."""
+    payload = {**request.fan_out_payload(), "retry": {"attempt": attempt,
+                                                      "services": list(services)}}
+    envelope = new_envelope(
+        REQUEST_TYPES[request.kind], "system", payload=payload,
+        message_id=derived_message_id(request.request_id, f"privacy-request-retry-{attempt}"),
+        occurred_at=request.received_at)
     return Outgoing(topics.PRIVACY_REQUESTS, request.request_id, envelope)
 
 

@@ -2,7 +2,8 @@
 
 ``make_ack_handler`` (cdp.privacy.acks): records each service's acknowledgement on its
 request, idempotently; access data is stored sealed before the ack counts, and a completed
-erasure forgets the request's plain identifiers. Acks of requests this deployment does not
+erasure forgets the request's plain identifiers and gets its signed erasure receipt
+(privacy_receipts.py). Acks of requests this deployment does not
 know (another deployment sharing the cluster) are skipped, not dead-lettered.
 
 ``make_request_handler`` (cdp.privacy.requests): the consent service's own part, answered
@@ -17,6 +18,8 @@ with its ack like every other service's:
   them contactable again — so each of their identifiers goes on the do-not-contact list as a
   keyed digest only (``privacy_do_not_contact``): a later sign-up with the same phone
   number is recognised as not to be called, without the list holding the number.
+  The preference centre's sign-in challenges and sessions of the subject are deleted too
+  (preferences/store.py ``erase_subject``).
 * access — the consent records and whether the subject is on the do-not-contact list.
 * restriction, restriction lifted, rectification — the consent service keeps no profile
   traits; consent decisions change through the consent API, so the ack says so.
@@ -45,17 +48,21 @@ from services.common.shredding import (
     profile_key_id,
 )
 from services.common.store import ProcessedLedger, ensure_indexes
+from services.consent.preferences import store as preference_store
 from services.consent.privacy import (
     ACK_TYPE,
     COMPLETED,
     REQUEST_TYPES,
     Identifier,
     InvalidAck,
+    PrivacyRequest,
     parse_ack,
 )
 from services.consent.privacy_flow import UnsentRequests, build_flow, digest_key, subject_keys
+from services.consent.privacy_receipts import erasure_receipt_body
 from services.consent.privacy_retention import DailySweep
 from services.consent.privacy_store import INDEXES, PrivacyRequests
+from services.consent.receipts import ReceiptSigner
 
 SERVICE = "consent"
 KIND_BY_TYPE = {type_: kind for kind, type_ in REQUEST_TYPES.items()}
@@ -66,7 +73,7 @@ REQUESTS_GROUP = "consent-privacy-requests"
 log = logging.getLogger(__name__)
 
 
-def make_ack_handler(repository: PrivacyRequests):
+def make_ack_handler(repository: PrivacyRequests, signer: ReceiptSigner):
     def handle(envelope: Envelope) -> list[Outgoing]:
         if envelope.type != ACK_TYPE:
             return []
@@ -96,9 +103,23 @@ def make_ack_handler(repository: PrivacyRequests):
         if request.kind == "erasure" and request.state == COMPLETED:
             repository.update(request.request_id, lambda r: r.forget_personal_data(now))
             repository.forget(request.request_id)
+            issue_receipt(repository, signer, request.request_id, now)
         return []
 
     return handle
+
+
+def issue_receipt(repository: PrivacyRequests, signer: ReceiptSigner, request_id: str,
+                  now: datetime) -> PrivacyRequest | None:
+    """Sign and keep the erasure receipt of a completed erasure (once; a repeat keeps the
+    first). Raises NoReceipt when the request is not a completed erasure."""
+    def sign(request: PrivacyRequest) -> bool:
+        if request.receipt is not None:
+            return False
+        return request.record_receipt(
+            signer.sign_document(erasure_receipt_body(request, now)), now)
+
+    return repository.update(request_id, sign)
 
 
 class ConsentHolding:
@@ -144,7 +165,7 @@ class DoNotContactList:
 
 
 def make_request_handler(keys: SubjectKeys, do_not_contact: DoNotContactList,
-                         holdings: Sequence[ConsentHolding], digest_key: bytes):
+                         holdings: Sequence[ConsentHolding], digest_key: bytes, db: Database):
     def handle(envelope: Envelope) -> list[Outgoing]:
         kind = KIND_BY_TYPE.get(envelope.type)
         if kind is None:
@@ -158,6 +179,9 @@ def make_request_handler(keys: SubjectKeys, do_not_contact: DoNotContactList,
                 summary["do_not_contact_kept"] = do_not_contact.add(identifiers, request_id, now)
             for holding in holdings:
                 summary |= holding.erase(profile_ids, identifiers)
+            summary |= preference_store.erase_subject(
+                db, digest_key, request_id=request_id, profile_ids=profile_ids,
+                identifiers=identifiers)
             key_ids = [profile_key_id(p) for p in profile_ids] + [
                 identifier_key_id(digest_key, i.type, i.value) for i in identifiers]
             summary["data_keys_destroyed"] = keys.destroy(key_ids)
@@ -212,11 +236,13 @@ def privacy_consumers(settings: Settings, producer: Producer, db: Database,
     key = digest_key(settings)
     loops = []
     for group, topic, handler, relay in (
-        (ACKS_GROUP, topics.PRIVACY_ACKS, make_ack_handler(flow.repository),
+        (ACKS_GROUP, topics.PRIVACY_ACKS,
+         make_ack_handler(flow.repository,
+                          ReceiptSigner.from_setting(settings.consent_receipt_key)),
          UnsentRequests(flow)),
         (REQUESTS_GROUP, topics.PRIVACY_REQUESTS,
          make_request_handler(subject_keys(settings, db), DoNotContactList(db, key), holdings,
-                              key), DailySweep(db, settings)),
+                              key, db), DailySweep(db, settings)),
     ):
         ledger = ProcessedLedger(db, group)
         ledger.prepare()

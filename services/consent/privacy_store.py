@@ -157,6 +157,21 @@ class MongoPrivacyRequests(PrivacyRequests):
         docs = self.requests.find(query).sort("received_at", pymongo.DESCENDING).limit(limit)
         return [self._from_doc(doc) for doc in docs]
 
+    def erasure_backlog(self, now: datetime) -> dict[str, Any]:
+        """Counts of open, overdue and partially failed erasures and when the oldest open
+        one was received (None when none is open)."""
+        open_erasures = {"kind": "erasure", "state": {"$in": list(OPEN_STATES)}}
+        oldest = next(iter(self.requests.find(open_erasures, {"received_at": 1})
+                           .sort("received_at", 1).limit(1)), None)
+        return {
+            "open": self.requests.count_documents(open_erasures),
+            "overdue": self.requests.count_documents({**open_erasures,
+                                                      "deadline": {"$lt": now}}),
+            "partially_failed": self.requests.count_documents(
+                {"kind": "erasure", "state": PARTIALLY_FAILED}),
+            "oldest_received_at": oldest["received_at"] if oldest else None,
+        }
+
     def store_access_data(self, ack: Ack, at: datetime) -> None:
         sealed = self.cipher.seal(_request_key(ack.request_id), ack.data)
         self.access.update_one(
@@ -196,7 +211,8 @@ class MongoPrivacyRequests(PrivacyRequests):
             "audit": request.audit, "subject_expanded_at": request.subject_expanded_at,
             "fanned_out_at": request.fanned_out_at, "closed_at": request.closed_at,
             "personal_data_forgotten": request.personal_data_forgotten,
-            "last_error": request.last_error,
+            "last_error": request.last_error, "receipt": request.receipt,
+            "retries": request.retries,
         }
 
     def _from_doc(self, doc: dict[str, Any]) -> PrivacyRequest:
@@ -220,7 +236,8 @@ class MongoPrivacyRequests(PrivacyRequests):
             audit=list(doc["audit"]), subject_expanded_at=doc.get("subject_expanded_at"),
             fanned_out_at=doc.get("fanned_out_at"), closed_at=doc.get("closed_at"),
             personal_data_forgotten=doc.get("personal_data_forgotten", False),
-            last_error=doc.get("last_error"))
+            last_error=doc.get("last_error"), receipt=doc.get("receipt"),
+            retries=list(doc.get("retries") or []))
 
 
 def _request_key(request_id: str) -> str:

@@ -1,5 +1,6 @@
-"""Consent receipts: a signed statement of one ledger entry that the customer (or anyone)
-can verify without trusting Muisti's database.
+"""Signed receipts: a consent receipt states one ledger entry, an erasure receipt a completed
+erasure (services/consent/privacy_receipts.py); the customer, or anyone, verifies either
+without trusting Muisti's database.
 
 Signed with **Ed25519** (the cryptography package), not HMAC: verification needs only the
 public key, which ``GET /v1/consents/receipt-key`` publishes, so a customer, an auditor or a
@@ -14,11 +15,14 @@ so the receipt carries no IP address or user agent yet pins them.
 
 from __future__ import annotations
 
+import argparse
 import base64
 import binascii
 import hashlib
 import logging
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import orjson
 from cryptography.exceptions import InvalidSignature
@@ -80,7 +84,7 @@ class ReceiptSigner:
 
     def sign(self, entry: Entry) -> dict:
         """The receipt for ``entry``, signed."""
-        receipt = {
+        return self.sign_document({
             "receipt_id": entry.id,
             "subject": entry.subject.key,
             "purpose": entry.purpose,
@@ -93,9 +97,11 @@ class ReceiptSigner:
             "recorded_at": _iso(entry.recorded_at),
             "notice_version": entry.notice_version,
             "proof_sha256": hashlib.sha256(_canonical(entry.proof)).hexdigest(),
-            "algorithm": ALGORITHM,
-            "key_id": self.key_id,
-        }
+        })
+
+    def sign_document(self, body: dict) -> dict:
+        """``body`` (plain JSON) with ``algorithm``, ``key_id`` and its ``signature`` added."""
+        receipt = {**body, "algorithm": ALGORITHM, "key_id": self.key_id}
         signature = self.private_key.sign(_canonical(receipt))
         return {**receipt, "signature": base64.urlsafe_b64encode(signature).decode()}
 
@@ -103,10 +109,59 @@ class ReceiptSigner:
 def verify(receipt: dict, public_key: bytes) -> bool:
     """True when ``receipt`` was signed by the private key of ``public_key`` (raw 32 bytes)
     and has not been altered since."""
+    if not isinstance(receipt, dict):
+        return False
     body = {k: v for k, v in receipt.items() if k != "signature"}
     try:
         signature = base64.urlsafe_b64decode(receipt.get("signature") or "")
         Ed25519PublicKey.from_public_bytes(public_key).verify(signature, _canonical(body))
-    except (InvalidSignature, ValueError, binascii.Error):
+    except (InvalidSignature, ValueError, TypeError, binascii.Error, orjson.JSONEncodeError):
         return False
     return True
+
+
+def parse_public_key(value: str) -> bytes:
+    """The raw 32 bytes of a published public key: its base64url text, or the JSON document
+    ``/v1/consents/receipt-key`` answers. Raises ValueError."""
+    text = value.strip()
+    if text.startswith("{"):
+        text = str(orjson.loads(text).get("public_key") or "")
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        raise ValueError("the public key is not base64url") from None
+    if len(raw) != 32:
+        raise ValueError("an Ed25519 public key is 32 bytes")
+    return raw
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m services.consent.receipts RECEIPT.json --public-key KEY``: checks a consent
+    or erasure receipt offline. Exit 0 valid, 1 invalid or altered, 2 unusable input."""
+    parser = argparse.ArgumentParser(prog="python -m services.consent.receipts",
+                                     description="Verify a signed Muisti receipt.")
+    parser.add_argument("receipt", help="the receipt JSON file (- for standard input)")
+    parser.add_argument("--public-key", required=True, help=(
+        "the platform's public key: base64url, or a file holding it or the JSON of "
+        "/v1/consents/receipt-key"))
+    args = parser.parse_args(argv)
+    try:
+        receipt_text = (sys.stdin.read() if args.receipt == "-"
+                        else Path(args.receipt).read_text(encoding="utf-8"))
+        key_text = args.public_key
+        if Path(key_text).is_file():
+            key_text = Path(key_text).read_text(encoding="utf-8")
+        public_key = parse_public_key(key_text)
+        receipt = orjson.loads(receipt_text)
+    except (OSError, ValueError) as exc:  # orjson.JSONDecodeError is a ValueError
+        print(f"cannot verify: {exc}", file=sys.stderr)
+        return 2
+    if verify(receipt, public_key):
+        print(f"valid: signed by key {receipt.get('key_id')}")
+        return 0
+    print("INVALID: the receipt was altered or not signed with this key")
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

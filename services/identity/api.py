@@ -6,13 +6,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import orjson
-from flask import Flask
+from flask import Flask, current_app
 from flask_smorest import Blueprint
 from marshmallow import Schema, ValidationError, fields, validate
 
 from services.common import metrics, topics, web
 from services.common.bus import Outgoing
 from services.common.config import Settings, parse_type_limits
+from services.common.hetu_protection import MASK, HetuProtector
 from services.common.identifiers import IDENTIFIER_TYPES, InvalidIdentifier, normalise
 from services.common.web import Problem, current_principal, require_roles, runtime
 from services.identity import graph as graph_rules
@@ -24,6 +25,7 @@ from services.identity.channels import (
     SegmentMessageSchema,
     from_call,
     from_segment,
+    protect_converted,
 )
 from services.identity.graph_store import MongoGraph
 from services.identity.merges import log_message
@@ -38,16 +40,26 @@ _segment_schema = SegmentMessageSchema()
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    return web.create_app(service=SERVICE, settings=settings or Settings.from_env(),
-                          blueprints=[_segment_blueprint(), _calls_blueprint(),
-                                      _graph_blueprint()],
-                          # the batch limit applies after gzip; this bounds the raw upload
-                          max_body_bytes=MAX_BATCH_BYTES + 64 * 1024)
+    app = web.create_app(service=SERVICE, settings=settings or Settings.from_env(),
+                         blueprints=[_segment_blueprint(), _calls_blueprint(),
+                                     _graph_blueprint()],
+                         # the batch limit applies after gzip; this bounds the raw upload
+                         max_body_bytes=MAX_BATCH_BYTES + 64 * 1024)
+    rt = app.extensions["muisti"]
+    # fail at start-up without the keys, not on the first hetu
+    app.extensions["hetu_protector"] = HetuProtector.from_settings(rt.settings, rt.db, SERVICE)
+    return app
+
+
+def _hetus() -> HetuProtector:
+    return current_app.extensions["hetu_protector"]
 
 
 def _send(converted: list[Converted], channel: str) -> None:
-    """Produce and wait for Kafka's acknowledgement: only then is the event accepted."""
+    """Produce and wait for Kafka's acknowledgement: only then is the event accepted. No
+    hetu leaves here in the clear: each is replaced by its digest and a sealed trait."""
     topic = topics.EVENTS_WEB if channel == "web" else topics.EVENTS_PHONE
+    converted = [protect_converted(c, _hetus()) for c in converted]
     runtime().producer.send([Outgoing(topic, c.key, c.envelope) for c in converted])
     metrics.EVENTS_INGESTED.labels(SERVICE, channel).inc(len(converted))
     redacted = sum(c.cards_redacted for c in converted)
@@ -204,7 +216,10 @@ class SubjectSchema(Schema):
 
 
 def _normalised(type_: str, value: str, region: str = "FI") -> graph_rules.Identifier:
+    """The identifier as the graph keeps it: normalised, a hetu as its keyed digest."""
     try:
+        if type_ == "hetu":
+            return graph_rules.Identifier(type_, _hetus().digest(value))
         return graph_rules.Identifier(type_, normalise(type_, value, region=region))
     except InvalidIdentifier as exc:
         raise Problem(422, f"invalid {type_}: {exc.reason}",
@@ -214,7 +229,9 @@ def _normalised(type_: str, value: str, region: str = "FI") -> graph_rules.Ident
 def _link_view(link: graph_rules.Link, unmasked: bool) -> dict:
     value = link.identifier.value
     if link.identifier.type == "hetu" and not unmasked:
-        value = value[:6] + "*****"  # birth date part only: enough to confirm with the caller
+        # the graph holds only the keyed digest: useless to an agent, but a supervisor passes
+        # it back to unmerge or release (the profile API shows the code to those who may)
+        value = MASK
     return {"type": link.identifier.type, "value": value, "verified": link.verified,
             "source_message_id": link.source_message_id,
             "linked_at": link.linked_at.isoformat() if link.linked_at else None}

@@ -4,10 +4,16 @@ Muisti envelopes. Pure functions: the API validates with these schemas and produ
 Segment semantics kept: userId / anonymousId (one is required), messageId is the idempotency
 key, ``timestamp`` is corrected for the client's clock skew with ``sentAt`` (Segment's
 ``originalTimestamp`` rule), and traits may also ride in ``context.traits``.
+
+:func:`protect_hetus` then replaces every personal identity code (an identifier or a trait)
+by its keyed digest and a sealed trait (services.common.hetu_protection) before the event
+goes anywhere: the HTTP API applies it to what it accepts, the identity worker to events that
+producers put on Kafka themselves.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,6 +30,7 @@ from marshmallow import (
 
 from services.common.documents import unstorable
 from services.common.envelope import Envelope, new_envelope
+from services.common.hetu_protection import HetuProtector
 from services.common.identifiers import InvalidIdentifier, normalise
 from services.common.redaction import redact_in
 from services.identity.graph import PRIORITY
@@ -230,6 +237,35 @@ def from_call(call: dict, *, source: str | None = None) -> Converted:
         message_id=call.get("message_id") or _call_message_id(call),
         source=source)
     return Converted(envelope, partition_key({"phone": phone}), cards)
+
+
+def protect_hetus(envelope: Envelope, hetus: HetuProtector) -> Envelope:
+    """The envelope with every hetu it carries as digest (identifier) and sealed trait; the
+    hetus refused are added to ``invalid_identifiers``. An envelope already protected comes
+    back as it is."""
+    payload = envelope.payload
+    traits = payload.get("traits")
+    protected = hetus.protect(envelope.identifiers,
+                              traits if isinstance(traits, dict) else None)
+    if not protected.changed:
+        return envelope
+    payload = dict(payload)
+    if protected.traits is not None:
+        payload["traits"] = protected.traits
+    if protected.invalid:
+        payload["invalid_identifiers"] = [*(payload.get("invalid_identifiers") or ()),
+                                          *protected.invalid]
+    return dataclasses.replace(envelope, identifiers=protected.identifiers, payload=payload)
+
+
+def protect_converted(converted: Converted, hetus: HetuProtector) -> Converted:
+    """``converted`` with its hetus protected and its partition key made of what remains."""
+    envelope = protect_hetus(converted.envelope, hetus)
+    if envelope is converted.envelope:
+        return converted
+    invalid = envelope.payload.get("invalid_identifiers") or []
+    return Converted(envelope, partition_key(envelope.identifiers), converted.cards_redacted,
+                     list(invalid))
 
 
 def _call_message_id(call: dict) -> str:

@@ -17,10 +17,12 @@ from services.common import metrics, topics
 from services.common.bus import ConsumerLoop, InvalidMessage, Outgoing, Producer
 from services.common.config import ConfigError, Settings, parse_type_limits
 from services.common.envelope import Envelope, derived_message_id, new_envelope
+from services.common.hetu_protection import HetuProtector
 from services.common.identifiers import InvalidIdentifier, normalise
 from services.common.privacy_requests import ack_payload
 from services.common.store import ProcessedLedger, ensure_indexes
 from services.identity import privacy
+from services.identity.channels import protect_hetus
 from services.identity.graph import Identifier, limits_from, resolve
 from services.identity.graph_store import INDEXES, MongoGraph
 from services.identity.merges import UnannouncedChanges, log_message
@@ -45,7 +47,8 @@ def build_consumers(settings: Settings, producer: Producer, db: Database) -> lis
     limits = limits_from(parse_type_limits(settings.identity_limits))
     loops = []
     for group, input_topics, handler, relay in (
-        (GROUP, INPUT_TOPICS, make_handler(graph, SuggestionStore(db), limits, suppressions),
+        (GROUP, INPUT_TOPICS, make_handler(graph, SuggestionStore(db), limits, suppressions,
+                                           HetuProtector.from_settings(settings, db, SERVICE)),
          UnannouncedChanges(graph)),
         (PRIVACY_GROUP, (topics.PRIVACY_REQUESTS,),
          make_privacy_handler(graph, GraphEraser(db), suppressions), None),
@@ -73,8 +76,11 @@ def event_identifiers(envelope: Envelope) -> tuple[dict[str, str], set[Identifie
 
 
 def make_handler(graph: MongoGraph, people: SuggestionStore, limits: dict[str, int],
-                 suppressions: SuppressionList):
+                 suppressions: SuppressionList, hetus: HetuProtector):
     def handle(envelope: Envelope) -> list[Outgoing]:
+        # a producer writing to Kafka directly may send a hetu in the clear: from here on
+        # only its digest and sealed copy travel (what the HTTP API sent is unchanged)
+        envelope = protect_hetus(envelope, hetus)
         identifiers, unverified = event_identifiers(envelope)
         if not identifiers:
             raise InvalidMessage("the event carries no valid identifier to resolve")

@@ -3,8 +3,11 @@ name search, the paged full history, and segment definitions with their members.
 
 Every read is written to the access log (who, which profile, when, the purpose stated in the
 ``X-Purpose`` header). Agents see sensitive identifiers masked; supervisors, dpo and admin
-see them whole. Reads are purpose-bound (services/profile/privacy.py): a purpose that needs
-consent gets personal data only as the profile's consents allow. A restricted profile answers
+see them whole. A profile keeps a hetu only as its keyed digest and a sealed copy
+(services.common.hetu_protection): a lookup by hetu compares digests, and a read opens the
+sealed copy for display (masked for agents). Reads are purpose-bound
+(services/profile/privacy.py): a purpose that needs consent gets personal data only as the
+profile's consents allow. A restricted profile answers
 403 to everyone but the data-protection officer.
 """
 
@@ -12,12 +15,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from flask import Flask, request
+from flask import Flask, current_app, request
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
 from services.common import retention, web
 from services.common.config import Settings
+from services.common.hetu_protection import HETU, HetuProtector
+from services.common.hetu_protection import mask as mask_hetu
 from services.common.identifiers import IDENTIFIER_TYPES, InvalidIdentifier
 from services.common.identifiers import normalise as normalise_identifier
 from services.common.web import Problem, current_principal, require_roles, runtime
@@ -40,7 +45,35 @@ def create_app(settings: Settings | None = None) -> Flask:
                          blueprints=[_profiles_blueprint(), _segments_blueprint(),
                                      dashboard.api_blueprint()])
     dashboard.install(app)
+    rt = app.extensions["muisti"]
+    # fail at start-up without the keys, not on the first hetu lookup
+    app.extensions["hetu_protector"] = HetuProtector.from_settings(rt.settings, rt.db, SERVICE)
     return app
+
+
+def _hetus() -> HetuProtector:
+    return current_app.extensions["hetu_protector"]
+
+
+def _show_hetus(view: dict, doc: dict, unmasked: bool) -> dict:
+    """The view with the profile's hetu opened from its sealed trait: whole for the roles
+    that may see it, masked for the others. A digest with no readable sealed copy (erased, or
+    sealed for another code) shows as the digest, or masked."""
+    sealed = (doc["traits"].get(HETU) or {}).get("value")
+    code = _hetus().reveal(sealed) if sealed else None
+    sealed_for = _hetus().sealed_key_id_of(sealed) if code else None
+    shown = []
+    for digest in doc["identifiers"].get(HETU, []):
+        matches = code is not None and _hetus().sealed_key_id(digest) == sealed_for
+        if unmasked:
+            shown.append(code if matches else digest)
+        else:
+            shown.append(mask_hetu(code if matches else None))
+    if shown:
+        view["identifiers"][HETU] = shown
+    if HETU in view["traits"]:
+        view["traits"][HETU]["value"] = code if unmasked else mask_hetu(code)
+    return view
 
 
 class LookupQuerySchema(Schema):
@@ -112,7 +145,8 @@ def _read(doc: dict | None, what: str) -> dict:
     store.log_access(
         profile_id=doc["_id"], key_id=principal.key_id, roles=sorted(principal.roles),
         purpose=purpose, endpoint=request.path, at=datetime.now(UTC))
-    view = projection.view(doc, unmasked=bool(principal.roles & UNMASKED_ROLES))
+    unmasked = bool(principal.roles & UNMASKED_ROLES)
+    view = _show_hetus(projection.view(doc, unmasked=unmasked), doc, unmasked)
     needs = privacy.parse_purpose_consents(runtime().settings.profile_purpose_consents)
     if purpose not in needs:
         return view
@@ -174,8 +208,11 @@ def _profiles_blueprint() -> Blueprint:
         """The profile holding an identifier, normalised as on ingestion: `040 123 4567`
         and `+358 40 123 4567` find the same person."""
         try:
-            value = normalise_identifier(query["type"], query["value"],
-                                         region=query["region"].upper())
+            if query["type"] == HETU:
+                value = _hetus().digest(query["value"])
+            else:
+                value = normalise_identifier(query["type"], query["value"],
+                                             region=query["region"].upper())
         except InvalidIdentifier as exc:
             raise Problem(422, f"invalid {query['type']}: {exc.reason}",
                           errors={"value": [exc.reason]}) from None

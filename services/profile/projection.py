@@ -240,7 +240,9 @@ def view(profile: Mapping[str, Any], unmasked: bool, recent: int = 10) -> dict[s
             "computed": plain(profile["computed"]),
             "segments": list(profile.get("segments", [])),
             "timeline": plain(profile["timeline"][:recent]),
-            "merged_from": profile.get("absorbed", [])}
+            "merged_from": profile.get("absorbed", []),
+            # traits withheld for want of explicit consent (names only; special_traits.py)
+            "special_category_refusals": plain(profile.get("special_category_refusals", []))}
 
 
 def mask(type_: str, value: str) -> str:

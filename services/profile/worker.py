@@ -29,13 +29,14 @@ from typing import Any
 
 from pymongo.database import Database
 
-from services.common import retention, topics
+from services.common import metrics, retention, topics
 from services.common.bus import TRANSIENT_ERRORS, ConsumerLoop, InvalidMessage, Outgoing, Producer
 from services.common.config import Settings
 from services.common.envelope import Envelope, derived_message_id, new_envelope
 from services.common.privacy_requests import InvalidRequest, PrivacyRequest, ack_payload
+from services.common.special_categories import Classification, load_classification
 from services.common.store import ProcessedLedger, ensure_indexes
-from services.profile import projection
+from services.profile import projection, special_traits
 from services.profile.computed import RfmThresholds, safe_key
 from services.profile.history import HistoryStore
 from services.profile.privacy import parse_request
@@ -79,6 +80,7 @@ class Context:
     thresholds: RfmThresholds
     policy: dict[str, timedelta]
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    special_categories: Classification = field(default_factory=load_classification)
 
     @classmethod
     def build(cls, settings: Settings, db: Database) -> Context:
@@ -97,27 +99,28 @@ def build_consumers(settings: Settings, producer: Producer, db: Database) -> lis
     context = Context.build(settings, db)
     store_expires_history = context.history.prepare()
     loops: list = []
-    for group, topic_names, handler in (
-            (GROUP, [topics.EVENTS_RESOLVED, topics.IDENTITY_MERGES], make_handler(context)),
-            (CONSENT_GROUP, [topics.CONSENT_CHANGES], make_consent_handler(context)),
-            (PRIVACY_GROUP, [topics.PRIVACY_REQUESTS], make_privacy_handler(context))):
+    for group, topic_names, handler, batch_handler in (
+            (GROUP, [topics.EVENTS_RESOLVED, topics.IDENTITY_MERGES], make_handler(context),
+             make_batch_handler(context)),
+            (CONSENT_GROUP, [topics.CONSENT_CHANGES], make_consent_handler(context), None),
+            (PRIVACY_GROUP, [topics.PRIVACY_REQUESTS], make_privacy_handler(context), None)):
         ledger = ProcessedLedger(db, group)
         ledger.prepare()
         loops.append(ConsumerLoop(settings=settings, service=SERVICE, group=group,
                                   topics=topic_names, handler=handler, producer=producer,
-                                  ledger=ledger))
+                                  ledger=ledger, batch_handler=batch_handler))
     loops.append(Housekeeping(context, producer, sweep_history=not store_expires_history))
     return loops
 
 
-def _retrying(action: Callable[[Envelope], list[Outgoing]]):
-    def handle(envelope: Envelope) -> list[Outgoing]:
+def _retrying(action: Callable[[Any], list[Outgoing]]):
+    def handle(message: Any) -> list[Outgoing]:
         for _ in range(MAX_CONFLICT_RETRIES):
             try:
-                return action(envelope)
-            except VersionConflict:
-                continue
-        raise VersionConflict(envelope.profile_id)
+                return action(message)
+            except VersionConflict as exc:
+                conflict = exc
+        raise conflict
 
     return handle
 
@@ -126,44 +129,143 @@ def _retrying(action: Callable[[Envelope], list[Outgoing]]):
 
 
 def make_handler(context: Context):
-    def handle(envelope: Envelope) -> list[Outgoing]:
-        if envelope.channel == "system" and envelope.type == "Profiles Merged":
-            return _merge(context, envelope)
-        if envelope.channel == "system" and envelope.type in (
-                "Profile Split", "Identifier Released"):
-            return _split(context, envelope)
-        if not envelope.profile_id:
-            raise InvalidMessage("a resolved event needs a profile_id")
-        return _apply(context, envelope)
-
-    return _retrying(handle)
+    return _retrying(lambda envelope: _project(context, [envelope]))
 
 
-def _apply(context: Context, envelope: Envelope) -> list[Outgoing]:
-    store, now = context.store, context.clock()
-    current = store.load_current(envelope.profile_id)
-    if current is None:
-        if store.is_erased(envelope.profile_id):
-            return []  # in flight when the profile was erased: it must not come back
-        current = projection.new_profile(envelope.profile_id)
-    event = {**envelope.to_dict(), "profile_id": current["_id"],
-             "occurred_at": envelope.occurred_at}
-    updated = projection.apply_event(current, event, now, context.thresholds)
-    cause = envelope.message_id
-    if updated["recent_message_ids"] != current["recent_message_ids"]:
-        entered, left = _reevaluate_segments(context, updated, now, cause)
-        store.save(updated)
-        _index_name(store, updated["_id"], current, updated)
-    else:
-        # a re-delivery: repeat what may not have reached the store or Kafka the first time
-        entered, left = _logged_changes(updated, cause)
-        if not updated.get("restricted"):
-            store.index_name(updated["_id"], None, projection.name_of(updated))
-    context.history.record(updated["_id"], event, projection.timeline_entry(event), now)
-    store.index(updated["_id"], {t: [v] for t, v in envelope.identifiers.items()})
-    _sync_members(context, updated["_id"], entered, left, now)
-    return [_change(updated["_id"], cause, "event_applied", envelope, updated),
-            *_segment_changes(updated, cause, entered, left, envelope)]
+def make_batch_handler(context: Context):
+    """The projection of a whole poll: consecutive events share one read and one write of
+    each profile they touch and bulk writes of history and indexes; merges and splits
+    between them are applied one by one, in order."""
+    return _retrying(lambda envelopes: _project(context, envelopes))
+
+
+def _project(context: Context, envelopes: list[Envelope]) -> list[Outgoing]:
+    outgoing: list[Outgoing] = []
+    definitions = context.segments.all()
+    run: list[Envelope] = []
+    for envelope in [*envelopes, None]:
+        if envelope is not None and not _is_graph_change(envelope):
+            if not envelope.profile_id:
+                raise InvalidMessage("a resolved event needs a profile_id")
+            run.append(envelope)
+            continue
+        if run:
+            outgoing.extend(_EventRun(context, definitions).apply(run))
+            run = []
+        if envelope is not None:
+            change = _merge if envelope.type == "Profiles Merged" else _split
+            outgoing.extend(change(context, envelope))
+    return outgoing
+
+
+def _is_graph_change(envelope: Envelope) -> bool:
+    return envelope.channel == "system" and envelope.type in (
+        "Profiles Merged", "Profile Split", "Identifier Released")
+
+
+class _EventRun:
+    """Events applied in order to the profiles they name, held in memory, then stored
+    together: each profile read once and written once (with its version check), history
+    and indexes in bulk. Everything is stored before the loop records the events applied;
+    a re-delivered event (already among the profile's recent ids) repeats its writes."""
+
+    def __init__(self, context: Context, definitions: list[dict]):
+        self.context, self.store, self.now = context, context.store, context.clock()
+        self.definitions = definitions
+        self.profiles: dict[str, dict] = {}  # current profile id -> the profile
+        self.loaded: dict[str, dict] = {}  # current profile id -> the profile as read
+        self.current_of: dict[str, str | None] = {}  # event's profile id -> current (None: erased)
+        self.changed: set[str] = set()
+        self.reindex_name: set[str] = set()
+        self.history: list[tuple[str, dict, dict]] = []
+        self.identifiers: dict[str, str] = {}
+        self.memberships: list[tuple[str, list[str], list[str]]] = []
+
+    def apply(self, envelopes: list[Envelope]) -> list[Outgoing]:
+        self._load({envelope.profile_id for envelope in envelopes})
+        outgoing = [message for envelope in envelopes for message in self._apply(envelope)]
+        self._store()
+        return outgoing
+
+    def _load(self, profile_ids: set[str]) -> None:
+        found = self.store.load_many(profile_ids)
+        erased = self.store.erased_among(profile_ids - set(found))
+        for profile_id in sorted(profile_ids):
+            if profile_id in erased:
+                # in flight when the profile was erased: it must not come back
+                self.current_of[profile_id] = None
+                continue
+            doc = found.get(profile_id) or projection.new_profile(profile_id)
+            self.current_of[profile_id] = doc["_id"]
+            if doc["_id"] not in self.profiles:
+                self.profiles[doc["_id"]] = self.loaded[doc["_id"]] = doc
+
+    def _apply(self, envelope: Envelope) -> list[Outgoing]:
+        profile_id = self.current_of[envelope.profile_id]
+        if profile_id is None:
+            return []
+        current = self.profiles[profile_id]
+        event = {**envelope.to_dict(), "profile_id": profile_id,
+                 "occurred_at": envelope.occurred_at}
+        event, refused = _without_special_traits(self.context, event)
+        updated = projection.apply_event(current, event, self.now, self.context.thresholds)
+        cause = envelope.message_id
+        keys = {f"{t}:{v}" for t, v in envelope.identifiers.items()}
+        if updated["recent_message_ids"] != current["recent_message_ids"]:
+            _note_refusals(updated, refused, cause, self.now)
+            entered, left = _reevaluate_segments(self.context, updated, self.now, cause,
+                                                 self.definitions)
+            self.profiles[profile_id] = updated
+            self.changed.add(profile_id)
+            # those the profile listed were indexed by the event that linked them (or will
+            # be by its re-delivery)
+            keys -= {f"{t}:{v}" for t, values in current["identifiers"].items()
+                     for v in values}
+        else:
+            # a re-delivery: repeat what may not have reached the store or Kafka the first time
+            entered, left = _logged_changes(updated, cause)
+            if not updated.get("restricted"):
+                self.reindex_name.add(profile_id)
+        self.history.append((profile_id, event, projection.timeline_entry(event)))
+        self.identifiers.update(dict.fromkeys(keys, profile_id))
+        self.memberships.append((profile_id, entered, left))
+        return [_change(profile_id, cause, "event_applied", envelope, updated),
+                *_segment_changes(updated, cause, entered, left, envelope)]
+
+    def _store(self) -> None:
+        self.store.save_many([self.profiles[p] for p in sorted(self.changed)])
+        names = []
+        for profile_id in sorted(self.changed | self.reindex_name):
+            profile = self.profiles[profile_id]
+            if profile_id in self.changed:
+                names.extend(_name_change(profile_id, self.loaded[profile_id], profile))
+            if profile_id in self.reindex_name and not profile.get("restricted"):
+                names.append((profile_id, None, projection.name_of(profile)))
+        self.store.index_names(names)
+        self.context.history.record_many(self.history, self.now)
+        self.store.index_entries(self.identifiers)
+        for profile_id, entered, left in self.memberships:
+            _sync_members(self.context, profile_id, entered, left, self.now)
+
+
+def _without_special_traits(context: Context, event: dict) -> tuple[dict, list]:
+    """The event without the special-category traits its profile has no explicit consent
+    for (special_traits.py); consent states are read only when the event carries one."""
+    candidates = special_traits.classified(event, context.special_categories)
+    if not candidates:
+        return event, []
+    states = context.store.consent_states(event["profile_id"])
+    return special_traits.withhold(event, candidates, states,
+                                   projection.event_moment(event))
+
+
+def _note_refusals(profile: dict, refused: list, cause: str, now: datetime) -> None:
+    if refused:
+        special_traits.note_refusals(profile, refused, cause, now)
+        for refusal in refused:
+            metrics.SPECIAL_TRAITS_REFUSED.labels(SERVICE, refusal.category).inc()
+        log.info("special-category traits withheld without explicit consent", extra={
+            "profile_id": profile["_id"], "traits": [r.trait for r in refused]})
 
 
 def _merge(context: Context, envelope: Envelope) -> list[Outgoing]:
@@ -239,11 +341,13 @@ def _split(context: Context, envelope: Envelope) -> list[Outgoing]:
 # --- segments ------------------------------------------------------------------------------
 
 
-def _reevaluate_segments(context: Context, profile: dict, now: datetime,
-                         cause: str) -> tuple[list[str], list[str]]:
-    """Set the profile's segments from the live definitions and log what changed under
-    ``cause`` (so a re-delivery can announce it again)."""
-    after = members_of(context.segments.all(), profile, now)
+def _reevaluate_segments(context: Context, profile: dict, now: datetime, cause: str,
+                         definitions: list[dict] | None = None) -> tuple[list[str], list[str]]:
+    """Set the profile's segments from the live definitions (read now unless given) and log
+    what changed under ``cause`` (so a re-delivery can announce it again)."""
+    if definitions is None:
+        definitions = context.segments.all()
+    after = members_of(definitions, profile, now)
     entered, left = membership_changes(profile.get("segments", []), after)
     profile["segments"] = after
     if entered or left:
@@ -293,11 +397,18 @@ def _segment_changes(profile: dict, cause: str, entered: list[str], left: list[s
 
 def _index_name(store: ProfileStore, profile_id: str, before: dict | None,
                 after: dict | None) -> None:
+    store.index_names(_name_change(profile_id, before, after))
+
+
+def _name_change(profile_id: str, before: dict | None, after: dict | None) -> list[tuple]:
+    """The name index move from ``before`` to ``after`` (restricted profiles are not
+    listed), if any."""
     old = projection.name_of(before) if before else None
     new = projection.name_of(after) if after and not after.get("restricted") else None
     if old != new or (before and before.get("restricted")) != (after and after.get(
             "restricted")):
-        store.index_name(profile_id, old, new)
+        return [(profile_id, old, new)]
+    return []
 
 
 def _change(profile_id: str, cause: str, kind: str, envelope: Envelope, profile: dict | None,

@@ -10,6 +10,7 @@ import requests
 from services.common import topics
 from services.common.bus import Outgoing, Producer
 from services.common.envelope import new_envelope
+from tests.support.hetus import valid_hetu
 from tests.support.processes import ServiceApi, ServiceWorker, wait_until
 
 
@@ -78,8 +79,9 @@ def test_agent_finds_web_purchase_and_call_history_by_the_local_phone_number(
 
 def test_hetu_is_masked_for_agents_and_whole_for_supervisors(stack, api_keys, settings, unique):
     # the contact centre's CTI verified the caller and sends the hetu with the customer number
+    hetu = valid_hetu(unique)
     envelope = new_envelope("Customer Verified", "phone",
-                            identifiers={"user_id": f"H-{unique}", "hetu": "131052-308T"})
+                            identifiers={"user_id": f"H-{unique}", "hetu": hetu})
     producer = Producer(settings, "tests")
     producer.send([Outgoing(topics.EVENTS_PHONE, f"user_id:H-{unique}", envelope)])
     producer.close()
@@ -90,8 +92,8 @@ def test_hetu_is_masked_for_agents_and_whole_for_supervisors(stack, api_keys, se
         return profile if profile.get("identifiers", {}).get("hetu") else None
 
     agent_view = wait_until(lambda: with_hetu("agent"), 60, interval=0.5, what="hetu on profile")
-    assert agent_view["identifiers"]["hetu"] == ["131052*****"]
-    assert with_hetu("supervisor")["identifiers"]["hetu"] == ["131052-308T"]
+    assert agent_view["identifiers"]["hetu"] == [hetu[:6] + "*****"]
+    assert with_hetu("supervisor")["identifiers"]["hetu"] == [hetu]
 
 
 def test_lookup_with_an_unreadable_number_gets_422_and_an_unknown_one_404(stack, api_keys):

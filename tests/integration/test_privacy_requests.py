@@ -17,6 +17,7 @@ from services.common.shredding import (
     SubjectKeys,
     identifier_key_id,
 )
+from services.consent.receipts import parse_public_key, verify
 from tests.support.kafka import produce, read_all
 from tests.support.processes import ServiceApi, ServiceWorker, wait_until
 
@@ -55,12 +56,14 @@ def wait_for_fan_out(settings, request_id) -> dict:
                       what="the request on cdp.privacy.requests")[0]
 
 
-def acknowledge(settings, request: dict, services, data=None) -> None:
+def acknowledge(settings, request: dict, services, data=None, status="done") -> None:
     acks = []
     for service in services:
         payload = {"request_id": request["payload"]["request_id"],
-                   "kind": request["payload"]["kind"], "service": service, "status": "done",
+                   "kind": request["payload"]["kind"], "service": service, "status": status,
                    "summary": {"deleted": 1}}
+        if status == "failed":
+            payload["error"] = "store unavailable"
         if data is not None:
             payload["data"] = data(service)
         acks.append(new_envelope("Privacy Request Acknowledged", "system", payload=payload,
@@ -109,6 +112,98 @@ def test_erasure_fans_out_once_completes_on_every_ack_and_shreds_the_subjects_ke
                          lambda s: s["proof"]["personal_data_forgotten"], "identifiers forgotten")
     assert unique not in str(forgotten)
     assert forgotten["proof"]["identifier_digests"][0]["type"] == "email"
+
+
+def test_a_completed_erasure_yields_a_signed_receipt_anyone_can_verify(
+        consent, api_keys, settings, test_env, unique):
+    email = f"eino.{unique}@example.com"
+    request_id = file_request(consent, api_keys, {
+        "kind": "erasure", "subject": {"identifier": {"type": "email", "value": email}},
+        "reason": "ticket 4720"})
+    request = wait_for_fan_out(settings, request_id)
+    receipt_url = f"{consent.url}/v1/privacy/requests/{request_id}/receipt"
+    assert requests.get(receipt_url, headers=headers(api_keys), timeout=10).status_code == 409
+    acknowledge(settings, request, ("identity", "profile", "social"))
+    export_ack = new_envelope("Privacy Request Acknowledged", "system", payload={
+        "request_id": request_id, "kind": "erasure", "service": "export", "status": "done",
+        "summary": {"deletion_notices_queued": 1, "partners_notified": [f"lehti-{unique}"]}},
+        message_id=derived_message_id(request["message_id"], "privacy-ack-export"))
+    produce(settings, topics.PRIVACY_ACKS, [export_ack], key=lambda i, v: request_id)
+    wait_for(consent, api_keys, request_id, lambda s: s["state"] == "completed",
+             "the erasure completed")
+
+    response = wait_until(lambda: (lambda r: r if r.status_code == 200 else None)(
+        requests.get(receipt_url, headers=headers(api_keys), timeout=10)), 30,
+        what="the erasure receipt")
+    receipt = response.json()
+    assert "attachment" in response.headers["Content-Disposition"]
+    assert unique not in str(receipt["subject"]) and email not in response.text
+    assert sorted(s["service"] for s in receipt["services"]) == sorted(
+        (*OTHER_SERVICES, "consent"))
+    assert receipt["partners"][0]["partner_id"] == f"lehti-{unique}"
+    public_key = requests.get(f"{consent.url}/v1/consents/receipt-key",
+                              headers=headers(api_keys, "partner"), timeout=10).json()
+    assert verify(receipt, parse_public_key(public_key["public_key"]))
+    assert requests.get(receipt_url, headers=headers(api_keys), timeout=10).json() == receipt
+    assert requests.get(receipt_url, headers=headers(api_keys, "supervisor"),
+                        timeout=10).status_code == 403
+
+    verify_url = f"{consent.url}/v1/privacy/receipts/verify"
+    checked = requests.post(verify_url, json=receipt, headers=headers(api_keys, "partner"),
+                            timeout=10)
+    assert checked.status_code == 200 and checked.json()["valid"] is True
+    tampered = {**receipt, "partners": []}
+    assert requests.post(verify_url, json=tampered, headers=headers(api_keys, "agent"),
+                         timeout=10).json()["valid"] is False
+
+
+def test_a_partially_failed_erasure_is_retried_for_the_failed_service_only_and_completes(
+        consent, api_keys, settings, unique):
+    request_id = file_request(consent, api_keys, {
+        "kind": "erasure", "subject": {"profile_id": f"profile-{unique}"},
+        "reason": "ticket 4730"})
+    request = wait_for_fan_out(settings, request_id)
+    acknowledge(settings, request, ("identity", "profile", "export"))
+    acknowledge(settings, request, ("social",), status="failed")
+    wait_for(consent, api_keys, request_id, lambda s: s["state"] == "partially_failed",
+             "the erasure partially failed")
+
+    url = f"{consent.url}/v1/privacy/requests/{request_id}/retry"
+    assert requests.post(url, headers=headers(api_keys, "supervisor"),
+                         timeout=10).status_code == 403
+    retried = requests.post(url, headers=headers(api_keys), timeout=30)
+    assert retried.status_code == 202, retried.text
+    assert retried.json()["services"] == ["social"] and retried.json()["attempt"] == 1
+    again = requests.post(url, headers=headers(api_keys), timeout=30)
+    assert again.status_code == 200 and again.json() == retried.json()
+
+    sent = wait_until(lambda: [m for m in fanned_out(settings, request_id)
+                               if m["payload"].get("retry")], 60, interval=0.5,
+                      what="the retry on cdp.privacy.requests")
+    assert len(sent) == 1 and sent[0]["payload"]["retry"]["services"] == ["social"]
+    assert sent[0]["message_id"] == retried.json()["message_id"]
+    acknowledge(settings, sent[0], ("social",))
+    done = wait_for(consent, api_keys, request_id, lambda s: s["state"] == "completed",
+                    "the retried erasure completed")
+    assert any(e["event"] == "retried" and e["detail"]["services"] == ["social"]
+               for e in done["audit"])
+    assert requests.post(url, headers=headers(api_keys), timeout=10).status_code == 409
+
+
+def test_open_erasures_show_in_the_backlog_gauges(consent, api_keys, unique):
+    file_request(consent, api_keys, {"kind": "erasure", "subject": {
+        "profile_id": f"profile-{unique}"}, "reason": "ticket 4740"})
+
+    def backlog():
+        text = requests.get(f"{consent.url}/metrics", timeout=10).text
+        samples = dict(line.rsplit(" ", 1) for line in text.splitlines()
+                       if line.startswith("muisti_erasure"))
+        opened = float(samples.get('muisti_erasure_requests{service="consent",state="open"}', 0))
+        return samples if opened >= 1 else None
+
+    samples = wait_until(backlog, 30, interval=1, what="the open erasure in the gauges")
+    assert float(samples['muisti_erasure_oldest_open_age_seconds{service="consent"}']) > 0
+    assert 'muisti_erasure_requests{service="consent",state="partially_failed"}' in samples
 
 
 def test_a_missing_ack_keeps_the_request_open_and_shows_who_is_missing(

@@ -15,6 +15,7 @@ from services.consent.decisions import (
     DecisionRefused,
     DecisionRequest,
     decision_change,
+    identifier_check,
     special_category_answers,
 )
 from services.consent.receipts import ReceiptSigner, verify
@@ -178,3 +179,37 @@ def test_special_category_traits_need_explicit_consent_for_their_category():
     assert not answers["religion"].allowed
     assert answers["religion"].reason == "no_explicit_consent"
     assert answers["shoe_size"].allowed and answers["shoe_size"].category is None
+
+
+PHONE = ledger.identifier_subject("phone", "+358401234567")
+
+
+def test_an_identifier_check_takes_the_decisions_of_its_profile():
+    profile = state_of("p", decide(ledger.profile_subject("p"), "marketing_sms", "granted", T0,
+                                   "g"))
+    answer = identifier_check(CATALOGUE, None, profile, "marketing_sms")
+    assert (answer.allowed, answer.state, answer.reason) == (True, "granted",
+                                                             "explicit_decision")
+    assert identifier_check(CATALOGUE, None, None, "marketing_sms").reason == (
+        "default_by_legal_basis")
+
+
+@pytest.mark.parametrize("number_at, profile_at, allowed", [
+    (T0, T0 + timedelta(days=1), True),  # the holder decided again on their profile
+    (T0 + timedelta(days=1), T0, False),  # the number objected later
+])
+def test_between_the_identifier_and_its_profile_the_latest_decision_wins(
+        number_at, profile_at, allowed):
+    number = state_of(PHONE.key, decide(PHONE, None, None, number_at, "o", objection=True))
+    profile = state_of("p", decide(ledger.profile_subject("p"), "marketing_phone", "granted",
+                                   profile_at, "g"))
+    assert identifier_check(CATALOGUE, number, profile, "marketing_phone").allowed is allowed
+
+
+def test_an_identifier_whose_profile_cannot_be_resolved_is_never_allowed():
+    assert identifier_check(CATALOGUE, None, None, "marketing_phone").allowed  # by default
+    answer = identifier_check(CATALOGUE, None, None, "marketing_phone", profile_known=False)
+    assert (answer.allowed, answer.reason) == (False, "profile_unresolved")
+    number = state_of(PHONE.key, decide(PHONE, "marketing_sms", "granted", T0, "n"))
+    unresolved = identifier_check(CATALOGUE, number, None, "marketing_sms", profile_known=False)
+    assert (unresolved.allowed, unresolved.reason) == (False, "profile_unresolved")

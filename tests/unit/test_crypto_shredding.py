@@ -2,6 +2,7 @@ import base64
 import os
 
 import pytest
+from cryptography.exceptions import InvalidTag
 
 from services.common.shredding import (
     FieldCipher,
@@ -28,6 +29,16 @@ class InMemoryKeys(WrappedKeyStore):
 
     def delete(self, key_ids):
         return sum(self.wrapped.pop(key_id, None) is not None for key_id in key_ids)
+
+    def all(self, after, limit):
+        return sorted((k, v) for k, v in self.wrapped.items() if after is None or k > after)[
+            :limit]
+
+    def replace_if_unchanged(self, key_id, old, new):
+        if self.wrapped.get(key_id) != old:
+            return False
+        self.wrapped[key_id] = new
+        return True
 
 
 @pytest.fixture
@@ -88,3 +99,44 @@ def test_identifier_digests_are_keyed_and_stable():
     assert digest == identifier_digest(key, "email", "aino@example.com")
     assert digest != identifier_digest(other, "email", "aino@example.com")
     assert "aino" not in identifier_key_id(key, "email", "aino@example.com")
+
+
+def test_a_rotation_opens_old_keys_with_the_previous_master_key_and_rewraps_them(store):
+    old_master, new_master = os.urandom(32), os.urandom(32)
+    sealed = [FieldCipher(SubjectKeys(store, MasterKey(old_master))).seal(
+        profile_key_id(f"p-{n}"), {"email": f"aino{n}@example.com"}) for n in range(5)]
+
+    without_previous = FieldCipher(SubjectKeys(store, MasterKey(new_master)))
+    with pytest.raises(InvalidTag):
+        without_previous.open(sealed[0])
+    rotating = SubjectKeys(store, MasterKey(new_master, previous=old_master))
+    assert FieldCipher(rotating).open(sealed[0]) == {"email": "aino0@example.com"}
+    fresh = FieldCipher(rotating).seal(profile_key_id("p-new"), "new")  # under the new key
+
+    report = rotating.rewrap_all(batch=2)
+    assert report == {"scanned": 6, "rewrapped": 5, "already_current": 1,
+                      "changed_meanwhile": 0, "unreadable": []}
+    assert [without_previous.open(s) for s in sealed] == [
+        {"email": f"aino{n}@example.com"} for n in range(5)]
+    assert without_previous.open(fresh) == "new"
+    assert rotating.rewrap_all()["already_current"] == 6  # idempotent
+
+
+def test_a_key_erased_during_the_rewrap_stays_erased_and_unknown_keys_are_reported(store):
+    old_master, new_master = os.urandom(32), os.urandom(32)
+    keys = SubjectKeys(store, MasterKey(old_master))
+    sealed = FieldCipher(keys).seal(profile_key_id("p-erased"), "gone")
+    FieldCipher(SubjectKeys(store, MasterKey(os.urandom(32)))).seal(profile_key_id("p-alien"), 1)
+    wrapped = store.wrapped[profile_key_id("p-erased")]
+    keys.destroy([profile_key_id("p-erased")])
+    assert not store.replace_if_unchanged(profile_key_id("p-erased"), wrapped, b"new")
+    report = SubjectKeys(store, MasterKey(new_master, previous=old_master)).rewrap_all()
+    assert report["unreadable"] == [profile_key_id("p-alien")]
+    assert profile_key_id("p-erased") not in store.wrapped
+    with pytest.raises(Shredded):
+        FieldCipher(SubjectKeys(store, MasterKey(new_master))).open(sealed)
+
+
+def test_a_previous_master_key_of_the_wrong_size_is_refused():
+    with pytest.raises(InvalidMasterKey):
+        MasterKey(os.urandom(32), previous=os.urandom(16))

@@ -13,11 +13,17 @@ from services.consent.privacy import (
     Identifier,
     InvalidAck,
     InvalidPrivacyRequest,
+    NotRetryable,
     PrivacyRequest,
     access_export,
     parse_ack,
 )
-from services.consent.privacy_flow import PrivacyFlow, SubjectDirectory, SubjectLookupFailed
+from services.consent.privacy_flow import (
+    PrivacyFlow,
+    SubjectDirectory,
+    SubjectLookupFailed,
+    retry_message,
+)
 from services.consent.privacy_store import PrivacyRequests
 
 SERVICES = ("identity", "profile", "consent", "social", "export")
@@ -240,3 +246,49 @@ def test_a_broker_outage_leaves_the_request_for_the_relay_with_the_same_message_
     again = flow.ready_to_send(request.request_id, NOW)
     assert first.value.message_id == again.value.message_id
     assert first.key == request.request_id
+
+
+def test_a_partially_failed_request_is_retried_for_the_services_without_a_done_ack():
+    request = erasure()
+    request.mark_fanned_out(NOW)
+    for service in SERVICES:
+        status = "failed" if service == "social" else "done"
+        extra = {"error": "store down"} if status == "failed" else {}
+        request.record_ack(ack(request, service, status, **extra), NOW)
+    assert request.state == PARTIALLY_FAILED
+    assert request.retry_targets(NOW) == ["social"]
+
+
+def test_an_overdue_request_is_retried_for_the_missing_services():
+    request = erasure()
+    request.mark_fanned_out(NOW)
+    request.record_ack(ack(request, "identity"), NOW)
+    assert request.retry_targets(NOW + timedelta(days=31)) == [
+        "consent", "export", "profile", "social"]
+
+
+@pytest.mark.parametrize("prepare", [
+    lambda r: None,  # received, not fanned out: the worker's relay sends it
+    lambda r: r.mark_fanned_out(NOW),  # open, within its deadline
+    lambda r: [r.mark_fanned_out(NOW)] + [r.record_ack(ack(r, s), NOW) for s in SERVICES],
+])
+def test_only_partially_failed_or_overdue_fanned_out_requests_are_retried(prepare):
+    request = erasure()
+    prepare(request)
+    with pytest.raises(NotRetryable):
+        request.retry_targets(NOW + timedelta(days=1))
+
+
+def test_a_retry_is_audited_once_per_attempt_and_sent_under_its_own_message_id():
+    request = erasure()
+    request.mark_fanned_out(NOW)
+    first = retry_message(request, 1, ["social"])
+    assert request.record_retry(1, ["social"], first.value.message_id, "key-dpo", NOW)
+    assert not request.record_retry(1, ["social"], first.value.message_id, "key-dpo", NOW)
+    assert [e["event"] for e in request.audit].count("retried") == 1
+    assert request.last_retry()["services"] == ["social"]
+    second = retry_message(request, 2, ["social"])
+    assert first.value.message_id != second.value.message_id
+    assert first.value.message_id == retry_message(request, 1, ["social"]).value.message_id
+    assert first.value.payload["retry"] == {"attempt": 1, "services": ["social"]}
+    assert first.value.payload["identifiers"] == [EMAIL.as_dict()]
