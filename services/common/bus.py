@@ -99,8 +99,9 @@ def _encode(value: Envelope | dict | bytes) -> bytes:
 class Producer:
     """A Kafka producer (acks=all, idempotent, retries) that reports when the broker has it."""
 
-    def __init__(self, settings: Settings, service: str):
+    def __init__(self, settings: Settings, service: str, send_timeout: float = 30.0):
         self.service = service
+        self.send_timeout = send_timeout
         self._bootstrap = settings.kafka_bootstrap.split(",")
         self._producer = KafkaProducer(
             bootstrap_servers=self._bootstrap,
@@ -112,20 +113,24 @@ class Producer:
             client_id=f"muisti-{service}",
         )
 
-    def send(self, messages: Sequence[Outgoing], timeout: float = 30.0) -> None:
-        """Produce ``messages`` and block until the broker acknowledged every one.
+    def send(self, messages: Sequence[Outgoing], timeout: float | None = None) -> None:
+        """Produce ``messages`` and block until the broker acknowledged every one, for at
+        most ``timeout`` seconds in all (default: the producer's ``send_timeout``).
 
         Raises KafkaError (or TimeoutError) when any is not acknowledged in time; the caller
         must then treat all of them as not sent (re-sending is safe: consumers dedupe).
         """
+        deadline = time.monotonic() + (self.send_timeout if timeout is None else timeout)
         futures = [
             (message.topic, self._producer.send(
                 message.topic, key=message.key.encode(), value=_encode(message.value)))
             for message in messages
         ]
-        self._producer.flush(timeout=timeout)
+        self._producer.flush(timeout=max(0.0, deadline - time.monotonic()))
         for topic, future in futures:
-            future.get(timeout=timeout)
+            # one deadline for the whole call: waiting afresh per message let an API request
+            # hang for minutes while the broker was away
+            future.get(timeout=max(0.001, deadline - time.monotonic()))
             metrics.MESSAGES_PRODUCED.labels(self.service, topic).inc()
 
     def check_connected(self) -> None:

@@ -36,6 +36,8 @@ from services.common.config import Settings
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+# how long an API waits for Kafka's acknowledgement before answering 503
+API_SEND_TIMEOUT_SECONDS = 10.0
 
 
 class Problem(Exception):
@@ -70,7 +72,10 @@ class Runtime:
     def producer(self) -> Producer:
         with self._lock:
             if self._producer is None:
-                self._producer = Producer(self.settings, self.service)
+                # an HTTP caller gets 503 within this bound while the broker is away,
+                # rather than waiting out gunicorn's timeout
+                self._producer = Producer(self.settings, self.service,
+                                          send_timeout=API_SEND_TIMEOUT_SECONDS)
             return self._producer
 
 
