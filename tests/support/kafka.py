@@ -11,6 +11,7 @@ from kafka.errors import KafkaError
 from services.common.bus import Outgoing, Producer, ensure_topics
 from services.common.config import Settings
 from services.common.envelope import new_envelope
+from services.common.topics import DEAD_LETTER
 
 
 def create_topic(settings: Settings, name: str) -> str:
@@ -34,7 +35,11 @@ def produce(settings: Settings, topic: str, values: list, key=lambda i, v: str(i
 
 
 def read_all(settings: Settings, topic: str, idle_ms: int = 1500) -> list[dict]:
-    """Every message now in ``topic`` (JSON-decoded), read without a consumer group."""
+    """Every message now in ``topic`` (JSON-decoded), read without a consumer group.
+
+    The broker is shared by the whole session and the fault tests put malformed messages on
+    the input topics on purpose, so what is not an envelope (or, on the dead-letter topic, a
+    JSON object) is skipped."""
     consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap.split(","),
                              enable_auto_commit=False, consumer_timeout_ms=idle_ms)
     partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
@@ -45,9 +50,21 @@ def read_all(settings: Settings, topic: str, idle_ms: int = 1500) -> list[dict]:
     deadline = time.monotonic() + 30
     while any(consumer.position(tp) < end[tp] for tp in partitions) and time.monotonic() < deadline:
         for records in consumer.poll(timeout_ms=500).values():
-            messages.extend(orjson.loads(record.value) for record in records)
+            messages.extend(filter(None, (_decoded(topic, record.value) for record in records)))
     consumer.close()
     return messages
+
+
+def _decoded(topic: str, value: bytes) -> dict | None:
+    try:
+        message = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(message, dict):
+        return None
+    if topic != DEAD_LETTER and not isinstance(message.get("payload"), dict):
+        return None
+    return message
 
 
 def committed_total(settings: Settings, group: str, topic: str) -> int:
