@@ -45,6 +45,18 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+def _progress_increments(counts: dict[str, Any]) -> dict[str, int]:
+    """What an acknowledged batch adds to its run's or stream's progress counters."""
+    increments = {"progress.considered": counts["considered"],
+                  "progress.exported": counts["exported"],
+                  "progress.batches_sent": 1 if counts["exported"] else 0}
+    for reason, number in counts["excluded"].items():
+        increments[f"progress.excluded.{_key(reason)}"] = number
+    for name, number in counts["invalid_values"].items():
+        increments[f"progress.invalid_values.{_key(name)}"] = number
+    return increments
+
+
 def _key(text: str) -> str:
     """A safe document field name (purpose names come from another service)."""
     return text.replace(".", "_").replace("$", "_")
@@ -270,13 +282,7 @@ class ExportStore:
                                     {"$set": {"acknowledged_at": now(), "receipt": receipt,
                                               "body": None, "sent": []}})
         counts = batch["counts"]
-        increments = {"progress.considered": counts["considered"],
-                      "progress.exported": counts["exported"],
-                      "progress.batches_sent": 1 if counts["exported"] else 0}
-        for reason, number in counts["excluded"].items():
-            increments[f"progress.excluded.{_key(reason)}"] = number
-        for name, number in counts["invalid_values"].items():
-            increments[f"progress.invalid_values.{_key(name)}"] = number
+        increments = _progress_increments(counts)
         update: dict[str, Any] = {
             "$set": {"next_batch": batch["number"] + 1, "cursor": batch["last_profile_id"]},
             "$inc": increments}
@@ -459,13 +465,7 @@ class ExportStore:
                                     {"$set": {"acknowledged_at": moment, "receipt": receipt,
                                               "body": None, "sent": []}})
         counts = batch["counts"]
-        increments = {"progress.considered": counts["considered"],
-                      "progress.exported": counts["exported"],
-                      "progress.batches_sent": 1 if counts["exported"] else 0}
-        for reason, number in counts["excluded"].items():
-            increments[f"progress.excluded.{_key(reason)}"] = number
-        for name, number in counts["invalid_values"].items():
-            increments[f"progress.invalid_values.{_key(name)}"] = number
+        increments = _progress_increments(counts)
         update: dict[str, Any] = {"$set": {"next_batch": batch["number"] + 1, "retry_at": None,
                                            "last_error": None, "failures": 0},
                                   "$inc": increments}

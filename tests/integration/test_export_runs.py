@@ -15,6 +15,7 @@ from services.common import topics
 from services.common.envelope import new_envelope
 from tests.support.export_partner import (
     FakePartner,
+    SoleExportWorker,
     auth,
     consent_changed,
     finished_run,
@@ -24,7 +25,7 @@ from tests.support.export_partner import (
     wait_for_read_model,
 )
 from tests.support.kafka import produce, read_all
-from tests.support.processes import ServiceApi, ServiceWorker, wait_until
+from tests.support.processes import ServiceApi, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -43,19 +44,9 @@ def export_api(export_env):
 
 @pytest.fixture(scope="module")
 def workers(export_env):
-    started: list[ServiceWorker] = []
-
-    def start() -> ServiceWorker:
-        """A fresh worker process, the only one: earlier ones are stopped first."""
-        for earlier in started:
-            earlier.stop()
-        worker = ServiceWorker("services.export", export_env, name="export-worker").start()
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.stop()
+    sole = SoleExportWorker(export_env)
+    yield sole
+    sole.stop_all()
 
 
 def test_a_run_sends_consented_profiles_hashed_and_signed_then_deletions_follow(

@@ -12,7 +12,7 @@ import requests
 from services.common.envelope import new_envelope
 from services.export.rendering import signature_valid
 from tests.support.kafka import produce
-from tests.support.processes import free_port, wait_until
+from tests.support.processes import ServiceWorker, free_port, wait_until
 
 SECRET = "partner-signing-secret-0123456789"
 
@@ -129,3 +129,23 @@ def finished_run(api, api_keys, partner_id, run_id, timeout=60):
         return run if run["status"] in ("succeeded", "failed") else None
 
     return wait_until(done, timeout, interval=0.3, what="the export run to finish")
+
+
+class SoleExportWorker:
+    """Starts export worker processes one at a time: calling it stops the earlier one first,
+    so a test can kill and replace the worker; ``stop_all`` ends them."""
+
+    def __init__(self, env: dict):
+        self.env = env
+        self.started: list[ServiceWorker] = []
+
+    def __call__(self) -> ServiceWorker:
+        for earlier in self.started:
+            earlier.stop()
+        worker = ServiceWorker("services.export", self.env, name="export-worker").start()
+        self.started.append(worker)
+        return worker
+
+    def stop_all(self) -> None:
+        for worker in self.started:
+            worker.stop()
