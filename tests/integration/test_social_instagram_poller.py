@@ -9,7 +9,7 @@ import json
 import threading
 import uuid
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlparse
 
 import pytest
@@ -21,6 +21,7 @@ from services.social.messages import from_instagram_tags_page
 from services.social.poller import Poller, PollLoop
 from services.social.publish import publish
 from services.social.social_store import MongoCheckpoints
+from tests.support.fake_http import answer_json, serve
 from tests.support.kafka import read_all
 from tests.support.processes import wait_until
 
@@ -62,18 +63,10 @@ class FakeGraphApi:
                 self._answer(200, fake.page(query))
 
             def _answer(self, status, body, headers=None):
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for name, value in (headers or {}).items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(data)
+                answer_json(self, status, body, headers)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v21.0"
+        self.server, base = serve(Handler)
+        self.url = f"{base}/v21.0"
 
     def add(self, count: int):
         """``count`` new tags, newer than every earlier one."""

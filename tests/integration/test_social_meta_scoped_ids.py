@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
-import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlparse
 
 import pytest
@@ -20,6 +18,7 @@ from services.common.bus import ensure_topics
 from services.common.envelope import new_envelope
 from services.social import signatures
 from services.social.privacy import ANSWERING_SERVICES
+from tests.support.fake_http import answer_json, serve
 from tests.support.kafka import produce, read_all
 from tests.support.processes import ServiceApi, ServiceWorker, wait_until
 
@@ -54,16 +53,10 @@ class FakeIdsForPages:
                 if index + 1 < len(psids):
                     body["paging"]["next"] = (f"{fake.url}/{asid}/ids_for_pages?access_token="
                                               f"{query.get('access_token')}&after={index + 1}")
-                data_bytes = json.dumps(body).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data_bytes)))
-                self.end_headers()
-                self.wfile.write(data_bytes)
+                answer_json(self, 200, body)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v21.0"
+        self.server, base = serve(Handler)
+        self.url = f"{base}/v21.0"
 
     def close(self):
         self.server.shutdown()

@@ -5,10 +5,9 @@ the acknowledgements."""
 
 from __future__ import annotations
 
-import json
 import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlparse
 
 import pytest
@@ -22,6 +21,7 @@ from services.social.poller import Poller, PollLoop, RateLimited, XMentionsApi
 from services.social.privacy import ANSWERING_SERVICES
 from services.social.publish import publish
 from services.social.social_store import MongoCheckpoints
+from tests.support.fake_http import answer_json, serve
 from tests.support.kafka import produce, read_all
 from tests.support.processes import ServiceApi, ServiceWorker, wait_until
 
@@ -56,18 +56,9 @@ class FakeXApi:
                 self._answer(200, fake.page(query))
 
             def _answer(self, status, body, headers=None):
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for name, value in (headers or {}).items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(data)
+                answer_json(self, status, body, headers)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.server, self.url = serve(Handler)
 
     def page(self, query: dict) -> dict:
         since = int(query.get("since_id", 0))
