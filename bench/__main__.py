@@ -31,7 +31,7 @@ from deploy.local.infra import Instance
 from services.common import store, topics
 from services.common.bus import ensure_topics
 from services.common.config import Settings
-from tests.support.processes import ServiceApi, ServiceWorker
+from tests.support.platform_stack import PlatformStack
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -86,40 +86,18 @@ def _peak_rss_mb(pid: int) -> float | None:
     return None
 
 
-SERVICES = ("identity", "profile", "consent", "social", "export")
-
-
-class Stack:
-    """Every service's API and worker as separate processes, as `make run` starts them."""
-
-    def __init__(self, env: dict):
-        self.apis = {name: ServiceApi(name, env) for name in SERVICES}
-        # the consent API asks identity for a data subject's profiles; social files platform
-        # deletions with consent: each needs the other's address before it starts
-        links = {"CDP_IDENTITY_URL": self.apis["identity"].url,
-                 "CDP_CONSENT_URL": self.apis["consent"].url}
-        for api in self.apis.values():
-            api.env.update(links)
-        self.workers = {name: ServiceWorker(f"services.{name}", {**env, **links},
-                                            name=f"{name}-worker") for name in SERVICES}
+class Stack(PlatformStack):
+    """The platform as `make run` starts it, with each process's peak memory."""
 
     def start(self) -> Stack:
-        for process in [*self.workers.values(), *self.apis.values()]:
-            process.start()
+        super().start()
         time.sleep(5)  # let the workers join their groups
         return self
-
-    def url(self, service: str) -> str:
-        return self.apis[service].url
 
     def peak_memory_mb(self) -> dict:
         return {f"{name}_{kind}": _peak_rss_mb(process.proc.pid)
                 for kind, processes in (("api", self.apis), ("worker", self.workers))
                 for name, process in processes.items()}
-
-    def stop(self) -> None:
-        for process in [*self.apis.values(), *self.workers.values()]:
-            process.stop()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,7 +44,8 @@ from tests.support.fault_load import (
     group_lag,
 )
 from tests.support.kafka import committed_total, read_all
-from tests.support.processes import ServiceApi, ServiceWorker, wait_until
+from tests.support.platform_stack import SERVICES, PlatformStack
+from tests.support.processes import wait_until
 
 FAULTS = 7
 EVENTS = int(os.environ.get("MUISTI_FAULT_EVENTS", "2100"))
@@ -55,7 +56,6 @@ AUTHORS = 5  # per test, each tweeting mentions of the brand
 OUTAGE_SECONDS = 8
 TWEET = Path(__file__).parents[1] / "fixtures" / "social" / "x_tweet_mention.json"
 X_SECRET = "x-secret-" + secrets.token_hex(16)
-SERVICES = ("identity", "profile", "consent", "social", "export")
 
 # a slow machine must not cut a long run short: the load is paced
 pytestmark = pytest.mark.timeout(max(600, int(6 * PER_TEST / RATE) + 300))
@@ -81,48 +81,12 @@ READERS = {topic: {group for group, read in GROUPS.items() if topic in read}
                          topics.PRIVACY_REQUESTS)}
 
 
-class Stack:
-    """Every service's API and worker as separate processes; workers can be killed and
-    started again."""
-
-    def __init__(self, env: dict):
-        self.apis = {name: ServiceApi(name, env) for name in SERVICES}
-        links = {"CDP_IDENTITY_URL": self.apis["identity"].url,
-                 "CDP_CONSENT_URL": self.apis["consent"].url}
-        for api in self.apis.values():
-            api.env.update(links)
-        self.workers = {name: ServiceWorker(f"services.{name}", {**env, **links},
-                                            name=f"{name}-worker") for name in SERVICES}
-
-    def start(self) -> Stack:
-        for worker in self.workers.values():
-            worker.start()
-        for api in self.apis.values():
-            api.start()
-        return self
-
-    def url(self, service: str) -> str:
-        return self.apis[service].url
-
-    def check_alive(self) -> None:
-        dead = [p.name for p in [*self.apis.values(), *self.workers.values()] if not p.alive()]
-        assert not dead, "exited: " + ", ".join(
-            f"{name}\n{self._by_name(name).tail()}" for name in dead)
-
-    def _by_name(self, name: str):
-        return next(p for p in [*self.apis.values(), *self.workers.values()] if p.name == name)
-
-    def stop(self) -> None:
-        for process in [*self.apis.values(), *self.workers.values()]:
-            process.stop()
-
-
 @pytest.fixture(scope="module")
 def stack(test_env, settings, tmp_path_factory):
     ensure_topics(settings)
     env = {**test_env, "CDP_SOCIAL_X_CONSUMER_SECRET": X_SECRET,
            "CDP_EXPORT_DIRECTORY_ROOT": str(tmp_path_factory.mktemp("fault-exports"))}
-    running = Stack(env)
+    running = PlatformStack(env)
     try:
         yield running.start()
     finally:
@@ -146,7 +110,7 @@ def x_mention(author_id: str, tweet_id: str) -> bytes:
     return json.dumps(delivery).encode()
 
 
-def make_load(stack: Stack, api_keys, token: str, log: StatusLog) -> Load:
+def make_load(stack: PlatformStack, api_keys, token: str, log: StatusLog) -> Load:
     sending, tweeting, session = requests.Session(), requests.Session(), requests.Session()
 
     def post_tweet(author_id: str, tweet_id: str) -> int:
@@ -277,7 +241,7 @@ def mentions_applied(db, authors: list[str]) -> dict[str, int]:
     return found
 
 
-def wait_drained(stack: Stack, settings, timeout: float) -> None:
+def wait_drained(stack: PlatformStack, settings, timeout: float) -> None:
     """Until every consumer group has committed everything in its topics."""
     lags: dict[str, int | None] = {}
 
@@ -302,7 +266,7 @@ def wait_busy(settings, group: str, topic: str, before: int, at_least: int = 20)
     wait_until(busy, 120, interval=0.2, what=f"{group} busy on {topic}")
 
 
-def judge(stack: Stack, settings, db, load: Load, log: StatusLog,
+def judge(stack: PlatformStack, settings, db, load: Load, log: StatusLog,
           malformed: dict[tuple[str, bytes], set[str]], label: str) -> None:
     load.wait(timeout=max(600.0, 4 * PER_TEST / RATE))
     assert not load.rejected, f"valid calls refused: {load.rejected[:5]}"
