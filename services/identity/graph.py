@@ -26,7 +26,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 PRIORITY = (
     "user_id", "hetu", "email", "phone", "twitter_id", "facebook_id", "instagram_id",
@@ -65,9 +65,19 @@ class Link:
 
 @dataclass(frozen=True)
 class ProfileNode:
+    """A profile as the graph keeps it; ``identifiers`` are those its own record lists (they
+    can lag its links after a crash between the two writes; resolution repairs that)."""
+
     profile_id: str
     created_at: datetime
     merged_into: str | None = None
+    identifiers: frozenset[Identifier] = frozenset()
+
+    def count_by_type(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for identifier in self.identifiers:
+            counts[identifier.type] = counts.get(identifier.type, 0) + 1
+        return counts
 
 
 @dataclass(frozen=True)
@@ -139,23 +149,25 @@ class GraphRepository(ABC):
     def links(self, identifiers: Iterable[Identifier]) -> dict[Identifier, Link]: ...
 
     @abstractmethod
-    def profile(self, profile_id: str) -> ProfileNode | None: ...
+    def profile(self, profile_id: str) -> ProfileNode | None:
+        """The profile with the identifiers its record lists, in one read."""
 
     @abstractmethod
     def create_profile(self, node: ProfileNode) -> None:
         """Create the profile if absent (idempotent: a re-delivered event recreates nothing)."""
 
     @abstractmethod
-    def add_link(self, link: Link) -> None:
-        """Link an identifier; raise LinkTaken if it is already linked to another profile."""
+    def add_links(self, links: list[Link]) -> None:
+        """Link identifiers to one profile, then list them on its record; raise LinkTaken if
+        one is already linked to another profile."""
 
-    @abstractmethod
-    def count_by_type(self, profile_id: str) -> dict[str, int]: ...
+    def count_by_type(self, profile_id: str) -> dict[str, int]:
+        node = self.profile(profile_id)
+        return node.count_by_type() if node else {}
 
-    @abstractmethod
     def listed(self, profile_id: str) -> set[Identifier]:
-        """The identifiers the profile's own record lists (it can lag its links after a crash
-        between the two writes; resolution repairs that)."""
+        node = self.profile(profile_id)
+        return set(node.identifiers) if node else set()
 
     @abstractmethod
     def merge(self, merge: Merge) -> None:
@@ -182,7 +194,7 @@ def limits_from(overrides: Mapping[str, int]) -> dict[str, int]:
     return {**DEFAULT_LIMITS, **overrides}
 
 
-def canonical(repo: GraphRepository, profile_id: str) -> str:
+def canonical_node(repo: GraphRepository, profile_id: str) -> ProfileNode | None:
     """Follow merged_into to the profile that holds the identifiers now."""
     seen = set()
     node = repo.profile(profile_id)
@@ -192,7 +204,33 @@ def canonical(repo: GraphRepository, profile_id: str) -> str:
         if survivor is None:
             break
         node = survivor
+    return node
+
+
+def canonical(repo: GraphRepository, profile_id: str) -> str:
+    node = canonical_node(repo, profile_id)
     return node.profile_id if node else profile_id
+
+
+_NEVER = datetime.min.replace(tzinfo=UTC)
+
+
+class _Owners:
+    """The canonical profile behind each link, each profile read once per pass (the store is
+    paid by the round trip). ``forget`` after a merge: the merged profile's owner changed."""
+
+    def __init__(self, repo: GraphRepository):
+        self.repo = repo
+        self._nodes: dict[str, ProfileNode] = {}
+
+    def of(self, profile_id: str) -> ProfileNode:
+        if profile_id not in self._nodes:
+            self._nodes[profile_id] = (canonical_node(self.repo, profile_id)
+                                       or ProfileNode(profile_id, _NEVER))
+        return self._nodes[profile_id]
+
+    def forget(self) -> None:
+        self._nodes.clear()
 
 
 def priority_order(identifiers: Iterable[Identifier]) -> list[Identifier]:
@@ -231,10 +269,11 @@ def resolve(
     unverified = set(unverified)
     for attempt in range(max_attempts):
         links = repo.links(ordered)
-        involved = sorted({canonical(repo, link.profile_id) for link in links.values()})
+        owners = _Owners(repo)
+        involved = sorted({owners.of(link.profile_id).profile_id for link in links.values()})
         if (len(links) == len(ordered) and len(involved) == 1
                 and all(link.profile_id == involved[0] for link in links.values())
-                and set(ordered) <= repo.listed(involved[0])):
+                and set(ordered) <= owners.of(involved[0]).identifiers):
             # the common case, a known customer again: nothing to link, merge or repair
             return Resolution(involved[0])
         created = not links
@@ -245,25 +284,32 @@ def resolve(
         with repo.lock(involved):
             # re-read under the lock: another worker may have changed the graph meanwhile
             links = repo.links(ordered)
-            now_involved = sorted({canonical(repo, link.profile_id) for link in links.values()})
+            owners = _Owners(repo)
+            now_involved = sorted({owners.of(link.profile_id).profile_id
+                                   for link in links.values()})
             if now_involved != ([] if created else involved):
                 continue
             try:
-                return _resolve_locked(repo, ordered, links, message_id, at, unverified, limits)
+                return _resolve_locked(repo, ordered, links, owners, message_id, at, unverified,
+                                       limits)
             except LinkTaken:
                 if attempt == max_attempts - 1:
                     raise
     raise LinkTaken("the graph kept changing under this event")
 
 
-def _resolve_locked(repo, ordered, links, message_id, at, unverified, limits) -> Resolution:
+def _resolve_locked(repo, ordered, links, owners, message_id, at, unverified,
+                    limits) -> Resolution:
     anchor_identifier = next((i for i in ordered if i in links), None)
     if anchor_identifier is None:
-        result = Resolution(new_profile_id(message_id), created=True)
+        node = ProfileNode(new_profile_id(message_id), at)
+        result = Resolution(node.profile_id, created=True)
     else:
-        result = Resolution(canonical(repo, links[anchor_identifier].profile_id))
-    counts = repo.count_by_type(result.profile_id)
-    listed = repo.listed(result.profile_id)  # read once; kept current below
+        node = owners.of(links[anchor_identifier].profile_id)
+        result = Resolution(node.profile_id)
+    counts = node.count_by_type()
+    listed = set(node.identifiers)  # kept current below
+    new_links: list[Link] = []  # written together, before anything reads the profile again
 
     for identifier in ordered:
         link = links.get(identifier)
@@ -274,52 +320,60 @@ def _resolve_locked(repo, ordered, links, message_id, at, unverified, limits) ->
                                                  f"profile already has {limit} "
                                                  f"{identifier.type} (limit)"))
                 continue
-            repo.add_link(Link(identifier, result.profile_id, identifier not in unverified,
-                               message_id, at))
+            new_links.append(Link(identifier, result.profile_id, identifier not in unverified,
+                                  message_id, at))
             counts[identifier.type] = counts.get(identifier.type, 0) + 1
             listed.add(identifier)
             result.linked.append(identifier)
             continue
-        owner = canonical(repo, link.profile_id)
-        if owner == result.profile_id:
-            if link.profile_id != owner or identifier not in listed:
+        owner = owners.of(link.profile_id)
+        if owner.profile_id == result.profile_id:
+            if link.profile_id != owner.profile_id or identifier not in listed:
                 # finish what a crash interrupted: a merge that did not move this link, or a
                 # link the profile's record does not list yet
-                repo.move_links([identifier], link.profile_id, owner)
+                repo.move_links([identifier], link.profile_id, owner.profile_id)
+                listed.add(identifier)
             continue
         if identifier in unverified or (not link.verified
                                         and _holds_a_verified_link(repo, owner)):
-            result.conflicts.append(Conflict(identifier, result.profile_id, owner,
+            result.conflicts.append(Conflict(identifier, result.profile_id, owner.profile_id,
                                              "unverified link never merges profiles"))
             continue
-        other_counts = repo.count_by_type(owner)
+        other_counts = owner.count_by_type()
         over = [t for t in set(counts) | set(other_counts)
                 if counts.get(t, 0) + other_counts.get(t, 0) > limits.get(t, 1)]
         if over:
-            result.conflicts.append(Conflict(identifier, result.profile_id, owner,
+            result.conflicts.append(Conflict(identifier, result.profile_id, owner.profile_id,
                                              f"merge would exceed the {', '.join(sorted(over))} "
                                              "limit"))
             continue
-        survivor, merged = _survivor(repo, result.profile_id, owner)
-        merge = Merge(merge_id(message_id, merged), survivor, merged, identifier, message_id, at)
+        if new_links:
+            repo.add_links(new_links)  # the merge moves what the store lists
+            new_links = []
+        survivor, merged = _survivor(node, owner)
+        merge = Merge(merge_id(message_id, merged.profile_id), survivor.profile_id,
+                      merged.profile_id, identifier, message_id, at)
         repo.merge(merge)
         result.merges.append(merge)
-        result.profile_id = survivor
-        listed = repo.listed(survivor)
+        result.profile_id = survivor.profile_id
+        owners.forget()
+        node = owners.of(survivor.profile_id)
+        listed = set(node.identifiers)
         counts = {t: counts.get(t, 0) + other_counts.get(t, 0)
                   for t in set(counts) | set(other_counts)}
+    if new_links:
+        repo.add_links(new_links)
     return result
 
 
-def _holds_a_verified_link(repo: GraphRepository, profile_id: str) -> bool:
+def _holds_a_verified_link(repo: GraphRepository, owner: ProfileNode) -> bool:
     """False for a profile made of caller-id numbers alone (an unknown caller): a verified
     claim on its number absorbs it, as it would have had the call come after the claim."""
-    return any(link.verified for link in repo.links(repo.listed(profile_id)).values())
+    return any(link.verified for link in repo.links(owner.identifiers).values())
 
 
-def _survivor(repo: GraphRepository, a: str, b: str) -> tuple[str, str]:
-    node_a, node_b = repo.profile(a), repo.profile(b)
-    if (node_a.created_at, a) <= (node_b.created_at, b):
+def _survivor(a: ProfileNode, b: ProfileNode) -> tuple[ProfileNode, ProfileNode]:
+    if (a.created_at, a.profile_id) <= (b.created_at, b.profile_id):
         return a, b
     return b, a
 
@@ -387,18 +441,20 @@ def merge_profiles(repo: GraphRepository, a: str, b: str, *, decision_id: str, a
         if a == b:
             return None
         with repo.lock([a, b]):
-            if (canonical(repo, a), canonical(repo, b)) != (a, b):
+            node_a, node_b = canonical_node(repo, a), canonical_node(repo, b)
+            if (node_a.profile_id, node_b.profile_id) != (a, b):
                 continue  # merged elsewhere while we waited for the locks
-            return _merge_locked(repo, a, b, decision_id, at, limits)
+            return _merge_locked(repo, node_a, node_b, decision_id, at, limits)
 
 
-def _merge_locked(repo, a, b, decision_id, at, limits) -> Merge:
-    counts_a, counts_b = repo.count_by_type(a), repo.count_by_type(b)
+def _merge_locked(repo, a: ProfileNode, b: ProfileNode, decision_id, at, limits) -> Merge:
+    counts_a, counts_b = a.count_by_type(), b.count_by_type()
     over = sorted(t for t in set(counts_a) | set(counts_b)
                   if counts_a.get(t, 0) + counts_b.get(t, 0) > limits.get(t, 1))
     if over:
         raise MergeRefused(f"merging would exceed the {', '.join(over)} limit")
-    survivor, merged = _survivor(repo, a, b)
-    merge = Merge(merge_id(decision_id, merged), survivor, merged, None, decision_id, at)
+    survivor, merged = _survivor(a, b)
+    merge = Merge(merge_id(decision_id, merged.profile_id), survivor.profile_id,
+                  merged.profile_id, None, decision_id, at)
     repo.merge(merge)
     return merge

@@ -73,24 +73,14 @@ class MongoGraph(GraphRepository):
         return found
 
     def links_of(self, profile_id: str) -> list[Link]:
-        doc = self.profiles.find_one({"_id": profile_id}) or {}
-        identifiers = [Identifier(type_, value)
-                       for type_, values in sorted((doc.get("identifiers") or {}).items())
-                       for value in sorted(values)]
-        return list(self.links(identifiers).values())
+        return list(self.links(sorted(self.listed(profile_id))).values())
 
     def profile(self, profile_id: str) -> ProfileNode | None:
         doc = self.profiles.find_one({"_id": profile_id})
         if doc is None:
             return None
-        return ProfileNode(doc["_id"], doc["created_at"], doc.get("merged_into"))
-
-    def count_by_type(self, profile_id: str) -> dict[str, int]:
-        doc = self.profiles.find_one({"_id": profile_id}) or {}
-        return {t: len(values) for t, values in (doc.get("identifiers") or {}).items() if values}
-
-    def listed(self, profile_id: str) -> set[Identifier]:
-        return set(self._identifiers_of(profile_id))
+        return ProfileNode(doc["_id"], doc["created_at"], doc.get("merged_into"),
+                           frozenset(_listed(doc)))
 
     def caused_by(self, message_id: str) -> list[dict]:
         """The log entries an event caused, in order (the outbox of cdp.identity.merges)."""
@@ -120,21 +110,29 @@ class MongoGraph(GraphRepository):
             upsert=True,
         )
 
-    def add_link(self, link: Link) -> None:
-        doc = {
+    def add_links(self, links: list[Link]) -> None:
+        docs = [{
             "_id": link.identifier.key, "type": link.identifier.type,
             "value": link.identifier.value, "profile_id": link.profile_id,
             "verified": link.verified, "source_message_id": link.source_message_id,
             "linked_at": link.linked_at,
-        }
+        } for link in links]
         try:
-            self.links_.insert_one(doc)
-        except pymongo.errors.DuplicateKeyError:
-            existing = self.links_.find_one({"_id": link.identifier.key})
-            if existing is None or existing["profile_id"] != link.profile_id:
-                raise LinkTaken(link.identifier.key) from None
-        # after the link: a crash in between is repaired when the event is re-delivered
-        self._add_to_profile(link.profile_id, [link.identifier])
+            self.links_.insert_many(docs, ordered=False)
+        except pymongo.errors.BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if any(error.get("code") != 11000 for error in errors):
+                raise
+            for error in errors:
+                # linked before: by this event's earlier attempt, or by another worker
+                link = links[error["index"]]
+                existing = self.links_.find_one({"_id": link.identifier.key})
+                if existing is None or existing["profile_id"] != link.profile_id:
+                    raise LinkTaken(link.identifier.key) from None
+        # after the links: a crash in between is repaired when the event is re-delivered
+        for profile_id in {link.profile_id for link in links}:
+            self._add_to_profile(profile_id, [link.identifier for link in links
+                                              if link.profile_id == profile_id])
 
     def merge(self, merge: Merge) -> None:
         self.log.update_one({"_id": merge.merge_id}, {"$setOnInsert": {
@@ -175,9 +173,7 @@ class MongoGraph(GraphRepository):
         return removed
 
     def _identifiers_of(self, profile_id: str) -> list[Identifier]:
-        doc = self.profiles.find_one({"_id": profile_id}) or {}
-        return [Identifier(t, v) for t, values in (doc.get("identifiers") or {}).items()
-                for v in values]
+        return _listed(self.profiles.find_one({"_id": profile_id}) or {})
 
     def _add_to_profile(self, profile_id: str, identifiers: list[Identifier]) -> None:
         by_type: dict[str, list[str]] = {}
@@ -260,6 +256,12 @@ class MongoGraph(GraphRepository):
                 raise TimeoutError(f"profile {profile_id} stayed locked")
             time.sleep(delay)
             delay = min(delay * 2, 0.2)
+
+
+def _listed(profile_doc: dict) -> list[Identifier]:
+    return [Identifier(type_, value)
+            for type_, values in (profile_doc.get("identifiers") or {}).items()
+            for value in values]
 
 
 def _link(doc: dict) -> Link:

@@ -14,12 +14,12 @@ from datetime import datetime
 
 from pymongo.database import Database
 
-from services.common.store import find_by_ids
 from services.identity.graph import Identifier
 from services.identity.graph_store import CONFLICTS, LINKS, LOG, PROFILES
 from services.identity.suggestions import RECORDS, SUGGESTIONS
 
 SUPPRESSIONS = "identity_suppressions"
+SUPPRESSION_VERSION = "identity_suppression_version"
 
 
 class GraphEraser:
@@ -65,11 +65,19 @@ class GraphEraser:
 
 
 class SuppressionList:
-    """Identifiers erased on request: events carrying one are dropped, not resolved."""
+    """Identifiers erased on request: events carrying one are dropped, not resolved.
+
+    The worker checks every identifier of every event, so it keeps the digests in memory and
+    asks the store only whether the list changed (one read per batch of events instead of
+    one per identifier): each ``add`` bumps a version number after adding its digests.
+    """
 
     def __init__(self, db: Database, key: bytes):
         self.collection = db[SUPPRESSIONS]
+        self.versions = db[SUPPRESSION_VERSION]
         self.key = key
+        self._digests: set[str] = set()
+        self._version: int | None = None
 
     def digest(self, identifier: Identifier) -> str:
         return hmac.new(self.key, identifier.key.encode(), hashlib.sha256).hexdigest()
@@ -82,8 +90,19 @@ class SuppressionList:
                 {"$setOnInsert": {"type": identifier.type, "request_id": request_id, "at": at}},
                 upsert=True)
             added += result.upserted_id is not None
+        # bumped even when nothing was new: a crash may have come between the adds and the bump
+        self.versions.update_one({"_id": "current"}, {"$inc": {"version": 1}}, upsert=True)
         return added
 
+    def refresh(self) -> None:
+        """Reload the digests if the list changed since the last load."""
+        doc = self.versions.find_one({"_id": "current"}) or {}
+        version = doc.get("version", 0)
+        if version != self._version:
+            # version first, digests second: what is loaded is at least that version
+            self._digests = {d["_id"] for d in self.collection.find({}, {"_id": 1})}
+            self._version = version
+
     def any_suppressed(self, identifiers: Iterable[Identifier]) -> bool:
-        digests = [self.digest(identifier) for identifier in identifiers]
-        return bool(find_by_ids(self.collection, digests, {"_id": 1}))
+        """Against the list as of the last ``refresh``."""
+        return any(self.digest(identifier) in self._digests for identifier in identifiers)

@@ -46,18 +46,19 @@ def build_consumers(settings: Settings, producer: Producer, db: Database) -> lis
     suppressions = SuppressionList(db, settings.privacy_digest_key.encode())
     limits = limits_from(parse_type_limits(settings.identity_limits))
     loops = []
-    for group, input_topics, handler, relay in (
-        (GROUP, INPUT_TOPICS, make_handler(graph, SuggestionStore(db), limits, suppressions,
-                                           HetuProtector.from_settings(settings, db, SERVICE)),
+    handler, batch_handler = make_handlers(graph, SuggestionStore(db), limits, suppressions,
+                                           HetuProtector.from_settings(settings, db, SERVICE))
+    for group, input_topics, handlers, relay in (
+        (GROUP, INPUT_TOPICS, {"handler": handler, "batch_handler": batch_handler},
          UnannouncedChanges(graph)),
         (PRIVACY_GROUP, (topics.PRIVACY_REQUESTS,),
-         make_privacy_handler(graph, GraphEraser(db), suppressions), None),
+         {"handler": make_privacy_handler(graph, GraphEraser(db), suppressions)}, None),
     ):
         ledger = ProcessedLedger(db, group)
         ledger.prepare()
         loops.append(ConsumerLoop(settings=settings, service=SERVICE, group=group,
-                                  topics=input_topics, handler=handler, producer=producer,
-                                  ledger=ledger, relay=relay))
+                                  topics=input_topics, producer=producer, ledger=ledger,
+                                  relay=relay, **handlers))
     return loops
 
 
@@ -75,9 +76,12 @@ def event_identifiers(envelope: Envelope) -> tuple[dict[str, str], set[Identifie
     return normalised, unverified
 
 
-def make_handler(graph: MongoGraph, people: SuggestionStore, limits: dict[str, int],
-                 suppressions: SuppressionList, hetus: HetuProtector):
-    def handle(envelope: Envelope) -> list[Outgoing]:
+def make_handlers(graph: MongoGraph, people: SuggestionStore, limits: dict[str, int],
+                  suppressions: SuppressionList, hetus: HetuProtector):
+    """The per-event handler and the batch handler (one look at the suppression list per
+    poll; the events are still resolved one by one, in order)."""
+
+    def resolve_event(envelope: Envelope) -> list[Outgoing]:
         # a producer writing to Kafka directly may send a hetu in the clear: from here on
         # only its digest and sealed copy travel (what the HTTP API sent is unchanged)
         envelope = protect_hetus(envelope, hetus)
@@ -111,7 +115,15 @@ def make_handler(graph: MongoGraph, people: SuggestionStore, limits: dict[str, i
         return [Outgoing(topics.EVENTS_RESOLVED, result.profile_id, resolved),
                 *(log_message(entry) for entry in caused)]
 
-    return handle
+    def handle(envelope: Envelope) -> list[Outgoing]:
+        suppressions.refresh()
+        return resolve_event(envelope)
+
+    def handle_batch(envelopes: list[Envelope]) -> list[Outgoing]:
+        suppressions.refresh()
+        return [message for envelope in envelopes for message in resolve_event(envelope)]
+
+    return handle, handle_batch
 
 
 def make_privacy_handler(graph: MongoGraph, eraser: GraphEraser, suppressions: SuppressionList):

@@ -3,6 +3,7 @@ breaks when the interface changes."""
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import contextmanager
 
 from services.identity.graph import GraphRepository, Identifier, Link, LinkTaken, Merge, ProfileNode
@@ -19,26 +20,21 @@ class InMemoryGraph(GraphRepository):
         return {i: self.link_table[i] for i in identifiers if i in self.link_table}
 
     def profile(self, profile_id):
-        return self.nodes.get(profile_id)
+        node = self.nodes.get(profile_id)
+        if node is None:
+            return None
+        return dataclasses.replace(node, identifiers=frozenset(
+            i for i, link in self.link_table.items() if link.profile_id == profile_id))
 
     def create_profile(self, node):
         self.nodes.setdefault(node.profile_id, node)
 
-    def add_link(self, link):
-        existing = self.link_table.get(link.identifier)
-        if existing and existing.profile_id != link.profile_id:
-            raise LinkTaken(link.identifier.key)
-        self.link_table.setdefault(link.identifier, link)
-
-    def count_by_type(self, profile_id):
-        counts: dict[str, int] = {}
-        for link in self.link_table.values():
-            if link.profile_id == profile_id:
-                counts[link.identifier.type] = counts.get(link.identifier.type, 0) + 1
-        return counts
-
-    def listed(self, profile_id):
-        return {i for i, link in self.link_table.items() if link.profile_id == profile_id}
+    def add_links(self, links):
+        for link in links:
+            existing = self.link_table.get(link.identifier)
+            if existing and existing.profile_id != link.profile_id:
+                raise LinkTaken(link.identifier.key)
+            self.link_table.setdefault(link.identifier, link)
 
     def merge(self, merge):
         self.merges.append(merge)
