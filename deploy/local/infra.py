@@ -86,30 +86,44 @@ def kafka_libs() -> Path:
     return libs
 
 
-# Two fixes to FerretDB 1.24's SQLite backend, applied to its source before the build:
+# Three changes to FerretDB 1.24's SQLite backend, applied to its source before the build:
 # - it looks documents up by _id with the expression `_ferretdb_sjson->'$._id'`, but creates
 #   the _id index on `_ferretdb_sjson->"_id"`; SQLite uses an expression index only for the
 #   same expression, so every find, update and delete by _id scanned the whole table (70 ms
 #   per lookup at 50k documents, 0.5 ms with the fix);
 # - it pushes `_id` equality down only when it is the filter's sole field, so a conditional
 #   write such as {_id, version} scanned the table too. FerretDB's handler filters every
-#   fetched document by the whole filter again, so narrowing by _id first is always safe.
-FERRETDB_PATCHES = {
-    "internal/backends/sqlite/metadata/metadata.go": (
-        'IDColumn = DefaultColumn + "->\'$._id\'"',
-        'IDColumn = DefaultColumn + `->"_id"`',
-    ),
-    "internal/backends/sqlite/collection.go": (
-        "if params.Filter.Len() == 1 {",
-        "if params.Filter.Len() >= 1 {",
-    ),
+#   fetched document by the whole filter again, so narrowing by _id first is always safe;
+# - it scans the table for `{_id: {$in: [...]}}`; ferretdb/sqlite_id_in.go.in answers that
+#   from the _id index too, so a batch of documents is one round trip (services/common/store.py
+#   find_by_ids), not one per document.
+FERRETDB_PATCHES = (
+    ("internal/backends/sqlite/metadata/metadata.go",
+     'IDColumn = DefaultColumn + "->\'$._id\'"',
+     'IDColumn = DefaultColumn + `->"_id"`'),
+    ("internal/backends/sqlite/collection.go",
+     "if params.Filter.Len() == 1 {",
+     "if params.Filter.Len() >= 1 {"),
+    ("internal/backends/sqlite/collection.go",
+     "\t\t\twhereClause = fmt.Sprintf(` WHERE %s = ?`, metadata.IDColumn)\n"
+     "\t\t\targs = []any{string(must.NotFail(sjson.MarshalSingleValue(v)))}\n"
+     "\t\t}\n",
+     "\t\t\twhereClause = fmt.Sprintf(` WHERE %s = ?`, metadata.IDColumn)\n"
+     "\t\t\targs = []any{string(must.NotFail(sjson.MarshalSingleValue(v)))}\n"
+     "\t\tcase *types.Document:\n"
+     "\t\t\twhereClause, args = idInWhereClause(v.(*types.Document))\n"
+     "\t\t}\n"),
+)
+FERRETDB_ADDED_FILES = {
+    "internal/backends/sqlite/muisti_id_in.go": HERE / "ferretdb" / "sqlite_id_in.go.in",
 }
 
 
 def ferretdb_binary() -> Path:
     """Return the FerretDB binary, building it with ``go build`` once per source change."""
     sources = [HERE / "ferretdb" / name for name in ("go.mod", "go.sum", "main.go")]
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources)
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in [*sources,
+                                                              *FERRETDB_ADDED_FILES.values()])
                             + repr(FERRETDB_PATCHES).encode()).hexdigest()[:12]
     binary = CACHE / f"ferretdb-{FERRETDB_VERSION}-{digest}" / "ferretdb"
     if binary.exists():
@@ -142,12 +156,14 @@ def _patched_ferretdb_source(build_dir: Path, env: dict[str, str]) -> None:
     shutil.copytree(json.loads(result.stdout)["Dir"], source)
     for path in source.rglob("*"):  # the module cache is read-only
         path.chmod(path.stat().st_mode | 0o200)
-    for relative, (old, new) in FERRETDB_PATCHES.items():
+    for relative, old, new in FERRETDB_PATCHES:
         target = source / relative
         text = target.read_text()
         if old not in text:
             raise InfraError(f"FerretDB patch does not apply to {relative}: {old!r} not found")
         target.write_text(text.replace(old, new))  # every occurrence: find and explain
+    for relative, added in FERRETDB_ADDED_FILES.items():
+        shutil.copy(added, source / relative)
     _run(["go", "mod", "edit", f"-replace=github.com/FerretDB/FerretDB=./{source.name}"],
          "go mod edit failed", cwd=build_dir, env=env)
 

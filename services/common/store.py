@@ -42,21 +42,20 @@ def database(client: pymongo.MongoClient, settings: Settings) -> Database:
 
 def find_by_ids(collection: pymongo.collection.Collection, ids: list[str],
                 projection: dict | None = None) -> list[dict]:
-    """The documents whose ``_id`` is one of ``ids``, in one query on MongoDB.
+    """The documents whose ``_id`` is one of ``ids``: one query per ``IDS_PER_QUERY`` ids.
 
-    FerretDB 1.x answers only a single ``_id`` equality from an index; ``$in`` scans the whole
-    collection, which grows with the data, so there it is one indexed lookup per id instead,
-    one after another: lookups in parallel from every worker exhaust FerretDB's SQLite
-    connection pool, where an update holding one connection waits for a second forever (seen
-    as every client timing out at once).
+    Stock FerretDB 1.x scans the whole collection for ``$in``; the FerretDB deploy/local
+    builds answers it from the ``_id`` index (deploy/local/infra.py), as MongoDB does.
     """
-    if not ids:
-        return []
-    if not _is_ferretdb(collection.database.client):
-        return list(collection.find({"_id": {"$in": ids}}, projection))
-    found = (collection.find_one({"_id": one}, projection) for one in ids)
-    return [doc for doc in found if doc is not None]
+    found: list[dict] = []
+    unique = list(dict.fromkeys(ids))
+    for start in range(0, len(unique), IDS_PER_QUERY):
+        chunk = unique[start:start + IDS_PER_QUERY]
+        found.extend(collection.find({"_id": {"$in": chunk}}, projection))
+    return found
 
+
+IDS_PER_QUERY = 500  # FerretDB's pushdown stops at 1000
 
 BULK_CHUNK = 50
 
@@ -85,16 +84,6 @@ def bulk_write(collection: pymongo.collection.Collection, writes: list, *,
             continue
         done += result.matched_count + result.inserted_count + result.upserted_count
     return done, errors
-
-
-_ferretdb: dict[int, bool] = {}
-
-
-def _is_ferretdb(client: pymongo.MongoClient) -> bool:
-    key = id(client)
-    if key not in _ferretdb:
-        _ferretdb[key] = "ferretdbVersion" in client.server_info()
-    return _ferretdb[key]
 
 
 def ping(client: pymongo.MongoClient) -> None:

@@ -25,7 +25,7 @@ import pymongo
 import pymongo.errors
 from pymongo.database import Database
 
-from services.common.store import Index
+from services.common.store import Index, find_by_ids
 from services.identity.graph import (
     Conflict,
     GraphRepository,
@@ -65,12 +65,8 @@ class MongoGraph(GraphRepository):
     # reads
 
     def links(self, identifiers: Iterable[Identifier]) -> dict[Identifier, Link]:
-        found = {}
-        for identifier in identifiers:
-            doc = self.links_.find_one({"_id": identifier.key})
-            if doc is not None:
-                found[identifier] = _link(doc)
-        return found
+        docs = find_by_ids(self.links_, [identifier.key for identifier in identifiers])
+        return {link.identifier: link for link in map(_link, docs)}
 
     def links_of(self, profile_id: str) -> list[Link]:
         return list(self.links(sorted(self.listed(profile_id))).values())
@@ -86,8 +82,8 @@ class MongoGraph(GraphRepository):
         """The log entries an event caused, in order (the outbox of cdp.identity.merges)."""
         doc = self.outbox.find_one({"_id": message_id})
         entry_ids = (doc or {}).get("entries", [])
-        entries = (self.log.find_one({"_id": entry_id}) for entry_id in entry_ids)
-        return [entry for entry in entries if entry is not None]
+        by_id = {entry["_id"]: entry for entry in find_by_ids(self.log, entry_ids)}
+        return [by_id[entry_id] for entry_id in entry_ids if entry_id in by_id]
 
     def log_entries(self, profile_id: str) -> list[dict]:
         return list(self.log.find({"profiles": profile_id}).sort("at", 1))

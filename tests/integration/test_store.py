@@ -2,7 +2,7 @@
 
 from datetime import UTC, datetime, timedelta
 
-from services.common.store import ProcessedLedger
+from services.common.store import ProcessedLedger, find_by_ids
 
 
 def test_ledger_remembers_applied_ids_per_group(db, unique):
@@ -41,3 +41,19 @@ def test_an_index_left_by_an_older_version_under_another_name_does_not_stop_star
     ledger.prepare()  # must not raise
     ledger.mark(["m"])
     assert ledger.seen(["m"]) == {"m"}
+
+
+def test_a_batch_of_ids_is_looked_up_from_the_id_index_in_one_query(db, unique):
+    """deploy/local builds FerretDB so that {_id: {$in: [...]}} searches the _id index, as
+    MongoDB does; stock FerretDB 1.x scans the collection for it."""
+    collection = db[f"by_ids_{unique}"]
+    collection.insert_many([{"_id": f"key-{i}", "n": i} for i in range(1200)])
+    wanted = [f"key-{i}" for i in range(0, 1200, 2)] + ["key-missing", "key-0"]
+
+    found = find_by_ids(collection, wanted, {"n": 1})
+
+    assert sorted(doc["n"] for doc in found) == list(range(0, 1200, 2))
+    plan = db.command("explain", {"find": collection.name,
+                                  "filter": {"_id": {"$in": wanted[:500]}}})["queryPlanner"]
+    assert any("USING INDEX" in step for step in plan["Plan"]), plan
+    assert not any("SCAN" in step for step in plan["Plan"]), plan
