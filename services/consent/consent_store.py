@@ -28,6 +28,7 @@ from pymongo.database import Database
 from services.common import topics
 from services.common.bus import Outgoing, Relay
 from services.common.envelope import derived_message_id, new_envelope
+from services.common.store import find_by_ids
 from services.consent import ledger
 from services.consent.ledger import Entry, Record, SubjectState
 
@@ -100,6 +101,10 @@ class ConsentStore:
     def state(self, key: str) -> SubjectState | None:
         doc = self.states.find_one({"_id": key})
         return _state_from_doc(doc) if doc else None
+
+    def subjects_with_state(self, keys: list[str]) -> set[str]:
+        """Which of ``keys`` have a state stored, in one query."""
+        return {doc["_id"] for doc in find_by_ids(self.states, keys, {"_id": 1})}
 
     def current_state(self, key: str) -> tuple[str, SubjectState | None]:
         """The subject's state following merges to the profile that absorbed it, with that

@@ -13,9 +13,9 @@ cdp.consent.changes:
   recorded on the bare identifier stays with the identifier (a recycled do-not-call number
   stays do-not-call until its new holder decides otherwise).
 * **resolved events** — how a bare identifier (a do-not-call phone number) meets its profile.
-  For each of the event's identifiers one ``_id`` read asks whether a bare-identifier subject
-  exists; almost always it does not and nothing else happens, which keeps this consumer cheap
-  next to the identity and profile workers on the same topic. When it does, the identifier is
+  One query per poll asks which of the events' identifiers are bare-identifier subjects;
+  almost always none is and nothing else happens, which keeps this consumer cheap next to
+  the identity and profile workers on the same topic. When it does, the identifier is
   linked to the profile: the profile takes the stricter state per purpose (an objection stays
   an objection), and later decisions on the identifier apply to the profile too. A check on the
   profile then stays a single read.
@@ -55,14 +55,18 @@ def consents_consumers(settings: Settings, producer: Producer,
     signer = ReceiptSigner.from_setting(settings.consent_receipt_key)
     ledger_ = ProcessedLedger(db, GROUP)
     ledger_.prepare()
+    handler, batch_handler = make_handlers(store, signer)
     return [ConsumerLoop(settings=settings, service=SERVICE, group=GROUP,
                          topics=[topics.IDENTITY_MERGES, topics.EVENTS_RESOLVED],
-                         handler=make_handler(store, signer), producer=producer,
+                         handler=handler, batch_handler=batch_handler, producer=producer,
                          ledger=ledger_, relay=UnannouncedChanges(store))]
 
 
-def make_handler(store: ConsentStore, signer: ReceiptSigner):
-    def handle(envelope: Envelope) -> list[Outgoing]:
+def make_handlers(store: ConsentStore, signer: ReceiptSigner):
+    """The per-message handler and the batch handler, which asks the store once per poll
+    which of the events' identifiers have a state of their own (almost always none)."""
+
+    def handle_one(envelope: Envelope, with_state: set[str] | None) -> list[Outgoing]:
         if envelope.channel == "system" and envelope.type == "Profiles Merged":
             return _merge(store, signer, envelope)
         if envelope.channel == "system" and envelope.type == "Profile Split":
@@ -72,12 +76,27 @@ def make_handler(store: ConsentStore, signer: ReceiptSigner):
         if envelope.profile_id is None:
             raise InvalidMessage("a resolved event needs a profile_id")
         messages = []
-        for type_, value in sorted(envelope.identifiers.items()):
-                messages += _link(store, signer, f"{ledger.IDENTIFIER_PREFIX}{type_}:{value}",
-                              envelope.profile_id, envelope)
+        for key in _identifier_keys(envelope):
+            if with_state is None or key in with_state:
+                messages += _link(store, signer, key, envelope.profile_id, envelope)
         return messages
 
-    return handle
+    def handle(envelope: Envelope) -> list[Outgoing]:
+        return handle_one(envelope, None)
+
+    def handle_batch(envelopes: list[Envelope]) -> list[Outgoing]:
+        # merges and splits in the batch change profiles' states, never an identifier's
+        with_state = store.subjects_with_state(
+            [key for envelope in envelopes for key in _identifier_keys(envelope)])
+        return [message for envelope in envelopes
+                for message in handle_one(envelope, with_state)]
+
+    return handle, handle_batch
+
+
+def _identifier_keys(envelope: Envelope) -> list[str]:
+    return [f"{ledger.IDENTIFIER_PREFIX}{type_}:{value}"
+            for type_, value in sorted(envelope.identifiers.items())]
 
 
 def _merge(store: ConsentStore, signer: ReceiptSigner, envelope: Envelope) -> list[Outgoing]:
