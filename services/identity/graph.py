@@ -141,16 +141,18 @@ class LinkTaken(Exception):
     """Another worker linked the identifier first; resolution starts over."""
 
 
-class GraphRepository(ABC):
-    """Where the graph is kept. ``lock`` serialises changes to a set of profiles across
-    workers; every other method is a single read or an idempotent write."""
-
+class GraphReader(ABC):
     @abstractmethod
     def links(self, identifiers: Iterable[Identifier]) -> dict[Identifier, Link]: ...
 
     @abstractmethod
     def profile(self, profile_id: str) -> ProfileNode | None:
         """The profile with the identifiers its record lists, in one read."""
+
+
+class GraphRepository(GraphReader):
+    """Where the graph is kept. ``lock`` serialises changes to a set of profiles across
+    workers; every other method is a single read or an idempotent write."""
 
     @abstractmethod
     def create_profile(self, node: ProfileNode) -> None:
@@ -189,12 +191,47 @@ class GraphRepository(ABC):
     def lock(self, profile_ids: Iterable[str]) -> AbstractContextManager[None]: ...
 
 
+class GraphSnapshot(GraphReader):
+    """The links and profiles a batch of events will look at, read together when the batch
+    begins, for the unlocked first look of ``resolve``: a known customer's event then costs
+    no read of its own. What is not in it is read from ``repo``. After an event changed the
+    graph, ``forget`` what it touched, so later events of the batch read that afresh; what
+    other workers change meanwhile is seen as late as by any unlocked read, and whatever
+    would be changed is re-read under the lock anyway."""
+
+    def __init__(self, repo: GraphReader, asked: Iterable[Identifier],
+                 links: Mapping[Identifier, Link], nodes: Mapping[str, ProfileNode]):
+        self.repo = repo
+        self._known = set(asked)  # those absent from ``links`` were unlinked
+        self._links = dict(links)
+        self._nodes = dict(nodes)
+
+    def links(self, identifiers: Iterable[Identifier]) -> dict[Identifier, Link]:
+        identifiers = list(identifiers)
+        missing = [i for i in identifiers if i not in self._known]
+        found = self.repo.links(missing) if missing else {}
+        found.update({i: self._links[i] for i in identifiers if i in self._links})
+        return found
+
+    def profile(self, profile_id: str) -> ProfileNode | None:
+        if profile_id in self._nodes:
+            return self._nodes[profile_id]
+        return self.repo.profile(profile_id)
+
+    def forget(self, identifiers: Iterable[Identifier], profile_ids: Iterable[str]) -> None:
+        for identifier in identifiers:
+            self._links.pop(identifier, None)
+            self._known.discard(identifier)
+        for profile_id in profile_ids:
+            self._nodes.pop(profile_id, None)
+
+
 def limits_from(overrides: Mapping[str, int]) -> dict[str, int]:
     """The default limits with the configured overrides applied."""
     return {**DEFAULT_LIMITS, **overrides}
 
 
-def canonical_node(repo: GraphRepository, profile_id: str) -> ProfileNode | None:
+def canonical_node(repo: GraphReader, profile_id: str) -> ProfileNode | None:
     """Follow merged_into to the profile that holds the identifiers now."""
     seen = set()
     node = repo.profile(profile_id)
@@ -219,7 +256,7 @@ class _Owners:
     """The canonical profile behind each link, each profile read once per pass (the store is
     paid by the round trip). ``forget`` after a merge: the merged profile's owner changed."""
 
-    def __init__(self, repo: GraphRepository):
+    def __init__(self, repo: GraphReader):
         self.repo = repo
         self._nodes: dict[str, ProfileNode] = {}
 
@@ -256,20 +293,24 @@ def resolve(
     unverified: Iterable[Identifier] = (),
     limits: Mapping[str, int] = DEFAULT_LIMITS,
     max_attempts: int = 20,
+    first_look: GraphReader | None = None,
 ) -> Resolution:
     """Resolve an event's identifiers to one profile, linking and merging by the rules above.
 
     Raises ValueError when ``identifiers`` is empty. Concurrent resolutions by other workers
     are handled by locking the profiles involved and starting over when the graph changed
-    under us (LinkTaken); after ``max_attempts`` the LinkTaken propagates.
+    under us (LinkTaken); after ``max_attempts`` the LinkTaken propagates. ``first_look``
+    (a GraphSnapshot) serves the first, unlocked read; what the resolution then changed is
+    forgotten from it.
     """
     ordered = priority_order(identifiers)
     if not ordered:
         raise ValueError("an event needs at least one identifier to resolve")
     unverified = set(unverified)
     for attempt in range(max_attempts):
-        links = repo.links(ordered)
-        owners = _Owners(repo)
+        reader = first_look if first_look is not None and attempt == 0 else repo
+        links = reader.links(ordered)
+        owners = _Owners(reader)
         involved = sorted({owners.of(link.profile_id).profile_id for link in links.values()})
         if (len(links) == len(ordered) and len(involved) == 1
                 and all(link.profile_id == involved[0] for link in links.values())
@@ -290,11 +331,16 @@ def resolve(
             if now_involved != ([] if created else involved):
                 continue
             try:
-                return _resolve_locked(repo, ordered, links, owners, message_id, at, unverified,
-                                       limits)
+                result = _resolve_locked(repo, ordered, links, owners, message_id, at,
+                                         unverified, limits)
             except LinkTaken:
                 if attempt == max_attempts - 1:
                     raise
+                continue
+        if isinstance(first_look, GraphSnapshot):
+            first_look.forget(ordered, {result.profile_id,
+                                        *(merge.merged for merge in result.merges)})
+        return result
     raise LinkTaken("the graph kept changing under this event")
 
 

@@ -29,6 +29,7 @@ from services.common.store import Index, find_by_ids
 from services.identity.graph import (
     Conflict,
     GraphRepository,
+    GraphSnapshot,
     Identifier,
     Link,
     LinkTaken,
@@ -73,17 +74,28 @@ class MongoGraph(GraphRepository):
 
     def profile(self, profile_id: str) -> ProfileNode | None:
         doc = self.profiles.find_one({"_id": profile_id})
-        if doc is None:
-            return None
-        return ProfileNode(doc["_id"], doc["created_at"], doc.get("merged_into"),
-                           frozenset(_listed(doc)))
+        return _node(doc) if doc is not None else None
+
+    def snapshot(self, identifiers: Iterable[Identifier]) -> GraphSnapshot:
+        """The links of ``identifiers`` and the profiles they point to, in two queries."""
+        identifiers = set(identifiers)
+        links = self.links(identifiers)
+        profile_ids = sorted({link.profile_id for link in links.values()})
+        nodes = {doc["_id"]: _node(doc) for doc in find_by_ids(self.profiles, profile_ids)}
+        return GraphSnapshot(self, identifiers, links, nodes)
 
     def caused_by(self, message_id: str) -> list[dict]:
         """The log entries an event caused, in order (the outbox of cdp.identity.merges)."""
-        doc = self.outbox.find_one({"_id": message_id})
-        entry_ids = (doc or {}).get("entries", [])
-        by_id = {entry["_id"]: entry for entry in find_by_ids(self.log, entry_ids)}
-        return [by_id[entry_id] for entry_id in entry_ids if entry_id in by_id]
+        return self.caused_by_each([message_id])[message_id]
+
+    def caused_by_each(self, message_ids: list[str]) -> dict[str, list[dict]]:
+        """``caused_by`` for several events, in one query when none caused anything."""
+        outboxes = {doc["_id"]: doc.get("entries", [])
+                    for doc in find_by_ids(self.outbox, message_ids)}
+        wanted = [entry_id for entries in outboxes.values() for entry_id in entries]
+        by_id = {entry["_id"]: entry for entry in find_by_ids(self.log, wanted)}
+        return {message_id: [by_id[e] for e in outboxes.get(message_id, []) if e in by_id]
+                for message_id in message_ids}
 
     def log_entries(self, profile_id: str) -> list[dict]:
         return list(self.log.find({"profiles": profile_id}).sort("at", 1))
@@ -252,6 +264,11 @@ class MongoGraph(GraphRepository):
                 raise TimeoutError(f"profile {profile_id} stayed locked")
             time.sleep(delay)
             delay = min(delay * 2, 0.2)
+
+
+def _node(profile_doc: dict) -> ProfileNode:
+    return ProfileNode(profile_doc["_id"], profile_doc["created_at"],
+                       profile_doc.get("merged_into"), frozenset(_listed(profile_doc)))
 
 
 def _listed(profile_doc: dict) -> list[Identifier]:

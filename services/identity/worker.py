@@ -23,7 +23,7 @@ from services.common.privacy_requests import ack_payload
 from services.common.store import ProcessedLedger, ensure_indexes
 from services.identity import privacy
 from services.identity.channels import protect_hetus
-from services.identity.graph import Identifier, limits_from, resolve
+from services.identity.graph import GraphSnapshot, Identifier, limits_from, resolve
 from services.identity.graph_store import INDEXES, MongoGraph
 from services.identity.merges import UnannouncedChanges, log_message
 from services.identity.privacy_store import GraphEraser, SuppressionList
@@ -76,25 +76,42 @@ def event_identifiers(envelope: Envelope) -> tuple[dict[str, str], set[Identifie
     return normalised, unverified
 
 
+@dataclasses.dataclass(frozen=True)
+class _Event:
+    envelope: Envelope  # its hetus protected
+    identifiers: dict[str, str]  # normalised
+    unverified: set[Identifier]
+
+    @property
+    def keys(self) -> list[Identifier]:
+        return [Identifier(t, v) for t, v in self.identifiers.items()]
+
+
 def make_handlers(graph: MongoGraph, people: SuggestionStore, limits: dict[str, int],
                   suppressions: SuppressionList, hetus: HetuProtector):
-    """The per-event handler and the batch handler (one look at the suppression list per
-    poll; the events are still resolved one by one, in order)."""
+    """The per-event handler and the batch handler. The batch handler reads what the poll's
+    events will look at together (the suppression list's version, their links and profiles,
+    their merge outboxes) and still resolves the events one by one, in order."""
 
-    def resolve_event(envelope: Envelope) -> list[Outgoing]:
+    def prepare(envelope: Envelope) -> _Event:
         # a producer writing to Kafka directly may send a hetu in the clear: from here on
         # only its digest and sealed copy travel (what the HTTP API sent is unchanged)
         envelope = protect_hetus(envelope, hetus)
         identifiers, unverified = event_identifiers(envelope)
         if not identifiers:
             raise InvalidMessage("the event carries no valid identifier to resolve")
-        if suppressions.any_suppressed(Identifier(t, v) for t, v in identifiers.items()):
+        return _Event(envelope, identifiers, unverified)
+
+    def resolve_event(event: _Event, snapshot: GraphSnapshot | None = None,
+                      caused: list[dict] | None = None) -> list[Outgoing]:
+        envelope, identifiers = event.envelope, event.identifiers
+        if suppressions.any_suppressed(event.keys):
             # erased on request: dropped, not dead-lettered (that would keep the data)
             metrics.EVENTS_SUPPRESSED.labels(SERVICE, envelope.channel).inc()
             return []
-        result = resolve(graph, [Identifier(t, v) for t, v in identifiers.items()],
-                         message_id=envelope.message_id, at=envelope.received_at,
-                         unverified=unverified, limits=limits)
+        result = resolve(graph, event.keys, message_id=envelope.message_id,
+                         at=envelope.received_at, unverified=event.unverified, limits=limits,
+                         first_look=snapshot)
         if result.conflicts:
             graph.record_conflicts(envelope.message_id, result.conflicts, envelope.received_at)
             for conflict in result.conflicts:
@@ -111,17 +128,26 @@ def make_handlers(graph: MongoGraph, people: SuggestionStore, limits: dict[str, 
         resolved = dataclasses.replace(envelope, identifiers=linked).resolved_to(
             result.profile_id)
         # re-emit every merge this event ever caused: a crash may have kept it from Kafka
-        caused = graph.caused_by(envelope.message_id) if len(identifiers) > 1 else []
+        if len(identifiers) < 2:
+            caused = []  # one identifier links nothing to anything
+        elif caused is None or result.merges:
+            caused = graph.caused_by(envelope.message_id)
         return [Outgoing(topics.EVENTS_RESOLVED, result.profile_id, resolved),
                 *(log_message(entry) for entry in caused)]
 
     def handle(envelope: Envelope) -> list[Outgoing]:
         suppressions.refresh()
-        return resolve_event(envelope)
+        return resolve_event(prepare(envelope))
 
     def handle_batch(envelopes: list[Envelope]) -> list[Outgoing]:
         suppressions.refresh()
-        return [message for envelope in envelopes for message in resolve_event(envelope)]
+        events = [prepare(envelope) for envelope in envelopes]
+        snapshot = graph.snapshot(key for event in events for key in event.keys)
+        caused = graph.caused_by_each([event.envelope.message_id for event in events
+                                       if len(event.identifiers) > 1])
+        return [message for event in events
+                for message in resolve_event(event, snapshot,
+                                             caused.get(event.envelope.message_id))]
 
     return handle, handle_batch
 

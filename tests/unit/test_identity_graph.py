@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from services.identity.graph import DEFAULT_LIMITS, PRIORITY, Identifier, priority_order, resolve
+from services.identity.graph import (
+    DEFAULT_LIMITS,
+    PRIORITY,
+    GraphSnapshot,
+    Identifier,
+    priority_order,
+    resolve,
+)
 from tests.support.identity_fakes import InMemoryGraph
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
@@ -196,6 +203,48 @@ def test_graph_matches_the_connected_components_oracle_under_limits(event_list):
     for group in graph.partition():
         for type_ in PRIORITY:
             assert sum(1 for i in group if i.type == type_) <= SMALL_LIMITS[type_]
+
+
+def snapshot_of(graph, identifiers) -> GraphSnapshot:
+    """What the worker reads when a batch begins."""
+    links = graph.links(identifiers)
+    nodes = {link.profile_id: graph.profile(link.profile_id) for link in links.values()}
+    return GraphSnapshot(graph, identifiers, links, nodes)
+
+
+@settings(max_examples=300, deadline=None)
+@given(events, st.integers(min_value=1, max_value=12))
+# two customers merge early in a batch; a later event of the batch names only the merged one
+@example([[ident("email:1")], [ident("phone:1")], [ident("email:1"), ident("phone:1")],
+          [ident("phone:1")]], 2)
+def test_a_batch_resolved_from_a_snapshot_ends_as_one_event_at_a_time(event_list, batch_size):
+    one_by_one, batched = InMemoryGraph(), InMemoryGraph()
+    expected, got = [], []
+    for index, event in enumerate(event_list):
+        expected.append(resolve(one_by_one, event, message_id=f"m{index}",
+                                at=T0 + timedelta(seconds=index), limits=SMALL_LIMITS))
+    for start in range(0, len(event_list), batch_size):
+        batch = event_list[start:start + batch_size]
+        snapshot = snapshot_of(batched, {i for event in batch for i in event})
+        for index, event in enumerate(batch, start):
+            got.append(resolve(batched, event, message_id=f"m{index}",
+                               at=T0 + timedelta(seconds=index), limits=SMALL_LIMITS,
+                               first_look=snapshot))
+    assert batched.partition() == one_by_one.partition()
+    assert [r.profile_id for r in got] == [r.profile_id for r in expected]
+    assert [r.merges for r in got] == [r.merges for r in expected]
+
+
+def test_a_known_customer_resolved_from_a_snapshot_costs_no_read():
+    graph = InMemoryGraph()
+    first = apply(graph, ["anonymous_id:c1", "email:a@x.fi"])
+    snapshot = snapshot_of(graph, [ident("anonymous_id:c1"), ident("email:a@x.fi")])
+    graph.links = graph.profile = None  # any read past the snapshot would fail
+
+    again = resolve(graph, [ident("email:a@x.fi"), ident("anonymous_id:c1")], message_id="m-again",
+                    at=T0, first_look=snapshot)
+
+    assert again.profile_id == first.profile_id and not again.linked
 
 
 def test_accepted_suggestion_merges_two_profiles_into_the_older():
