@@ -2,10 +2,10 @@
 
 Collections: ``identity_links`` (one document per identifier, ``_id`` = "type:value", so the
 store itself guarantees an identifier belongs to one profile), ``identity_profiles`` (creation
-time, ``merged_into``, the profile's identifiers by type), ``identity_locks`` (lease locks,
-one document per locked profile), ``identity_log`` (merges, splits, releases),
-``identity_outbox`` (which log entries each event caused, re-emitted on ``cdp.identity.merges``
-whenever the event is handled) and ``identity_conflicts``.
+time, ``merged_into``, the profiles it ``absorbed``, the profile's identifiers by type),
+``identity_locks`` (lease locks, one document per locked profile), ``identity_log`` (merges,
+splits, releases), ``identity_outbox`` (which log entries each event caused, re-emitted on
+``cdp.identity.merges`` whenever the event is handled) and ``identity_conflicts``.
 
 Hot paths read and write by ``_id`` only: FerretDB 1.x pushes little else down to its backend,
 so a filter on any other field scans the collection. The profile document therefore carries
@@ -104,9 +104,10 @@ class MongoGraph(GraphRepository):
         return self.log.find_one({"_id": entry_id})
 
     def merged_into(self, profile_ids: Iterable[str]) -> list[str]:
-        """Profiles merged into any of ``profile_ids`` (a scan: only erasure and access ask)."""
-        return [doc["_id"] for doc in self.profiles.find(
-            {"merged_into": {"$in": list(profile_ids)}}, {"_id": 1})]
+        """Profiles merged into any of ``profile_ids``: the survivors list them (``absorbed``),
+        since asking which profiles point at them would scan the collection."""
+        return sorted({absorbed for doc in find_by_ids(self.profiles, list(profile_ids))
+                       for absorbed in doc.get("absorbed", [])})
 
     # writes
 
@@ -155,6 +156,9 @@ class MongoGraph(GraphRepository):
         }}, upsert=True)
         self.outbox.update_one({"_id": merge.cause_message_id},
                                {"$addToSet": {"entries": merge.merge_id}}, upsert=True)
+        # the survivor names it first: an erasure of the survivor then finds it even when a
+        # crash came before the merge was finished (re-delivery finishes it)
+        self.profiles.update_one({"_id": merge.survivor}, {"$addToSet": {"absorbed": merge.merged}})
         self.profiles.update_one({"_id": merge.merged}, {"$set": {"merged_into": merge.survivor}})
         moved = self._identifiers_of(merge.merged)
         self._add_to_profile(merge.survivor, moved)

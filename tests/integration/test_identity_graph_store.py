@@ -1,0 +1,32 @@
+"""The identity graph in the real store: what erasure asks of it without scanning."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from services.common.store import ensure_indexes
+from services.identity.graph import Identifier, resolve
+from services.identity.graph_store import INDEXES, MongoGraph
+from services.identity.privacy import PrivacyRequest, expand_subject
+
+
+def test_profiles_merged_into_a_subject_are_found_through_the_survivor(db, unique):
+    ensure_indexes(db, INDEXES)
+    graph = MongoGraph(db)
+    at = datetime(2026, 11, 1, tzinfo=UTC)
+    cookie, login, phone = (Identifier("anonymous_id", f"c-{unique}"),
+                            Identifier("user_id", f"U-{unique}"),
+                            Identifier("phone", f"+35840{int(unique[:6], 16) % 10**7:07d}"))
+    visitor = resolve(graph, [cookie], message_id=f"visit-{unique}", at=at).profile_id
+    member = resolve(graph, [login], message_id=f"login-{unique}",
+                     at=at + timedelta(seconds=1)).profile_id
+    caller = resolve(graph, [phone], message_id=f"call-{unique}",
+                     at=at + timedelta(seconds=2)).profile_id
+    resolve(graph, [cookie, login], message_id=f"link-{unique}", at=at + timedelta(seconds=3))
+    resolve(graph, [login, phone], message_id=f"link2-{unique}", at=at + timedelta(seconds=4))
+
+    assert graph.merged_into([visitor]) == sorted([member, caller])
+    subject = expand_subject(graph, PrivacyRequest(f"r-{unique}", "erasure", (visitor,), ()),
+                             graph.merged_into)
+    assert subject.profile_ids == {visitor, member, caller}
+    assert subject.identifiers == {cookie, login, phone}
