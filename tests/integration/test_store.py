@@ -1,5 +1,6 @@
 """Store plumbing against the real MongoDB-protocol server."""
 
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 from services.common.store import ProcessedLedger, find_by_ids
@@ -57,3 +58,27 @@ def test_a_batch_of_ids_is_looked_up_from_the_id_index_in_one_query(db, unique):
                                   "filter": {"_id": {"$in": wanted[:500]}}})["queryPlanner"]
     assert any("USING INDEX" in step for step in plan["Plan"]), plan
     assert not any("SCAN" in step for step in plan["Plan"]), plan
+
+
+def test_concurrent_updates_of_one_document_are_all_applied(mongo_client, settings, unique):
+    """deploy/local builds FerretDB so that an update holds its collection from reading the
+    document to writing it back, as MongoDB's updates are atomic; stock FerretDB 1.x lost
+    some of these changes."""
+    collection = mongo_client[settings.mongo_db][f"concurrent_{unique}"]
+    collection.insert_one({"_id": "list", "ids": [], "count": 0})
+    threads, per_thread = 4, 40
+
+    def add(thread: int) -> None:
+        for i in range(per_thread):
+            collection.update_one({"_id": "list"}, {"$addToSet": {"ids": f"{thread}-{i}"},
+                                                    "$inc": {"count": 1}})
+            collection.update_one({"_id": f"upserted-{i}"}, {"$inc": {"count": 1}},
+                                  upsert=True)
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(add, range(threads)))
+
+    doc = collection.find_one({"_id": "list"})
+    assert (len(doc["ids"]), doc["count"]) == (threads * per_thread, threads * per_thread)
+    upserted = find_by_ids(collection, [f"upserted-{i}" for i in range(per_thread)])
+    assert sorted(d["count"] for d in upserted) == [threads] * per_thread
