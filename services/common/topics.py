@@ -10,6 +10,9 @@ CONSENT_CHANGES = "cdp.consent.changes"
 PRIVACY_REQUESTS = "cdp.privacy.requests"
 PRIVACY_ACKS = "cdp.privacy.acks"
 DEAD_LETTER = "cdp.deadletter"
+# internal to the social service: Instagram mention notifications (ids only) whose text its
+# worker fetches from the Graph API after the webhook was answered
+SOCIAL_MENTIONS = "cdp.social.mentions"
 
 ALL = (
     EVENTS_WEB,
@@ -22,4 +25,5 @@ ALL = (
     PRIVACY_REQUESTS,
     PRIVACY_ACKS,
     DEAD_LETTER,
+    SOCIAL_MENTIONS,
 )

@@ -32,7 +32,7 @@ from services.common.documents import unstorable
 from services.common.envelope import Envelope, new_envelope
 from services.common.hetu_protection import HetuProtector
 from services.common.identifiers import InvalidIdentifier, normalise
-from services.common.redaction import redact_in
+from services.common.redaction import redact_hetus_in, redact_in
 from services.identity.graph import PRIORITY
 
 SEGMENT_TYPES = ("identify", "track", "page", "screen", "group", "alias")
@@ -231,6 +231,8 @@ def from_call(call: dict, *, source: str | None = None) -> Converted:
     payload["caller_number"] = phone
     payload["unverified_identifiers"] = ["phone"]
     payload, cards = redact_in(payload)
+    # agents type what callers say into the notes: a hetu among it is masked, not kept
+    payload, _ = redact_hetus_in(payload)
     envelope = new_envelope(
         CALL_EVENTS[call["event"]], "phone", identifiers=identifiers, payload=payload,
         occurred_at=call.get("timestamp"),

@@ -81,7 +81,9 @@ def _publish(normalise, delivery) -> dict:
         metrics.EVENTS_REJECTED.labels(SERVICE, "social", "malformed").inc()
         raise Problem(400, str(exc)) from None
     produced = publish(runtime().producer, normalised, source="webhook")
-    return {"received": True, "produced": produced, "skipped": len(normalised.skipped)}
+    # Instagram mentions carry ids only: the worker fetches their text after this answer
+    return {"received": True, "produced": produced, "skipped": len(normalised.skipped),
+            "fetching": len(normalised.to_fetch)}
 
 
 def _text(body: str, status: int = 200) -> flask.Response:
@@ -113,8 +115,10 @@ def _meta_blueprint() -> Blueprint:
                               401: {"description": "no signature"},
                               403: {"description": "the signature does not match"}})
     def meta_delivery():
-        """A Meta webhook delivery (page feed and mentions, Messenger, Instagram comments),
-        verified against X-Hub-Signature-256 and produced to cdp.events.social."""
+        """A Meta webhook delivery (page feed and mentions, Messenger, Instagram comments and
+        mentions), verified against X-Hub-Signature-256 and produced to cdp.events.social
+        (Instagram mentions, which carry only ids, to cdp.social.mentions: the worker fetches
+        their text from the Graph API and produces the event)."""
         body = _verified_body(signatures.verify_meta_signature,
                               runtime().settings.social_meta_app_secret, "X-Hub-Signature-256")
         return _publish(messages.from_meta, _json(body))

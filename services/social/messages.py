@@ -18,7 +18,12 @@ Each becomes a ``SocialMessage`` and then an envelope on cdp.events.social:
 
 What is left out (counted by the caller through ``Skipped``): the brand's own posts and
 messages, retweets, edits and removals, authors the brand blocked, and notifications that name
-no author (an Instagram ``mentions`` notification carries only media and comment ids).
+no author.
+
+An Instagram ``mentions`` notification carries only ids (``media_id``, and ``comment_id`` when
+the mention is in a comment): it becomes an ``InstagramMention`` to fetch, put on
+cdp.social.mentions as a ``mention_request`` envelope; the worker fetches the caption or
+comment from the Graph API and ``from_instagram_mention`` turns the answer into the message.
 """
 
 from __future__ import annotations
@@ -31,7 +36,12 @@ from typing import Any
 
 from services.common.envelope import Envelope, new_envelope
 from services.common.identifiers import InvalidIdentifier, normalise
-from services.common.redaction import redact_card_numbers, redact_in
+from services.common.redaction import (
+    redact_card_numbers,
+    redact_hetus,
+    redact_hetus_in,
+    redact_in,
+)
 from services.social.classify import classify
 
 KINDS = ("post", "comment", "reply", "quote", "mention", "direct_message", "review")
@@ -44,6 +54,9 @@ AUTHOR_ID_TYPES = {"x": ("twitter_id", "twitter_handle"), "facebook": ("facebook
 _URL_RE = re.compile(r"https?://[^\s<>\"']+")
 _EMAIL_RE = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 _PHONE_RE = re.compile(r"(?<![\w+])(?:\+|00)?\d[\d \-]{6,16}\d(?!\w)")
+# payload fields holding platform ids, which card-number redaction must not touch
+ID_FIELDS = ("platform_message_id", "in_reply_to", "conversation_id", "account_id")
+_GRAPH_ID_RE = re.compile(r"^[0-9]{1,40}$")  # Graph API object ids are decimal numbers
 _ORDER_RE = re.compile(
     r"\b(?:orders?|ordernummer|ordernr|tilau\w*|beställning\w*)"
     r"\s*(?:#|nro\.?|nr\.?|number|numero)?\s*:?\s*#?(\d{4,12})\b", re.IGNORECASE)
@@ -91,10 +104,26 @@ class Converted:
     cards_redacted: int = 0
 
 
+@dataclass(frozen=True)
+class InstagramMention:
+    """The brand's Instagram account (``account_id``) was @mentioned in the caption of
+    ``media_id``, or in the comment ``comment_id`` on it."""
+
+    account_id: str
+    media_id: str
+    comment_id: str | None = None
+    notified_at: datetime | None = None
+
+    @property
+    def platform_id(self) -> str:
+        return self.comment_id or self.media_id
+
+
 @dataclass
 class Normalised:
     messages: list[SocialMessage] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+    to_fetch: list[InstagramMention] = field(default_factory=list)  # ids only: text fetched
 
 
 # --- time helpers -----------------------------------------------------------------------------
@@ -174,7 +203,10 @@ def from_meta(delivery: Any) -> Normalised:
             elif kind == "instagram" and field_name in ("comments", "live_comments"):
                 outcome = _instagram_comment(value, account, entry_time)
             elif kind == "instagram" and field_name == "mentions":
-                outcome = Skipped("instagram", "no_author")
+                outcome = _instagram_mention(value, account, entry_time)
+                if isinstance(outcome, InstagramMention):
+                    result.to_fetch.append(outcome)
+                    continue
             else:
                 outcome = Skipped(_platform(kind), "unsupported")
             _add(result, outcome, _platform(kind))
@@ -280,6 +312,16 @@ def _instagram_comment(value: dict, account: str | None,
         created_at=_from_iso(value.get("timestamp")) or entry_time,
         in_reply_to=parent or _str(media.get("id")), conversation_id=_str(media.get("id")),
         account_id=account)
+
+
+def _instagram_mention(value: dict, account: str | None,
+                       entry_time: datetime | None) -> InstagramMention | Skipped:
+    """Only decimal ids pass: they go into a Graph API field expansion."""
+    media_id, comment_id = _str(value.get("media_id")), _str(value.get("comment_id"))
+    if not (account and media_id and _GRAPH_ID_RE.match(media_id)) or (
+            comment_id is not None and not _GRAPH_ID_RE.match(comment_id)):
+        return Skipped("instagram", "unsupported")
+    return InstagramMention(account, media_id, comment_id, entry_time)
 
 
 # --- X -----------------------------------------------------------------------------------------
@@ -434,6 +476,64 @@ def from_instagram_tags_page(page: Any, account: str | None) -> Normalised:
     return result
 
 
+MENTION_REQUEST_TYPE = "Instagram Mention Notified"
+
+
+def mention_request(mention: InstagramMention) -> tuple[str, Envelope]:
+    """The key and envelope that put ``mention`` on cdp.social.mentions. Its message id comes
+    from the platform's id, so Meta's retry of the notification is fetched once."""
+    payload = {"account_id": mention.account_id, "media_id": mention.media_id}
+    if mention.comment_id:
+        payload["comment_id"] = mention.comment_id
+    envelope = new_envelope(
+        MENTION_REQUEST_TYPE, "system", payload=payload, occurred_at=mention.notified_at,
+        message_id=f"social:instagram-mention:{mention.platform_id}", source="webhook")
+    return f"instagram:{mention.media_id}", envelope
+
+
+def mention_from_request(envelope: Envelope) -> InstagramMention:
+    """Raises UnreadablePayload unless ``envelope`` is a ``mention_request``."""
+    payload = envelope.payload
+    account, media_id = _str(payload.get("account_id")), _str(payload.get("media_id"))
+    comment_id = _str(payload.get("comment_id"))
+    if envelope.type != MENTION_REQUEST_TYPE or not account or not media_id or not (
+            _GRAPH_ID_RE.match(media_id) and (comment_id is None
+                                              or _GRAPH_ID_RE.match(comment_id))):
+        raise UnreadablePayload(f"not an {MENTION_REQUEST_TYPE} request with decimal "
+                                f"account_id, media_id and optional comment_id")
+    return InstagramMention(account, media_id, comment_id, envelope.occurred_at)
+
+
+def from_instagram_mention(mention: InstagramMention, answer: Any) -> Normalised:
+    """The Graph API's answer to ``GET /{ig-user-id}?fields=mentioned_media.media_id(..){..}``
+    (caption mentions: ``{"mentioned_media": {id, caption, username, timestamp, permalink,
+    media_type, media_url}, "id"}``) or ``mentioned_comment.comment_id(..){..}`` (comment
+    mentions: ``{"mentioned_comment": {id, text, username, timestamp, media {id,
+    permalink}}, "id"}``) → the mention. The author is known by username only."""
+    edge = "mentioned_comment" if mention.comment_id else "mentioned_media"
+    item = answer.get(edge) if isinstance(answer, dict) else None
+    if not isinstance(item, dict):
+        raise UnreadablePayload(f"the Graph API answer has no '{edge}' object")
+    result = Normalised()
+    username = _str(item.get("username"))
+    if not username:
+        result.skipped.append(Skipped("instagram", "no_author"))
+        return result
+    on_media = item.get("media") if isinstance(item.get("media"), dict) else {}
+    permalink = _str(item.get("permalink")) or _str(on_media.get("permalink"))
+    result.messages.append(SocialMessage(
+        platform="instagram", platform_id=mention.platform_id, kind="mention",
+        author=Author(handle=username),
+        text=_str(item.get("text" if mention.comment_id else "caption")) or "",
+        created_at=_from_iso(item.get("timestamp")) or mention.notified_at,
+        in_reply_to=mention.media_id if mention.comment_id else None,
+        conversation_id=mention.media_id,
+        urls=[permalink] if permalink else [],
+        media=[url] if (url := _str(item.get("media_url"))) else [],
+        account_id=mention.account_id))
+    return result
+
+
 # --- the collector's form ----------------------------------------------------------------------
 
 def from_collector(post: dict) -> SocialMessage:
@@ -504,6 +604,7 @@ def to_envelope(message: SocialMessage, *, source: str | None = None) -> Convert
         raise Unattributable(f"no valid identifier for the author of a {message.platform} "
                              f"{message.kind}")
     text, cards = redact_card_numbers(message.text)
+    text, _ = redact_hetus(text)  # a hetu someone posts is masked, never kept
     classification = classify(text, message.language_hint)
     claims, orders = claimed_identifiers(text)
     payload: dict[str, Any] = {
@@ -527,7 +628,15 @@ def to_envelope(message: SocialMessage, *, source: str | None = None) -> Convert
     if orders:
         payload["order_numbers"] = orders
     payload = {key: value for key, value in payload.items() if value not in (None, [], {})}
-    payload, more_cards = redact_in(payload)  # names and urls are free text too
+    # names, handles and urls are free text too; the platforms' numeric ids are not, and one in
+    # ten of them passes the Luhn check
+    ids = {key: payload.pop(key) for key in ID_FIELDS if key in payload}
+    author_id = payload.get("author", {}).pop("id", None)
+    payload, more_cards = redact_in(payload)
+    payload, _ = redact_hetus_in(payload)
+    payload.update(ids)
+    if author_id:
+        payload["author"] = {"id": author_id, **payload.get("author", {})}
     envelope = new_envelope(
         PRIVATE_TYPE if message.kind == "direct_message" else PUBLIC_TYPE, "social",
         identifiers=identifiers, payload=payload, occurred_at=message.created_at,

@@ -5,6 +5,10 @@
   raised, so their status page can say when every service is done;
 * the X mentions poller runs when ``CDP_SOCIAL_POLL_URL`` is set, the Instagram one (media the
   brand is tagged in) when ``CDP_SOCIAL_META_GRAPH_URL`` and ``CDP_SOCIAL_INSTAGRAM_USER_ID`` are;
+* ``social-instagram-mentions`` reads the Instagram mention notifications the webhook put on
+  cdp.social.mentions, fetches each caption or comment from the Graph API and produces the
+  event to cdp.events.social; it runs when ``CDP_SOCIAL_META_GRAPH_URL`` and
+  ``CDP_SOCIAL_INSTAGRAM_ACCESS_TOKEN`` are set (until then the notifications wait in Kafka);
 * a reader of X's user compliance stream runs per partition when
   ``CDP_SOCIAL_X_COMPLIANCE_URL`` is set, filing erasures with the privacy service.
 """
@@ -18,7 +22,7 @@ from services.common.bus import ConsumerLoop, InvalidMessage, Outgoing, Producer
 from services.common.config import ConfigError, Settings
 from services.common.envelope import Envelope
 from services.common.store import Index, ProcessedLedger, ensure_indexes
-from services.social import privacy
+from services.social import messages, privacy
 from services.social.compliance_stream import (
     ComplianceLoop,
     ComplianceReader,
@@ -26,10 +30,15 @@ from services.social.compliance_stream import (
     parse_partitions,
 )
 from services.social.filing import PrivacyFiler
-from services.social.instagram import InstagramTagsApi
+from services.social.instagram import (
+    InstagramTagsApi,
+    MentionedContent,
+    MentionGone,
+    MentionRefused,
+)
 from services.social.messages import from_instagram_tags_page
 from services.social.poller import Poller, PollLoop, XMentionsApi
-from services.social.publish import SERVICE, publish
+from services.social.publish import SERVICE, outgoing, publish
 from services.social.social_store import (
     DeletionStatuses,
     MongoCheckpoints,
@@ -39,6 +48,7 @@ from services.social.social_store import (
 
 PRIVACY_GROUP = "social-privacy"
 STATUS_GROUP = "social-deletion-status"
+MENTIONS_GROUP = "social-instagram-mentions"
 INDEXES = [Index(DeletionStatuses.COLLECTION, [("request_id", 1)]),
            Index(DeletionStatuses.COLLECTION, [("part_of", 1)])]
 
@@ -46,10 +56,13 @@ INDEXES = [Index(DeletionStatuses.COLLECTION, [("request_id", 1)]),
 def build_consumers(settings: Settings, producer: Producer, db: Database) -> list:
     ensure_indexes(db, INDEXES)
     loops: list = []
-    for group, topic, handler in (
-        (PRIVACY_GROUP, topics.PRIVACY_REQUESTS, handle_privacy_request),
-        (STATUS_GROUP, topics.PRIVACY_ACKS, make_ack_handler(DeletionStatuses(db))),
-    ):
+    consumers = [(PRIVACY_GROUP, topics.PRIVACY_REQUESTS, handle_privacy_request),
+                 (STATUS_GROUP, topics.PRIVACY_ACKS, make_ack_handler(DeletionStatuses(db)))]
+    if settings.social_meta_graph_url and settings.social_instagram_access_token:
+        consumers.append((MENTIONS_GROUP, topics.SOCIAL_MENTIONS, make_mention_handler(
+            MentionedContent(settings.social_meta_graph_url,
+                             settings.social_instagram_access_token))))
+    for group, topic, handler in consumers:
         ledger = ProcessedLedger(db, group)
         ledger.prepare()
         loops.append(ConsumerLoop(settings=settings, service=SERVICE, group=group,
@@ -94,6 +107,33 @@ def mentions_poller(settings: Settings, producer: Producer, db: Database) -> Pol
     return Poller(f"x-mentions-{settings.social_poll_user_id}", settings.social_poll_user_id,
                   source, MongoCheckpoints(db),
                   lambda normalised: publish(producer, normalised, source="x-poller"))
+
+
+def make_mention_handler(content: MentionedContent):
+    """An Instagram mention notification → its caption or comment, read from the Graph API
+    (retried there; GraphUnavailable makes the loop retry it) → the event."""
+
+    def handle(envelope: Envelope) -> list[Outgoing]:
+        try:
+            mention = messages.mention_from_request(envelope)
+        except messages.UnreadablePayload as exc:
+            raise InvalidMessage(str(exc)) from None
+        kind = "comment" if mention.comment_id else "media"
+        try:
+            answer = content.fetch(mention)
+        except MentionGone as exc:
+            raise InvalidMessage(f"the Graph API says the mentioned {kind} "
+                                 f"{mention.platform_id} no longer exists: {exc}") from None
+        except MentionRefused as exc:
+            raise InvalidMessage(f"the Graph API refused the mentioned {kind} "
+                                 f"{mention.platform_id}: {exc}") from None
+        try:
+            normalised = messages.from_instagram_mention(mention, answer)
+        except messages.UnreadablePayload as exc:
+            raise InvalidMessage(str(exc)) from None
+        return outgoing(normalised, source="instagram-mention")
+
+    return handle
 
 
 def handle_privacy_request(envelope: Envelope) -> list[Outgoing]:

@@ -79,12 +79,6 @@ def test_instagram_comment_carries_id_and_handle_and_is_praise_despite_the_negat
     assert envelope.payload["classification"]["complaint"] is False
 
 
-def test_instagram_mention_without_an_author_is_skipped_and_counted():
-    normalised = from_meta(fixture("meta_instagram_mention.json"))
-    assert normalised.messages == []
-    assert [s.reason for s in normalised.skipped] == ["no_author"]
-
-
 def test_tweet_mentioning_the_brand_is_an_english_complaint_with_links():
     [converted] = envelopes(from_x_activity(fixture("x_tweet_mention.json")))
     envelope = converted.envelope
