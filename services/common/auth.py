@@ -21,7 +21,7 @@ import secrets
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -66,9 +66,11 @@ class ApiKeys:
 
     COLLECTION = "api_keys"
 
-    def __init__(self, db: Database, cache_seconds: float = 5.0):
+    def __init__(self, db: Database, cache_seconds: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic):
         self._collection = db[self.COLLECTION]
         self._cache_seconds = cache_seconds
+        self._clock = clock
         self._cache: dict[str, tuple[float, Principal | None]] = {}
         self._lock = threading.Lock()
 
@@ -92,14 +94,19 @@ class ApiKeys:
         return digest[:16], key
 
     def revoke(self, key_id: str) -> bool:
+        """Revoke at once in this process; others notice within ``cache_seconds``."""
         result = self._collection.update_one(
             {"key_id": key_id, "revoked_at": None}, {"$set": {"revoked_at": datetime.now(UTC)}})
+        with self._lock:
+            for digest, (_, principal) in list(self._cache.items()):
+                if principal is not None and principal.key_id == key_id:
+                    del self._cache[digest]
         return result.modified_count == 1
 
     def authenticate(self, key: str) -> Principal | None:
         """The principal for ``key``, or None when it is unknown or revoked."""
         digest = hash_key(key)
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             cached = self._cache.get(digest)
         if cached and now - cached[0] < self._cache_seconds:

@@ -256,9 +256,10 @@ class Settings:
     )
     master_key_previous: str = _setting(
         "",
-        "The master key being rotated out (base64 of 32 bytes): data keys still wrapped under "
-        "it keep opening until python -m services.common.shredding rewrap has wrapped them all "
-        "under CDP_MASTER_KEY; then remove it",
+        "The master key being rotated out (base64 of 32 bytes): data keys and the export "
+        "service's partner secrets still under it keep opening until python -m "
+        "services.common.shredding rewrap and python -m services.export rewrap-secrets have "
+        "moved them all under CDP_MASTER_KEY; then remove it",
         check=_master_key,
     )
     privacy_services: str = _setting(
@@ -433,8 +434,9 @@ class Settings:
     )
     social_meta_graph_url: str = _setting(
         "", "Base URL of Meta's Graph API with its version (e.g. "
-        "https://graph.facebook.com/v21.0) for the Instagram mentions poller and resolving the "
-        "app-scoped ids of Meta's deletion callbacks; empty disables both"
+        "https://graph.facebook.com/v21.0) for the Instagram mentions poller, fetching the "
+        "text of Instagram mention webhooks and resolving the app-scoped ids of Meta's "
+        "deletion callbacks; empty disables all three"
     )
     social_meta_app_id: str = _setting(
         "", "Meta app id: with the app secret it forms the app access token that resolves a "
@@ -445,7 +447,8 @@ class Settings:
         "", "Instagram professional account id (IG user id) whose tags the poller reads"
     )
     social_instagram_access_token: str = _setting(
-        "", "Access token (page or system user) the Instagram poller presents to the Graph API"
+        "", "Access token (page or system user) the Instagram poller and the mention fetcher "
+        "present to the Graph API; the worker fetches mentions only when it is set"
     )
 
     @classmethod

@@ -46,6 +46,7 @@ from services.common.shredding import (
     MongoWrappedKeys,
     Shredded,
     SubjectKeys,
+    WrappedKeyStore,
     identifier_digest,
     identifier_key_id,
     is_sealed,
@@ -84,8 +85,10 @@ class HetuProtector:
         self._cipher = cipher
 
     @classmethod
-    def from_settings(cls, settings: Settings, db: Database, service: str) -> HetuProtector:
-        """Raises ConfigError when CDP_PRIVACY_DIGEST_KEY or CDP_MASTER_KEY is missing."""
+    def from_settings(cls, settings: Settings, db: Database, service: str,
+                      keys: WrappedKeyStore | None = None) -> HetuProtector:
+        """Raises ConfigError when CDP_PRIVACY_DIGEST_KEY or CDP_MASTER_KEY is missing.
+        ``keys`` replaces the store's data keys (a dry run's, which creates none)."""
         problems = []
         if not settings.privacy_digest_key:
             problems.append(f"CDP_PRIVACY_DIGEST_KEY: the {service} service digests personal "
@@ -98,7 +101,7 @@ class HetuProtector:
         if problems:
             raise ConfigError(problems)
         return cls(settings.privacy_digest_key.encode(),
-                   FieldCipher(SubjectKeys(MongoWrappedKeys(db), master)))
+                   FieldCipher(SubjectKeys(keys or MongoWrappedKeys(db), master)))
 
     def digest(self, value: str) -> str:
         """The matching form of a hetu (see :func:`hetu_digest`)."""
@@ -150,10 +153,7 @@ class HetuProtector:
             except InvalidIdentifier as exc:
                 invalid.append({"type": HETU, "reason": exc.reason})
         for name, value in list((traits or {}).items()):
-            if name == HETU and is_sealed_hetu(value):
-                continue
-            if name not in HETU_TRAIT_NAMES and not (
-                    isinstance(value, str) and _HETU_SHAPED.fullmatch(value)):
+            if not may_hold_hetu(name, value):
                 continue
             try:
                 code = normalise(HETU, value) if isinstance(value, str) else None
@@ -201,6 +201,15 @@ def _sealed_document(sealed: Any) -> dict[str, Any] | None:
     except ValueError:
         return None
     return document
+
+
+def may_hold_hetu(trait: str, value: Any) -> bool:
+    """Whether ingestion takes a trait for a hetu (to protect, or to drop when invalid): a
+    hetu's trait name or a hetu-shaped string, unless it is already a sealed hetu."""
+    if trait == HETU and is_sealed_hetu(value):
+        return False
+    return trait in HETU_TRAIT_NAMES or (isinstance(value, str)
+                                         and _HETU_SHAPED.fullmatch(value) is not None)
 
 
 def is_sealed_hetu(value: Any) -> bool:

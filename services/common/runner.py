@@ -3,6 +3,7 @@
 ``api`` serves the service's Flask app under gunicorn (threads in one or more processes).
 ``worker`` runs the service's Kafka consumer loops until SIGTERM, finishing the batch in hand,
 and serves /healthz, /readyz and /metrics on ``CDP_WORKER_METRICS_PORT`` when set.
+A service may add operator commands: ``python -m services.<name> <command> [args]``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -24,6 +25,9 @@ from services.common.config import ConfigError, Settings
 log = logging.getLogger(__name__)
 
 WorkerFactory = Callable[[Settings, bus.Producer, object], list[bus.ConsumerLoop]]
+# an operator command of one service (``python -m services.<name> <command> [args]``): gets
+# the settings and the arguments after the command name, returns the exit status
+Command = Callable[[Settings, list[str]], int]
 
 
 def service_main(
@@ -32,16 +36,23 @@ def service_main(
     default_port: int,
     app_factory: Callable[[Settings], object],
     worker_factory: WorkerFactory,
+    commands: Mapping[str, Command] | None = None,
     argv: list[str] | None = None,
 ) -> int:
+    commands = commands or {}
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog=f"python -m services.{service}")
-    parser.add_argument("process", choices=["api", "worker"], help="which process to run")
-    args = parser.parse_args(argv)
+    parser.add_argument("process", choices=["api", "worker", *commands],
+                        help="which process to run, or an operator command (each has --help)")
+    # an operator command parses its own arguments
+    args = parser.parse_args(argv[:1] if argv[:1] and argv[0] in commands else argv)
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
         print(f"muisti {service}: {exc}", file=sys.stderr)
         return 2
+    if args.process in commands:
+        return commands[args.process](settings, argv[1:])
     logs.configure(service, settings.log_level, settings.log_format)
     if args.process == "api":
         return serve_http(service, settings, app_factory, settings.http_port or default_port)

@@ -29,7 +29,9 @@ Rotating the master key (``MasterKey.from_settings``):
 2. ``python -m services.common.shredding rewrap`` (same settings) wraps every stored data key
    under the new key; it is resumable and safe beside running services (a key is replaced
    only if it is unchanged since read, so a key erased meanwhile stays erased) and prints a
-   JSON report; exit 1 if a key opens under neither (it is left as it is);
+   JSON report; exit 1 if a key opens under neither (it is left as it is); the export
+   service's partner secrets, sealed under another sub-key of the same master key
+   (``RotatingCipher``), are re-sealed by ``python -m services.export rewrap-secrets``;
 3. remove ``CDP_MASTER_KEY_PREVIOUS`` everywhere.
 
 ``python -m services.common.shredding`` alone prints a fresh master key.
@@ -54,6 +56,8 @@ from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pymongo.database import Database
 
+from services.common.store import delete_by_ids
+
 KEY_BYTES = 32
 WRAPPING_PURPOSE = b"muisti data-key wrapping"
 NONCE_BYTES = 12
@@ -72,17 +76,42 @@ class Shredded(LookupError):
         self.key_id = key_id
 
 
+class RotatingCipher:
+    """AES-256-GCM under a key derived (HKDF-SHA256, ``purpose`` as info) from the master key,
+    and during a rotation from ``CDP_MASTER_KEY_PREVIOUS`` too, which only opens: the one
+    construction for every key derived from the master key (the data-key wrapping here, the
+    export service's partner secrets), so one rotation procedure covers them all."""
+
+    def __init__(self, purpose: bytes, raw: bytes, previous: bytes | None = None):
+        for key in (raw, previous or raw):
+            if len(key) != KEY_BYTES:
+                raise InvalidMasterKey(
+                    f"the master key must be {KEY_BYTES} bytes, not {len(key)}")
+        self._current = AESGCM(_derive(raw, purpose))
+        self._previous = AESGCM(_derive(previous, purpose)) if previous else None
+
+    def encrypt(self, plaintext: bytes, associated: bytes) -> tuple[bytes, bytes]:
+        """(nonce, ciphertext) under the current key."""
+        nonce = os.urandom(NONCE_BYTES)
+        return nonce, self._current.encrypt(nonce, plaintext, associated)
+
+    def decrypt(self, nonce: bytes, ciphertext: bytes, associated: bytes) -> tuple[bytes, bool]:
+        """The plaintext and whether the current key (rather than the previous) opened it;
+        raises InvalidTag when neither did."""
+        try:
+            return self._current.decrypt(nonce, ciphertext, associated), True
+        except InvalidTag:
+            if self._previous is None:
+                raise
+        return self._previous.decrypt(nonce, ciphertext, associated), False
+
+
 class MasterKey:
     """The process's master key, used (through a derived sub-key) to wrap data keys; during a
     rotation also the previous master key, which only unwraps."""
 
     def __init__(self, raw: bytes, previous: bytes | None = None):
-        for key in (raw, previous or raw):
-            if len(key) != KEY_BYTES:
-                raise InvalidMasterKey(
-                    f"the master key must be {KEY_BYTES} bytes, not {len(key)}")
-        self._wrapping = AESGCM(_derive(raw, WRAPPING_PURPOSE))
-        self._previous = AESGCM(_derive(previous, WRAPPING_PURPOSE)) if previous else None
+        self._cipher = RotatingCipher(WRAPPING_PURPOSE, raw, previous)
 
     @classmethod
     def from_setting(cls, value: str) -> MasterKey:
@@ -93,13 +122,11 @@ class MasterKey:
     def from_settings(cls, settings: Any) -> MasterKey:
         """``CDP_MASTER_KEY`` with ``CDP_MASTER_KEY_PREVIOUS`` when a rotation is under way;
         raises InvalidMasterKey with the reason."""
-        previous = settings.master_key_previous
-        return cls(parse_master_key(settings.master_key),
-                   parse_master_key(previous) if previous else None)
+        return cls(*master_keys(settings))
 
     def wrap(self, key_id: str, data_key: bytes) -> bytes:
-        nonce = os.urandom(NONCE_BYTES)
-        return nonce + self._wrapping.encrypt(nonce, data_key, key_id.encode())
+        nonce, sealed = self._cipher.encrypt(data_key, key_id.encode())
+        return nonce + sealed
 
     def unwrap(self, key_id: str, wrapped: bytes) -> bytes:
         """The data key; raises InvalidTag when neither the master key nor the previous one
@@ -113,13 +140,8 @@ class MasterKey:
         return None if current else self.wrap(key_id, data_key)
 
     def _unwrap(self, key_id: str, wrapped: bytes) -> tuple[bytes, bool]:
-        nonce, sealed, aad = wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], key_id.encode()
-        try:
-            return self._wrapping.decrypt(nonce, sealed, aad), True
-        except InvalidTag:
-            if self._previous is None:
-                raise
-        return self._previous.decrypt(nonce, sealed, aad), False
+        return self._cipher.decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:],
+                                    key_id.encode())
 
 
 def parse_master_key(value: str) -> bytes:
@@ -134,6 +156,14 @@ def parse_master_key(value: str) -> bytes:
     if len(raw) != KEY_BYTES:
         raise InvalidMasterKey(f"the master key must decode to {KEY_BYTES} bytes, not {len(raw)}")
     return raw
+
+
+def master_keys(settings: Any) -> tuple[bytes, bytes | None]:
+    """The raw ``CDP_MASTER_KEY`` and, during a rotation, ``CDP_MASTER_KEY_PREVIOUS``;
+    raises InvalidMasterKey."""
+    previous = settings.master_key_previous
+    return (parse_master_key(settings.master_key),
+            parse_master_key(previous) if previous else None)
 
 
 def new_master_key() -> str:
@@ -204,7 +234,7 @@ class MongoWrappedKeys(WrappedKeyStore):
             pass
 
     def delete(self, key_ids: list[str]) -> int:
-        return self._keys.delete_many({"_id": {"$in": key_ids}}).deleted_count
+        return delete_by_ids(self._keys, key_ids)
 
     def all(self, after: str | None, limit: int) -> list[tuple[str, bytes]]:
         query = {"_id": {"$gt": after}} if after is not None else {}

@@ -37,7 +37,7 @@ MAX_IDEMPOTENCY_KEY = 200
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     # refuses to start without a usable CDP_MASTER_KEY: contracts' secrets are sealed with it
-    secrets = SecretBox.from_setting(settings.master_key)
+    secrets = SecretBox.from_settings(settings)
     app = web.create_app(service=SERVICE, settings=settings,
                          blueprints=[_partners_blueprint(), _runs_blueprint()])
     app.extensions["export_secrets"] = secrets

@@ -10,6 +10,14 @@ each partner received about each profile, and the deletion notices waiting to go
 
 Reads and writes go by ``_id`` wherever a hot path allows: FerretDB 1.x pushes little else
 down to SQLite.
+
+So that an erasure finds a subject's rows without scanning, ``export_subject_index`` keeps,
+by ``_id``: ``identifier:<type>:<value>`` → the read-model profiles that held it
+(``profile_ids``), ``delivered:<partner>|<field>|<value>`` → the deliveries that sent it
+(``delivery_ids``), and ``profile:<id>`` → the profile's consent purposes and stream changes.
+Each entry is added before the row it points to is written (a crash leaves at most an entry
+pointing at nothing), lookups check the row still holds what the entry says, and an erasure
+removes the subject's entries.
 """
 
 from __future__ import annotations
@@ -20,11 +28,13 @@ from typing import Any
 
 import pymongo
 import pymongo.errors
+from pymongo import UpdateOne
 from pymongo.database import Database
 
+from services.common.store import bulk_write, find_by_ids
 from services.export.contracts import PartnerContract, from_document, to_document
 from services.export.rendering import ConsentState
-from services.export.sealing import SecretBox
+from services.export.sealing import SecretBox, SecretUnreadable
 
 PARTNERS = "export_partners"
 PROFILES = "export_profiles"
@@ -36,6 +46,7 @@ DELIVERIES = "export_deliveries"
 NOTICES = "export_notices"
 STREAM_CHANGES = "export_stream_changes"
 STREAMS = "export_streams"
+SUBJECT_INDEX = "export_subject_index"
 
 RUN_ACTIVE = ("queued", "running")
 CHANGE_STATES = ("pending", "sent", "not_sent", "cancelled")
@@ -99,6 +110,37 @@ class ExportStore:
         return from_document({**doc, "destination": destination,
                               "pseudonym_key": pseudonym_key})
 
+    def rewrap_partner_secrets(self) -> dict[str, Any]:
+        """Re-seal every stored partner's secrets (retired partners' too) under the current
+        master key: a master-key rotation's step for the export service. Idempotent; a
+        secret changed meanwhile (the contract was saved again) is left to its new value.
+        Returns counts and the secrets neither master key opens (``partner/name``)."""
+        report: dict[str, Any] = {"partners": 0, "resealed": 0, "already_current": 0,
+                                  "changed_meanwhile": 0, "unreadable": []}
+        for doc in self.db[PARTNERS].find({}, {"destination": 1, "pseudonym_key": 1}):
+            report["partners"] += 1
+            owner = doc["_id"]
+            held = {f"destination.{name}": (doc.get("destination") or {}).get(name)
+                    for name in ("signing_secret", "authorization")}
+            held["pseudonym_key"] = doc.get("pseudonym_key")
+            for path, sealed in held.items():
+                if sealed is None:
+                    continue
+                name = path.rpartition(".")[2]
+                try:
+                    fresh = self.secrets.resealed(owner, name, sealed)
+                except SecretUnreadable:
+                    report["unreadable"].append(f"{owner}/{name}")
+                    continue
+                if fresh is None:
+                    report["already_current"] += 1
+                    continue
+                replaced = self.db[PARTNERS].update_one(
+                    {"_id": owner, f"{path}.ciphertext": sealed["ciphertext"]},
+                    {"$set": {path: fresh}}).modified_count
+                report["resealed" if replaced else "changed_meanwhile"] += 1
+        return report
+
     def partner(self, partner_id: str, *, include_deleted: bool = False
                 ) -> PartnerContract | None:
         doc = self.db[PARTNERS].find_one({"_id": partner_id})
@@ -132,6 +174,12 @@ class ExportStore:
 
     def upsert_profile(self, snapshot: Mapping[str, Any], changed_at: datetime) -> None:
         profile_id = snapshot["profile_id"]
+        # a value the stored row holds is indexed already (entries are written first)
+        stored = (self.db[PROFILES].find_one({"_id": profile_id}, {"identifiers": 1}) or {}
+                  ).get("identifiers") or {}
+        self._index_add({f"identifier:{type_}:{value}": {"profile_ids": [profile_id]}
+                         for type_, values in (snapshot.get("identifiers") or {}).items()
+                         for value in values if value not in stored.get(type_, [])})
         self.db[PROFILES].replace_one({"_id": profile_id}, {
             "_id": profile_id, "identifiers": snapshot.get("identifiers") or {},
             "traits": snapshot.get("traits") or {}, "computed": snapshot.get("computed") or {},
@@ -139,7 +187,7 @@ class ExportStore:
 
     def profiles(self, profile_ids: list[str]) -> list[dict[str, Any]]:
         """The read model's snapshots of ``profile_ids`` that exist, in id order."""
-        docs = self.db[PROFILES].find({"_id": {"$in": profile_ids}})
+        docs = find_by_ids(self.db[PROFILES], profile_ids)
         return sorted(({**doc, "profile_id": doc["_id"]} for doc in docs),
                       key=lambda doc: doc["_id"])
 
@@ -147,27 +195,40 @@ class ExportStore:
         """Ids of the read model's profiles holding one of ``identifiers`` (type, value)."""
         found: set[str] = set()
         for type_, value in identifiers:
-            if type_.isidentifier():
-                found.update(doc["_id"] for doc in self.db[PROFILES].find(
-                    {f"identifiers.{type_}": value}, {"_id": 1}))
+            entry = self.db[SUBJECT_INDEX].find_one({"_id": f"identifier:{type_}:{value}"})
+            candidates = sorted(set((entry or {}).get("profile_ids") or []) - found)
+            found.update(doc["_id"] for doc in find_by_ids(self.db[PROFILES], candidates)
+                         if value in (doc.get("identifiers") or {}).get(type_, []))
         return sorted(found)
 
-    def delete_profiles(self, profile_ids: list[str]) -> int:
-        return self.db[PROFILES].delete_many({"_id": {"$in": profile_ids}}).deleted_count
+    def forget_identifiers(self, profile_ids: list[str],
+                           identifiers: Iterable[tuple[str, str]]) -> None:
+        """Take an erased subject out of the identifier index: the entries of its
+        ``identifiers`` (type, value) go whole (whoever held one of them is the subject,
+        erased now or gone before); from those of the identifiers its profiles hold in the
+        read model, its profiles are taken out (an entry left empty goes)."""
+        identifiers = set(identifiers)
+        for type_, value in sorted(identifiers):
+            self.db[SUBJECT_INDEX].delete_one({"_id": f"identifier:{type_}:{value}"})
+        held = {(type_, value) for doc in self.profiles(profile_ids)
+                for type_, values in (doc.get("identifiers") or {}).items() for value in values}
+        self._index_pull({f"identifier:{type_}:{value}" for type_, value in held - identifiers},
+                         "profile_ids", profile_ids)
 
-    def profile_page(self, after: str | None, limit: int, changed_since: datetime | None,
-                     segment: str | None = None) -> list[dict[str, Any]]:
-        """Up to ``limit`` snapshots with ids after ``after``, in id order; only those changed
-        since ``changed_since`` (incremental runs) and in ``segment``, when given."""
+    def delete_profiles(self, profile_ids: list[str]) -> int:
+        # one _id delete each: FerretDB answers _id equality from its index, $in by a scan
+        return sum(self.db[PROFILES].delete_one({"_id": profile_id}).deleted_count
+                   for profile_id in set(profile_ids))
+
+    def profile_ids(self, changed_since: datetime | None, segment: str | None) -> list[str]:
+        """The ids of the snapshots changed since ``changed_since`` (incremental runs) and in
+        ``segment``, when given, in id order: one pass over the collection."""
         query: dict[str, Any] = {}
         if segment is not None:
             query["segments"] = segment
-        if after is not None:
-            query["_id"] = {"$gt": after}
         if changed_since is not None:
             query["changed_at"] = {"$gt": changed_since}
-        docs = self.db[PROFILES].find(query).sort("_id", pymongo.ASCENDING).limit(limit)
-        return [{**doc, "profile_id": doc["_id"]} for doc in docs]
+        return sorted(doc["_id"] for doc in self.db[PROFILES].find(query, {"_id": 1}))
 
     def set_consent(self, profile_id: str, purpose: str, allowed: bool, state: str,
                     decided_at: datetime) -> bool:
@@ -177,6 +238,8 @@ class ExportStore:
         current = self.db[CONSENTS].find_one({"_id": key})
         if current is not None and _aware(current["decided_at"]) > decided_at:
             return False
+        if current is None:
+            self._index_add({f"profile:{profile_id}": {"consent_purposes": [purpose]}})
         self.db[CONSENTS].replace_one({"_id": key}, {
             "_id": key, "profile_id": profile_id, "purpose": purpose, "allowed": allowed,
             "state": state, "decided_at": decided_at}, upsert=True)
@@ -192,7 +255,39 @@ class ExportStore:
         return out
 
     def delete_consents(self, profile_ids: list[str]) -> int:
-        return self.db[CONSENTS].delete_many({"profile_id": {"$in": profile_ids}}).deleted_count
+        deleted = 0
+        for profile_id in set(profile_ids):
+            entry = self._profile_entry(profile_id)
+            deleted += sum(self.db[CONSENTS].delete_one({"_id": f"{profile_id}|{p}"})
+                           .deleted_count for p in entry.get("consent_purposes") or [])
+        return deleted
+
+    def _profile_entry(self, profile_id: str) -> dict[str, Any]:
+        return self.db[SUBJECT_INDEX].find_one({"_id": f"profile:{profile_id}"}) or {}
+
+    def forget_profiles(self, profile_ids: list[str]) -> None:
+        """Drop the erased profiles' own index entries (once their rows are gone)."""
+        for profile_id in set(profile_ids):
+            self.db[SUBJECT_INDEX].delete_one({"_id": f"profile:{profile_id}"})
+
+    def _index_add(self, additions: Mapping[str, Mapping[str, list[str]]]) -> None:
+        """``$addToSet`` ids to index entries ({entry id: {field: ids}}), in one round trip."""
+        _, errors = bulk_write(self.db[SUBJECT_INDEX], [
+            UpdateOne({"_id": key}, {"$addToSet": {field: {"$each": ids}
+                                                   for field, ids in fields.items()}},
+                      upsert=True) for key, fields in sorted(additions.items())])
+        if errors:
+            raise pymongo.errors.BulkWriteError({"writeErrors": errors})
+
+    def _index_pull(self, keys: Iterable[str], field: str, ids: list[str]) -> None:
+        """Take ``ids`` out of each entry's ``field``; an entry left empty is deleted."""
+        for key in sorted(set(keys)):
+            entry = self.db[SUBJECT_INDEX].find_one_and_update(
+                # $pullAll: FerretDB 1.x ignores a $pull with a condition ({"$in": ...})
+                {"_id": key}, {"$pullAll": {field: ids}},
+                return_document=pymongo.ReturnDocument.AFTER)
+            if entry is not None and not entry.get(field):
+                self.db[SUBJECT_INDEX].delete_one({"_id": key, field: []})
 
     def set_restricted(self, profile_ids: list[str], restricted: bool) -> None:
         for profile_id in profile_ids:
@@ -305,22 +400,47 @@ class ExportStore:
                           sent: Mapping[str, Mapping[str, list[Any]]]) -> None:
         """Remember, per profile, that ``partner_id`` received these identifiers now."""
         moment = now()
+        additions: dict[str, dict[str, list[str]]] = {}
         for profile_id, identifiers in sent.items():
-            self.db[DELIVERIES].update_one(
-                {"_id": f"{partner_id}|{profile_id}"},
-                {"$set": {"partner_id": partner_id, "profile_id": profile_id,
-                          "last_sent_at": moment, "last_run_id": run_id,
-                          "identifiers": dict(identifiers), "awaiting_notice": True},
-                 "$setOnInsert": {"first_sent_at": moment}}, upsert=True)
+            for field_name, values in identifiers.items():
+                for value in values:
+                    additions.setdefault(_delivered_key(partner_id, field_name, value), {
+                        "delivery_ids": []})["delivery_ids"].append(f"{partner_id}|{profile_id}")
+        self._index_add(additions)
+        _, errors = bulk_write(self.db[DELIVERIES], [UpdateOne(
+            {"_id": f"{partner_id}|{profile_id}"},
+            {"$set": {"partner_id": partner_id, "profile_id": profile_id,
+                      "last_sent_at": moment, "last_run_id": run_id,
+                      "identifiers": dict(identifiers), "awaiting_notice": True},
+             "$setOnInsert": {"first_sent_at": moment}}, upsert=True)
+            for profile_id, identifiers in sent.items()])
+        if errors:
+            raise pymongo.errors.BulkWriteError({"writeErrors": errors})
 
     def deliveries_of(self, profile_ids: list[str]) -> list[dict[str, Any]]:
-        return list(self.db[DELIVERIES].find({"profile_id": {"$in": profile_ids}}))
+        partner_ids = sorted(doc["_id"] for doc in self.db[PARTNERS].find({}, {"_id": 1}))
+        return find_by_ids(self.db[DELIVERIES], [f"{partner_id}|{profile_id}"
+                                                 for partner_id in partner_ids
+                                                 for profile_id in profile_ids])
 
     def deliveries_holding(self, partner_id: str, field_name: str,
                            values: list[Any]) -> list[dict[str, Any]]:
         """What ``partner_id`` received under ``field_name`` with one of ``values``."""
-        return list(self.db[DELIVERIES].find(
-            {"partner_id": partner_id, f"identifiers.{field_name}": {"$in": values}}))
+        found: dict[str, dict[str, Any]] = {}
+        for value in values:
+            entry = self.db[SUBJECT_INDEX].find_one(
+                {"_id": _delivered_key(partner_id, field_name, value)}) or {}
+            candidates = sorted(set(entry.get("delivery_ids") or []) - set(found))
+            found.update((doc["_id"], doc) for doc in find_by_ids(self.db[DELIVERIES], candidates)
+                         if value in (doc.get("identifiers") or {}).get(field_name, []))
+        return [found[key] for key in sorted(found)]
+
+    def forget_delivered(self, partner_id: str, field_name: str, values: list[Any]) -> None:
+        """Drop the index entries of what an erased subject was sent as (every delivery that
+        holds one of ``values`` was found by the erasure and told to delete it)."""
+        for value in values:
+            self.db[SUBJECT_INDEX].delete_one(
+                {"_id": _delivered_key(partner_id, field_name, value)})
 
     def delivery(self, partner_id: str, profile_id: str) -> dict[str, Any] | None:
         return self.db[DELIVERIES].find_one({"_id": f"{partner_id}|{profile_id}"})
@@ -342,6 +462,9 @@ class ExportStore:
             {"_id": delivery["_id"]},
             {"$set": {"awaiting_notice": False, "identifiers": {}, "last_notice_id": notice_id,
                       "last_notice_at": now()}})
+        self._index_pull({_delivered_key(delivery["partner_id"], field_name, value)
+                          for field_name, values in (delivery.get("identifiers") or {}).items()
+                          for value in values}, "delivery_ids", [delivery["_id"]])
         return True
 
     def due_notices(self, limit: int = 50) -> list[dict[str, Any]]:
@@ -373,6 +496,7 @@ class ExportStore:
                             cause: str) -> bool:
         """Queue a profile's change for a streaming partner; False when queued before (a
         redelivered message)."""
+        self._index_add({f"profile:{profile_id}": {"stream_changes": [change_id]}})
         try:
             self.db[STREAM_CHANGES].insert_one({
                 "_id": change_id, "partner_id": partner_id, "profile_id": profile_id,
@@ -385,12 +509,16 @@ class ExportStore:
                               partner_id: str | None = None) -> int:
         """Drop the profiles' changes waiting for ``partner_id`` (every partner when None):
         a consent was withdrawn or the profiles erased, so nothing more of theirs goes."""
-        query: dict[str, Any] = {"profile_id": {"$in": profile_ids}, "status": "pending"}
-        if partner_id is not None:
-            query["partner_id"] = partner_id
-        result = self.db[STREAM_CHANGES].update_many(
-            query, {"$set": {"status": "cancelled", "reason": reason, "settled_at": now()}})
-        return result.modified_count
+        cancelled = 0
+        for profile_id in set(profile_ids):
+            for change_id in self._profile_entry(profile_id).get("stream_changes") or []:
+                query: dict[str, Any] = {"_id": change_id, "status": "pending"}
+                if partner_id is not None:
+                    query["partner_id"] = partner_id
+                cancelled += self.db[STREAM_CHANGES].update_one(query, {"$set": {
+                    "status": "cancelled", "reason": reason, "settled_at": now()}}
+                ).modified_count
+        return cancelled
 
     def pending_stream_changes(self, partner_id: str, limit: int) -> list[dict[str, Any]]:
         docs = self.db[STREAM_CHANGES].find({"partner_id": partner_id, "status": "pending"})
@@ -486,3 +614,7 @@ class ExportStore:
                       "last_error_permanent": permanent, "last_error_at": now(),
                       "lease_owner": None, "lease_until": None},
              "$inc": {"failures": 1}})
+
+
+def _delivered_key(partner_id: str, field_name: str, value: Any) -> str:
+    return f"delivered:{partner_id}|{field_name}|{value}"

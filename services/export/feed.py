@@ -131,11 +131,15 @@ def erase(store: ExportStore, profile_ids: list[str], cause: str,
     as the partner received it. Returns the counts."""
     queued, partners = 0, set()
     profile_ids = sorted({*profile_ids, *store.profiles_holding(identifiers)})
+    # before the rows go: the index entries are found through what the rows hold
+    store.forget_identifiers(profile_ids, identifiers)
     deliveries = {d["_id"]: d for d in store.deliveries_of(profile_ids)}
+    delivered: list[tuple[str, str, list]] = []
     if identifiers:
         for contract in store.all_partners():
             treated = rendering.treated_identifiers(contract, identifiers)
             for field_name, values in treated.items():
+                delivered.append((contract.partner_id, field_name, values))
                 for delivery in store.deliveries_holding(contract.partner_id, field_name,
                                                          values):
                     deliveries.setdefault(delivery["_id"], delivery)
@@ -147,10 +151,13 @@ def erase(store: ExportStore, profile_ids: list[str], cause: str,
         if store.queue_notice(notice_id, delivery, "erasure"):
             queued += 1
         partners.add(delivery["partner_id"])
+    for partner_id, field_name, values in delivered:
+        store.forget_delivered(partner_id, field_name, values)
     store.cancel_stream_changes(profile_ids, "erasure")
     profiles = store.delete_profiles(profile_ids)
     consents = store.delete_consents(profile_ids)
     store.set_restricted(profile_ids, False)
+    store.forget_profiles(profile_ids)
     return {"read_model_profiles_deleted": profiles, "consent_states_deleted": consents,
             "deletion_notices_queued": queued, "partners_notified": sorted(partners)}
 

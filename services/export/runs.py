@@ -4,8 +4,8 @@ One executor runs in each export worker process beside the Kafka consumers. A ru
 claimed with a lease (renewed before each batch and each retry), so one worker at a time works
 on it and another takes over when the holder dies. For each batch the executor:
 
-1. renders the next page of the read model (profile-id order after the run's cursor) and
-   stores the batch, with its bytes, before sending anything;
+1. renders the next page of the read model (profile-id order after the run's cursor, see
+   ``ProfilePages``) and stores the batch, with its bytes, before sending anything;
 2. delivers the stored bytes under the key ``<run id>:batch:<n>``;
 3. records what the partner now holds, then marks the batch acknowledged and moves the run's
    cursor, counters and ``next_batch`` on in one conditional update.
@@ -21,11 +21,12 @@ record lets a suppressed cell be recovered by subtraction.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import logging
 import threading
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from services.export import aggregates, rendering
@@ -36,6 +37,34 @@ from services.export.export_store import ExportStore, now
 log = logging.getLogger(__name__)
 
 NOTICE_RETRY_CAP = timedelta(minutes=10)
+
+
+class ProfilePages:
+    """A run's read-model profiles, page by page in profile-id order.
+
+    FerretDB answers neither a range on ``_id`` nor a sort from its index, so asking for
+    "the next page after the cursor" scans the collection once per page (quadratic in the
+    number of profiles). Instead the ids in scope are listed in one pass when the run
+    (re)starts, and each page is read by id. A profile erased meanwhile is simply not found;
+    a profile created meanwhile waits for the next run."""
+
+    def __init__(self, store: ExportStore, changed_since: datetime | None,
+                 segment: str | None):
+        self.store = store
+        self.changed_since = changed_since
+        self.segment = segment
+        self._ids: list[str] | None = None
+
+    def after(self, cursor: str | None, limit: int) -> list[dict[str, Any]]:
+        if self._ids is None:
+            self._ids = self.store.profile_ids(self.changed_since, self.segment)
+        start = bisect.bisect_right(self._ids, cursor) if cursor is not None else 0
+        while start < len(self._ids):
+            page = self.store.profiles(self._ids[start:start + limit])
+            if page:
+                return page
+            start += limit  # all erased since the listing: on to the next ids
+        return []
 
 
 class PollingLoop:
@@ -95,8 +124,10 @@ class PollingLoop:
         consents = self.store.consents(list(sent), contract.required_purposes)
         for profile_id in sent:
             reason = rendering.exclusion_reason(contract, consents.get(profile_id, {}))
+            if reason is None:
+                continue
             delivery = self.store.delivery(contract.partner_id, profile_id)
-            if reason is not None and delivery is not None:
+            if delivery is not None:
                 self.store.queue_notice(f"{batch['_id']}:{profile_id}:withdrawn", delivery,
                                         reason)
 
@@ -154,12 +185,14 @@ class RunExecutor(PollingLoop):
             return
         log.info("running export", extra={"run_id": run_id, "partner": contract.partner_id,
                                           "next_batch": run.get("next_batch", 0)})
+        pages = ProfilePages(self.store, run.get("changed_since"), contract.segment)
         while not self.stopping:
             if not self.store.renew_lease(run_id, self.owner, self.lease_seconds):
                 log.warning("lost the run's lease; leaving it", extra={"run_id": run_id})
                 return
             number = run.get("next_batch", 0)
-            batch = self.store.batch(run_id, number) or self._render(contract, run, number)
+            batch = self.store.batch(run_id, number) or self._render(contract, run, number,
+                                                                     pages)
             if batch is None:
                 digest = hashlib.sha256(
                     "\n".join(run.get("batch_digests") or []).encode()).hexdigest()
@@ -180,24 +213,23 @@ class RunExecutor(PollingLoop):
             self.store.batch_acknowledged(run_id, self.owner, batch, receipt)
             run = self.store.run(run_id)
 
-    def _render(self, contract: PartnerContract, run: dict[str, Any],
-                number: int) -> dict[str, Any] | None:
+    def _render(self, contract: PartnerContract, run: dict[str, Any], number: int,
+                pages: ProfilePages) -> dict[str, Any] | None:
         if run["mode"] == "aggregate":
-            return self._render_aggregate(contract, run) if number == 0 else None
-        page = self.store.profile_page(run.get("cursor"), self.batch_size,
-                                       run.get("changed_since"), contract.segment)
+            return self._render_aggregate(contract, run, pages) if number == 0 else None
+        page = pages.after(run.get("cursor"), self.batch_size)
         if not page:
             return None
         return self.render_profiles(contract, run["_id"], number, page)
 
-    def _render_aggregate(self, contract: PartnerContract,
-                          run: dict[str, Any]) -> dict[str, Any] | None:
+    def _render_aggregate(self, contract: PartnerContract, run: dict[str, Any],
+                          pages: ProfilePages) -> dict[str, Any] | None:
         spec = contract.aggregate
         if spec is None:
             return None  # the contract stopped being an aggregate one: nothing to send
         aggregator = aggregates.Aggregator(spec)
         cursor = None
-        while page := self.store.profile_page(cursor, self.batch_size, None, contract.segment):
+        while page := pages.after(cursor, self.batch_size):
             cursor = page[-1]["profile_id"]
             ids = [snapshot["profile_id"] for snapshot in page]
             consents = self.store.consents(ids, contract.required_purposes)

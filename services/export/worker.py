@@ -49,7 +49,7 @@ def build_consumers(settings: Settings, producer: Producer, db: Database) -> lis
     ensure_indexes(db, INDEXES)
     ledger = ProcessedLedger(db, GROUP)
     ledger.prepare()
-    store = ExportStore(db, SecretBox.from_setting(settings.master_key))
+    store = ExportStore(db, SecretBox.from_settings(settings))
     consumer = ConsumerLoop(
         settings=settings, service=feed.SERVICE, group=GROUP,
         topics=[topics.PROFILE_CHANGES, topics.CONSENT_CHANGES, topics.PRIVACY_REQUESTS],

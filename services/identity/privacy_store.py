@@ -14,6 +14,7 @@ from datetime import datetime
 
 from pymongo.database import Database
 
+from services.common.store import delete_by_ids, find_by_ids
 from services.identity.graph import Identifier
 from services.identity.graph_store import CONFLICTS, LINKS, LOG, PROFILES
 from services.identity.suggestions import RECORDS, SUGGESTIONS
@@ -35,8 +36,9 @@ class GraphEraser:
                     for i in identifiers)
         erased = {
             "links": links,
-            "profiles": self.db[PROFILES].delete_many({"_id": ours}).deleted_count,
-            "person_records": self.db[RECORDS].delete_many({"_id": ours}).deleted_count,
+            # by _id, one each: FerretDB answers _id equality from its index, $in by a scan
+            "profiles": delete_by_ids(self.db[PROFILES], profile_ids),
+            "person_records": delete_by_ids(self.db[RECORDS], profile_ids),
             "suggestions": self.db[SUGGESTIONS].delete_many(
                 {"$or": [{"a": ours}, {"b": ours}]}).deleted_count,
             "conflicts": self.db[CONFLICTS].delete_many(
@@ -60,7 +62,7 @@ class GraphEraser:
                             for d in links],
             "identity_log": [{k: v for k, v in entry.items() if k != "announced"}
                              for entry in self.db[LOG].find({"profiles": ours}).sort("at", 1)],
-            "person_records": list(self.db[RECORDS].find({"_id": ours})),
+            "person_records": find_by_ids(self.db[RECORDS], profile_ids),
         }
 
 

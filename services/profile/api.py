@@ -2,7 +2,8 @@
 name search, the paged full history, and segment definitions with their members.
 
 Every read is written to the access log (who, which profile, when, the purpose stated in the
-``X-Purpose`` header). Agents see sensitive identifiers masked; supervisors, dpo and admin
+``X-Purpose`` header) before it is answered; concurrent reads share that write
+(group_commit.py). Agents see sensitive identifiers masked; supervisors, dpo and admin
 see them whole. A profile keeps a hetu only as its keyed digest and a sealed copy
 (services.common.hetu_protection): a lookup by hetu compares digests, and a read opens the
 sealed copy for display (masked for agents). Reads are purpose-bound
@@ -38,6 +39,8 @@ SEGMENT_WRITERS = ("supervisor",)  # and admin, as everywhere
 DEFAULT_HISTORY_DAYS = 395
 PURPOSES = ("customer_service", "marketing", "analytics", "fraud_prevention", "data_request",
             "unspecified")
+# a profile read never shows these, the bulk of a busy profile: the store need not send them
+NOT_SHOWN = {"aggregates": 0, "recent_message_ids": 0}
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -48,7 +51,15 @@ def create_app(settings: Settings | None = None) -> Flask:
     rt = app.extensions["muisti"]
     # fail at start-up without the keys, not on the first hetu lookup
     app.extensions["hetu_protector"] = HetuProtector.from_settings(rt.settings, rt.db, SERVICE)
+    # one store for every request: concurrent reads share its access-log writes
+    app.extensions["profile_store"] = ProfileStore(rt.db)
+    app.extensions["purpose_consents"] = privacy.parse_purpose_consents(
+        rt.settings.profile_purpose_consents)
     return app
+
+
+def _profiles() -> ProfileStore:
+    return current_app.extensions["profile_store"]
 
 
 def _hetus() -> HetuProtector:
@@ -76,6 +87,7 @@ def _show_hetus(view: dict, doc: dict, unmasked: bool) -> dict:
     return view
 
 
+# routes take schema instances: given a class, webargs builds a new schema for every request
 class LookupQuerySchema(Schema):
     type = fields.String(required=True, validate=validate.OneOf(IDENTIFIER_TYPES),
                          metadata={"description": "identifier type, e.g. phone"})
@@ -141,17 +153,19 @@ def _read(doc: dict | None, what: str) -> dict:
     reason = privacy.restriction_reason(doc, principal.roles)
     if reason:
         raise Problem(403, reason)
-    store = ProfileStore(runtime().db)
+    store = _profiles()
     store.log_access(
         profile_id=doc["_id"], key_id=principal.key_id, roles=sorted(principal.roles),
         purpose=purpose, endpoint=request.path, at=datetime.now(UTC))
     unmasked = bool(principal.roles & UNMASKED_ROLES)
     view = _show_hetus(projection.view(doc, unmasked=unmasked), doc, unmasked)
-    needs = privacy.parse_purpose_consents(runtime().settings.profile_purpose_consents)
+    needs = current_app.extensions["purpose_consents"]
     if purpose not in needs:
         return view
-    return privacy.bound_view(view, purpose, needs, store.consent_states(doc["_id"]),
-                              _denied_identifier_values(store, doc))
+    states = store.consent_states(doc["_id"])
+    denied = (_denied_identifier_values(store, doc)
+              if privacy.uses_denied_values(purpose, needs, states) else None)
+    return privacy.bound_view(view, purpose, needs, states, denied)
 
 
 def _denied_identifier_values(store: ProfileStore, doc: dict) -> dict[str, set[str]]:
@@ -201,7 +215,7 @@ def _profiles_blueprint() -> Blueprint:
 
     @blueprint.route("")
     @require_roles(*READERS)
-    @blueprint.arguments(LookupQuerySchema, location="query")
+    @blueprint.arguments(LookupQuerySchema(), location="query")
     @blueprint.response(200)
     @blueprint.alt_response(404, description="no profile has this identifier")
     def find_profile(query):
@@ -216,12 +230,12 @@ def _profiles_blueprint() -> Blueprint:
         except InvalidIdentifier as exc:
             raise Problem(422, f"invalid {query['type']}: {exc.reason}",
                           errors={"value": [exc.reason]}) from None
-        store = ProfileStore(runtime().db)
-        return _read(store.find_by_identifier(query["type"], value), f"with this {query['type']}")
+        return _read(_profiles().find_by_identifier(query["type"], value, NOT_SHOWN),
+                     f"with this {query['type']}")
 
     @blueprint.route("/search")
     @require_roles(*READERS)
-    @blueprint.arguments(SearchQuerySchema, location="query")
+    @blueprint.arguments(SearchQuerySchema(), location="query")
     @blueprint.response(200)
     def search(query):
         """Profiles whose name starts with ``name`` (first, last or full name in either
@@ -229,10 +243,9 @@ def _profiles_blueprint() -> Blueprint:
         answer lists: type more letters. Not for purposes that need consent (a name list
         cannot honour each person's consents)."""
         purpose = _purpose()
-        if purpose in privacy.parse_purpose_consents(runtime().settings.profile_purpose_consents):
+        if purpose in current_app.extensions["purpose_consents"]:
             raise Problem(403, f"name search is not available for the purpose {purpose}")
-        store = ProfileStore(runtime().db)
-        found, overflow = store.search_names(query["name"])
+        found, overflow = _profiles().search_names(query["name"])
         names = sorted(found.items(), key=lambda item: (item[1].casefold(), item[0]))
         results = [{"profile_id": pid, "name": name} for pid, name in names[:query["limit"]]]
         return {"results": results, "truncated": overflow or len(names) > query["limit"]}
@@ -243,17 +256,17 @@ def _profiles_blueprint() -> Blueprint:
     @blueprint.alt_response(404, description="no such profile")
     def get_profile(profile_id):
         """One profile; a profile merged into another answers with the one that absorbed it."""
-        return _read(ProfileStore(runtime().db).load_current(profile_id), profile_id)
+        return _read(_profiles().load_current(profile_id, NOT_SHOWN), profile_id)
 
     @blueprint.route("/<string:profile_id>/timeline")
     @require_roles(*READERS)
-    @blueprint.arguments(TimelineQuerySchema, location="query")
+    @blueprint.arguments(TimelineQuerySchema(), location="query")
     @blueprint.response(200)
     def timeline(query, profile_id):
         """The profile's cross-channel timeline from its full history, newest first, a page
         at a time: pass ``next_cursor`` back as ``cursor`` (or an entry's time as
         ``before``) for the next page; ``next_cursor`` is null on the last."""
-        doc = ProfileStore(runtime().db).load_current(profile_id)
+        doc = _profiles().load_current(profile_id)
         view = _read(doc, profile_id)
         if "withheld" in view and "timeline" in view["withheld"]["fields"]:
             return {"profile_id": view["profile_id"], "entries": [], "next_cursor": None,
@@ -274,7 +287,7 @@ def _profiles_blueprint() -> Blueprint:
     @blueprint.response(200)
     def access_log(profile_id):
         """Who read this profile, when and for which purpose (newest first)."""
-        entries = ProfileStore(runtime().db).accesses(profile_id, 200)
+        entries = _profiles().accesses(profile_id, 200)
         return {"profile_id": profile_id,
                 "entries": [{**e, "at": _iso(e["at"])} for e in entries]}
 
@@ -390,7 +403,7 @@ def _segments_blueprint() -> Blueprint:
         page = store.page(segment_id, query["after"], query["limit"])
         listed = page
         if query["purpose"]:
-            profiles = ProfileStore(runtime().db)
+            profiles = _profiles()
             listed = [m for m in page if privacy.allowed(
                 profiles.consent_states(m["profile_id"]), query["purpose"])]
         return {"segment_id": segment_id, "count": store.count(segment_id),

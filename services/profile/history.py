@@ -16,7 +16,7 @@ Retention: ``expires_at = occurred_at + retention``. Where the store honours TTL
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,7 +25,7 @@ from pymongo import UpdateOne
 from pymongo.database import Database
 
 from services.common.documents import unstorable
-from services.common.store import Index, bulk_write, ensure_indexes
+from services.common.store import Index, bulk_write, delete_by_ids, ensure_indexes
 from services.profile.projection import month_of
 
 EVENTS = "profile_events"
@@ -149,11 +149,27 @@ class HistoryStore:
             ids.update(e["message_id"] for e in page.get("entries", ()) if e["at"] > oldest)
         return len(ids)
 
-    def erase(self, profile_ids: Iterable[str]) -> int:
-        """Delete everything kept for ``profile_ids``; returns how many events were deleted."""
-        ids = list(profile_ids)
-        self.months.delete_many({"profile_id": {"$in": ids}})
-        return self.events.delete_many({"profile_id": {"$in": ids}}).deleted_count
+    def erase(self, months_of: Mapping[str, Iterable[str]]) -> int:
+        """Delete everything kept for the profiles ({profile id: its ``history_months``});
+        returns how many events were deleted.
+
+        By ``_id`` only: each month page lists its events' message ids, and an event's
+        ``_id`` is "<profile_id>|<message_id>". A page also holds the entries copied from
+        profiles merged into it, whose events are kept under the merged profile's id, so
+        each message id is tried under every erased profile (they are erased together)."""
+        pages, message_ids = [], set()
+        for profile_id, months in sorted(months_of.items()):
+            for month in sorted(set(months)):
+                page = self.months.find_one({"_id": f"{profile_id}|{month}"},
+                                            {"entries.message_id": 1})
+                if page is not None:
+                    pages.append(page["_id"])
+                    message_ids.update(e["message_id"] for e in page.get("entries", ()))
+        deleted = delete_by_ids(self.events, [f"{profile_id}|{message_id}"
+                                              for profile_id in months_of
+                                              for message_id in message_ids])
+        delete_by_ids(self.months, pages)
+        return deleted
 
     def sweep(self, now: datetime) -> int:
         """Delete history past retention (for stores without TTL). Returns events deleted."""

@@ -100,6 +100,13 @@ def bound_view(view: dict[str, Any], purpose: str, needs: Mapping[str, tuple[str
     return result
 
 
+def uses_denied_values(purpose: str, needs: Mapping[str, tuple[str, ...]],
+                       states: Mapping[str, Mapping[str, Any]]) -> bool:
+    """Whether ``bound_view`` for ``purpose`` looks at identifier values denied on their own
+    (a marketing read with some consent granted), so a read gathers them only then."""
+    return purpose == "marketing" and any(allowed(states, c) for c in needs.get(purpose, ()))
+
+
 def parse_request(payload: Mapping[str, Any]) -> PrivacyRequest:
     """The request in a cdp.privacy.requests payload; raises InvalidRequest. The profile
     applies a rectification's fields, so one without fields is refused here."""

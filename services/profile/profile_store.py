@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 import unicodedata
+import uuid
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime
@@ -27,7 +28,8 @@ import pymongo.errors
 from pymongo import DeleteOne, InsertOne, ReplaceOne, UpdateOne
 from pymongo.database import Database
 
-from services.common.store import Index, bulk_write, find_by_ids
+from services.common.store import Index, bulk_write, delete_by_ids, find_by_ids
+from services.profile.group_commit import GroupCommit
 
 PROFILES = "profiles"
 IDENTIFIERS = "profile_identifiers"
@@ -35,6 +37,9 @@ ACCESS_LOG = "profile_access_log"
 NAMES = "profile_name_index"
 CONSENTS = "profile_consents"
 ERASED = "profile_erasures"
+# per profile (``_id``), the ``_id`` of each of its access log entries, so an erasure deletes
+# them by ``_id`` instead of scanning the log
+ACCESS_INDEX = "profile_access_index"
 
 INDEXES = [Index(ACCESS_LOG, [("profile_id", 1), ("at", -1)]),
            Index(IDENTIFIERS, [("profile_id", 1)])]
@@ -70,21 +75,25 @@ class ProfileStore:
         self.profiles = db[PROFILES]
         self.identifiers = db[IDENTIFIERS]
         self.access_log = db[ACCESS_LOG]
+        self.access_index = db[ACCESS_INDEX]
         self.names = db[NAMES]
         self.consents = db[CONSENTS]
         self.erased = db[ERASED]
         self._overflowed: dict[str, float] = {}  # bucket -> when it was seen full
+        # concurrent reads through one ProfileStore share access-log writes (group_commit.py)
+        self._access_writes = GroupCommit(self._store_accesses)
 
-    def load(self, profile_id: str) -> dict | None:
-        return self.profiles.find_one({"_id": profile_id})
+    def load(self, profile_id: str, projection: dict | None = None) -> dict | None:
+        return self.profiles.find_one({"_id": profile_id}, projection)
 
-    def load_current(self, profile_id: str) -> dict | None:
-        """The profile, following merges to the one that absorbed it."""
+    def load_current(self, profile_id: str, projection: dict | None = None) -> dict | None:
+        """The profile, following merges to the one that absorbed it (``projection``: only
+        some fields, ``merged_into`` always among them)."""
         seen = set()
-        doc = self.load(profile_id)
+        doc = self.load(profile_id, projection)
         while doc and doc.get("merged_into") and doc["_id"] not in seen:
             seen.add(doc["_id"])
-            doc = self.load(doc["merged_into"]) or doc
+            doc = self.load(doc["merged_into"], projection) or doc
         return doc
 
     def load_many(self, profile_ids: Iterable[str]) -> dict[str, dict]:
@@ -149,9 +158,10 @@ class ProfileStore:
     def unindex(self, type_: str, value: str, profile_id: str) -> None:
         self.identifiers.delete_one({"_id": f"{type_}:{value}", "profile_id": profile_id})
 
-    def find_by_identifier(self, type_: str, value: str) -> dict | None:
+    def find_by_identifier(self, type_: str, value: str,
+                           projection: dict | None = None) -> dict | None:
         entry = self.identifiers.find_one({"_id": f"{type_}:{value}"})
-        return self.load_current(entry["profile_id"]) if entry else None
+        return self.load_current(entry["profile_id"], projection) if entry else None
 
     def index_name(self, profile_id: str, before: tuple[str, str] | None,
                    after: tuple[str, str] | None) -> None:
@@ -215,10 +225,12 @@ class ProfileStore:
                    if _name_matches(name, wanted)}
         return entries, bool(bucket.get("overflow"))
 
-    def unindex_all(self, profile_ids: Iterable[str]) -> int:
-        """Remove every identifier index entry pointing at ``profile_ids``."""
-        return self.identifiers.delete_many(
-            {"profile_id": {"$in": list(profile_ids)}}).deleted_count
+    def unindex_keys(self, keys: Iterable[str], profile_ids: Iterable[str]) -> int:
+        """Remove the identifier index entries ("type:value" keys) that point at one of
+        ``profile_ids`` (an entry since taken by another profile stays)."""
+        ours = {"$in": sorted(set(profile_ids))}
+        return sum(self.identifiers.delete_one({"_id": key, "profile_id": ours}).deleted_count
+                   for key in sorted(set(keys)))
 
     # consent states from cdp.consent.changes, keyed by profile_id or "id:<type>:<value>"
 
@@ -258,13 +270,46 @@ class ProfileStore:
         return sum(self.profiles.delete_one({"_id": p}).deleted_count for p in set(profile_ids))
 
     def delete_accesses(self, profile_ids: Iterable[str]) -> int:
-        return self.access_log.delete_many(
-            {"profile_id": {"$in": list(profile_ids)}}).deleted_count
+        deleted = 0
+        for profile_id in sorted(set(profile_ids)):
+            listed = self.access_index.find_one({"_id": profile_id}) or {}
+            deleted += delete_by_ids(self.access_log, listed.get("entries") or [])
+            self.access_index.delete_one({"_id": profile_id})
+        return deleted
 
     def log_access(self, *, profile_id: str, key_id: str, roles: list[str], purpose: str,
                    endpoint: str, at: datetime) -> None:
-        self.access_log.insert_one({"profile_id": profile_id, "key_id": key_id, "roles": roles,
-                                    "purpose": purpose, "endpoint": endpoint, "at": at})
+        """Store the entry; returns once it is stored, with those of concurrent reads."""
+        self._access_writes.commit({"_id": uuid.uuid4().hex, "profile_id": profile_id,
+                                    "key_id": key_id, "roles": roles, "purpose": purpose,
+                                    "endpoint": endpoint, "at": at})
+
+    def _store_accesses(self, entries: list[dict]) -> None:
+        """Two commands for any number of entries: list their ids per profile, then insert."""
+        ids: dict[str, list[str]] = defaultdict(list)
+        for entry in entries:
+            ids[entry["profile_id"]].append(entry["_id"])
+        # listed first: a crash in between leaves a listed id with no entry, never the reverse
+        self._list_accesses(ids)
+        self.access_log.insert_many(entries, ordered=False)
+
+    def _list_accesses(self, ids: dict[str, list[str]], attempts: int = 3) -> None:
+        """Add entry ids to their profiles' lists in one update command. Two API processes
+        creating the same list at once make one upsert fail as a duplicate (FerretDB's reply
+        then lacks what pymongo's bulk_write needs, hence the plain command): adding the ids
+        again is harmless, so the command is repeated. FerretDB 1.x does not isolate
+        concurrent updates of one document: a process's group commit serialises its own, but
+        two processes adding to one list at the same moment can lose one's ids."""
+        command = {"update": self.access_index.name, "ordered": False, "updates": [
+            {"q": {"_id": profile_id}, "u": {"$addToSet": {"entries": {"$each": listed}}},
+             "upsert": True} for profile_id, listed in sorted(ids.items())]}
+        for _ in range(attempts):
+            errors = self.access_index.database.command(command).get("writeErrors") or []
+            if not errors:
+                return
+            if any(error.get("code") != 11000 for error in errors):
+                break
+        raise pymongo.errors.BulkWriteError({"writeErrors": errors})
 
     def accesses(self, profile_id: str, limit: int) -> list[dict]:
         return list(self.access_log.find({"profile_id": profile_id}, {"_id": 0})

@@ -19,7 +19,7 @@ import pymongo
 import pymongo.errors
 from pymongo.database import Database
 
-from services.common.store import Index
+from services.common.store import Index, delete_by_ids
 
 SEGMENTS = "profile_segments"
 MEMBERS = "profile_segment_members"
@@ -112,8 +112,14 @@ class SegmentStore:
         self.members.delete_one({"_id": f"{segment_id}|{profile_id}"})
 
     def remove_profiles(self, profile_ids: Iterable[str]) -> int:
-        return self.members.delete_many(
-            {"profile_id": {"$in": list(profile_ids)}}).deleted_count
+        """Take the profiles out of every segment, by member ``_id``: a deleted segment's
+        definition stays until its members are out, so ``all`` names every segment a
+        profile can still be a member of."""
+        profile_ids = list(profile_ids)
+        segment_ids = [doc["_id"] for doc in self.segments.find({}, {"_id": 1})]
+        return delete_by_ids(self.members, [f"{segment_id}|{profile_id}"
+                                            for segment_id in segment_ids
+                                            for profile_id in profile_ids])
 
     def page(self, segment_id: str, after: str | None, limit: int) -> list[dict]:
         query: dict[str, Any] = {"segment_id": segment_id}

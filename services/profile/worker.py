@@ -504,16 +504,19 @@ def _erase(context: Context, request: PrivacyRequest, envelope: Envelope):
     store.mark_erased(ids, request.request_id, now)
     for doc in docs:
         store.index_name(doc["_id"], projection.name_of(doc), None)
-    subjects = [*ids, *(f"id:{t}:{v}" for t, v in request.identifiers),
-                *(f"id:{t}:{v}" for d in docs for t, values in d["identifiers"].items()
-                  for v in values)]
+    held = [(t, v) for d in docs for t, values in d["identifiers"].items() for v in values]
+    subjects = [*ids, *(f"id:{t}:{v}" for t, v in [*request.identifiers, *held])]
+    # by _id only (no scan of a big collection), through what the profile documents list:
+    # they are deleted last, so a re-delivered request still finds what a crash left
     summary = {
-        "profiles": store.delete_profiles(ids),
-        "identifier_index_entries": store.unindex_all(ids),
-        "history_events": context.history.erase(ids),
+        "identifier_index_entries": store.unindex_keys(
+            [f"{t}:{v}" for t, v in [*request.identifiers, *held]], ids),
+        "history_events": context.history.erase(
+            {d["_id"]: d.get("history_months", []) for d in docs}),
         "segment_memberships": context.segments.remove_profiles(ids),
         "access_log_entries": store.delete_accesses(ids),
         "consent_states": store.delete_consents(subjects),
+        "profiles": store.delete_profiles(ids),
     }
     outgoing = []
     for profile_id in ids:

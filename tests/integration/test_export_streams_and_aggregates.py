@@ -296,4 +296,10 @@ def test_an_erasure_by_identifiers_alone_reaches_the_partners_that_received_them
     assert erased["payload"]["summary"]["partners_notified"] == [partner_id]
     assert erased["payload"]["summary"]["read_model_profiles_deleted"] == 1  # p2
     assert db.export_profiles.find_one({"_id": ids[1]}) is None
+    # the index erasures are found through names neither the erased profile nor any of the
+    # subject's identifiers any more (p1's identifier entry, stale since the merge, included)
+    named = [ids[1], *emails.values(),
+             *(hashlib.sha256(email.encode()).hexdigest() for email in emails.values())]
+    assert [doc["_id"] for doc in db.export_subject_index.find({})
+            if any(value in str(doc) for value in named)] == []
     partner.close()

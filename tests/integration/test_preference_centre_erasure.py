@@ -100,7 +100,7 @@ def test_the_page_lists_the_partners_the_customers_data_went_to(
     partner_id = f"ads-{unique}"
     put_partner(SimpleNamespace(url=stack["export"]), api_keys, partner_id,
                 "https://ads.example.com/in", f"seg-{unique}")
-    ExportStore(db, SecretBox.from_setting(settings.master_key)).record_deliveries(
+    ExportStore(db, SecretBox.from_settings(settings)).record_deliveries(
         partner_id, f"run-{unique}", {customer["profile_id"]: {"em": ["hashed"]}})
     page = client.get(stack["consent"] + "/preferences", timeout=10).text
     listed = re.search(r'<ul id="partners">(.*?)</ul>', page, re.S).group(1)

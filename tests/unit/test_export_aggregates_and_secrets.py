@@ -8,6 +8,7 @@ import os
 import orjson
 import pytest
 
+from services.common.config import Settings
 from services.export import aggregates, rendering
 from services.export.contracts import (
     InvalidContract,
@@ -106,11 +107,29 @@ def test_a_sealed_secret_opens_only_for_its_partner_and_field_under_the_same_mas
         secrets.open("ads", "signing_secret", "partner-signing-secret")
 
 
-def test_the_secret_box_reads_the_master_key_setting():
+def test_the_secret_box_reads_the_master_key_settings():
     raw = os.urandom(32)
     sealed = SecretBox(raw).seal("ads", "pseudonym_key", "k" * 20)
-    assert SecretBox.from_setting(base64.b64encode(raw).decode()).open(
-        "ads", "pseudonym_key", sealed) == "k" * 20
+    settings = Settings(master_key=base64.b64encode(raw).decode())
+    assert SecretBox.from_settings(settings).open("ads", "pseudonym_key", sealed) == "k" * 20
+
+
+def test_during_a_rotation_a_secret_sealed_under_the_previous_master_key_still_opens():
+    old_key, new_key = os.urandom(32), os.urandom(32)
+    sealed = SecretBox(old_key).seal("ads", "signing_secret", "partner-signing-secret")
+    rotating = SecretBox.from_settings(Settings(
+        master_key=base64.b64encode(new_key).decode(),
+        master_key_previous=base64.b64encode(old_key).decode()))
+    assert rotating.open("ads", "signing_secret", sealed) == "partner-signing-secret"
+
+    resealed = rotating.resealed("ads", "signing_secret", sealed)
+    assert SecretBox(new_key).open("ads", "signing_secret", resealed) == (
+        "partner-signing-secret")
+    assert rotating.resealed("ads", "signing_secret", resealed) is None  # already current
+    with pytest.raises(SecretUnreadable):  # the previous key alone no longer opens it
+        SecretBox(old_key).open("ads", "signing_secret", resealed)
+    with pytest.raises(SecretUnreadable):
+        SecretBox(new_key).open("ads", "signing_secret", sealed)
 
 
 def test_endpoint_credentials_are_never_shown_back():

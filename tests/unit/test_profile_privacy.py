@@ -10,6 +10,7 @@ from services.profile.privacy import (
     parse_purpose_consents,
     parse_request,
     restriction_reason,
+    uses_denied_values,
 )
 
 NEEDS = parse_purpose_consents(
@@ -61,6 +62,20 @@ def test_a_number_denied_on_its_own_is_withheld_even_with_the_channel_consented(
 def test_an_analytics_read_needs_the_analytics_consent():
     assert bound_view(view(), "analytics", NEEDS, {})["traits"] == {}
     assert bound_view(view(), "analytics", NEEDS, states(analytics=True)) == view()
+
+
+@pytest.mark.parametrize("purpose", ["customer_service", "marketing", "analytics"])
+@pytest.mark.parametrize("consents", [{}, states(marketing_phone=True), states(analytics=True),
+                                      states(marketing_email=False, analytics=False)])
+def test_a_read_skips_denied_identifier_values_only_where_they_change_nothing(purpose,
+                                                                             consents):
+    denied = {"marketing_phone": {"+358401234567"}, "analytics": {"a@example.com"}}
+    with_denied = bound_view(view(), purpose, NEEDS, consents, denied)
+    if not uses_denied_values(purpose, NEEDS, consents):
+        assert with_denied == bound_view(view(), purpose, NEEDS, consents)
+    else:
+        assert purpose == "marketing"
+        assert with_denied != bound_view(view(), purpose, NEEDS, consents)
 
 
 def test_a_restricted_profile_is_readable_by_the_dpo_only():
