@@ -23,9 +23,9 @@ from pathlib import Path
 
 import orjson
 from kafka import KafkaConsumer, KafkaProducer
-from pymongo import UpdateOne
 
-from bench import matching_quality, pipeline
+from bench import identity_scale, lookup_costs, matching_quality, pipeline, social_latency
+from bench.baselines import peak_rss_mb, raw_upserts
 from bench.pipeline import step
 from deploy.local.infra import Instance
 from services.common import store, topics
@@ -64,28 +64,6 @@ def raw_kafka(settings: Settings, count: int = 20_000) -> dict:
     return {"raw_produce_per_s": count / produce_s, "raw_consume_per_s": count / consume_s}
 
 
-def raw_upserts(settings: Settings, count: int = 5_000) -> dict:
-    """pymongo's bulk upsert rate on the same store: the ceiling for any projection."""
-    db = store.database(store.connect(settings), settings)
-    collection = db[f"bench_raw_{uuid.uuid4().hex[:6]}"]
-    started = time.perf_counter()
-    for start in range(0, count, 500):
-        collection.bulk_write([
-            UpdateOne({"_id": f"id-{i}"}, {"$set": {"n": i, "at": datetime.now(UTC)}},
-                      upsert=True) for i in range(start, start + 500)], ordered=False)
-    return {"raw_upsert_per_s": count / (time.perf_counter() - started)}
-
-
-def _peak_rss_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except FileNotFoundError:
-        return None
-    return None
-
-
 class Stack(PlatformStack):
     """The platform as `make run` starts it, with each process's peak memory."""
 
@@ -95,7 +73,7 @@ class Stack(PlatformStack):
         return self
 
     def peak_memory_mb(self) -> dict:
-        return {f"{name}_{kind}": _peak_rss_mb(process.proc.pid)
+        return {f"{name}_{kind}": peak_rss_mb(process.proc.pid)
                 for kind, processes in (("api", self.apis), ("worker", self.workers))
                 for name, process in processes.items()}
 
@@ -119,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
            "CDP_SERVICE_API_KEY": keys["dpo"],
            "CDP_PRIVACY_DIGEST_KEY": secrets.token_hex(16),
            "CDP_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
-           "CDP_LOG_LEVEL": "WARNING", "CDP_EXPORT_DIRECTORY_ROOT": export_dir}
+           "CDP_LOG_LEVEL": "WARNING", "CDP_EXPORT_DIRECTORY_ROOT": export_dir,
+           "CDP_SOCIAL_META_APP_SECRET": secrets.token_hex(16),
+           "CDP_SOCIAL_X_CONSUMER_SECRET": secrets.token_hex(16)}
     settings = Settings.from_env(env)
     ensure_topics(settings, topics.ALL)
     db = store.database(store.connect(settings), settings)
@@ -138,11 +118,18 @@ def main(argv: list[str] | None = None) -> int:
         results.update(pipeline.ingestion(stack.url("identity"), settings, keys["collector"]))
         step("freshness: identify accepted → profile found by phone, under background load")
         results.update(pipeline.freshness(stack.url("identity"), stack.url("profile"), keys))
+        step("social: signed webhooks → event read on cdp.events.social, 20/s for 30 s")
+        results.update(social_latency.run(stack.url("social"), settings,
+                                          env["CDP_SOCIAL_META_APP_SECRET"],
+                                          env["CDP_SOCIAL_X_CONSUMER_SECRET"]))
         step(f"seeding {args.profiles:,} profiles through the profile worker")
         phones, profile_ids = pipeline.seed_profiles(settings, args.profiles)
         step(f"lookups by phone with {args.profiles:,} profiles stored")
         results.update(pipeline.lookups(stack.url("profile"), keys["agent"], db, phones))
         results["lookup_profiles"] = args.profiles
+        step("what one lookup costs: store commands, CPU in the API and the store")
+        results.update(lookup_costs.measure(settings, stack.apis["profile"], keys["agent"],
+                                            phones))
         step("export: every seeded profile, consented, hashed for Meta, to CSV files")
         pipeline.grant_partner_consent(settings, profile_ids)
         results.update(pipeline.export(stack.url("export"), keys["admin"], settings, db,
@@ -152,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         results["peak_memory_mb"] = stack.peak_memory_mb()
     finally:
         stack.stop()
+    step("identity service at scale: its worker vs raw upserts, 1M identifiers, 100k matched")
+    results.update(identity_scale.run(env, bulk_upsert_per_s=results["raw_upsert_per_s"]))
     step("identity match quality on 10k generated Finnish records (no national id)")
     quality = matching_quality.run_one(10_000, matching_quality.DEFAULT_SEED, "without_id_number",
                                        0.99, 0.95)
@@ -188,17 +177,45 @@ def print_table(results: dict) -> None:
         ("lookup max rate (req/s)", results["lookup_max_rate"]),
         ("raw find_one max rate (req/s)", results["raw_lookup_max_rate"]),
         ("lookup max rate / raw", results["lookup_max_rate_ratio"]),
+        ("lookup: bench client CPU (ms/req)", results["lookup_client_cpu_ms"]),
+        ("lookup: load average at the time", results["lookup_load_average"]),
+        ("lookup: store commands, 1 caller", results["lookup_commands"]),
+        ("lookup: store commands, 8 callers", results["lookup_commands_8_callers"]),
+        ("lookup: API CPU (ms/lookup)", results["lookup_api_cpu_ms"]),
+        ("lookup: store CPU (ms/lookup)", results["lookup_store_cpu_ms"]),
         ("match precision, 10k, no national id", results["match_precision"]),
         ("match recall", results["match_recall"]),
         ("match F1", results["match_f1"]),
         ("matching 10k records (s)", results["match_10k_seconds"]),
+        ("identity worker alone (events/s)", results["identity_worker_events_per_s"]),
+        ("raw single upsert by _id (doc/s)", results["raw_single_upsert_per_s"]),
+        ("identity worker / raw single upserts", results["identity_worker_ratio"]),
+        ("identity store round trips per event",
+         results["identity_worker_round_trips_per_event"]),
+        (f"loading {results['identity_graph_identifiers']:,} identifiers (s)",
+         results["identity_graph_load_seconds"]),
+        ("peak RSS identity worker there (MiB)", results["identity_worker_peak_rss_mb"]),
+        ("identity worker there (events/s)",
+         results["identity_worker_large_graph_events_per_s"]),
+        ("peak RSS identity worker 10k ids (MiB)",
+         results["identity_worker_small_graph_peak_rss_mb"]),
+        ("match batch CLI, 100k records (s)", results["match_100k_seconds"]),
+        ("match batch CLI, 100k (records/s)", results["match_100k_records_per_s"]),
+        ("match CPU per record, 100k / 10k", results["match_growth_per_record"]),
+        ("match F1, 100k, no national id", results["match_100k_f1"]),
     ]
     rows += [(f"peak RSS {name} (MiB)", mb) for name, mb in results["peak_memory_mb"].items()]
     rows += [("export (profiles/s)", results["export_per_s"]),
              ("raw read + hash + CSV (rows/s)", results["raw_export_per_s"]),
              ("export ratio", results["export_ratio"]),
              ("erasure p50 (ms)", results["erasure_p50_ms"]),
-             ("erasure p95 (ms)", results["erasure_p95_ms"])]
+             ("erasure p95 (ms)", results["erasure_p95_ms"]),
+             ("social webhook answer p95 (ms)", results["social_webhook_answer_p95_ms"]),
+             ("social webhook → Kafka p50 (ms)", results["social_webhook_to_kafka_p50_ms"]),
+             ("social webhook → Kafka p95 (ms)", results["social_webhook_to_kafka_p95_ms"]),
+             ("social webhook → Kafka p99 (ms)", results["social_webhook_to_kafka_p99_ms"]),
+             ("raw Kafka round trip p95 (ms)", results["raw_kafka_roundtrip_p95_ms"]),
+             ("social → Kafka p95 / raw p95", results["social_webhook_to_kafka_p95_ratio"])]
     print()
     for label, value in rows:
         shown = "not built yet" if value is None else f"{value:,.2f}"

@@ -17,6 +17,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 from pymongo import monitoring
@@ -54,6 +55,13 @@ class CommandCounter(monitoring.CommandListener):
 
     def failed(self, event):
         pass
+
+
+def fresh_env(base: Mapping[str, str], database_prefix: str) -> dict[str, str]:
+    """``base`` with a fresh database and the secrets a worker needs to start."""
+    return {**base, "CDP_MONGO_DB": f"{database_prefix}_{uuid.uuid4().hex[:6]}",
+            "CDP_PRIVACY_DIGEST_KEY": secrets.token_hex(16), "CDP_LOG_LEVEL": "WARNING",
+            "CDP_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode()}
 
 
 def envelopes(run: str, customers: int) -> tuple[list[Envelope], list[Envelope]]:
@@ -132,10 +140,7 @@ def main() -> None:
     args = parser.parse_args()
     counter = CommandCounter()
     monitoring.register(counter)
-    env = {**os.environ, "CDP_MONGO_DB": f"muisti_costs_{uuid.uuid4().hex[:6]}",
-           "CDP_PRIVACY_DIGEST_KEY": secrets.token_hex(16), "CDP_LOG_LEVEL": "WARNING",
-           "CDP_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode()}
-    settings = Settings.from_env(env)
+    settings = Settings.from_env(fresh_env(os.environ, "muisti_costs"))
     db = store.database(store.connect(settings), settings)
     run = uuid.uuid4().hex[:8]
     web, resolved = envelopes(run, args.customers)

@@ -1,0 +1,52 @@
+"""Raw ceilings the benchmarks are reported against, and a process's peak memory.
+
+Every speed figure of `python -m bench` is a ratio to one of these, measured in the same run
+on the same instance: the machine is shared and noisy, absolute figures wander.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pymongo import UpdateOne
+from pymongo.database import Database
+
+from services.common import store
+from services.common.config import Settings
+
+
+def raw_upserts(settings: Settings, count: int = 5_000) -> dict:
+    """pymongo's bulk upsert rate on the same store: the ceiling for any projection."""
+    db = store.database(store.connect(settings), settings)
+    collection = db[f"bench_raw_{uuid.uuid4().hex[:6]}"]
+    started = time.perf_counter()
+    for start in range(0, count, 500):
+        collection.bulk_write([
+            UpdateOne({"_id": f"id-{i}"}, {"$set": {"n": i, "at": datetime.now(UTC)}},
+                      upsert=True) for i in range(start, start + 500)], ordered=False)
+    return {"raw_upsert_per_s": count / (time.perf_counter() - started)}
+
+
+def raw_single_upserts(db: Database, count: int = 2_000) -> float:
+    """Single-document upserts by _id, one per round trip (what a worker handling one event
+    at a time does), per second."""
+    collection = db[f"bench_raw_single_{uuid.uuid4().hex[:6]}"]
+    started = time.perf_counter()
+    for i in range(count):
+        collection.update_one({"_id": f"id-{i}"}, {"$set": {"n": i, "at": datetime.now(UTC)}},
+                              upsert=True)
+    return count / (time.perf_counter() - started)
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """The process's peak resident memory (VmHWM) in MiB; None once it has exited."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except FileNotFoundError:
+        return None
+    return None
