@@ -30,6 +30,8 @@ from services.common.hetu_protection import hetu_digest
 from services.common.identifiers import IDENTIFIER_TYPES, InvalidIdentifier, normalise
 from services.common.web import Problem, current_principal, require_roles, runtime
 from services.consent import privacy_backlog
+from services.consent.consents_api import ProfileLookupFailed
+from services.consent.decisions import special_category_answers
 from services.consent.privacy import (
     KINDS,
     STATES,
@@ -45,6 +47,7 @@ from services.consent.privacy_handlers import issue_receipt
 from services.consent.privacy_receipts import NoReceipt
 from services.consent.privacy_store import RETENTION_RULES
 from services.consent.receipts import ReceiptSigner, verify
+from services.consent.recording import current_catalogue, current_store
 
 MAX_FIELDS = 50
 RETRY_REPEAT_WINDOW = timedelta(minutes=1)
@@ -148,6 +151,8 @@ def privacy_blueprint() -> Blueprint:
                 return _accepted(existing)
         subject = body["subject"]
         identifier = _identifier(subject["identifier"]) if "identifier" in subject else None
+        if body["kind"] == "rectification":
+            _refuse_special_categories_without_consent(subject, body.get("fields_") or {})
         try:
             request = PrivacyRequest.new(
                 kind=body["kind"], profile_id=subject.get("profile_id"), identifier=identifier,
@@ -316,6 +321,37 @@ def _sweep(*, apply: bool) -> list[dict]:
     return retention.sweep(runtime().db, RETENTION_RULES,
                            retention.parse_policy(settings.retention_days),
                            datetime.now(UTC), apply=apply)
+
+
+def _refuse_special_categories_without_consent(subject: dict, fields: dict) -> None:
+    """A rectification may not put special-category data (GDPR art. 9: health, religion...)
+    on a profile unless the explicit consent its category needs is on record. Clearing such
+    a trait needs no consent."""
+    catalogue = current_catalogue()
+    special = [trait for trait, value in fields.items()
+               if value not in (None, "") and catalogue.category_of_trait(trait) is not None]
+    if not special:
+        return
+    profile_id = subject.get("profile_id")
+    if profile_id is None:
+        raw = subject["identifier"]
+        try:
+            profile_id = flask.current_app.extensions["consent_profiles"].profile_of(
+                raw["type"], raw["value"], None)
+        except ProfileLookupFailed as exc:
+            raise Problem(503, f"cannot check explicit consent for special-category data: "
+                               f"{exc}") from None
+    state = current_store().current_state(profile_id)[1] if profile_id else None
+    refused = [answer for answer in special_category_answers(catalogue, state, special)
+               if not answer.allowed]
+    if refused:
+        raise Problem(
+            422, "special-category data needs the subject's explicit consent: "
+                 + "; ".join(f"{a.trait} is {a.category} data and needs {a.purpose}"
+                             for a in refused),
+            errors={"json": {"fields": {a.trait: [f"{a.category}: no explicit consent for "
+                                                  f"{a.purpose} on record ({a.reason})"]
+                                        for a in refused}}})
 
 
 def _identifier(raw: dict) -> Identifier:

@@ -305,3 +305,31 @@ def test_retention_dry_run_reports_without_deleting(consent, api_keys):
                          headers=headers(api_keys), timeout=10).status_code == 403
 
 
+
+
+def test_rectifying_special_category_data_without_explicit_consent_is_refused(
+        consent, api_keys, unique):
+    profile = f"p-special-{unique}"
+    body = {"kind": "rectification", "subject": {"profile_id": profile}, "reason": "ticket 7",
+            "fields": {"allergies": "pähkinä", "city": "Oulu"}}
+    refused = requests.post(f"{consent.url}/v1/privacy/requests", json=body,
+                            headers=headers(api_keys), timeout=10)
+    assert refused.status_code == 422, refused.text
+    problem = refused.json()
+    assert "allergies is health data and needs special_health" in problem["detail"]
+    assert list(problem["errors"]["json"]["fields"]) == ["allergies"]
+
+    cleared = {**body, "fields": {"allergies": None}}  # taking such data away needs no consent
+    assert requests.post(f"{consent.url}/v1/privacy/requests", json=cleared,
+                         headers=headers(api_keys), timeout=10).status_code == 202
+
+    granted = requests.post(f"{consent.url}/v1/consents", headers=headers(api_keys, "collector"),
+                            timeout=10, json={
+                                "source": "test", "profile_id": profile,
+                                "purpose": "special_health", "state": "granted",
+                                "decision_id": f"d-special-{unique}",
+                                "proof": {"ip": "192.0.2.10", "user_agent": "UA"}})
+    assert granted.status_code == 201, granted.text
+    accepted = requests.post(f"{consent.url}/v1/privacy/requests", json=body,
+                             headers=headers(api_keys), timeout=10)
+    assert accepted.status_code == 202, accepted.text
