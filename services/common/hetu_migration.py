@@ -86,6 +86,25 @@ class PlainHetus:
         return None if code is None else self._protector.seal(self._protector.digest(code),
                                                                code)
 
+    def profile_document(self, doc: dict[str, Any],
+                         value_of: Callable[[Any], Any] = lambda trait: trait,
+                         with_value: Callable[[Any, str], Any] = lambda trait, sealed: sealed,
+                         ) -> dict[str, Any] | None:
+        """A profile-shaped document (``identifiers`` by type, ``traits``) with its hetus
+        protected; None when none is in the clear. ``value_of``/``with_value`` as for
+        ``traits``."""
+        identifiers = doc.get("identifiers") or {}
+        digests = self.digests(identifiers.get(HETU) or [])
+        traits = self.traits(doc.get("traits") or {}, value_of, with_value)
+        if digests is None and traits is None:
+            return None
+        new = dict(doc)
+        if digests is not None:
+            new["identifiers"] = {**identifiers, HETU: digests}
+        if traits is not None:
+            new["traits"] = traits
+        return new
+
     def traits(self, traits: Mapping[str, Any],
                value_of: Callable[[Any], Any] = lambda trait: trait,
                with_value: Callable[[Any, str], Any] = lambda trait, sealed: sealed,

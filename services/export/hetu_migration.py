@@ -22,17 +22,7 @@ from services.export.export_store import PROFILES, SUBJECT_INDEX
 
 
 def rewrite_profile(hetus: PlainHetus, doc: dict[str, Any]) -> dict[str, Any] | None:
-    identifiers = doc.get("identifiers") or {}
-    digests = hetus.digests(identifiers.get(HETU) or [])
-    traits = hetus.traits(doc.get("traits") or {})
-    if digests is None and traits is None:
-        return None
-    new = dict(doc)
-    if digests is not None:
-        new["identifiers"] = {**identifiers, HETU: digests}
-    if traits is not None:
-        new["traits"] = traits
-    return new
+    return hetus.profile_document(doc)
 
 
 def rewrite_index_entry(hetus: PlainHetus, doc: dict[str, Any]) -> dict[str, Any] | None:

@@ -26,17 +26,7 @@ from services.profile.profile_store import IDENTIFIERS, PROFILES
 
 
 def rewrite_profile(hetus: PlainHetus, doc: dict[str, Any]) -> dict[str, Any] | None:
-    identifiers = doc.get("identifiers") or {}
-    digests = hetus.digests(identifiers.get(HETU) or [])
-    traits = hetus.traits(doc.get("traits") or {}, _value, _with_value)
-    if digests is None and traits is None:
-        return None
-    new = dict(doc)
-    if digests is not None:
-        new["identifiers"] = {**identifiers, HETU: digests}
-    if traits is not None:
-        new["traits"] = traits
-    return new
+    return hetus.profile_document(doc, _value, _with_value)
 
 
 def _value(trait: Any) -> Any:
