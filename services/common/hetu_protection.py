@@ -78,6 +78,17 @@ class Protected:
     invalid: list[dict[str, str]] = field(default_factory=list)
     changed: bool = False
 
+    def payload(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """An event payload with these traits and the refused hetus in
+        ``invalid_identifiers``."""
+        payload = dict(payload)
+        if self.traits is not None:
+            payload["traits"] = self.traits
+        if self.invalid:
+            payload["invalid_identifiers"] = [*(payload.get("invalid_identifiers") or ()),
+                                              *self.invalid]
+        return payload
+
 
 class HetuProtector:
     def __init__(self, digest_key: bytes, cipher: FieldCipher):

@@ -251,13 +251,8 @@ def protect_hetus(envelope: Envelope, hetus: HetuProtector) -> Envelope:
                               traits if isinstance(traits, dict) else None)
     if not protected.changed:
         return envelope
-    payload = dict(payload)
-    if protected.traits is not None:
-        payload["traits"] = protected.traits
-    if protected.invalid:
-        payload["invalid_identifiers"] = [*(payload.get("invalid_identifiers") or ()),
-                                          *protected.invalid]
-    return dataclasses.replace(envelope, identifiers=protected.identifiers, payload=payload)
+    return dataclasses.replace(envelope, identifiers=protected.identifiers,
+                               payload=protected.payload(payload))
 
 
 def protect_converted(converted: Converted, hetus: HetuProtector) -> Converted:

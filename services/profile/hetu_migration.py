@@ -49,14 +49,8 @@ def rewrite_event(hetus: PlainHetus, doc: dict[str, Any]) -> dict[str, Any] | No
                               traits if isinstance(traits, dict) else None)
     if not protected.changed:
         return None
-    payload = dict(payload)
-    if protected.traits is not None:
-        payload["traits"] = protected.traits
-    if protected.invalid:
-        payload["invalid_identifiers"] = [*(payload.get("invalid_identifiers") or ()),
-                                          *protected.invalid]
     return {**doc, "identifiers": protected.identifiers,
-            "payload": payload if doc.get("payload") is not None else None}
+            "payload": protected.payload(payload) if doc.get("payload") is not None else None}
 
 
 RULES = [CollectionRule(PROFILES, rewrite_profile),
