@@ -46,8 +46,9 @@ class Process:
 
     def start(self) -> Process:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        # a fatal error in the interpreter or an extension still leaves a trace in the log
         self.proc = subprocess.Popen(
-            [sys.executable, *self.args], env=self.env, cwd=REPO,
+            [sys.executable, *self.args], env={**self.env, "PYTHONFAULTHANDLER": "1"}, cwd=REPO,
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         return self
@@ -73,8 +74,14 @@ class Process:
             return None
 
     def tail(self, lines: int = 40) -> str:
+        """The log's last lines and the exit status. The Kafka client's own connection
+        errors flood a log while the broker is away, so Muisti's lines are shown apart."""
         text = self.log_path.read_text(errors="replace").splitlines()
-        return "\n".join(text[-lines:])
+        own = [line for line in text if '"logger":"kafka.' not in line]
+        status = self.proc.poll() if self.proc else None
+        return "\n".join([f"[{self.name}: exit status {status}, log {self.log_path}]",
+                          "[Muisti's last lines]", *own[-lines:],
+                          "[the log's last lines]", *text[-10:]])
 
 
 class ServiceApi(Process):
