@@ -205,6 +205,7 @@ class ConsumerLoop:
         self.ledger = ledger
         self._stopping = threading.Event()
         self._dead_letter_streak = 0
+        self._poll_failures = 0
         self.relay = relay
         self._relay_due = 0.0
         self._rebuildable = consumer is None
@@ -265,7 +266,7 @@ class ConsumerLoop:
         log.info("consuming", extra={"topics": self.topics, "group": self.group})
         try:
             while not self._stopping.is_set():
-                batch = self._consumer.poll(timeout_ms=self.settings.consumer_poll_ms)
+                batch = self._poll()
                 if batch:
                     self._process(batch)
                     self._progress_at = time.monotonic()
@@ -277,6 +278,21 @@ class ConsumerLoop:
             self._consumer.close(autocommit=False)
             self._forget_lag(set(self._lag_reported))
             log.info("consumer closed", extra={"group": self.group})
+
+    def _poll(self) -> dict:
+        """One poll. kafka-python raises from ``poll`` when the broker goes away while it
+        looks for the group coordinator: that is an outage to wait out, not a reason to stop.
+        The stall watchdog replaces a client that does not recover once the broker is back."""
+        try:
+            batch = self._consumer.poll(timeout_ms=self.settings.consumer_poll_ms)
+        except KafkaError as exc:
+            self._poll_failures += 1
+            log.warning("poll failed, the broker may be away; retrying",
+                        extra={"error": repr(exc), "attempt": self._poll_failures})
+            self._stopping.wait(_backoff(self._poll_failures))
+            return {}
+        self._poll_failures = 0
+        return batch
 
     # one batch
 

@@ -33,6 +33,8 @@ class FakeConsumer:
         return {0}
 
     def poll(self, timeout_ms):
+        if self.batches and isinstance(self.batches[0], Exception):
+            raise self.batches.pop(0)
         if not self.batches:
             self.loop.stop()
             return {}
@@ -172,6 +174,20 @@ def test_transient_store_outage_is_retried_until_it_heals(monkeypatch):
     loop.run()
     assert ("mark", [envelope.message_id]) in journal
     assert not any(entry[0] == "produce" for entry in journal)
+
+
+def test_broker_gone_during_a_poll_is_waited_out_and_the_next_batch_applied(monkeypatch):
+    from kafka.errors import KafkaConnectionError
+
+    monkeypatch.setattr("services.common.bus._backoff", lambda attempt: 0)
+    envelope = new_envelope("A", "web")
+    handled = []
+    loop, journal = make_loop([KafkaConnectionError("111 ECONNREFUSED"),
+                               KafkaConnectionError("111 ECONNREFUSED"), batch(envelope)],
+                              lambda e: handled.append(e.type))
+    loop.run()
+    assert handled == ["A"]
+    assert ("commit", {0: 1}) in journal
 
 
 def test_relay_messages_are_produced_and_then_marked_sent():
