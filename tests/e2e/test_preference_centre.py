@@ -97,6 +97,8 @@ def test_customer_signs_in_decides_downloads_objects_and_is_erased(
 
     page.get_by_role("button", name="Collect my data").click()
     download_link = page.get_by_role("link", name="Download the file")
+    # the request's own page first: reloading while its POST still navigates detaches the page
+    expect(page.get_by_text("Your data is being collected").or_(download_link)).to_be_visible()
 
     def export_ready() -> bool:
         page.reload()
