@@ -15,8 +15,10 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager as ContextManager
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import requests
@@ -75,6 +77,41 @@ def group_lag(settings: Settings, group: str, topic: str) -> int:
         admin.close()
         consumer.close()
     return sum(end - max(committed.get(tp, 0), 0) for tp, end in ends.items())
+
+
+def platform_lag(settings: Settings) -> dict[str, int]:
+    """Records each of this platform's consumer groups has not committed yet, over the
+    partitions it has committed on."""
+    servers = settings.kafka_bootstrap.split(",")
+    admin = KafkaAdminClient(bootstrap_servers=servers)
+    consumer = KafkaConsumer(bootstrap_servers=servers)
+    try:
+        groups = [g["group_id"] for g in admin.list_groups()
+                  if g["group_id"].startswith(settings.consumer_group_prefix)]
+        committed = {group: {tp: meta.offset for tp, meta in
+                             admin.list_group_offsets(group).get(group, {}).items()}
+                     for group in groups}
+        ends = consumer.end_offsets(list({tp for offsets in committed.values()
+                                          for tp in offsets}))
+    finally:
+        admin.close()
+        consumer.close()
+    return {group.removeprefix(settings.consumer_group_prefix):
+            sum(ends[tp] - max(offset, 0) for tp, offset in offsets.items())
+            for group, offsets in committed.items()}
+
+
+def wait_quiet(settings: Settings, timeout: float = 3600) -> None:
+    """Until every worker has caught up: a stage measured while the workers still digest
+    the previous stage's backlog measures that backlog, not the stage."""
+    def quiet() -> bool:
+        busy = {group: lag for group, lag in platform_lag(settings).items() if lag}
+        if busy:
+            step("  waiting for the workers to catch up: " + ", ".join(
+                f"{group} {lag:,}" for group, lag in sorted(busy.items())))
+        return not busy
+
+    wait_until(quiet, timeout, interval=10, what="every consumer group caught up")
 
 
 def ingestion(identity_url: str, settings: Settings, collector_key: str,
@@ -195,8 +232,10 @@ def _max_rate(call: Callable[[str], bool], keys: list[str], seconds: float = 8.0
 
 
 def lookups(profile_url: str, agent_key: str, db, phones: list[str], rate: float = 200.0,
-            seconds: float = 20.0) -> dict:
-    """Lookup by phone through the profile API against a raw find_one by the same key.
+            seconds: float = 20.0, busy: Callable[[], ContextManager] | None = None) -> dict:
+    """Lookup by phone through the profile API against a raw find_one by the same key, on
+    a platform whose workers have caught up, then again inside ``busy()`` (ingestion
+    flowing meanwhile).
 
     The load generator runs on the same cores as the API and the store: it calls with
     http.client on one kept-alive connection per thread (~0.4 ms of CPU a request where
@@ -233,9 +272,17 @@ def lookups(profile_url: str, agent_key: str, db, phones: list[str], rate: float
     cpu = time.process_time()
     api_fixed = _fixed_rate(api, phones, rate, seconds)
     client_cpu_ms = (time.process_time() - cpu) * 1000 / api_fixed["requests"]
+    busy_fixed = None
+    if busy is not None:
+        step(f"  profile API lookups at {rate:.0f}/s for {seconds:.0f}s, ingestion meanwhile")
+        with busy():
+            busy_fixed = _fixed_rate(api, phones, rate, seconds)
     step("  maximum sustained rates (8 callers back to back)")
     raw_max, api_max = _max_rate(raw, phones), _max_rate(api, phones)
     return {
+        "lookup_busy_p50_ms": busy_fixed and busy_fixed["p50_ms"],
+        "lookup_busy_p99_ms": busy_fixed and busy_fixed["p99_ms"],
+        "lookup_busy_errors": busy_fixed and busy_fixed["errors"],
         "lookup_rate": rate,
         "lookup_p50_ms": api_fixed["p50_ms"], "lookup_p99_ms": api_fixed["p99_ms"],
         "lookup_errors": api_fixed["errors"],
@@ -247,29 +294,40 @@ def lookups(profile_url: str, agent_key: str, db, phones: list[str], rate: float
     }
 
 
+@contextmanager
+def background_traffic(identity_url: str, collector_key: str, per_s: float) -> Iterator[None]:
+    """Shop traffic posted to the identity API at ``per_s`` events a second meanwhile."""
+    run = uuid.uuid4().hex[:8]
+    stop = threading.Event()
+
+    def post() -> None:
+        traffic = shop_traffic(f"{run}bg", 10_000)
+        for start in range(0, len(traffic), 20):
+            if stop.is_set():
+                return
+            requests.post(f"{identity_url}/v1/batch", json={"batch": traffic[start:start + 20]},
+                          auth=(collector_key, ""), timeout=30)
+            time.sleep(20 / per_s)
+
+    loader = threading.Thread(target=post, daemon=True)
+    loader.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        loader.join(30)
+
+
 def freshness(identity_url: str, profile_url: str, keys: dict, probes: int = 20,
               background_per_s: float = 10.0) -> dict:
     """An identify accepted by the identity API → its profile found by phone in the profile
     API, while other traffic flows in the background (at a rate the pipeline sustains, so
     the figure is the delay of the path, not of a growing backlog)."""
     run = uuid.uuid4().hex[:8]
-    stop = threading.Event()
     collector = (keys["collector"], "")
-
-    def background() -> None:
-        traffic = shop_traffic(f"{run}bg", 10_000)
-        for start in range(0, len(traffic), 20):
-            if stop.is_set():
-                return
-            requests.post(f"{identity_url}/v1/batch", json={"batch": traffic[start:start + 20]},
-                          auth=collector, timeout=30)
-            time.sleep(20 / background_per_s)
-
-    loader = threading.Thread(target=background, daemon=True)
-    loader.start()
     headers = {"Authorization": f"Bearer {keys['agent']}", "X-Purpose": "customer_service"}
     delays = []
-    try:
+    with background_traffic(identity_url, keys["collector"], background_per_s):
         for i in range(probes):
             phone = f"+35845{i:03d}{random.randint(1000, 9999)}"
             message = {"userId": f"{run}-fresh-{i}", "messageId": f"{run}-fresh-{i}",
@@ -285,9 +343,6 @@ def freshness(identity_url: str, profile_url: str, keys: dict, probes: int = 20,
 
             wait_until(visible, 300, interval=0.01, what="the new profile in the lookup API")
             delays.append(time.perf_counter() - accepted)
-    finally:
-        stop.set()
-        loader.join(30)
     delays.sort()
     return {"freshness_p50_ms": delays[len(delays) // 2] * 1000,
             "freshness_p95_ms": delays[int(len(delays) * 0.95) - 1] * 1000,

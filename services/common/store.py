@@ -7,10 +7,12 @@ Code here runs on both FerretDB 1.x (SQLite) and MongoDB. Where MongoDB does mor
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import ClassVar
 
 import pymongo
 import pymongo.collection
@@ -170,12 +172,14 @@ class ProcessedLedger:
     COLLECTION = "processed_messages"
     RETENTION = timedelta(days=14)
     PURGE_EVERY_SECONDS = 3600.0
+    # when each ledger collection is next purged by hand in this process: one purge serves
+    # every group (it scans the whole collection), so a process's loops share it
+    _purge_due: ClassVar[dict[str, float]] = {}
 
     def __init__(self, db: Database, group: str):
         self._collection = db[self.COLLECTION]
         self._group = group
         self._expire_by_hand = False
-        self._next_purge = 0.0
 
     @classmethod
     def indexes(cls) -> list[Index]:
@@ -189,11 +193,21 @@ class ProcessedLedger:
         self._expire_by_hand = not support.get(self.indexes()[0].name, False)
 
     def expire_if_due(self) -> int:
-        """Delete entries past retention, at most hourly, when the store has no TTL index.
-        Returns how many were deleted."""
-        if not self._expire_by_hand or time.monotonic() < self._next_purge:
+        """Where the store has no TTL index: purge entries past retention once an hour per
+        process, the first time at a random moment of the first hour, so that processes
+        started together do not all scan the ledger at once. Returns how many were deleted."""
+        if not self._expire_by_hand:
             return 0
-        self._next_purge = time.monotonic() + self.PURGE_EVERY_SECONDS
+        now = time.monotonic()
+        key = self._collection.full_name
+        due = self._purge_due.setdefault(key, now + random.uniform(0, self.PURGE_EVERY_SECONDS))
+        if now < due:
+            return 0
+        self._purge_due[key] = now + self.PURGE_EVERY_SECONDS
+        return self.expire()
+
+    def expire(self) -> int:
+        """Delete every group's entries past retention now; returns how many."""
         cutoff = datetime.now(UTC) - self.RETENTION
         return self._collection.delete_many({"processed_at": {"$lt": cutoff}}).deleted_count
 
