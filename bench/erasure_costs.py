@@ -55,6 +55,7 @@ from services.identity import privacy as identity_privacy
 from services.identity import worker as identity_worker
 from services.identity.graph_store import MongoGraph
 from services.identity.privacy_store import GraphEraser, SuppressionList
+from services.profile import access_log
 from services.profile import worker as profile_worker
 from services.profile.segments_store import SegmentStore
 from services.social import worker as social_worker
@@ -124,10 +125,9 @@ class Subjects:
         self.export.record_deliveries(PARTNER, f"run-{run}", {profile_id: {
             "ph": [_sha256(identifiers["phone"])],
             "external_id": [_sha256(identifiers["user_id"])]}})
-        for _ in range(3):
-            self.context.store.log_access(profile_id=profile_id, key_id="agent", roles=["agent"],
-                                          purpose="customer_service", endpoint="profile",
-                                          at=datetime.now(UTC))
+        profile_worker.store_accesses(self.context, [access_log.entry_message(
+            profile_id=profile_id, key_id="agent", roles=["agent"], purpose="customer_service",
+            endpoint="profile", at=datetime.now(UTC)).value for _ in range(3)])
         self.context.segments.add_member(SEGMENT, profile_id, datetime.now(UTC))
         self.keys.key(profile_key_id(profile_id), create=True)
         for type_, value in identifiers.items():

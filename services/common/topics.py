@@ -13,6 +13,9 @@ DEAD_LETTER = "cdp.deadletter"
 # internal to the social service: Instagram mention notifications (ids only) whose text its
 # worker fetches from the Graph API after the webhook was answered
 SOCIAL_MENTIONS = "cdp.social.mentions"
+# internal to the profile service: one entry per profile read, stored in the access log by its
+# worker (a lookup waits for Kafka's acknowledgement, never for a store write)
+PROFILE_ACCESSES = "cdp.profile.accesses"
 
 ALL = (
     EVENTS_WEB,
@@ -26,4 +29,5 @@ ALL = (
     PRIVACY_ACKS,
     DEAD_LETTER,
     SOCIAL_MENTIONS,
+    PROFILE_ACCESSES,
 )

@@ -1,9 +1,9 @@
 """HTTP entry point of the profile service: profile lookups for contact-centre dashboards,
 name search, the paged full history, and segment definitions with their members.
 
-Every read is written to the access log (who, which profile, when, the purpose stated in the
-``X-Purpose`` header) before it is answered; concurrent reads share that write
-(group_commit.py). Agents see sensitive identifiers masked; supervisors, dpo and admin
+Every read is recorded for the access log (who, which profile, when, the purpose stated in the
+``X-Purpose`` header) before it is answered: Kafka holds the entry, the worker stores it
+(access_log.py). Agents see sensitive identifiers masked; supervisors, dpo and admin
 see them whole. A profile keeps a hetu only as its keyed digest and a sealed copy
 (services.common.hetu_protection): a lookup by hetu compares digests, and a read opens the
 sealed copy for display (masked for agents). Reads are purpose-bound
@@ -27,7 +27,7 @@ from services.common.hetu_protection import mask as mask_hetu
 from services.common.identifiers import IDENTIFIER_TYPES, InvalidIdentifier
 from services.common.identifiers import normalise as normalise_identifier
 from services.common.web import Problem, current_principal, require_roles, runtime
-from services.profile import dashboard, privacy, projection, segments
+from services.profile import access_log, dashboard, privacy, projection, segments
 from services.profile.history import HistoryStore
 from services.profile.profile_store import NAME_PREFIX_MIN, ProfileStore
 from services.profile.segments_store import SegmentExists, SegmentStore, SegmentVersionConflict
@@ -154,9 +154,9 @@ def _read(doc: dict | None, what: str) -> dict:
     if reason:
         raise Problem(403, reason)
     store = _profiles()
-    store.log_access(
+    runtime().producer.send([access_log.entry_message(
         profile_id=doc["_id"], key_id=principal.key_id, roles=sorted(principal.roles),
-        purpose=purpose, endpoint=request.path, at=datetime.now(UTC))
+        purpose=purpose, endpoint=request.path, at=datetime.now(UTC))])
     unmasked = bool(principal.roles & UNMASKED_ROLES)
     view = _show_hetus(projection.view(doc, unmasked=unmasked), doc, unmasked)
     needs = current_app.extensions["purpose_consents"]

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import time
 import unicodedata
-import uuid
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime
@@ -29,7 +28,6 @@ from pymongo import DeleteOne, InsertOne, ReplaceOne, UpdateOne
 from pymongo.database import Database
 
 from services.common.store import Index, bulk_write, delete_by_ids, find_by_ids
-from services.profile.group_commit import GroupCommit
 
 PROFILES = "profiles"
 IDENTIFIERS = "profile_identifiers"
@@ -80,8 +78,6 @@ class ProfileStore:
         self.consents = db[CONSENTS]
         self.erased = db[ERASED]
         self._overflowed: dict[str, float] = {}  # bucket -> when it was seen full
-        # concurrent reads through one ProfileStore share access-log writes (group_commit.py)
-        self._access_writes = GroupCommit(self._store_accesses)
 
     def load(self, profile_id: str, projection: dict | None = None) -> dict | None:
         return self.profiles.find_one({"_id": profile_id}, projection)
@@ -277,43 +273,39 @@ class ProfileStore:
             self.access_index.delete_one({"_id": profile_id})
         return deleted
 
-    def log_access(self, *, profile_id: str, key_id: str, roles: list[str], purpose: str,
-                   endpoint: str, at: datetime) -> None:
-        """Store the entry; returns once it is stored, with those of concurrent reads."""
-        self._access_writes.commit({"_id": uuid.uuid4().hex, "profile_id": profile_id,
-                                    "key_id": key_id, "roles": roles, "purpose": purpose,
-                                    "endpoint": endpoint, "at": at})
-
-    def _store_accesses(self, entries: list[dict]) -> None:
-        """Two commands for any number of entries: list their ids per profile, then insert."""
+    def add_accesses(self, entries: list[dict]) -> None:
+        """Store access-log entries (access_log.stored_entry), any number in two commands:
+        their ids listed per profile, then the entries. Storing one again changes nothing."""
+        if not entries:
+            return
         ids: dict[str, list[str]] = defaultdict(list)
         for entry in entries:
             ids[entry["profile_id"]].append(entry["_id"])
         # listed first: a crash in between leaves a listed id with no entry, never the reverse
         self._list_accesses(ids)
-        self.access_log.insert_many(entries, ordered=False)
+        try:
+            self.access_log.insert_many(entries, ordered=False)
+        except pymongo.errors.BulkWriteError as exc:
+            if any(error.get("code") != 11000 for error in exc.details.get("writeErrors", [])):
+                raise
 
-    def _list_accesses(self, ids: dict[str, list[str]], attempts: int = 3) -> None:
-        """Add entry ids to their profiles' lists in one update command. Two API processes
-        creating the same list at once make one upsert fail as a duplicate (FerretDB's reply
-        then lacks what pymongo's bulk_write needs, hence the plain command): adding the ids
-        again is harmless, so the command is repeated. FerretDB 1.x does not isolate
-        concurrent updates of one document: a process's group commit serialises its own, but
-        two processes adding to one list at the same moment can lose one's ids."""
+    def _list_accesses(self, ids: dict[str, list[str]]) -> None:
+        """Add entry ids to their profiles' lists in one update command (FerretDB's reply to
+        a bulk upsert lacks what pymongo's bulk_write needs, hence the plain command)."""
         command = {"update": self.access_index.name, "ordered": False, "updates": [
             {"q": {"_id": profile_id}, "u": {"$addToSet": {"entries": {"$each": listed}}},
              "upsert": True} for profile_id, listed in sorted(ids.items())]}
-        for _ in range(attempts):
-            errors = self.access_index.database.command(command).get("writeErrors") or []
-            if not errors:
-                return
-            if any(error.get("code") != 11000 for error in errors):
-                break
-        raise pymongo.errors.BulkWriteError({"writeErrors": errors})
+        errors = self.access_index.database.command(command).get("writeErrors") or []
+        if errors:
+            raise pymongo.errors.BulkWriteError({"writeErrors": errors})
 
     def accesses(self, profile_id: str, limit: int) -> list[dict]:
-        return list(self.access_log.find({"profile_id": profile_id}, {"_id": 0})
-                    .sort("at", -1).limit(limit))
+        """The profile's newest ``limit`` access-log entries, found through its list of them
+        (a filter on ``profile_id`` would scan the whole log on FerretDB)."""
+        listed = (self.access_index.find_one({"_id": profile_id}) or {}).get("entries") or []
+        entries = find_by_ids(self.access_log, listed, {"_id": 0})
+        entries.sort(key=lambda entry: entry["at"], reverse=True)
+        return entries[:limit]
 
 
 def _raise_errors(outcome: tuple[int, list[dict]]) -> None:

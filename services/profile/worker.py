@@ -1,6 +1,6 @@
 """Kafka entry point of the profile service.
 
-Three consumer groups and one background loop:
+Four consumer groups and one background loop:
 
 * ``profile-projection``: cdp.events.resolved (apply the event to its profile, keep it in the
   full history, re-evaluate the profile's segments) and cdp.identity.merges (merge, split,
@@ -9,6 +9,8 @@ Three consumer groups and one background loop:
   purpose-bound reads consult;
 * ``profile-privacy``: cdp.privacy.requests (erasure, access, rectification, restriction),
   each answered by one ack on cdp.privacy.acks;
+* ``profile-accesses``: cdp.profile.accesses, the API's record of every read, into the access
+  log (access_log.py);
 * housekeeping: the resumable segment-membership pass over all profiles (whenever a
   definition changes, and daily, since rules over time windows and recency drift), history
   past retention where the store has no TTL index, and the access log's retention.
@@ -25,6 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from pymongo.database import Database
@@ -36,7 +39,7 @@ from services.common.envelope import Envelope, derived_message_id, new_envelope
 from services.common.privacy_requests import InvalidRequest, PrivacyRequest, ack_payload
 from services.common.special_categories import Classification, load_classification
 from services.common.store import ProcessedLedger, ensure_indexes
-from services.profile import projection, special_traits
+from services.profile import access_log, projection, special_traits
 from services.profile.computed import RfmThresholds, safe_key
 from services.profile.history import HistoryStore
 from services.profile.privacy import parse_request
@@ -61,6 +64,7 @@ SERVICE = "profile"
 GROUP = "profile-projection"
 CONSENT_GROUP = "profile-consents"
 PRIVACY_GROUP = "profile-privacy"
+ACCESS_GROUP = "profile-accesses"
 MAX_CONFLICT_RETRIES = 20
 SEGMENT_LOG_KEPT = 20
 DEFAULT_HISTORY_DAYS = 395
@@ -103,7 +107,9 @@ def build_consumers(settings: Settings, producer: Producer, db: Database) -> lis
             (GROUP, [topics.EVENTS_RESOLVED, topics.IDENTITY_MERGES], make_handler(context),
              make_batch_handler(context)),
             (CONSENT_GROUP, [topics.CONSENT_CHANGES], make_consent_handler(context), None),
-            (PRIVACY_GROUP, [topics.PRIVACY_REQUESTS], make_privacy_handler(context), None)):
+            (PRIVACY_GROUP, [topics.PRIVACY_REQUESTS], make_privacy_handler(context), None),
+            (ACCESS_GROUP, [topics.PROFILE_ACCESSES], make_access_handler(context),
+             partial(store_accesses, context))):
         ledger = ProcessedLedger(db, group)
         ledger.prepare()
         loops.append(ConsumerLoop(settings=settings, service=SERVICE, group=group,
@@ -121,6 +127,32 @@ def _retrying(action: Callable[[Any], list[Outgoing]]):
             except VersionConflict as exc:
                 conflict = exc
         raise conflict
+
+    return handle
+
+
+# --- the access log ------------------------------------------------------------------------
+
+
+def store_accesses(context: Context, envelopes: list[Envelope]) -> list[Outgoing]:
+    """Store the API's read entries, but none of an erased profile: an entry can reach the
+    worker after the profile's erasure, which must leave no trace of the subject."""
+    store = context.store
+    entries = [access_log.stored_entry(envelope) for envelope in envelopes]
+    erased = store.erased_among(entry["profile_id"] for entry in entries)
+    kept = [entry for entry in entries if entry["profile_id"] not in erased]
+    store.add_accesses(kept)
+    # an erasure running meanwhile may have deleted the log before these were added: the
+    # tombstone is written before that delete, so looking again after adding catches it
+    late = store.erased_among(entry["profile_id"] for entry in kept)
+    if late:
+        store.delete_accesses(late)
+    return []
+
+
+def make_access_handler(context: Context):
+    def handle(envelope: Envelope) -> list[Outgoing]:
+        return store_accesses(context, [envelope])
 
     return handle
 

@@ -1,18 +1,20 @@
 """Every profile read answered is in the access log, even when the API process is killed right
-after answering: concurrent reads share their access-log writes (group commit) but each is
-answered only once its own entry is stored."""
+after answering: the API answers once Kafka acknowledged the read's entry, and the worker
+stores entries once each, never for a profile already erased."""
 
 from __future__ import annotations
 
-import threading
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import requests
 
+from services.common import topics
 from services.common.envelope import new_envelope
-from services.profile import projection
+from services.profile import access_log, projection
 from services.profile.profile_store import ACCESS_INDEX, ACCESS_LOG, ProfileStore
+from services.profile.worker import Context, store_accesses
+from tests.support.kafka import create_topic, read_all
 from tests.support.processes import ServiceApi
 
 READS = 48
@@ -31,9 +33,10 @@ def stored_profile(db, unique: str) -> str:
     return phone
 
 
-def test_every_read_answered_before_a_kill_has_its_access_entry(test_env, api_keys, db,
-                                                                 unique):
+def test_every_read_answered_before_a_kill_has_its_entry_on_the_access_topic(
+        test_env, settings, api_keys, db, unique):
     phone = stored_profile(db, unique)
+    create_topic(settings, topics.PROFILE_ACCESSES)  # the profile worker's start creates it
     api = ServiceApi("profile", test_env).start()
     headers = {"Authorization": f"Bearer {api_keys['agent']}", "X-Purpose": "customer_service"}
 
@@ -47,44 +50,40 @@ def test_every_read_answered_before_a_kill_has_its_access_entry(test_env, api_ke
     finally:
         api.kill()  # SIGKILL: nothing buffered in the process survives
     assert statuses == [200] * READS
-    entries = list(db[ACCESS_LOG].find({"profile_id": f"p_{unique}"}))
+    entries = [m for m in read_all(settings, topics.PROFILE_ACCESSES)
+               if m["profile_id"] == f"p_{unique}"]
     assert len(entries) == READS
-    assert {(e["key_id"], e["purpose"], e["endpoint"]) for e in entries} == {
-        (entries[0]["key_id"], "customer_service", "/v1/profiles")}
-    listed = db[ACCESS_INDEX].find_one({"_id": f"p_{unique}"})["entries"]
-    assert sorted(listed) == sorted(e["_id"] for e in entries)
+    assert {(e["payload"]["purpose"], e["payload"]["endpoint"], tuple(e["payload"]["roles"]))
+            for e in entries} == {("customer_service", "/v1/profiles", ("agent",))}
 
 
-def read_at_once(processes: list[ProfileStore], profile_ids: list[str], callers: int = 8):
-    """``callers`` threads reading each new profile at the same moment, spread over the API
-    processes' stores."""
-    start = threading.Barrier(callers)
-
-    def read(caller: int) -> None:
-        for profile_id in profile_ids:
-            start.wait(30)
-            processes[caller % len(processes)].log_access(
-                profile_id=profile_id, key_id=f"k{caller}", roles=["agent"],
-                purpose="customer_service", endpoint="/v1/profiles", at=datetime.now(UTC))
-
-    with ThreadPoolExecutor(max_workers=callers) as pool:
-        list(pool.map(read, range(callers)))
+def read_entries(profile_id: str, readers: int) -> list:
+    """One read by each of ``readers`` keys, a second apart."""
+    start = datetime.now(UTC)
+    return [access_log.entry_message(
+        profile_id=profile_id, key_id=f"k{n}", roles=["agent"], purpose="customer_service",
+        endpoint="/v1/profiles", at=start + timedelta(seconds=n)).value
+        for n in range(readers)]
 
 
-def test_concurrent_reads_in_one_api_process_list_every_entry_for_erasure(db, unique):
-    profile_ids = [f"p_{unique}_{n}" for n in range(10)]
-    read_at_once([ProfileStore(db)], profile_ids)
-    for profile_id in profile_ids:
-        entries = [e["_id"] for e in db[ACCESS_LOG].find({"profile_id": profile_id})]
-        assert len(entries) == 8
-        assert sorted(db[ACCESS_INDEX].find_one({"_id": profile_id})["entries"]) == sorted(
-            entries)
+def test_worker_stores_each_entry_once_and_lists_it_for_erasure(settings, db, unique):
+    context = Context.build(settings, db)
+    entries = {f"p_{unique}_{n}": read_entries(f"p_{unique}_{n}", 3) for n in range(4)}
+    batch = [entry for listed in entries.values() for entry in listed]
+    store_accesses(context, batch)
+    store_accesses(context, batch[:5])  # re-delivered after a crash before the commit
+    for profile_id, listed in entries.items():
+        ids = sorted(entry.message_id for entry in listed)
+        assert sorted(e["_id"] for e in db[ACCESS_LOG].find({"profile_id": profile_id})) == ids
+        assert sorted(db[ACCESS_INDEX].find_one({"_id": profile_id})["entries"]) == ids
+        assert [e["key_id"] for e in context.store.accesses(profile_id, 2)] == ["k2", "k1"]
 
 
-def test_first_reads_of_a_profile_in_two_api_processes_at_once_all_succeed_and_are_logged(
-        db, unique):
-    profile_ids = [f"p_{unique}_{n}" for n in range(10)]
-    read_at_once([ProfileStore(db), ProfileStore(db)], profile_ids)
-    for profile_id in profile_ids:
-        assert db[ACCESS_LOG].count_documents({"profile_id": profile_id}) == 8
-        assert db[ACCESS_INDEX].find_one({"_id": profile_id})["entries"]
+def test_entries_arriving_after_the_profiles_erasure_are_not_stored(settings, db, unique):
+    context = Context.build(settings, db)
+    erased, kept = f"p_{unique}_erased", f"p_{unique}_kept"
+    context.store.mark_erased([erased], f"req-{unique}", datetime.now(UTC))
+    store_accesses(context, read_entries(erased, 2) + read_entries(kept, 1))
+    assert db[ACCESS_LOG].count_documents({"profile_id": erased}) == 0
+    assert db[ACCESS_INDEX].find_one({"_id": erased}) is None
+    assert db[ACCESS_LOG].count_documents({"profile_id": kept}) == 1

@@ -354,6 +354,8 @@ def test_access_request_is_answered_with_the_subjects_data(api, producer, settin
     send(producer, resolved(pid, 1, traits={"firstName": "Aada"}),
          resolved(pid, 2, "Order Completed", properties={"total": 12.0}))
     profile_when(api, pid, lambda p: p["computed"]["purchase_count"] == 1, "profile")
+    wait_until(lambda: api.get(f"/v1/profiles/{pid}/access-log", "dpo").json()["entries"], 30,
+               what="the agent's read stored by the worker")
     request_id = f"req-access-{unique}"
     send(producer, privacy_request("access", request_id, [pid]), topic=topics.PRIVACY_REQUESTS,
          key=request_id)
@@ -363,6 +365,25 @@ def test_access_request_is_answered_with_the_subjects_data(api, producer, settin
     assert [e["type"] for e in data["history"]["recent"]] == ["Order Completed", "Identify"]
     assert any(entry["roles"] == ["agent"] for entry in data["access_log"])
     assert data["segments"] == []
+
+
+def test_dpo_sees_who_read_a_profile_when_and_for_which_purpose(api, producer, unique):
+    pid = f"p-read-{unique}"
+    send(producer, resolved(pid, 1, traits={"firstName": "Eino"}))
+    profile_when(api, pid, lambda p: p["traits"], "profile")
+    assert api.call("GET", f"/v1/profiles/{pid}", "supervisor",
+                    purpose="fraud_prevention").status_code == 200
+
+    def entries():
+        logged = api.get(f"/v1/profiles/{pid}/access-log", "dpo").json()["entries"]
+        return logged if any(e["purpose"] == "fraud_prevention" for e in logged) else None
+
+    logged = wait_until(entries, 30, what="both reads in the access log")
+    assert logged[0]["purpose"] == "fraud_prevention" and logged[0]["roles"] == ["supervisor"]
+    assert {(e["purpose"], e["endpoint"]) for e in logged} == {
+        ("fraud_prevention", f"/v1/profiles/{pid}"), ("customer_service", f"/v1/profiles/{pid}")}
+    assert logged == sorted(logged, key=lambda e: e["at"], reverse=True)
+    assert api.get(f"/v1/profiles/{pid}/access-log", "agent").status_code == 403
 
 
 def test_restriction_blocks_agent_reads_until_lifted_and_rectification_wins(
