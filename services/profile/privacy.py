@@ -9,8 +9,10 @@ timeline, computed traits and segments are withheld, and ``withheld`` says why. 
 marketing read still shows a contact channel only where that channel's own consent allows it
 (``CONTACT_CONSENTS``): email needs ``marketing_email``, phone ``marketing_sms`` or
 ``marketing_phone``, the postal address ``marketing_post``; a denial recorded for the bare
-identifier (e.g. a do-not-call number) withholds that value too. Other purposes
-(customer_service, fraud_prevention, data_request) need no consent.
+identifier (e.g. a do-not-call number) withholds that value too, and what the customer did
+(the timeline) and what was inferred from it (computed traits such as the RFM segment, segment
+memberships) need the ``profiling`` consent on top: targeting by purchases and visits is
+profiling. Other purposes (customer_service, fraud_prevention, data_request) need no consent.
 
 Restriction (GDPR art. 18). A restricted profile is stored but not used: reads answer 403
 with the reason, except for the data-protection officer.
@@ -39,6 +41,8 @@ CONTACT_FIELDS: dict[str, tuple[str, ...]] = {
     "address": ("street", "address", "city", "postcode", "postal_code", "country", "state"),
 }
 CONTACT_IDENTIFIERS = {"email": "email", "phone": "phone"}
+PROFILING_CONSENT = "profiling"
+PROFILING_FIELDS: dict[str, Any] = {"timeline": [], "computed": {}, "segments": []}
 
 
 def parse_purpose_consents(text: str) -> dict[str, tuple[str, ...]]:
@@ -94,9 +98,15 @@ def bound_view(view: dict[str, Any], purpose: str, needs: Mapping[str, tuple[str
             for name in CONTACT_FIELDS[channel]:
                 if result["traits"].get(name, {}).get("value") in blocked:
                     result["traits"].pop(name)
+    reasons = ["no consent for these contact channels"] if withheld else []
+    if not allowed(states, PROFILING_CONSENT):
+        result.update(copy.deepcopy(PROFILING_FIELDS))
+        withheld.extend(PROFILING_FIELDS)
+        reasons.append("no profiling consent for the customer's activity and what is "
+                       "inferred from it")
     if withheld:
-        result["withheld"] = {"purpose": purpose, "reason": "no consent for these contact "
-                              "channels", "fields": withheld}
+        result["withheld"] = {"purpose": purpose, "reason": "; ".join(reasons),
+                              "fields": withheld}
     return result
 
 

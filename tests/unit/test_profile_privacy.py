@@ -49,7 +49,22 @@ def test_a_marketing_read_shows_only_the_channels_consented_to():
     assert "phone" not in bound["identifiers"] and "phone" not in bound["traits"]
     assert "city" not in bound["traits"]  # the postal address needs marketing_post
     assert bound["traits"]["first_name"] == {"value": "Aino"}
-    assert set(bound["withheld"]["fields"]) == {"phone", "address"}
+    assert set(bound["withheld"]["fields"]) == {"phone", "address", "timeline", "computed",
+                                                "segments"}
+
+
+def test_a_marketing_read_uses_activity_and_inferences_only_with_the_profiling_consent():
+    contact_only = bound_view(view(), "marketing", NEEDS, states(marketing_email=True))
+    assert contact_only["timeline"] == [] and contact_only["computed"] == {}
+    assert contact_only["segments"] == []
+    assert {"timeline", "computed", "segments"} <= set(contact_only["withheld"]["fields"])
+    assert "profiling" in contact_only["withheld"]["reason"]
+    profiled = bound_view(view(), "marketing", NEEDS,
+                          states(marketing_email=True, profiling=True))
+    assert profiled["timeline"] == [{"type": "Order Completed"}]
+    assert profiled["computed"] == {"rfm_segment": "champions"}
+    assert profiled["segments"] == ["vip"]
+    assert set(profiled["withheld"]["fields"]) == {"phone", "address"}
 
 
 def test_a_number_denied_on_its_own_is_withheld_even_with_the_channel_consented():
