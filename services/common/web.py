@@ -164,15 +164,25 @@ def _broker_ready(rt: Runtime) -> None:
 
 
 def _register_bootstrap_keys_when_store_answers(rt: Runtime) -> None:
+    """In the background, so the API starts while the store is away; not ready until done,
+    since a caller holding a bootstrap key would be refused 401 meanwhile."""
+    registered = threading.Event()
+
     def register() -> None:
         for attempt in range(60):
             try:
                 rt.api_keys.register_bootstrap_keys(rt.settings.bootstrap_api_keys)
+                registered.set()
                 return
             except pymongo.errors.ConnectionFailure:
                 time.sleep(min(0.5 * (attempt + 1), 5))
         log.error("could not register bootstrap API keys: store unreachable")
 
+    def check() -> None:
+        if not registered.is_set():
+            raise RuntimeError("the bootstrap API keys are not registered yet")
+
+    rt.readiness["bootstrap_keys"] = check
     threading.Thread(target=register, name="bootstrap-keys", daemon=True).start()
 
 

@@ -85,7 +85,8 @@ def test_invalid_key_request_gets_422_naming_the_field(identity_api, api_keys):
 def test_health_readiness_and_metrics_are_served(identity_api):
     assert requests.get(f"{identity_api.url}/healthz", timeout=5).json()["status"] == "ok"
     ready = requests.get(f"{identity_api.url}/readyz", timeout=5).json()
-    assert ready == {"status": "ready", "checks": {"store": "ok", "broker": "ok"}}
+    assert ready == {"status": "ready",
+                     "checks": {"store": "ok", "broker": "ok", "bootstrap_keys": "ok"}}
     metrics = requests.get(f"{identity_api.url}/metrics", timeout=5).text
     assert "muisti_http_requests_total" in metrics
     spec = requests.get(f"{identity_api.url}/openapi.json", timeout=5).json()
