@@ -27,7 +27,7 @@ import pymongo.errors
 from pymongo import DeleteOne, InsertOne, ReplaceOne, UpdateOne
 from pymongo.database import Database
 
-from services.common.store import Index, bulk_write, delete_by_ids, find_by_ids
+from services.common.store import BULK_CHUNK, Index, bulk_write, delete_by_ids, find_by_ids
 
 PROFILES = "profiles"
 IDENTIFIERS = "profile_identifiers"
@@ -290,14 +290,30 @@ class ProfileStore:
                 raise
 
     def _list_accesses(self, ids: dict[str, list[str]]) -> None:
-        """Add entry ids to their profiles' lists in one update command (FerretDB's reply to
-        a bulk upsert lacks what pymongo's bulk_write needs, hence the plain command)."""
-        command = {"update": self.access_index.name, "ordered": False, "updates": [
-            {"q": {"_id": profile_id}, "u": {"$addToSet": {"entries": {"$each": listed}}},
-             "upsert": True} for profile_id, listed in sorted(ids.items())]}
-        errors = self.access_index.database.command(command).get("writeErrors") or []
-        if errors:
-            raise pymongo.errors.BulkWriteError({"writeErrors": errors})
+        """Add entry ids to their profiles' lists, ``BULK_CHUNK`` profiles per update command
+        (a bigger one hangs FerretDB: store.bulk_write). A plain command, since FerretDB's
+        reply to a bulk upsert lacks what pymongo's bulk_write needs."""
+        updates = [{"q": {"_id": profile_id}, "u": {"$addToSet": {"entries": {"$each": listed}}},
+                    "upsert": True} for profile_id, listed in sorted(ids.items())]
+        for start in range(0, len(updates), BULK_CHUNK):
+            command = {"update": self.access_index.name, "ordered": False,
+                       "updates": updates[start:start + BULK_CHUNK]}
+            errors = self.access_index.database.command(command).get("writeErrors") or []
+            if errors:
+                raise pymongo.errors.BulkWriteError({"writeErrors": errors})
+
+    def expire_accesses(self, before: datetime) -> int:
+        """Delete the entries older than ``before`` (one scan: the daily retention sweep) and
+        take them off their profiles' lists. Deleted first: a crash in between leaves a
+        listed id with no entry, never an entry an erasure cannot find."""
+        expired: dict[str, list[str]] = defaultdict(list)
+        for entry in self.access_log.find({"at": {"$lt": before}}, {"profile_id": 1}):
+            expired[entry["profile_id"]].append(entry["_id"])
+        deleted = delete_by_ids(self.access_log, [i for ids in expired.values() for i in ids])
+        _raise_errors(bulk_write(self.access_index, [
+            UpdateOne({"_id": profile_id}, {"$pullAll": {"entries": ids}})
+            for profile_id, ids in sorted(expired.items())]))
+        return deleted
 
     def accesses(self, profile_id: str, limit: int) -> list[dict]:
         """The profile's newest ``limit`` access-log entries, found through its list of them

@@ -44,7 +44,6 @@ from services.profile.computed import RfmThresholds, safe_key
 from services.profile.history import HistoryStore
 from services.profile.privacy import parse_request
 from services.profile.profile_store import (
-    ACCESS_LOG,
     INDEXES,
     PROFILES,
     ProfileStore,
@@ -719,9 +718,9 @@ class Housekeeping:
     def sweep(self) -> dict[str, Any]:
         now = self.context.clock()
         deleted = self.context.history.sweep(now) if self.sweep_history else 0
-        report = retention.sweep(self.context.db, [retention.RetentionRule(
-            "access_log", ACCESS_LOG, "at", "profile reads (who, which profile, purpose)")],
-            self.context.policy, now, apply=True)
+        keep_accesses = self.context.policy.get("access_log")
+        accesses = (self.context.store.expire_accesses(now - keep_accesses)
+                    if keep_accesses is not None else 0)
         log.info("housekeeping sweep", extra={"history_events": deleted,
-                                               "access_log": report[0]["deleted"]})
-        return {"history_events": deleted, "access_log": report[0]["deleted"]}
+                                               "access_log": accesses})
+        return {"history_events": deleted, "access_log": accesses}

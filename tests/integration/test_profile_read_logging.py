@@ -11,6 +11,7 @@ import requests
 
 from services.common import topics
 from services.common.envelope import new_envelope
+from services.common.store import BULK_CHUNK
 from services.profile import access_log, projection
 from services.profile.profile_store import ACCESS_INDEX, ACCESS_LOG, ProfileStore
 from services.profile.worker import Context, store_accesses
@@ -79,6 +80,19 @@ def test_worker_stores_each_entry_once_and_lists_it_for_erasure(settings, db, un
         assert [e["key_id"] for e in context.store.accesses(profile_id, 2)] == ["k2", "k1"]
 
 
+def test_a_poll_reading_more_profiles_than_one_store_command_holds_is_stored(settings, db,
+                                                                              unique):
+    """Lists of many profiles updated at once: one command of ~100 matching updates would hang
+    FerretDB, so they go in commands of ``BULK_CHUNK``."""
+    context = Context.build(settings, db)
+    profile_ids = [f"p_{unique}_{n:03d}" for n in range(3 * BULK_CHUNK)]
+    for _ in range(2):  # the second time every list exists: each update matches
+        store_accesses(context, [entry for p in profile_ids for entry in read_entries(p, 1)])
+    listed = {doc["_id"]: len(doc["entries"]) for doc in db[ACCESS_INDEX].find(
+        {"_id": {"$in": profile_ids}})}
+    assert listed == {profile_id: 2 for profile_id in profile_ids}
+
+
 def test_entries_arriving_after_the_profiles_erasure_are_not_stored(settings, db, unique):
     context = Context.build(settings, db)
     erased, kept = f"p_{unique}_erased", f"p_{unique}_kept"
@@ -87,3 +101,18 @@ def test_entries_arriving_after_the_profiles_erasure_are_not_stored(settings, db
     assert db[ACCESS_LOG].count_documents({"profile_id": erased}) == 0
     assert db[ACCESS_INDEX].find_one({"_id": erased}) is None
     assert db[ACCESS_LOG].count_documents({"profile_id": kept}) == 1
+
+
+def test_entries_past_retention_are_deleted_and_unlisted_by_the_sweep(settings, db, unique):
+    context = Context.build(settings, db)
+    profile_id = f"p_{unique}"
+    old, recent = read_entries(profile_id, 2), read_entries(profile_id, 1)
+    store_accesses(context, old + recent)
+    # far back, so that the sweep leaves the other tests' entries in the shared store alone
+    cutoff = datetime(2001, 1, 1, tzinfo=UTC)
+    db[ACCESS_LOG].update_many({"_id": {"$in": [e.message_id for e in old]}},
+                               {"$set": {"at": cutoff - timedelta(days=800)}})
+    assert context.store.expire_accesses(cutoff) == 2
+    assert [e["_id"] for e in db[ACCESS_LOG].find({"profile_id": profile_id})] == [
+        recent[0].message_id]
+    assert db[ACCESS_INDEX].find_one({"_id": profile_id})["entries"] == [recent[0].message_id]
