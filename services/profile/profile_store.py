@@ -274,8 +274,8 @@ class ProfileStore:
         return deleted
 
     def add_accesses(self, entries: list[dict]) -> None:
-        """Store access-log entries (access_log.stored_entry), any number in two commands:
-        their ids listed per profile, then the entries. Storing one again changes nothing."""
+        """Store access-log entries (access_log.stored_entry): their ids listed per profile,
+        then the entries in one insert. Storing one again changes nothing."""
         if not entries:
             return
         ids: dict[str, list[str]] = defaultdict(list)
