@@ -88,6 +88,18 @@ def bulk_write(collection: pymongo.collection.Collection, writes: list, *,
     return done, errors
 
 
+def insert_new(collection: pymongo.collection.Collection, docs: list[dict]) -> None:
+    """Insert ``docs``, those whose ``_id`` is stored already left as they are: a re-delivery
+    inserting again what it inserted before. Any other write error is raised."""
+    if not docs:
+        return
+    try:
+        collection.insert_many(docs, ordered=False)
+    except pymongo.errors.BulkWriteError as exc:
+        if any(error.get("code") != 11000 for error in exc.details.get("writeErrors", [])):
+            raise
+
+
 def delete_by_ids(collection: pymongo.collection.Collection, ids: Iterable[str]) -> int:
     """Delete the documents whose ``_id`` is one of ``ids``; returns how many existed.
 
@@ -224,11 +236,4 @@ class ProcessedLedger:
     def mark(self, message_ids: Iterable[str]) -> None:
         now = datetime.now(UTC)
         docs = [{"_id": self._id(message_id), "processed_at": now} for message_id in message_ids]
-        if not docs:
-            return
-        try:
-            self._collection.insert_many(docs, ordered=False)
-        except pymongo.errors.BulkWriteError as exc:
-            # duplicates mean a re-delivery already marked them; anything else is real
-            if any(error.get("code") != 11000 for error in exc.details.get("writeErrors", [])):
-                raise
+        insert_new(self._collection, docs)  # a re-delivery marks again what it marked

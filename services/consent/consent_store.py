@@ -28,7 +28,7 @@ from pymongo.database import Database
 from services.common import topics
 from services.common.bus import Outgoing, Relay
 from services.common.envelope import derived_message_id, new_envelope
-from services.common.store import find_by_ids
+from services.common.store import find_by_ids, insert_new
 from services.consent import ledger
 from services.consent.ledger import Entry, Record, SubjectState
 
@@ -213,13 +213,7 @@ class ConsentStore:
             raise VersionConflict(state.key)
 
     def _insert_entries(self, entries: list[Entry]) -> None:
-        if not entries:
-            return
-        try:
-            self.ledger.insert_many([e.to_doc() for e in entries], ordered=False)
-        except pymongo.errors.BulkWriteError as exc:
-            if any(error.get("code") != 11000 for error in exc.details.get("writeErrors", [])):
-                raise
+        insert_new(self.ledger, [e.to_doc() for e in entries])
 
 
 def _aware(moment: datetime) -> datetime:

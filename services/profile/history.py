@@ -25,7 +25,7 @@ from pymongo import UpdateOne
 from pymongo.database import Database
 
 from services.common.documents import unstorable
-from services.common.store import Index, bulk_write, delete_by_ids, ensure_indexes
+from services.common.store import Index, bulk_write, delete_by_ids, ensure_indexes, insert_new
 from services.profile.projection import month_of
 
 EVENTS = "profile_events"
@@ -75,12 +75,7 @@ class HistoryStore:
             page["expires_at"] = max(page["expires_at"], expires_at)
         if not documents:
             return 0
-        try:
-            self.events.insert_many(documents, ordered=False)
-        except pymongo.errors.BulkWriteError as exc:
-            # duplicates are replays: those events are already kept
-            if any(error.get("code") != 11000 for error in exc.details.get("writeErrors", [])):
-                raise
+        insert_new(self.events, documents)  # replays: those events are already kept
         _, errors = bulk_write(self.months, [
             self._add_entries_write(profile_id, month, page["entries"], page["expires_at"])
             for (profile_id, month), page in pages.items()])

@@ -27,7 +27,14 @@ import pymongo.errors
 from pymongo import DeleteOne, InsertOne, ReplaceOne, UpdateOne
 from pymongo.database import Database
 
-from services.common.store import BULK_CHUNK, Index, bulk_write, delete_by_ids, find_by_ids
+from services.common.store import (
+    BULK_CHUNK,
+    Index,
+    bulk_write,
+    delete_by_ids,
+    find_by_ids,
+    insert_new,
+)
 
 PROFILES = "profiles"
 IDENTIFIERS = "profile_identifiers"
@@ -283,11 +290,7 @@ class ProfileStore:
             ids[entry["profile_id"]].append(entry["_id"])
         # listed first: a crash in between leaves a listed id with no entry, never the reverse
         self._list_accesses(ids)
-        try:
-            self.access_log.insert_many(entries, ordered=False)
-        except pymongo.errors.BulkWriteError as exc:
-            if any(error.get("code") != 11000 for error in exc.details.get("writeErrors", [])):
-                raise
+        insert_new(self.access_log, entries)
 
     def _list_accesses(self, ids: dict[str, list[str]]) -> None:
         """Add entry ids to their profiles' lists, ``BULK_CHUNK`` profiles per update command
