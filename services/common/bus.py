@@ -4,7 +4,8 @@ consumer loop with deduplication, retries and dead letters.
 The loop's contract, for every polled batch:
 
 1. decode each record into an Envelope; undecodable records become dead letters;
-2. skip records whose message_id this consumer group already applied (the ledger in the store);
+2. skip records whose message_id this consumer group already applied (the ledger in the store;
+   a group whose handler's writes are idempotent by themselves, keyed by message_id, has none);
 3. call the handler, which stores its effect and returns messages to emit; ``InvalidMessage``
    dead-letters the record at once, a store or broker outage is retried until it heals, any
    other exception is retried ``handler_max_attempts`` times, then dead-lettered. A loop given
@@ -46,6 +47,9 @@ log = logging.getLogger(__name__)
 TRANSIENT_ERRORS = (pymongo.errors.ConnectionFailure, KafkaError, TimeoutError, ConnectionError)
 COMMIT_PATIENCE_SECONDS = 60.0
 STALL_SECONDS = 30.0
+# what a gathering fetch waits for (ConsumerLoop gather_ms): more than a poll's worth of
+# small messages, so the wait, not the size, ends it under light traffic
+GATHER_BYTES = 1 << 20
 
 
 class InvalidMessage(Exception):
@@ -190,10 +194,11 @@ class ConsumerLoop:
         topics: Sequence[str],
         handler: Handler,
         producer: Producer,
-        ledger: ProcessedLedger,
+        ledger: ProcessedLedger | None,
         consumer: KafkaConsumer | None = None,
         relay: Relay | None = None,
         batch_handler: BatchHandler | None = None,
+        gather_ms: int = 0,
     ):
         self.settings = settings
         self.service = service
@@ -203,6 +208,9 @@ class ConsumerLoop:
         self.batch_handler = batch_handler
         self.producer = producer
         self.ledger = ledger
+        # > 0: the broker holds a fetch up to this long to gather a bigger batch, for groups
+        # whose cost is per poll rather than per message and whose readers can wait
+        self.gather_ms = gather_ms
         self._stopping = threading.Event()
         self._dead_letter_streak = 0
         self._poll_failures = 0
@@ -226,6 +234,8 @@ class ConsumerLoop:
             session_timeout_ms=settings.consumer_session_timeout_ms,
             heartbeat_interval_ms=max(1000, settings.consumer_session_timeout_ms // 3),
             max_poll_interval_ms=600_000,
+            **({"fetch_min_bytes": GATHER_BYTES, "fetch_max_wait_ms": self.gather_ms}
+               if self.gather_ms else {}),
         )
 
     def _subscribe(self) -> None:
@@ -273,7 +283,8 @@ class ConsumerLoop:
                 self._report_lag()
                 self._reconnect_if_stalled()
                 self._drain_relay()
-                self._retry_until_done(self.ledger.expire_if_due)
+                if self.ledger is not None:
+                    self._retry_until_done(self.ledger.expire_if_due)
         finally:
             self._consumer.close(autocommit=False)
             self._forget_lag(set(self._lag_reported))
@@ -309,7 +320,8 @@ class ConsumerLoop:
             for record, envelope in fresh:
                 outgoing.extend(self._apply(record, envelope, applied))
         self._retry_until_done(lambda: self.producer.send(outgoing) if outgoing else None)
-        self._retry_until_done(lambda: self.ledger.mark(applied))
+        if self.ledger is not None:
+            self._retry_until_done(lambda: self.ledger.mark(applied))
         self._commit(offsets)
         for partition in batch:
             metrics.PROCESSING_LATENCY.labels(self.service, partition.topic).observe(
@@ -325,7 +337,8 @@ class ConsumerLoop:
         if not decoded:
             return []
         ids = [envelope.message_id for _, envelope in decoded]
-        already = self._retry_until_done(lambda: self.ledger.seen(ids))
+        already = (self._retry_until_done(lambda: self.ledger.seen(ids))
+                   if self.ledger is not None else set())
         fresh = []
         for record, envelope in decoded:
             if envelope.message_id in already:

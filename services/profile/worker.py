@@ -64,6 +64,7 @@ GROUP = "profile-projection"
 CONSENT_GROUP = "profile-consents"
 PRIVACY_GROUP = "profile-privacy"
 ACCESS_GROUP = "profile-accesses"
+ACCESS_GATHER_MS = 500
 MAX_CONFLICT_RETRIES = 20
 SEGMENT_LOG_KEPT = 20
 DEFAULT_HISTORY_DAYS = 395
@@ -106,14 +107,19 @@ def build_consumers(settings: Settings, producer: Producer, db: Database) -> lis
             (GROUP, [topics.EVENTS_RESOLVED, topics.IDENTITY_MERGES], make_handler(context),
              make_batch_handler(context)),
             (CONSENT_GROUP, [topics.CONSENT_CHANGES], make_consent_handler(context), None),
-            (PRIVACY_GROUP, [topics.PRIVACY_REQUESTS], make_privacy_handler(context), None),
-            (ACCESS_GROUP, [topics.PROFILE_ACCESSES], make_access_handler(context),
-             partial(store_accesses, context))):
+            (PRIVACY_GROUP, [topics.PRIVACY_REQUESTS], make_privacy_handler(context), None)):
         ledger = ProcessedLedger(db, group)
         ledger.prepare()
         loops.append(ConsumerLoop(settings=settings, service=SERVICE, group=group,
                                   topics=topic_names, handler=handler, producer=producer,
                                   ledger=ledger, batch_handler=batch_handler))
+    # an entry is stored under its message_id, so storing it twice changes nothing and the
+    # group needs no ledger; its cost is per poll, so polls gather up to half a second
+    loops.append(ConsumerLoop(settings=settings, service=SERVICE, group=ACCESS_GROUP,
+                              topics=[topics.PROFILE_ACCESSES],
+                              handler=make_access_handler(context), producer=producer,
+                              ledger=None, batch_handler=partial(store_accesses, context),
+                              gather_ms=ACCESS_GATHER_MS))
     loops.append(Housekeeping(context, producer, sweep_history=not store_expires_history))
     return loops
 

@@ -74,12 +74,13 @@ class FakeLedger:
         self.already.update(ids)
 
 
-def make_loop(batches, handler, already=(), batch_handler=None):
+def make_loop(batches, handler, already=(), batch_handler=None, ledger=True):
     journal: list = []
     consumer = FakeConsumer(batches, journal)
     loop = ConsumerLoop(settings=Settings.from_env({}), service="t", group="g", topics=["in"],
                         handler=handler, producer=FakeProducer(journal),
-                        ledger=FakeLedger(journal, already), consumer=consumer,
+                        ledger=FakeLedger(journal, already) if ledger else None,
+                        consumer=consumer,
                         batch_handler=batch_handler)
     consumer.loop = loop
     return loop, journal
@@ -127,6 +128,24 @@ def test_same_message_twice_in_one_batch_is_applied_once():
     loop, _ = make_loop([batch(envelope, envelope)], lambda e: handled.append(e.type))
     loop.run()
     assert handled == ["A"]
+
+
+def test_a_group_without_a_ledger_applies_outputs_and_commits_each_message():
+    first, second = new_envelope("A", "web"), new_envelope("B", "web")
+
+    def handler(envelope):
+        journal.append(("handle", envelope.type))
+        return [Outgoing("out", "k", envelope)]
+
+    loop, journal = make_loop([batch(first, second), batch(first, start=2)], handler,
+                              ledger=False)
+    loop.run()
+    # nothing remembers what was applied: a re-delivery is applied again (idempotent handler)
+    assert journal == [
+        ("handle", "A"), ("handle", "B"), ("produce", ["out", "out"]), ("commit", {0: 2}),
+        ("handle", "A"), ("produce", ["out"]), ("commit", {0: 3}),
+        ("close", False),
+    ]
 
 
 def test_invalid_message_becomes_a_dead_letter_and_the_rest_is_applied():
