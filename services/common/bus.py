@@ -92,7 +92,7 @@ class Relay:
         raise NotImplementedError
 
 
-def _encode(value: Envelope | dict | bytes) -> bytes:
+def encode_value(value: Envelope | dict | bytes) -> bytes:
     if isinstance(value, Envelope):
         return value.to_bytes()
     if isinstance(value, bytes):
@@ -127,7 +127,7 @@ class Producer:
         deadline = time.monotonic() + (self.send_timeout if timeout is None else timeout)
         futures = [
             (message.topic, self._producer.send(
-                message.topic, key=message.key.encode(), value=_encode(message.value)))
+                message.topic, key=message.key.encode(), value=encode_value(message.value)))
             for message in messages
         ]
         self._producer.flush(timeout=max(0.0, deadline - time.monotonic()))

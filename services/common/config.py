@@ -7,10 +7,13 @@ instead of running half-configured. ``python -m services.common.config`` prints 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -187,6 +190,13 @@ class Settings:
         "Match score at or above which a suggestion run merges the pair without review; 0 "
         "means never (the default: a person decides); otherwise at least the match threshold",
         check=lambda value: None if value == 0 else _probability(value),
+    )
+    spool_dir: str = _setting(
+        "",
+        "Directory where an API spools messages that must reach Kafka but need not hold up "
+        "the answer (the profile API's access-log entries); a restarted API ships what a "
+        "killed one left there. Empty: a directory under the system's temp dir. In "
+        "production, a volume that outlives the process",
     )
     http_host: str = _setting("127.0.0.1", "Address the HTTP APIs listen on")
     http_port: int = _setting(0, "HTTP port; 0 means the service's default", check=_port)
@@ -450,6 +460,14 @@ class Settings:
         "", "Access token (page or system user) the Instagram poller and the mention fetcher "
         "present to the Graph API; the worker fetches mentions only when it is set"
     )
+
+    def spool_directory(self, service: str) -> Path:
+        """Where ``service``'s API spools messages for this Kafka cluster: a spool left
+        behind must be shipped to the cluster it was meant for."""
+        root = Path(self.spool_dir) if self.spool_dir else Path(tempfile.gettempdir(),
+                                                                "muisti-spool")
+        cluster = hashlib.sha256(self.kafka_bootstrap.encode()).hexdigest()[:12]
+        return root / f"{service}-{cluster}"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

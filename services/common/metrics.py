@@ -123,3 +123,18 @@ SOCIAL_COMPLAINTS = Counter(
     "Social messages classified as complaints at ingestion",
     ["service", "platform"],
 )
+SPOOL_SHIPPED = Counter(
+    "muisti_spool_shipped_total",
+    "Messages an API spooled locally and Kafka then acknowledged",
+    ["spool"],
+)
+SPOOL_PENDING_BYTES = Gauge(
+    "muisti_spool_pending_bytes",
+    "Bytes spooled and not yet acknowledged by Kafka (grows while the broker is away)",
+    ["spool"],
+)
+SPOOL_REFUSED = Counter(
+    "muisti_spool_refused_total",
+    "Appends refused because the spool was full: the work they recorded was refused too",
+    ["spool"],
+)

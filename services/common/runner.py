@@ -72,6 +72,7 @@ def serve_http(service: str, settings: Settings, app_factory, port: int) -> int:
             self.cfg.set("timeout", 60)
             self.cfg.set("proc_name", f"muisti-{service}-api")
             self.cfg.set("accesslog", None)  # our own JSON logs and metrics cover requests
+            self.cfg.set("worker_exit", _worker_exit)
 
         def load(self):
             return app_factory(settings)
@@ -79,6 +80,15 @@ def serve_http(service: str, settings: Settings, app_factory, port: int) -> int:
     log.info("serving HTTP", extra={"port": port})
     _Gunicorn().run()
     return 0
+
+
+def _worker_exit(_server, worker) -> None:
+    """A gunicorn worker process stopping: the app's shutdown callbacks run while its Kafka
+    producer still works (kafka-python closes producers in its own atexit hook)."""
+    app = getattr(worker, "wsgi", None)
+    runtime = getattr(app, "extensions", {}).get("muisti")
+    if runtime is not None:
+        runtime.shutdown()
 
 
 def run_worker(service: str, settings: Settings, worker_factory: WorkerFactory) -> int:

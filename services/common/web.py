@@ -65,8 +65,17 @@ class Runtime:
     db: Database
     api_keys: ApiKeys
     readiness: dict[str, Callable[[], None]] = field(default_factory=dict)
+    # run when the serving process stops (runner.serve_http), e.g. to ship a spool
+    on_shutdown: list[Callable[[], None]] = field(default_factory=list)
     _producer: Producer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def shutdown(self) -> None:
+        for callback in self.on_shutdown:
+            try:
+                callback()
+            except Exception:  # noqa: BLE001 - the process stops anyway; the next one recovers
+                log.exception("shutdown callback failed")
 
     @property
     def producer(self) -> Producer:

@@ -1,12 +1,16 @@
 """The access log: every profile read, who read it, when and for which stated purpose.
 
-A read is answered once Kafka acknowledged its entry on cdp.profile.accesses (keyed by
-profile_id), and the profile worker stores entries in batches (consumer group
-``profile-accesses``). A lookup therefore never waits for a store write: on FerretDB/SQLite,
-one writer at a time, an access-log write queued behind the workers' writes took a lookup's
-p99 from tens to hundreds of milliseconds. An API process killed right after answering has
-lost no entry: the broker holds it. The data-protection officer sees an entry once the worker
-stored it, normally within a second.
+A read is answered once its entry is in the API's local spool (services/common/spool.py),
+whose thread ships entries to cdp.profile.accesses (keyed by profile_id) in batches every
+200 ms; the profile worker stores them in batches (consumer group ``profile-accesses``). A
+lookup therefore waits for neither a store write (on FerretDB/SQLite, one writer at a time,
+an access-log write queued behind the workers' took a lookup's p99 from tens to hundreds of
+milliseconds) nor a Kafka acknowledgement (about a millisecond of the API's CPU per read in
+kafka-python, and a produce request per read for the broker). An API process killed right
+after answering has lost no entry: the spool file holds it, and the next API started on the
+same spool directory ships it. While the broker is away reads go on and the spool grows; when
+it is full, reads are refused with 503 rather than answered unrecorded. The data-protection
+officer sees an entry once the worker stored it, normally within a second.
 """
 
 from __future__ import annotations

@@ -2,14 +2,14 @@
 name search, the paged full history, and segment definitions with their members.
 
 Every read is recorded for the access log (who, which profile, when, the purpose stated in the
-``X-Purpose`` header) before it is answered: Kafka holds the entry, the worker stores it
-(access_log.py). Agents see sensitive identifiers masked; supervisors, dpo and admin
-see them whole. A profile keeps a hetu only as its keyed digest and a sealed copy
-(services.common.hetu_protection): a lookup by hetu compares digests, and a read opens the
-sealed copy for display (masked for agents). Reads are purpose-bound
-(services/profile/privacy.py): a purpose that needs consent gets personal data only as the
-profile's consents allow. A restricted profile answers
-403 to everyone but the data-protection officer.
+``X-Purpose`` header) before it is answered: the entry is spooled on local disk, shipped to
+Kafka within moments (services/common/spool.py) and stored by the worker (access_log.py).
+Agents see sensitive identifiers masked; supervisors, dpo and admin see them whole. A profile
+keeps a hetu only as its keyed digest and a sealed copy (services.common.hetu_protection): a
+lookup by hetu compares digests, and a read opens the sealed copy for display (masked for
+agents). Reads are purpose-bound (services/profile/privacy.py): a purpose that needs consent
+gets personal data only as the profile's consents allow. A restricted profile answers 403 to
+everyone but the data-protection officer.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from services.common.hetu_protection import HETU, HetuProtector
 from services.common.hetu_protection import mask as mask_hetu
 from services.common.identifiers import IDENTIFIER_TYPES, InvalidIdentifier
 from services.common.identifiers import normalise as normalise_identifier
+from services.common.spool import Spool, SpoolFull
 from services.common.web import Problem, current_principal, require_roles, runtime
 from services.profile import access_log, dashboard, privacy, projection, segments
 from services.profile.history import HistoryStore
@@ -51,8 +52,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     rt = app.extensions["muisti"]
     # fail at start-up without the keys, not on the first hetu lookup
     app.extensions["hetu_protector"] = HetuProtector.from_settings(rt.settings, rt.db, SERVICE)
-    # one store for every request: concurrent reads share its access-log writes
     app.extensions["profile_store"] = ProfileStore(rt.db)
+    # a read is answered once its access-log entry is spooled; Kafka has it moments later
+    spool = Spool(rt.settings.spool_directory(SERVICE), lambda messages: rt.producer.send(messages),
+                  name="access_log")
+    rt.on_shutdown.append(spool.close)
+    app.extensions["access_spool"] = spool
     app.extensions["purpose_consents"] = privacy.parse_purpose_consents(
         rt.settings.profile_purpose_consents)
     return app
@@ -154,9 +159,13 @@ def _read(doc: dict | None, what: str) -> dict:
     if reason:
         raise Problem(403, reason)
     store = _profiles()
-    runtime().producer.send([access_log.entry_message(
-        profile_id=doc["_id"], key_id=principal.key_id, roles=sorted(principal.roles),
-        purpose=purpose, endpoint=request.path, at=datetime.now(UTC))])
+    try:
+        current_app.extensions["access_spool"].append([access_log.entry_message(
+            profile_id=doc["_id"], key_id=principal.key_id, roles=sorted(principal.roles),
+            purpose=purpose, endpoint=request.path, at=datetime.now(UTC))])
+    except SpoolFull as exc:
+        raise Problem(503, f"reads wait until the access log can record them again ({exc})",
+                      headers={"Retry-After": "5"}) from None
     unmasked = bool(principal.roles & UNMASKED_ROLES)
     view = _show_hetus(projection.view(doc, unmasked=unmasked), doc, unmasked)
     needs = current_app.extensions["purpose_consents"]
