@@ -15,10 +15,11 @@ WORKDIR /app
 # dependencies first, so a code change does not reinstall them
 COPY pyproject.toml README.md LICENSE ./
 COPY services ./services
-# /var/lib/muisti: the one writable place (export files for directory destinations)
+# /var/lib/muisti: the one writable place (export files for directory destinations, the
+# profile API's access-log spool)
 RUN pip install . \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin muisti \
-    && mkdir -p /var/lib/muisti/exports && chown -R 10001 /var/lib/muisti
+    && mkdir -p /var/lib/muisti/exports /var/lib/muisti/spool && chown -R 10001 /var/lib/muisti
 
 USER 10001
 
