@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 TRANSIENT_ERRORS = (pymongo.errors.ConnectionFailure, KafkaError, TimeoutError, ConnectionError)
 COMMIT_PATIENCE_SECONDS = 60.0
 STALL_SECONDS = 30.0
+# polls in a row that returned at once with nothing: the client spins instead of waiting
+SPIN_POLLS = 200
 # what a gathering fetch waits for (ConsumerLoop gather_ms): more than a poll's worth of
 # small messages, so the wait, not the size, ends it under light traffic
 GATHER_BYTES = 1 << 20
@@ -219,6 +221,7 @@ class ConsumerLoop:
         self._rebuildable = consumer is None
         self._progress_at = time.monotonic()
         self._committed_at_last_check = -1
+        self._instant_empty_polls = 0
         self._lag_reported: set[TopicPartition] = set()
         self._consumer = consumer or self._new_consumer()
 
@@ -294,6 +297,7 @@ class ConsumerLoop:
         """One poll. kafka-python raises from ``poll`` when the broker goes away while it
         looks for the group coordinator: that is an outage to wait out, not a reason to stop.
         The stall watchdog replaces a client that does not recover once the broker is back."""
+        started = time.monotonic()
         try:
             batch = self._consumer.poll(timeout_ms=self.settings.consumer_poll_ms)
         except KafkaError as exc:
@@ -303,7 +307,26 @@ class ConsumerLoop:
             self._stopping.wait(_backoff(self._poll_failures))
             return {}
         self._poll_failures = 0
+        self._reconnect_if_spinning(bool(batch), time.monotonic() - started)
         return batch
+
+    def _reconnect_if_spinning(self, got_records: bool, seconds: float) -> None:
+        """A watchdog: kafka-python's group client can wedge so that ``poll`` no longer
+        waits (its next heartbeat is always due and never sent) and returns at once with
+        nothing, thousands of times a second: a core burnt and, once the group evicts the
+        member, nothing consumed. Seen on a worker started on a busy machine. ``SPIN_POLLS``
+        such polls in a row replace the client."""
+        if got_records or seconds * 1000 >= self.settings.consumer_poll_ms / 10:
+            self._instant_empty_polls = 0
+            return
+        self._instant_empty_polls += 1
+        if self._instant_empty_polls < SPIN_POLLS or not self._rebuildable:
+            return
+        self._instant_empty_polls = 0
+        log.warning("polls return at once with nothing: the client is wedged; reconnecting",
+                    extra={"group": self.group})
+        metrics.CONSUMER_RECONNECTS.labels(self.service, self.group, "spinning").inc()
+        self._reconnect()
 
     # one batch
 
@@ -504,6 +527,7 @@ class ConsumerLoop:
         self._committed_at_last_check = total
         if stalled:
             log.warning("records wait but the group committed nothing for a while; reconnecting")
+            metrics.CONSUMER_RECONNECTS.labels(self.service, self.group, "stalled").inc()
             self._reconnect()
 
     def _report_lag(self) -> None:

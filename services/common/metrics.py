@@ -123,6 +123,12 @@ SOCIAL_COMPLAINTS = Counter(
     "Social messages classified as complaints at ingestion",
     ["service", "platform"],
 )
+CONSUMER_RECONNECTS = Counter(
+    "muisti_consumer_reconnects_total",
+    "Kafka consumers a worker replaced because the client was wedged: stalled (records wait, "
+    "nothing committed) or spinning (polls return at once with nothing)",
+    ["service", "group", "reason"],
+)
 SPOOL_SHIPPED = Counter(
     "muisti_spool_shipped_total",
     "Messages an API spooled locally and Kafka then acknowledged",

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from kafka import TopicPartition
 
-from services.common.bus import ConsumerLoop, InvalidMessage, Outgoing
+from services.common.bus import SPIN_POLLS, ConsumerLoop, InvalidMessage, Outgoing
 from services.common.config import Settings
 from services.common.envelope import new_envelope
 
@@ -324,3 +324,52 @@ def test_lag_of_a_partition_lost_in_a_rebalance_is_no_longer_reported():
     assert reported() == {"0": 6, "1": 6}
     loop._report_lag()
     assert reported() == {"1": 6}
+
+
+class SpinningConsumer(FakeConsumer):
+    """A wedged client: every poll returns at once with nothing, except the records listed
+    for some poll numbers."""
+
+    def __init__(self, journal, name, polls, records_at=()):
+        super().__init__([], journal)
+        self.name, self.polls, self.records_at, self.polled = name, polls, set(records_at), 0
+
+    def poll(self, timeout_ms):
+        self.polled += 1
+        if self.polled >= self.polls:
+            self.loop.stop()
+        if self.polled in self.records_at:
+            return batch(new_envelope("A", "web"), start=self.polled)
+        return {}
+
+    def close(self, autocommit):
+        self.journal.append(("close", self.name))
+
+
+def spinning_loop(journal, consumers):
+    class Loop(ConsumerLoop):
+        def _new_consumer(self):
+            consumer = consumers.pop(0)
+            consumer.loop = self
+            return consumer
+
+    return Loop(settings=Settings.from_env({}), service="t", group="g", topics=["in"],
+                handler=lambda envelope: (), producer=FakeProducer(journal), ledger=None)
+
+
+def test_a_consumer_whose_polls_return_at_once_with_nothing_is_replaced():
+    journal: list = []
+    loop = spinning_loop(journal, [SpinningConsumer(journal, "wedged", SPIN_POLLS + 10),
+                                   SpinningConsumer(journal, "fresh", 5)])
+    loop.run()
+    assert journal == [("close", "wedged"), ("close", "fresh")]
+
+
+def test_a_consumer_that_returns_records_now_and_then_is_kept():
+    journal: list = []
+    every = SPIN_POLLS - 1
+    wedged_looking = SpinningConsumer(journal, "busy", SPIN_POLLS * 3,
+                                      records_at=range(every, SPIN_POLLS * 3, every))
+    loop = spinning_loop(journal, [wedged_looking])
+    loop.run()
+    assert [entry for entry in journal if entry[0] == "close"] == [("close", "busy")]
