@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 from collections.abc import Iterable, Iterator
 from datetime import datetime
@@ -19,12 +20,13 @@ import pymongo
 import pymongo.errors
 from pymongo.database import Database
 
-from services.common.store import Index, delete_by_ids
+from services.common.store import Index, delete_by_ids, find_by_ids
 
 SEGMENTS = "profile_segments"
 MEMBERS = "profile_segment_members"
 JOBS = "profile_jobs"
 PASS_JOB = "segment-membership-pass"
+ID_LISTING_BATCH = 5000  # ids per batch of the listing: each batch well within the timeout
 
 SEGMENT_INDEXES = [Index(MEMBERS, [("segment_id", 1), ("profile_id", 1)]),
                    Index(MEMBERS, [("profile_id", 1)])]
@@ -149,8 +151,18 @@ def pass_key(definitions: list[dict], day: str) -> str:
 
 
 def profiles_after(db: Database, collection: str, after: str | None,
-                   batch_size: int = 200) -> Iterator[dict]:
-    """Every document of ``collection`` with ``_id`` above ``after``, in ``_id`` order (one
-    scan, so FerretDB reads the collection once per pass)."""
-    query = {"_id": {"$gt": after}} if after else {}
-    yield from db[collection].find(query).sort("_id", pymongo.ASCENDING).batch_size(batch_size)
+                   page_size: int = 200) -> Iterator[list[dict]]:
+    """The documents of ``collection`` with ``_id`` above ``after``, in ``_id`` order, a page
+    at a time.
+
+    FerretDB answers neither a sort nor a range on ``_id`` from its index: a sorted find
+    loads and sorts the whole collection before its first batch (22 s at 30k profiles, past
+    the socket timeout at 100k, so the pass never got anywhere). The ids are listed instead
+    in one streamed pass, sorted here, and the documents read by id a page at a time."""
+    listing = db[collection].find({}, {"_id": 1}).batch_size(ID_LISTING_BATCH)
+    ids = sorted(doc["_id"] for doc in listing)
+    start = bisect.bisect_right(ids, after) if after is not None else 0
+    for first in range(start, len(ids), page_size):
+        page = find_by_ids(db[collection], ids[first:first + page_size])
+        if page:  # all deleted since the listing otherwise
+            yield sorted(page, key=lambda doc: doc["_id"])

@@ -644,7 +644,6 @@ class Housekeeping:
     group = "profile-housekeeping"
     CHECK_SECONDS = 2.0
     SWEEP_SECONDS = 3600.0
-    PROGRESS_EVERY = 200
 
     def __init__(self, context: Context, producer: Producer, *, sweep_history: bool):
         self.context = context
@@ -682,15 +681,18 @@ class Housekeeping:
             return 0
         after = state["after"] if state["key"] == key else None
         seen = 0
-        for profile in profiles_after(self.context.db, PROFILES, after):
-            if self._stopping.is_set():
-                segments.save_pass_state(key, after, False)
+        started = time.monotonic()
+        for page in profiles_after(self.context.db, PROFILES, after):
+            for profile in page:
+                if not profile.get("merged_into"):
+                    self._reevaluate(profile, definitions, key, now)
+            after, seen = page[-1]["_id"], seen + len(page)
+            segments.save_pass_state(key, after, False)
+            # a pass reads every profile: leave the store at least half its time for lookups
+            # and the projection
+            if self._stopping.wait(time.monotonic() - started):
                 return seen
-            if not profile.get("merged_into"):
-                self._reevaluate(profile, definitions, key, now)
-            after, seen = profile["_id"], seen + 1
-            if seen % self.PROGRESS_EVERY == 0:
-                segments.save_pass_state(key, after, False)
+            started = time.monotonic()
         segments.save_pass_state(key, after, True)
         segments.purge_deleted({d["_id"]: d["version"] for d in definitions if d.get("deleted")})
         return seen
