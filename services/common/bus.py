@@ -35,7 +35,12 @@ import orjson
 import pymongo.errors
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
 from kafka.admin import NewTopic
-from kafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
+from kafka.errors import (
+    CommitFailedError,
+    KafkaError,
+    RebalanceInProgressError,
+    TopicAlreadyExistsError,
+)
 
 from services.common import logs, metrics, topics
 from services.common.config import Settings
@@ -465,9 +470,11 @@ class ConsumerLoop:
             try:
                 self._consumer.commit(offsets, timeout_ms=15_000)
                 return
-            except CommitFailedError:
-                # the group rebalanced under us: the new owner re-reads from the last commit
-                # and the ledger skips what this worker already applied
+            except (CommitFailedError, RebalanceInProgressError):
+                # the group rebalances: the partition's next owner re-reads from the last
+                # commit and the ledger skips what this worker already applied. Retrying the
+                # commit instead would keep this member from rejoining (only poll rejoins),
+                # and the whole group would wait for it
                 log.warning("offset commit lost to a rebalance; the batch will be re-delivered")
                 return
             except KafkaError as exc:

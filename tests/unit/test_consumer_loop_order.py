@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kafka import TopicPartition
+from kafka.errors import RebalanceInProgressError
 
 from services.common.bus import SPIN_POLLS, ConsumerLoop, InvalidMessage, Outgoing
 from services.common.config import Settings
@@ -373,3 +374,21 @@ def test_a_consumer_that_returns_records_now_and_then_is_kept():
     loop = spinning_loop(journal, [wedged_looking])
     loop.run()
     assert [entry for entry in journal if entry[0] == "close"] == [("close", "busy")]
+
+
+def test_a_commit_refused_by_a_rebalance_is_not_retried_so_the_next_poll_can_rejoin():
+    envelope = new_envelope("A", "web")
+    loop, journal = make_loop([batch(envelope), batch(envelope, start=1)], lambda e: ())
+    refusals = [RebalanceInProgressError("rebalancing")]
+    commit = loop._consumer.commit
+
+    def refuse_once(offsets, timeout_ms=None):
+        commit(offsets, timeout_ms)
+        if refusals:
+            raise refusals.pop()
+
+    loop._consumer.commit = refuse_once
+    loop.run()
+    # one attempt per batch: the refused one left for re-delivery, the next poll went on
+    assert [entry for entry in journal if entry[0] == "commit"] == [
+        ("commit", {0: 1}), ("commit", {0: 2})]
