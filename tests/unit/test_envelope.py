@@ -57,3 +57,11 @@ def test_fields_from_a_newer_schema_version_are_ignored_not_fatal():
 def test_derived_ids_are_deterministic_so_redelivery_emits_the_same_message():
     assert derived_message_id("m-1", "resolve") == derived_message_id("m-1", "resolve")
     assert derived_message_id("m-1", "resolve") != derived_message_id("m-2", "resolve")
+
+
+def test_an_envelope_serialises_to_the_bytes_of_its_dict_form():
+    envelope = new_envelope("Order Completed", "store", identifiers={"email": "a@example.com"},
+                            payload={"items": [{"sku": "A1", "price": 9.5}], "note": None,
+                                     "at": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)})
+    assert envelope.to_bytes() == orjson.dumps(envelope.to_dict())
+    assert decode(envelope.to_bytes()).payload["items"] == [{"sku": "A1", "price": 9.5}]
