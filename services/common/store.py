@@ -6,10 +6,11 @@ Code here runs on both FerretDB 1.x (SQLite) and MongoDB. Where MongoDB does mor
 
 from __future__ import annotations
 
+import bisect
 import logging
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import ClassVar
@@ -98,6 +99,21 @@ def insert_new(collection: pymongo.collection.Collection, docs: list[dict]) -> N
     except pymongo.errors.BulkWriteError as exc:
         if any(error.get("code") != 11000 for error in exc.details.get("writeErrors", [])):
             raise
+
+
+def pages_by_id(read: Callable[[list[str]], list[dict]], ids: list[str], after: str | None,
+                size: int) -> Iterator[list[dict]]:
+    """What ``read`` finds for the sorted ``ids`` above ``after``, ``size`` ids at a time;
+    a page whose documents are all gone is skipped.
+
+    FerretDB answers neither a range nor a sort on ``_id`` from its index, so paging by
+    ``_id > cursor`` (or a sorted find) scans the whole collection per page: list the ids
+    once instead, then read each page by id."""
+    start = bisect.bisect_right(ids, after) if after is not None else 0
+    for first in range(start, len(ids), size):
+        page = read(ids[first:first + size])
+        if page:
+            yield page
 
 
 def delete_by_ids(collection: pymongo.collection.Collection, ids: Iterable[str]) -> int:

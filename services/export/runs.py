@@ -21,7 +21,6 @@ record lets a suppressed cell be recovered by subtraction.
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import logging
 import threading
@@ -29,6 +28,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
+from services.common.store import pages_by_id
 from services.export import aggregates, rendering
 from services.export.contracts import PartnerContract
 from services.export.delivery import Deliverer, Outcome, Parcel
@@ -58,13 +58,8 @@ class ProfilePages:
     def after(self, cursor: str | None, limit: int) -> list[dict[str, Any]]:
         if self._ids is None:
             self._ids = self.store.profile_ids(self.changed_since, self.segment)
-        start = bisect.bisect_right(self._ids, cursor) if cursor is not None else 0
-        while start < len(self._ids):
-            page = self.store.profiles(self._ids[start:start + limit])
-            if page:
-                return page
-            start += limit  # all erased since the listing: on to the next ids
-        return []
+        # a page all erased since the listing is skipped
+        return next(pages_by_id(self.store.profiles, self._ids, cursor, limit), [])
 
 
 class PollingLoop:

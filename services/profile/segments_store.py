@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 from collections.abc import Iterable, Iterator
 from datetime import datetime
@@ -20,7 +19,7 @@ import pymongo
 import pymongo.errors
 from pymongo.database import Database
 
-from services.common.store import Index, delete_by_ids, find_by_ids
+from services.common.store import Index, delete_by_ids, find_by_ids, pages_by_id
 
 SEGMENTS = "profile_segments"
 MEMBERS = "profile_segment_members"
@@ -161,8 +160,6 @@ def profiles_after(db: Database, collection: str, after: str | None,
     in one streamed pass, sorted here, and the documents read by id a page at a time."""
     listing = db[collection].find({}, {"_id": 1}).batch_size(ID_LISTING_BATCH)
     ids = sorted(doc["_id"] for doc in listing)
-    start = bisect.bisect_right(ids, after) if after is not None else 0
-    for first in range(start, len(ids), page_size):
-        page = find_by_ids(db[collection], ids[first:first + page_size])
-        if page:  # all deleted since the listing otherwise
-            yield sorted(page, key=lambda doc: doc["_id"])
+    yield from pages_by_id(lambda page: sorted(find_by_ids(db[collection], page),
+                                               key=lambda doc: doc["_id"]),
+                           ids, after, page_size)
