@@ -7,6 +7,7 @@ idempotency key: consumers skip a message_id they have already applied.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import uuid
 from dataclasses import dataclass, field
@@ -44,19 +45,19 @@ class Envelope:
     source: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["occurred_at"] = _iso(self.occurred_at)
-        data["received_at"] = _iso(self.received_at)
-        return {key: value for key, value in data.items() if value is not None}
+        """The wire form as a dict, a copy the caller may edit."""
+        return copy.deepcopy(self._wire_fields())
 
     def to_bytes(self) -> bytes:
-        # straight from the fields: orjson only reads the payload and needs none of the deep
-        # copy to_dict makes for callers that edit the result (the copy was 70% of what
-        # spooling a lookup's access-log entry cost)
+        # orjson only reads the fields: no copy (the copy was 70% of what spooling a lookup's
+        # access-log entry cost)
+        return orjson.dumps(self._wire_fields())
+
+    def _wire_fields(self) -> dict[str, Any]:
         data = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
         data["occurred_at"] = _iso(self.occurred_at)
         data["received_at"] = _iso(self.received_at)
-        return orjson.dumps({key: value for key, value in data.items() if value is not None})
+        return {key: value for key, value in data.items() if value is not None}
 
     def resolved_to(self, profile_id: str) -> Envelope:
         """The same event stamped with its canonical profile."""
