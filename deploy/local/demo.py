@@ -54,10 +54,11 @@ def customer_story(fake: Faker, rng: random.Random, index: int) -> tuple[list[di
     calls = []
     if rng.random() < 0.4:
         call_id = str(uuid.UUID(int=rng.getrandbits(128)))
+        # one call is one queue and one agent from offer to hang-up
+        queue, agent = rng.choice(["billing", "orders", "loyalty"]), f"agent-{rng.randint(1, 9)}"
         for event in ("offered", "answered", "ended"):
             calls.append({"call_id": call_id, "event": event, "caller_number": phone,
-                          "queue": rng.choice(["billing", "orders", "loyalty"]),
-                          "agent_id": f"agent-{rng.randint(1, 9)}",
+                          "queue": queue, "agent_id": agent,
                           **({"talk_seconds": rng.randint(30, 600), "disposition": "resolved",
                               "notes": "asked where order is"} if event == "ended" else {})})
     # ids derived from the seed: running the demo again re-sends the same events, which
