@@ -193,8 +193,11 @@ def _overview(subject_key: str) -> dict:
     history = store.entries(state.applied) if state else []
     return {
         "subject": key,
-        "consents": [_answer(key, ledger.check(catalogue, state, p), False)
-                     for p in catalogue.purposes],
+        # each row titled in every language, so a reader (the agent dashboard) shows the
+        # catalogue's own words rather than the purpose's code name
+        "consents": [{**_answer(key, ledger.check(catalogue, state, p), False),
+                      "titles": {lang: text["title"] for lang, text in purpose.texts.items()}}
+                     for p, purpose in catalogue.purposes.items()],
         "linked": state.linked if state else [],
         "absorbed": state.absorbed if state else [],
         "history": [_entry_view(e) for e in history],

@@ -80,9 +80,12 @@ def test_a_recorded_decision_is_allowed_announced_and_its_receipt_verifies(
     assert len({m["message_id"] for m in announced}) == 1
     assert announced[0]["payload"]["receipt_id"] == receipt["receipt_id"]
     assert announced[0]["payload"]["allowed"] is True
-    history = requests.get(f"{consent_api.url}/v1/consents/{profile}", timeout=10,
-                           headers=as_role(api_keys, "agent")).json()["history"]
+    overview = requests.get(f"{consent_api.url}/v1/consents/{profile}", timeout=10,
+                            headers=as_role(api_keys, "agent")).json()
+    history = overview["history"]
     assert [h["receipt_id"] for h in history] == [receipt["receipt_id"]]
+    email = next(row for row in overview["consents"] if row["purpose"] == "marketing_email")
+    assert email["allowed"] is True and set(email["titles"]) == {"fi", "sv", "en"}
     assert history[0]["proof_sealed"] is True
 
 

@@ -9,12 +9,14 @@ def test_consent_records_become_rows_sorted_by_purpose():
     body = {"profile_id": "p1", "consents": [
         {"purpose": "marketing_email", "state": "withdrawn", "allowed": False,
          "collected_at": "2026-01-02T10:00:00Z"},
-        {"purpose": "analytics", "state": "granted", "allowed": True},
+        {"purpose": "analytics", "state": "granted", "allowed": True,
+         "titles": {"fi": "Analytiikka", "en": "Analytics"}},
     ]}
     assert consent_rows(body) == [
-        {"purpose": "analytics", "state": "granted", "allowed": True, "at": None},
+        {"purpose": "analytics", "state": "granted", "allowed": True, "at": None,
+         "titles": {"fi": "Analytiikka", "en": "Analytics"}},
         {"purpose": "marketing_email", "state": "withdrawn", "allowed": False,
-         "at": "2026-01-02T10:00:00Z"},
+         "at": "2026-01-02T10:00:00Z", "titles": {}},
     ]
 
 

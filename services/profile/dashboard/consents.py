@@ -41,7 +41,8 @@ def read_consents(base_url: str, profile_id: str, headers: Mapping[str, str],
 
 
 def consent_rows(body) -> list[dict]:
-    """The consent service's answer as display rows ``{purpose, state, allowed, at}``.
+    """The consent service's answer as display rows ``{purpose, state, allowed, at, titles}``
+    (``titles``: the purpose's title per language, empty when the service gives none).
 
     Accepts a list of consent records, ``{"consents": [...]}``, or a mapping of purpose to a
     record or to a bare state, so the card keeps working while that API settles.
@@ -66,5 +67,7 @@ def consent_rows(body) -> list[dict]:
             "state": str(state) if state is not None else None,
             "allowed": bool(allowed) if allowed is not None else state == "granted",
             "at": record.get("collected_at") or record.get("decided_at") or record.get("at"),
+            "titles": {str(lang): str(title) for lang, title in titles.items()}
+            if isinstance(titles := record.get("titles"), Mapping) else {},
         })
     return sorted(rows, key=lambda row: row["purpose"])

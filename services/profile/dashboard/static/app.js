@@ -2,7 +2,9 @@
 // consents and cross-channel timeline, with live updates and screen pops over one stream.
 
 import { ApiError, api, forgetKey, storeKey, storedKey } from "./api.js";
-import { chooseLanguage, label, otherLanguage, setLanguage, t, translatePage } from "./i18n.js";
+import {
+  chooseLanguage, label, language, otherLanguage, setLanguage, t, translatePage,
+} from "./i18n.js";
 import {
   channelLabel, definitionList, formatMoney, formatTime, formatValue, h, isComplaint, maskedAware,
   section,
@@ -347,7 +349,7 @@ function renderConsents() {
     content = h("ul", { class: "consents" }, consents.consents.map((row) =>
       h("li", { class: row.allowed ? "allowed" : "not-allowed" },
         h("span", { class: "consent-mark", "aria-hidden": "true" }, row.allowed ? "✓" : "✕"),
-        h("span", {}, label(row.purpose)),
+        h("span", {}, row.titles?.[language()] ?? label(row.purpose)),
         h("span", { class: "muted" }, ` – ${row.state ? label(row.state) : ""}, ${t(row.allowed ? "consent.allowed" : "consent.notAllowed")}${row.at ? `, ${formatTime(row.at)}` : ""}`))));
   }
   slot.replaceChildren(section("consents", "section.consents", content));
