@@ -53,14 +53,14 @@ MAX_FIELDS = 50
 RETRY_REPEAT_WINDOW = timedelta(minutes=1)
 
 
-class IdentifierSchema(Schema):
+class SubjectIdentifierSchema(Schema):
     type = fields.String(required=True, validate=validate.OneOf(IDENTIFIER_TYPES))
     value = fields.String(required=True, validate=validate.Length(min=1, max=512))
 
 
 class SubjectSchema(Schema):
     profile_id = fields.String(validate=validate.Length(min=1, max=128))
-    identifier = fields.Nested(IdentifierSchema)
+    identifier = fields.Nested(SubjectIdentifierSchema)
 
     @validates_schema
     def _exactly_one(self, data: dict, **_: Any) -> None:

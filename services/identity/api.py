@@ -203,11 +203,6 @@ class ReleaseSchema(Schema):
     reason = fields.String(required=True, validate=validate.Length(min=1, max=500))
 
 
-class IdentifierSchema(Schema):
-    type = fields.String(required=True, validate=validate.OneOf(IDENTIFIER_TYPES))
-    value = fields.String(required=True, validate=validate.Length(min=1, max=512))
-
-
 class SubjectSchema(Schema):
     profile_ids = fields.List(fields.String(validate=validate.Length(min=1, max=128)),
                               load_default=list, validate=validate.Length(max=100))
