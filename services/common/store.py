@@ -129,6 +129,35 @@ def delete_by_ids(collection: pymongo.collection.Collection, ids: Iterable[str])
     return deleted
 
 
+def paced(items: list, size: int, pause: Callable[[float], bool] | None) -> Iterator[list]:
+    """``items`` ``size`` at a time for background work: after each chunk, ``pause`` is called
+    with the seconds the caller spent on it (to wait as long, leaving the store to others);
+    it returns True to stop."""
+    for start in range(0, len(items), size):
+        began = time.monotonic()
+        yield items[start:start + size]
+        if pause is not None and pause(time.monotonic() - began):
+            return
+
+
+LISTING_BATCH = 5000  # documents per batch of a streamed listing: each well within the timeout
+
+
+def older_than(collection: pymongo.collection.Collection, field_name: str, before: datetime,
+               fields: Iterable[str] = ()) -> list[dict]:
+    """The documents whose ``field_name`` is before ``before``, with ``_id``, that field and
+    ``fields``.
+
+    FerretDB 1.x answers a range filter by loading and filtering the whole collection inside
+    one command, which outlasts the socket timeout once a collection is large (the hourly
+    history sweep would fail every time, keeping the store busy). One streamed read of the
+    field, a batch at a time, compared here, keeps each command short."""
+    projection = {field_name: 1, **{name: 1 for name in fields}}
+    listing = collection.find({}, projection).batch_size(LISTING_BATCH)
+    return [doc for doc in listing
+            if isinstance(doc.get(field_name), datetime) and doc[field_name] < before]
+
+
 def ping(client: pymongo.MongoClient) -> None:
     """Raise ConnectionFailure unless the store answers."""
     client.admin.command("ping")

@@ -16,7 +16,7 @@ Retention: ``expires_at = occurred_at + retention``. Where the store honours TTL
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,12 +25,21 @@ from pymongo import UpdateOne
 from pymongo.database import Database
 
 from services.common.documents import unstorable
-from services.common.store import Index, bulk_write, delete_by_ids, ensure_indexes, insert_new
+from services.common.store import (
+    Index,
+    bulk_write,
+    delete_by_ids,
+    ensure_indexes,
+    insert_new,
+    older_than,
+    paced,
+)
 from services.profile.projection import month_of
 
 EVENTS = "profile_events"
 MONTHS = "profile_event_months"
 TTL_INDEX_NAMES = ("profile_events_expiry", "profile_event_months_expiry")
+SWEEP_CHUNK = 500  # deletes between two pauses of a sweep
 
 
 def history_indexes() -> list[Index]:
@@ -166,7 +175,15 @@ class HistoryStore:
         delete_by_ids(self.months, pages)
         return deleted
 
-    def sweep(self, now: datetime) -> int:
-        """Delete history past retention (for stores without TTL). Returns events deleted."""
-        self.months.delete_many({"expires_at": {"$lt": now}})
-        return self.events.delete_many({"expires_at": {"$lt": now}}).deleted_count
+    def sweep(self, now: datetime, pause: Callable[[float], bool] | None = None) -> int:
+        """Delete history past retention (for stores without TTL). Returns events deleted.
+
+        Found by a streamed read (``store.older_than``) and deleted by ``_id`` a chunk at a
+        time, ``pause`` called between chunks (``store.paced``)."""
+        deleted = 0
+        for collection in (self.months, self.events):
+            expired = [doc["_id"] for doc in older_than(collection, "expires_at", now)]
+            for chunk in paced(expired, SWEEP_CHUNK, pause):
+                gone = delete_by_ids(collection, chunk)
+                deleted += gone if collection is self.events else 0
+        return deleted

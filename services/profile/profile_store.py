@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 import unicodedata
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 
 import pymongo.errors
@@ -34,6 +34,8 @@ from services.common.store import (
     delete_by_ids,
     find_by_ids,
     insert_new,
+    older_than,
+    paced,
 )
 
 PROFILES = "profiles"
@@ -53,6 +55,7 @@ NAME_PREFIX_MIN, NAME_PREFIX_MAX = 2, 12
 NAME_BUCKET_LIMIT = 200
 # a full bucket stays full until emptied: trusted this long without being read again
 OVERFLOW_REMEMBERED_SECONDS = 600.0
+EXPIRY_PROFILES_PER_CHUNK = 100  # profiles whose expired access-log entries go between pauses
 
 
 def normalise_name(text: str) -> str:
@@ -305,17 +308,21 @@ class ProfileStore:
             if errors:
                 raise pymongo.errors.BulkWriteError({"writeErrors": errors})
 
-    def expire_accesses(self, before: datetime) -> int:
-        """Delete the entries older than ``before`` (one scan: the daily retention sweep) and
-        take them off their profiles' lists. Deleted first: a crash in between leaves a
-        listed id with no entry, never an entry an erasure cannot find."""
+    def expire_accesses(self, before: datetime,
+                        pause: Callable[[float], bool] | None = None) -> int:
+        """Delete the entries older than ``before`` (one streamed read: the retention sweep)
+        and take them off their profiles' lists, a chunk of profiles at a time with ``pause``
+        between chunks (``store.paced``). Deleted first: a crash in between leaves a listed
+        id with no entry, never an entry an erasure cannot find."""
         expired: dict[str, list[str]] = defaultdict(list)
-        for entry in self.access_log.find({"at": {"$lt": before}}, {"profile_id": 1}):
+        for entry in older_than(self.access_log, "at", before, ["profile_id"]):
             expired[entry["profile_id"]].append(entry["_id"])
-        deleted = delete_by_ids(self.access_log, [i for ids in expired.values() for i in ids])
-        _raise_errors(bulk_write(self.access_index, [
-            UpdateOne({"_id": profile_id}, {"$pullAll": {"entries": ids}})
-            for profile_id, ids in sorted(expired.items())]))
+        deleted = 0
+        for chunk in paced(sorted(expired.items()), EXPIRY_PROFILES_PER_CHUNK, pause):
+            deleted += delete_by_ids(self.access_log, [i for _, ids in chunk for i in ids])
+            _raise_errors(bulk_write(self.access_index, [
+                UpdateOne({"_id": profile_id}, {"$pullAll": {"entries": ids}})
+                for profile_id, ids in chunk]))
         return deleted
 
     def accesses(self, profile_id: str, limit: int) -> list[dict]:

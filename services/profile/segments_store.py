@@ -19,13 +19,18 @@ import pymongo
 import pymongo.errors
 from pymongo.database import Database
 
-from services.common.store import Index, delete_by_ids, find_by_ids, pages_by_id
+from services.common.store import (
+    LISTING_BATCH,
+    Index,
+    delete_by_ids,
+    find_by_ids,
+    pages_by_id,
+)
 
 SEGMENTS = "profile_segments"
 MEMBERS = "profile_segment_members"
 JOBS = "profile_jobs"
 PASS_JOB = "segment-membership-pass"
-ID_LISTING_BATCH = 5000  # ids per batch of the listing: each batch well within the timeout
 
 SEGMENT_INDEXES = [Index(MEMBERS, [("segment_id", 1), ("profile_id", 1)]),
                    Index(MEMBERS, [("profile_id", 1)])]
@@ -158,7 +163,7 @@ def profiles_after(db: Database, collection: str, after: str | None,
     loads and sorts the whole collection before its first batch (22 s at 30k profiles, past
     the socket timeout at 100k, so the pass never got anywhere). The ids are listed instead
     in one streamed pass, sorted here, and the documents read by id a page at a time."""
-    listing = db[collection].find({}, {"_id": 1}).batch_size(ID_LISTING_BATCH)
+    listing = db[collection].find({}, {"_id": 1}).batch_size(LISTING_BATCH)
     ids = sorted(doc["_id"] for doc in listing)
     yield from pages_by_id(lambda page: sorted(find_by_ids(db[collection], page),
                                                key=lambda doc: doc["_id"]),

@@ -725,9 +725,11 @@ class Housekeeping:
 
     def sweep(self) -> dict[str, Any]:
         now = self.context.clock()
-        deleted = self.context.history.sweep(now) if self.sweep_history else 0
+        # deletes take turns with pauses as long, leaving the store at least half its time
+        pause = self._stopping.wait
+        deleted = self.context.history.sweep(now, pause) if self.sweep_history else 0
         keep_accesses = self.context.policy.get("access_log")
-        accesses = (self.context.store.expire_accesses(now - keep_accesses)
+        accesses = (self.context.store.expire_accesses(now - keep_accesses, pause)
                     if keep_accesses is not None else 0)
         log.info("housekeeping sweep", extra={"history_events": deleted,
                                                "access_log": accesses})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from services.profile import history as history_module
 from services.profile.history import HistoryStore
 from services.profile.projection import timeline_entry
 
@@ -35,3 +36,27 @@ def test_history_past_retention_is_hidden_and_swept_where_the_store_has_no_ttl(d
         history.sweep(now + timedelta(days=2))
         assert db.profile_events.count_documents({"profile_id": profile_id}) == 0
         assert db.profile_event_months.count_documents({"profile_id": profile_id}) == 0
+
+
+def test_a_sweep_told_to_stop_leaves_the_rest_for_the_next_one(db, unique, monkeypatch):
+    monkeypatch.setattr(history_module, "SWEEP_CHUNK", 1)
+    history = HistoryStore(db, timedelta(days=1))
+    history.prepare()
+    # long ago, so that the sweep leaves the other tests' history in the shared store alone
+    then = datetime(2001, 1, 1, tzinfo=UTC)
+    profile_id = f"p-paced-{unique}"
+    for n in range(3):
+        assert recorded(history, profile_id, n, then - timedelta(hours=n + 1), then)
+    pauses = []
+
+    def stop_at_the_second_pause(took: float) -> bool:
+        pauses.append(took)
+        return len(pauses) == 2
+
+    # the month page first, then one event, then told to stop
+    history.sweep(then + timedelta(days=2), stop_at_the_second_pause)
+    assert len(pauses) == 2 and all(took >= 0 for took in pauses)
+    assert db.profile_event_months.count_documents({"profile_id": profile_id}) == 0
+    assert db.profile_events.count_documents({"profile_id": profile_id}) == 2
+    assert history.sweep(then + timedelta(days=2)) == 2
+    assert db.profile_events.count_documents({"profile_id": profile_id}) == 0
