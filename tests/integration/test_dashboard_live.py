@@ -68,7 +68,8 @@ class ConsentStub(BaseHTTPRequestHandler):
         ConsentStub.seen_keys.append(self.headers.get("X-API-Key", ""))
         if self.path.endswith("/p-with-consents"):
             body, status = {"profile_id": "p-with-consents", "consents": [
-                {"purpose": "marketing_email", "state": "granted", "allowed": True}]}, 200
+                {"purpose": "marketing_email", "state": "granted", "allowed": True,
+                 "titles": {"fi": "Sähköpostimarkkinointi", "en": "Email marketing"}}]}, 200
         else:
             body, status = {"status": 403, "detail": "agents may not read consents"}, 403
         payload = json.dumps(body).encode()
@@ -207,7 +208,8 @@ def test_consents_come_from_the_consent_service_read_with_the_agents_own_key(
     answer = requests.get(f"{profile_api.url}/v1/dashboard/profiles/p-with-consents/consents",
                           headers=headers(api_keys), timeout=10).json()
     assert answer == {"available": True, "consents": [
-        {"purpose": "marketing_email", "state": "granted", "allowed": True, "at": None}]}
+        {"purpose": "marketing_email", "state": "granted", "allowed": True, "at": None,
+         "titles": {"fi": "Sähköpostimarkkinointi", "en": "Email marketing"}}]}
     assert ConsentStub.seen_keys[-1] == api_keys["agent"]
 
 
