@@ -40,8 +40,8 @@ SEGMENT_WRITERS = ("supervisor",)  # and admin, as everywhere
 DEFAULT_HISTORY_DAYS = 395
 PURPOSES = ("customer_service", "marketing", "analytics", "fraud_prevention", "data_request",
             "unspecified")
-# a profile read never shows these, the bulk of a busy profile: the store need not send them
-NOT_SHOWN = {"aggregates": 0, "recent_message_ids": 0}
+# a profile read never shows these, the bulk of a busy profile
+NOT_SHOWN = ("aggregates", "recent_message_ids")
 
 
 def create_app(settings: Settings | None = None) -> Flask:

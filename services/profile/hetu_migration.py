@@ -22,11 +22,12 @@ from typing import Any
 from services.common.hetu_migration import CollectionRule, PlainHetus
 from services.common.hetu_protection import HETU
 from services.profile.history import EVENTS
-from services.profile.profile_store import IDENTIFIERS, PROFILES
+from services.profile.profile_store import IDENTIFIERS, PROFILES, pack, unpack
 
 
 def rewrite_profile(hetus: PlainHetus, doc: dict[str, Any]) -> dict[str, Any] | None:
-    return hetus.profile_document(doc, _value, _with_value)
+    rewritten = hetus.profile_document(unpack(doc), _value, _with_value)
+    return None if rewritten is None else pack(rewritten)
 
 
 def _value(trait: Any) -> Any:

@@ -4,6 +4,13 @@ consent states the profile service follows, erasure tombstones and the access lo
 Reads and writes go by ``_id`` (FerretDB 1.x pushes nothing else down to SQLite). A profile is
 written with a version check, so two workers can never lose each other's update.
 
+A profile is stored packed: ``_id``, ``version`` and ``merged_into`` as fields, everything else
+as one BSON binary (``pack`` / ``unpack``). FerretDB 1.x over SQLite converts a stored document
+to BSON field by field at about 1 ms of CPU per KB: reading a 4.3 KB profile cost it 5.4 ms,
+the same profile packed 0.9 ms, and the lookup API reads one profile per request. Nothing
+queries a profile's inner fields (all reads are by ``_id``). A profile stored unpacked, before
+this, still reads; its next save packs it.
+
 The name index serves agents' prefix search with one ``_id`` lookup: a bucket document per
 normalised prefix (2–12 characters of the first name, the last name, and both full-name
 orders) maps profile ids to display names. Measured at 20k profiles on FerretDB/SQLite, a
@@ -23,7 +30,9 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
+import bson
 import pymongo.errors
+from bson.codec_options import CodecOptions
 from pymongo import DeleteOne, InsertOne, ReplaceOne, UpdateOne
 from pymongo.database import Database
 
@@ -78,6 +87,28 @@ class VersionConflict(Exception):
     """Someone else wrote the profile since it was read; read again and retry."""
 
 
+PACKED = "packed"
+UNPACKED_FIELDS = ("_id", "version", "merged_into")
+# as the store's client decodes (tz_aware): a packed profile reads back exactly as an unpacked one
+_PACKED_CODEC = CodecOptions(tz_aware=True)
+
+
+def pack(doc: dict) -> dict:
+    """The document as stored: ``UNPACKED_FIELDS`` as fields, the rest one BSON binary."""
+    stored = {name: doc[name] for name in UNPACKED_FIELDS if name in doc}
+    stored[PACKED] = bson.Binary(bson.encode(
+        {name: value for name, value in doc.items() if name not in UNPACKED_FIELDS}))
+    return stored
+
+
+def unpack(stored: dict | None) -> dict | None:
+    """The profile from its stored document (packed or not)."""
+    if stored is None or PACKED not in stored:
+        return stored
+    body = bson.decode(stored[PACKED], codec_options=_PACKED_CODEC)
+    return {**{name: value for name, value in stored.items() if name != PACKED}, **body}
+
+
 class ProfileStore:
     def __init__(self, db: Database):
         self.profiles = db[PROFILES]
@@ -89,22 +120,26 @@ class ProfileStore:
         self.erased = db[ERASED]
         self._overflowed: dict[str, float] = {}  # bucket -> when it was seen full
 
-    def load(self, profile_id: str, projection: dict | None = None) -> dict | None:
-        return self.profiles.find_one({"_id": profile_id}, projection)
+    def load(self, profile_id: str, leave_out: Iterable[str] = ()) -> dict | None:
+        """The profile without the fields named in ``leave_out``."""
+        doc = unpack(self.profiles.find_one({"_id": profile_id}))
+        for name in leave_out if doc is not None else ():
+            doc.pop(name, None)
+        return doc
 
-    def load_current(self, profile_id: str, projection: dict | None = None) -> dict | None:
-        """The profile, following merges to the one that absorbed it (``projection``: only
-        some fields, ``merged_into`` always among them)."""
+    def load_current(self, profile_id: str, leave_out: Iterable[str] = ()) -> dict | None:
+        """The profile, following merges to the one that absorbed it."""
         seen = set()
-        doc = self.load(profile_id, projection)
+        doc = self.load(profile_id, leave_out)
         while doc and doc.get("merged_into") and doc["_id"] not in seen:
             seen.add(doc["_id"])
-            doc = self.load(doc["merged_into"], projection) or doc
+            doc = self.load(doc["merged_into"], leave_out) or doc
         return doc
 
     def load_many(self, profile_ids: Iterable[str]) -> dict[str, dict]:
         """{requested id: current profile} (merges followed) for those stored."""
-        found = {doc["_id"]: doc for doc in find_by_ids(self.profiles, sorted(set(profile_ids)))}
+        found = {doc["_id"]: unpack(doc)
+                 for doc in find_by_ids(self.profiles, sorted(set(profile_ids)))}
         for profile_id, doc in found.items():
             if doc.get("merged_into"):
                 found[profile_id] = self.load_current(profile_id) or doc
@@ -122,9 +157,9 @@ class ProfileStore:
         if len(docs) == 1:
             self.save(docs[0])
             return
-        writes = [InsertOne({**doc, "version": 1}) if not doc.get("version")
+        writes = [InsertOne(pack({**doc, "version": 1})) if not doc.get("version")
                   else ReplaceOne({"_id": doc["_id"], "version": doc["version"]},
-                                  {**doc, "version": doc["version"] + 1}) for doc in docs]
+                                  pack({**doc, "version": doc["version"] + 1})) for doc in docs]
         done, errors = bulk_write(self.profiles, writes)
         if any(error.get("code") != 11000 for error in errors):
             raise pymongo.errors.BulkWriteError({"writeErrors": errors})
@@ -138,7 +173,7 @@ class ProfileStore:
 
         Raises VersionConflict otherwise."""
         version = doc.get("version", 0)
-        new = {**doc, "version": version + 1}
+        new = pack({**doc, "version": version + 1})
         if version == 0:
             try:
                 self.profiles.insert_one(new)
@@ -165,9 +200,9 @@ class ProfileStore:
         self.identifiers.delete_one({"_id": f"{type_}:{value}", "profile_id": profile_id})
 
     def find_by_identifier(self, type_: str, value: str,
-                           projection: dict | None = None) -> dict | None:
+                           leave_out: Iterable[str] = ()) -> dict | None:
         entry = self.identifiers.find_one({"_id": f"{type_}:{value}"})
-        return self.load_current(entry["profile_id"], projection) if entry else None
+        return self.load_current(entry["profile_id"], leave_out) if entry else None
 
     def index_name(self, profile_id: str, before: tuple[str, str] | None,
                    after: tuple[str, str] | None) -> None:

@@ -48,6 +48,7 @@ from services.profile.profile_store import (
     PROFILES,
     ProfileStore,
     VersionConflict,
+    unpack,
 )
 from services.profile.segments import members_of, membership_changes
 from services.profile.segments_store import (
@@ -683,7 +684,7 @@ class Housekeeping:
         seen = 0
         started = time.monotonic()
         for page in profiles_after(self.context.db, PROFILES, after):
-            for profile in page:
+            for profile in map(unpack, page):
                 if not profile.get("merged_into"):
                     self._reevaluate(profile, definitions, key, now)
             after, seen = page[-1]["_id"], seen + len(page)

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import requests
 
+from services.profile.profile_store import unpack
 from tests.support.processes import ServiceApi, ServiceWorker, wait_until
 
 
@@ -63,7 +64,7 @@ def test_a_health_trait_is_stored_only_with_explicit_consent_from_then_on(
     assert "allergies" not in profile["traits"]
     assert profile["special_category_refusals"][0]["trait"] == "allergies"
     assert profile["special_category_refusals"][0]["purpose"] == "special_health"
-    assert "peanuts" not in str(db["profiles"].find_one({"_id": profile["profile_id"]}))
+    assert "peanuts" not in str(unpack(db["profiles"].find_one({"_id": profile["profile_id"]})))
 
     granted = requests.post(f"{stack['consent']}/v1/consents", timeout=30, json={
         "profile_id": profile["profile_id"], "purpose": "special_health", "state": "granted",

@@ -30,6 +30,7 @@ from services.common import topics
 from services.common.bus import ensure_topics
 from services.export import hashing
 from services.export.rendering import signature_valid
+from services.profile.profile_store import unpack
 from services.social import signatures
 from tests.support.kafka import read_all
 from tests.support.processes import ServiceApi, ServiceWorker, free_port, wait_until
@@ -519,11 +520,12 @@ def test_erasure_is_acknowledged_by_every_service_and_leaves_no_trace(
 
 def traces_in(db, traces: list[str]) -> list[str]:
     """``collection/_id: [traces]`` for every document of every collection that holds one of
-    ``traces`` anywhere (the document serialised as JSON, case ignored)."""
+    ``traces`` anywhere (the document serialised as JSON, case ignored; a profile unpacked
+    from its stored form)."""
     found = []
     for name in sorted(db.list_collection_names()):
         for doc in db[name].find({}):
-            text = json.dumps(doc, default=str, ensure_ascii=False).lower()
+            text = json.dumps(unpack(doc), default=str, ensure_ascii=False).lower()
             hits = [trace for trace in traces if trace in text]
             if hits:
                 found.append(f"{name}/{doc.get('_id')}: {hits}")

@@ -25,6 +25,7 @@ import secrets
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -35,6 +36,7 @@ import requests
 from services.common import topics
 from services.common.bus import Outgoing, Producer, ensure_topics
 from services.common.envelope import new_envelope
+from services.profile.profile_store import unpack
 from services.social import signatures
 from tests.support.fault_load import (
     CONNECTION_ERROR,
@@ -209,14 +211,21 @@ def dead_letters_of(settings, token: str) -> dict[tuple[str, bytes], set[str]]:
 
 def profiles_of(db, customers: list[str]) -> dict[str, list[dict]]:
     """user id → the live profiles holding it."""
+    wanted = set(customers)
     found: dict[str, list[dict]] = {}
-    for doc in db.profiles.find({"identifiers.user_id": {"$in": customers}},
-                                {"identifiers.user_id": 1, "computed": 1, "merged_into": 1}):
-        if doc.get("merged_into"):
-            continue
-        for user_id in doc["identifiers"]["user_id"]:
+    for doc in live_profiles(db):
+        for user_id in wanted.intersection(doc["identifiers"].get("user_id", [])):
             found.setdefault(user_id, []).append(doc)
     return found
+
+
+def live_profiles(db) -> Iterator[dict]:
+    """Every stored profile not merged into another (profiles are stored packed: their
+    fields cannot be filtered on in the store)."""
+    for stored in db.profiles.find({}):
+        doc = unpack(stored)
+        if not doc.get("merged_into"):
+            yield doc
 
 
 def applied(db, customers: list[str]) -> dict[str, tuple[int, int]]:
@@ -230,14 +239,11 @@ def applied(db, customers: list[str]) -> dict[str, tuple[int, int]]:
 
 def mentions_applied(db, authors: list[str]) -> dict[str, int]:
     """X user id → social events applied to the profile(s) holding it."""
+    wanted = set(authors)
     found: dict[str, int] = {}
-    for doc in db.profiles.find({"identifiers.twitter_id": {"$in": authors}},
-                                {"identifiers.twitter_id": 1, "aggregates.channels": 1,
-                                 "merged_into": 1}):
-        if not doc.get("merged_into"):
-            for author in doc["identifiers"]["twitter_id"]:
-                found[author] = found.get(author, 0) + doc["aggregates"]["channels"].get(
-                    "social", 0)
+    for doc in live_profiles(db):
+        for author in wanted.intersection(doc["identifiers"].get("twitter_id", [])):
+            found[author] = found.get(author, 0) + doc["aggregates"]["channels"].get("social", 0)
     return found
 
 

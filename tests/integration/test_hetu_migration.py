@@ -21,7 +21,7 @@ from services.identity.graph import Identifier, Link, ProfileNode
 from services.identity.graph_store import MongoGraph
 from services.profile import projection
 from services.profile.history import HistoryStore
-from services.profile.profile_store import ProfileStore
+from services.profile.profile_store import ProfileStore, unpack
 from tests.support.hetus import valid_hetu
 from tests.support.processes import ServiceApi
 
@@ -126,7 +126,7 @@ def test_migrated_hetus_are_held_only_protected_and_still_find_the_person(
     assert db.identity_links.find_one({"_id": f"hetu:{half_digest}"})["profile_id"] == other
     assert db.identity_profiles.find_one({"_id": person})["identifiers"]["hetu"] == [digest]
     assert db.identity_person_records.find_one({"_id": person})["id_number"] == digest
-    doc = db.profiles.find_one({"_id": person})
+    doc = unpack(db.profiles.find_one({"_id": person}))
     assert doc["identifiers"]["hetu"] == [digest] and doc["version"] == 2
     assert "henkilotunnus" not in doc["traits"] and doc["traits"]["hetu"]["source"] == "crm"
     assert protector.reveal(doc["traits"]["hetu"]["value"]) == hetu

@@ -13,6 +13,7 @@ from services.common.shredding import FieldCipher, MasterKey, SubjectKeys
 from services.export import hetu_migration as export
 from services.identity import hetu_migration as identity
 from services.profile import hetu_migration as profile
+from services.profile.profile_store import PACKED, unpack
 from tests.unit.test_hetu_protection import InMemoryKeys
 
 HETU = "131052-308T"
@@ -104,7 +105,9 @@ def test_a_profile_keeps_its_hetu_as_digest_and_one_sealed_trait_with_provenance
     doc = {"_id": "p1", "version": 3, "identifiers": {"hetu": [HETU], "email": ["a@x.fi"]},
            "traits": {"first_name": trait("Aino"), "henkilotunnus": trait(HETU.lower()),
                       "ssn": trait("not-a-code"), "note": trait("131052-308A")}}
-    new = profile.rewrite_profile(hetus, doc)
+    stored = profile.rewrite_profile(hetus, doc)
+    assert PACKED in stored  # written back as the profile store keeps profiles
+    new = unpack(stored)
     assert new["identifiers"] == {"hetu": [digest(HETU)], "email": ["a@x.fi"]}
     assert set(new["traits"]) == {"first_name", "hetu", "note"}  # ssn: invalid, dropped
     assert new["traits"]["note"] == trait("131052-308A")  # a lookalike that is no hetu
@@ -121,7 +124,7 @@ def test_a_profile_keeps_the_hetu_trait_already_sealed(hetus, protector):
     sealed = protector.seal(digest(OTHER), OTHER)
     doc = {"_id": "p1", "identifiers": {}, "traits": {"hetu": trait(sealed),
                                                       "ssn": trait(HETU)}}
-    assert profile.rewrite_profile(hetus, doc)["traits"] == {"hetu": trait(sealed)}
+    assert unpack(profile.rewrite_profile(hetus, doc))["traits"] == {"hetu": trait(sealed)}
 
 
 def test_the_profile_index_entry_moves_to_the_digest_key(hetus):
