@@ -40,8 +40,6 @@ SEGMENT_WRITERS = ("supervisor",)  # and admin, as everywhere
 DEFAULT_HISTORY_DAYS = 395
 PURPOSES = ("customer_service", "marketing", "analytics", "fraud_prevention", "data_request",
             "unspecified")
-# a profile read never shows these, the bulk of a busy profile
-NOT_SHOWN = ("aggregates", "recent_message_ids")
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -239,7 +237,7 @@ def _profiles_blueprint() -> Blueprint:
         except InvalidIdentifier as exc:
             raise Problem(422, f"invalid {query['type']}: {exc.reason}",
                           errors={"value": [exc.reason]}) from None
-        return _read(_profiles().find_by_identifier(query["type"], value, NOT_SHOWN),
+        return _read(_profiles().find_by_identifier(query["type"], value),
                      f"with this {query['type']}")
 
     @blueprint.route("/search")
@@ -265,7 +263,7 @@ def _profiles_blueprint() -> Blueprint:
     @blueprint.alt_response(404, description="no such profile")
     def get_profile(profile_id):
         """One profile; a profile merged into another answers with the one that absorbed it."""
-        return _read(_profiles().load_current(profile_id, NOT_SHOWN), profile_id)
+        return _read(_profiles().load_current(profile_id), profile_id)
 
     @blueprint.route("/<string:profile_id>/timeline")
     @require_roles(*READERS)

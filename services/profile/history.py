@@ -180,10 +180,10 @@ class HistoryStore:
 
         Found by a streamed read (``store.older_than``) and deleted by ``_id`` a chunk at a
         time, ``pause`` called between chunks (``store.paced``)."""
-        deleted = 0
-        for collection in (self.months, self.events):
-            expired = [doc["_id"] for doc in older_than(collection, "expires_at", now)]
-            for chunk in paced(expired, SWEEP_CHUNK, pause):
-                gone = delete_by_ids(collection, chunk)
-                deleted += gone if collection is self.events else 0
-        return deleted
+        _delete_expired(self.months, now, pause)
+        return _delete_expired(self.events, now, pause)
+
+
+def _delete_expired(collection, now: datetime, pause: Callable[[float], bool] | None) -> int:
+    expired = [doc["_id"] for doc in older_than(collection, "expires_at", now)]
+    return sum(delete_by_ids(collection, chunk) for chunk in paced(expired, SWEEP_CHUNK, pause))

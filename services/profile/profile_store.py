@@ -27,7 +27,7 @@ from __future__ import annotations
 import time
 import unicodedata
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 
 import bson
@@ -46,6 +46,7 @@ from services.common.store import (
     older_than,
     paced,
 )
+from services.profile.segments_store import profiles_after
 
 PROFILES = "profiles"
 IDENTIFIERS = "profile_identifiers"
@@ -120,21 +121,23 @@ class ProfileStore:
         self.erased = db[ERASED]
         self._overflowed: dict[str, float] = {}  # bucket -> when it was seen full
 
-    def load(self, profile_id: str, leave_out: Iterable[str] = ()) -> dict | None:
-        """The profile without the fields named in ``leave_out``."""
-        doc = unpack(self.profiles.find_one({"_id": profile_id}))
-        for name in leave_out if doc is not None else ():
-            doc.pop(name, None)
-        return doc
+    def load(self, profile_id: str) -> dict | None:
+        return unpack(self.profiles.find_one({"_id": profile_id}))
 
-    def load_current(self, profile_id: str, leave_out: Iterable[str] = ()) -> dict | None:
+    def load_current(self, profile_id: str) -> dict | None:
         """The profile, following merges to the one that absorbed it."""
         seen = set()
-        doc = self.load(profile_id, leave_out)
+        doc = self.load(profile_id)
         while doc and doc.get("merged_into") and doc["_id"] not in seen:
             seen.add(doc["_id"])
-            doc = self.load(doc["merged_into"], leave_out) or doc
+            doc = self.load(doc["merged_into"]) or doc
         return doc
+
+    def pages_after(self, after: str | None) -> Iterator[list[dict]]:
+        """Every profile with ``_id`` above ``after``, in ``_id`` order, a page at a time
+        (``segments_store.profiles_after``)."""
+        for page in profiles_after(self.profiles.database, PROFILES, after):
+            yield [unpack(doc) for doc in page]
 
     def load_many(self, profile_ids: Iterable[str]) -> dict[str, dict]:
         """{requested id: current profile} (merges followed) for those stored."""
@@ -199,10 +202,9 @@ class ProfileStore:
     def unindex(self, type_: str, value: str, profile_id: str) -> None:
         self.identifiers.delete_one({"_id": f"{type_}:{value}", "profile_id": profile_id})
 
-    def find_by_identifier(self, type_: str, value: str,
-                           leave_out: Iterable[str] = ()) -> dict | None:
+    def find_by_identifier(self, type_: str, value: str) -> dict | None:
         entry = self.identifiers.find_one({"_id": f"{type_}:{value}"})
-        return self.load_current(entry["profile_id"], leave_out) if entry else None
+        return self.load_current(entry["profile_id"]) if entry else None
 
     def index_name(self, profile_id: str, before: tuple[str, str] | None,
                    after: tuple[str, str] | None) -> None:

@@ -45,17 +45,14 @@ from services.profile.history import HistoryStore
 from services.profile.privacy import parse_request
 from services.profile.profile_store import (
     INDEXES,
-    PROFILES,
     ProfileStore,
     VersionConflict,
-    unpack,
 )
 from services.profile.segments import members_of, membership_changes
 from services.profile.segments_store import (
     SEGMENT_INDEXES,
     SegmentStore,
     pass_key,
-    profiles_after,
 )
 
 log = logging.getLogger(__name__)
@@ -683,8 +680,8 @@ class Housekeeping:
         after = state["after"] if state["key"] == key else None
         seen = 0
         started = time.monotonic()
-        for page in profiles_after(self.context.db, PROFILES, after):
-            for profile in map(unpack, page):
+        for page in self.context.store.pages_after(after):
+            for profile in page:
                 if not profile.get("merged_into"):
                     self._reevaluate(profile, definitions, key, now)
             after, seen = page[-1]["_id"], seen + len(page)
