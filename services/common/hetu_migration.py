@@ -182,12 +182,8 @@ def _migrate_collection(collection, rule: CollectionRule, hetus: PlainHetus,
                         dry_run: bool) -> dict[str, int]:
     counts = {"scanned": 0, "rewritten": 0, "rekeyed": 0, "conflicts": 0,
               "changed_meanwhile": 0}
-    after = None
-    # pages in _id order: documents inserted under digest keys meanwhile sort after
-    # ("hetu:h…" > "hetu:0…"), are scanned again and found current
-    while page := list(collection.find({} if after is None else {"_id": {"$gt": after}})
-                       .sort("_id", 1).limit(PAGE)):
-        after = page[-1]["_id"]
+    # the ids listed once: what is inserted meanwhile (under digest keys) is current already
+    for page in store.documents_after(collection, None, PAGE):
         for doc in page:
             counts["scanned"] += 1
             new = rule.rewrite(hetus, doc)

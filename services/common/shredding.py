@@ -44,7 +44,7 @@ import binascii
 import hashlib
 import hmac
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -56,7 +56,7 @@ from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pymongo.database import Database
 
-from services.common.store import delete_by_ids
+from services.common.store import delete_by_ids, documents_after
 
 KEY_BYTES = 32
 WRAPPING_PURPOSE = b"muisti data-key wrapping"
@@ -204,8 +204,8 @@ class WrappedKeyStore:
         """Delete the keys; returns how many existed."""
         raise NotImplementedError
 
-    def all(self, after: str | None, limit: int) -> list[tuple[str, bytes]]:
-        """Up to ``limit`` (key id, wrapped key) pairs in key-id order after ``after``."""
+    def pages(self, size: int) -> Iterator[list[tuple[str, bytes]]]:
+        """Every (key id, wrapped key) pair, ``size`` at a time."""
         raise NotImplementedError
 
     def replace_if_unchanged(self, key_id: str, old: bytes, new: bytes) -> bool:
@@ -236,10 +236,9 @@ class MongoWrappedKeys(WrappedKeyStore):
     def delete(self, key_ids: list[str]) -> int:
         return delete_by_ids(self._keys, key_ids)
 
-    def all(self, after: str | None, limit: int) -> list[tuple[str, bytes]]:
-        query = {"_id": {"$gt": after}} if after is not None else {}
-        docs = self._keys.find(query, {"wrapped": 1}).sort("_id", 1).limit(limit)
-        return [(doc["_id"], bytes(doc["wrapped"])) for doc in docs]
+    def pages(self, size: int) -> Iterator[list[tuple[str, bytes]]]:
+        for docs in documents_after(self._keys, None, size):
+            yield [(doc["_id"], bytes(doc["wrapped"])) for doc in docs]
 
     def replace_if_unchanged(self, key_id: str, old: bytes, new: bytes) -> bool:
         result = self._keys.update_one({"_id": key_id, "wrapped": old},
@@ -279,8 +278,7 @@ class SubjectKeys:
         opens (left untouched)."""
         report: dict[str, Any] = {"scanned": 0, "rewrapped": 0, "already_current": 0,
                                   "changed_meanwhile": 0, "unreadable": []}
-        after = None
-        while page := self._store.all(after, batch):
+        for page in self._store.pages(batch):
             for key_id, wrapped in page:
                 report["scanned"] += 1
                 try:
@@ -294,7 +292,6 @@ class SubjectKeys:
                     report["rewrapped"] += 1
                 else:  # destroyed (erased) or rewrapped by another run since it was read
                     report["changed_meanwhile"] += 1
-            after = page[-1][0]
         return report
 
 

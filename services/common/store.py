@@ -158,6 +158,22 @@ def older_than(collection: pymongo.collection.Collection, field_name: str, befor
             if isinstance(doc.get(field_name), datetime) and doc[field_name] < before]
 
 
+def documents_after(collection: pymongo.collection.Collection, after: str | None,
+                    page_size: int = 200) -> Iterator[list[dict]]:
+    """The documents of ``collection`` with ``_id`` above ``after``, in ``_id`` order, a page
+    at a time; documents inserted after the first page are not seen.
+
+    FerretDB answers neither a sort nor a range on ``_id`` from its index: a sorted find
+    loads and sorts the whole collection before its first batch (22 s at 30k profiles, past
+    the socket timeout at 100k). The ids are listed instead in one streamed pass, sorted here,
+    and the documents read by id a page at a time."""
+    listing = collection.find({}, {"_id": 1}).batch_size(LISTING_BATCH)
+    ids = sorted(doc["_id"] for doc in listing)
+    yield from pages_by_id(lambda page: sorted(find_by_ids(collection, page),
+                                               key=lambda doc: doc["_id"]),
+                           ids, after, page_size)
+
+
 def ping(client: pymongo.MongoClient) -> None:
     """Raise ConnectionFailure unless the store answers."""
     client.admin.command("ping")

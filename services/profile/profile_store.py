@@ -41,12 +41,12 @@ from services.common.store import (
     Index,
     bulk_write,
     delete_by_ids,
+    documents_after,
     find_by_ids,
     insert_new,
     older_than,
     paced,
 )
-from services.profile.segments_store import profiles_after
 
 PROFILES = "profiles"
 IDENTIFIERS = "profile_identifiers"
@@ -135,8 +135,8 @@ class ProfileStore:
 
     def pages_after(self, after: str | None) -> Iterator[list[dict]]:
         """Every profile with ``_id`` above ``after``, in ``_id`` order, a page at a time
-        (``segments_store.profiles_after``)."""
-        for page in profiles_after(self.profiles.database, PROFILES, after):
+        (``store.documents_after``)."""
+        for page in documents_after(self.profiles, after):
             yield [unpack(doc) for doc in page]
 
     def load_many(self, profile_ids: Iterable[str]) -> dict[str, dict]:

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -20,11 +20,8 @@ import pymongo.errors
 from pymongo.database import Database
 
 from services.common.store import (
-    LISTING_BATCH,
     Index,
     delete_by_ids,
-    find_by_ids,
-    pages_by_id,
 )
 
 SEGMENTS = "profile_segments"
@@ -152,19 +149,3 @@ def pass_key(definitions: list[dict], day: str) -> str:
     time windows and recency change with it)."""
     versions = ",".join(f"{d['_id']}:{d['version']}" for d in definitions)
     return f"{day}|" + hashlib.sha256(versions.encode()).hexdigest()[:16]
-
-
-def profiles_after(db: Database, collection: str, after: str | None,
-                   page_size: int = 200) -> Iterator[list[dict]]:
-    """The documents of ``collection`` with ``_id`` above ``after``, in ``_id`` order, a page
-    at a time.
-
-    FerretDB answers neither a sort nor a range on ``_id`` from its index: a sorted find
-    loads and sorts the whole collection before its first batch (22 s at 30k profiles, past
-    the socket timeout at 100k, so the pass never got anywhere). The ids are listed instead
-    in one streamed pass, sorted here, and the documents read by id a page at a time."""
-    listing = db[collection].find({}, {"_id": 1}).batch_size(LISTING_BATCH)
-    ids = sorted(doc["_id"] for doc in listing)
-    yield from pages_by_id(lambda page: sorted(find_by_ids(db[collection], page),
-                                               key=lambda doc: doc["_id"]),
-                           ids, after, page_size)

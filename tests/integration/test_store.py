@@ -3,7 +3,7 @@
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
-from services.common.store import ProcessedLedger, find_by_ids
+from services.common.store import ProcessedLedger, documents_after, find_by_ids, older_than
 
 
 def test_ledger_remembers_applied_ids_per_group(db, unique):
@@ -54,6 +54,29 @@ def test_a_batch_of_ids_is_looked_up_from_the_id_index_in_one_query(db, unique):
                                   "filter": {"_id": {"$in": wanted[:500]}}})["queryPlanner"]
     assert any("USING INDEX" in step for step in plan["Plan"]), plan
     assert not any("SCAN" in step for step in plan["Plan"]), plan
+
+
+def test_a_whole_collection_is_read_in_id_order_a_page_at_a_time_from_a_cursor(db, unique):
+    collection = db[f"pages_{unique}"]
+    collection.insert_many([{"_id": f"k-{i:04d}", "n": i} for i in range(1050)])
+
+    pages = list(documents_after(collection, "k-0049", page_size=200))
+
+    assert [len(page) for page in pages] == [200, 200, 200, 200, 200]
+    assert [doc["n"] for page in pages for doc in page] == list(range(50, 1050))
+
+
+def test_documents_older_than_a_moment_are_listed_with_the_fields_asked(db, unique):
+    collection = db[f"aged_{unique}"]
+    now = datetime.now(UTC)
+    collection.insert_many([{"_id": f"d-{i}", "at": now - timedelta(days=i), "owner": f"o{i}",
+                             "body": "x"} for i in range(10)]
+                           + [{"_id": "no-time", "owner": "o"}])
+
+    old = older_than(collection, "at", now - timedelta(days=6, hours=12), ["owner"])
+
+    assert sorted(doc["_id"] for doc in old) == ["d-7", "d-8", "d-9"]
+    assert all(set(doc) == {"_id", "at", "owner"} for doc in old)
 
 
 def test_concurrent_updates_of_one_document_are_all_applied(mongo_client, settings, unique):

@@ -30,9 +30,10 @@ class InMemoryKeys(WrappedKeyStore):
     def delete(self, key_ids):
         return sum(self.wrapped.pop(key_id, None) is not None for key_id in key_ids)
 
-    def all(self, after, limit):
-        return sorted((k, v) for k, v in self.wrapped.items() if after is None or k > after)[
-            :limit]
+    def pages(self, size):
+        pairs = sorted(self.wrapped.items())
+        for start in range(0, len(pairs), size):
+            yield pairs[start:start + size]
 
     def replace_if_unchanged(self, key_id, old, new):
         if self.wrapped.get(key_id) != old:
