@@ -3,7 +3,7 @@
 
 import { ApiError, api, forgetKey, storeKey, storedKey } from "./api.js";
 import {
-  chooseLanguage, label, language, otherLanguage, setLanguage, t, translatePage,
+  chooseLanguage, eventType, label, language, otherLanguage, setLanguage, t, translatePage,
 } from "./i18n.js";
 import {
   channelLabel, definitionList, formatMoney, formatTime, formatValue, h, isComplaint, maskedAware,
@@ -458,7 +458,7 @@ async function refreshTimelineHead() {
   for (const entry of added) state.fresh.add(entry.message_id);
   state.timeline = [...added, ...state.timeline].sort((a, b) => String(b.at).localeCompare(String(a.at)));
   renderTimeline();
-  announce(added.map((entry) => t("live.newEvent", { type: entry.type })).join(". "));
+  announce(added.map((entry) => t("live.newEvent", { type: eventType(entry.type) })).join(". "));
 }
 
 function renderTimeline() {
@@ -485,7 +485,7 @@ function timelineEntry(entry) {
     h("div", { class: "entry-head" },
       h("time", { datetime: entry.at }, formatTime(entry.at)),
       h("span", { class: "channel" }, channelLabel(entry.channel)),
-      h("strong", { class: "entry-type" }, entry.type),
+      h("strong", { class: "entry-type" }, eventType(entry.type)),
       complaint ? h("span", { class: "flag" }, t("complaint")) : null,
       fresh ? h("span", { class: "new" }, t("timeline.new")) : null),
     summary.text ? h("p", { class: "entry-text" }, summary.text) : null,
@@ -605,7 +605,7 @@ function renderCallTarget() {
 
 async function screenPop(call) {
   const details = [call.queue && `${t("pop.queue")} ${call.queue}`, call.extension && `${t("pop.extension")} ${call.extension}`]
-    .filter(Boolean).join(", ") || call.type;
+    .filter(Boolean).join(", ") || eventType(call.type);
   const message = t("pop.incoming", { details });
   $("pop-status").textContent = message;
   announce(message);

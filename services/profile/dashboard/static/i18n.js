@@ -208,6 +208,23 @@ const LABELS = {
   },
 };
 
+// Finnish names of the event types Muisti itself emits and of common Segment events; a
+// sender's own event names are shown as they came
+const EVENT_TYPES_FI = {
+  "Identify": "Tunnistautuminen", "Page Viewed": "Sivukäynti", "Screen Viewed": "Näkymäkäynti",
+  "Product Viewed": "Tuotetta katsottu", "Product Clicked": "Tuotetta klikattu",
+  "Product Added": "Tuote ostoskoriin", "Order Completed": "Tilaus",
+  "Call Started": "Puhelu alkoi", "Call Answered": "Puheluun vastattiin", "Call Ended": "Puhelu päättyi",
+  "Social Post Received": "Somejulkaisu", "Social Message Received": "Someviesti",
+  "Survey Answered": "Kyselyvastaus", "Feedback Submitted": "Palaute",
+  "Complaint Resolved": "Reklamaatio ratkaistu", "Complaint Closed": "Reklamaatio suljettu",
+  "Email Sent": "Sähköposti lähetetty", "Email Delivered": "Sähköposti perillä",
+  "Email Opened": "Sähköposti avattu", "Email Link Clicked": "Sähköpostin linkkiä klikattu",
+  "Campaign Sent": "Kampanja lähetetty", "Campaign Converted": "Kampanja johti ostoon",
+  "Consent Changed": "Suostumus muuttui", "Profiles Merged": "Profiilit yhdistetty",
+  "Profile Split": "Profiili jaettu",
+};
+
 const STORAGE_KEY = "muisti.dashboard.lang";
 let current = "en";
 
@@ -244,6 +261,11 @@ export function label(name, kind = "") {
   const key = kind && (name === "phone" || name === "email" || name === "first_seen")
     ? `${name}_${kind}` : name;
   return LABELS[current][key] ?? LABELS.en[key] ?? String(name).replaceAll("_", " ");
+}
+
+// an event type in the page's language
+export function eventType(type) {
+  return (current === "fi" && EVENT_TYPES_FI[type]) || type;
 }
 
 // translate every element that carries data-i18n (text) or data-i18n-* (attributes)
