@@ -21,6 +21,7 @@ Rules, for one event carrying a set of normalised identifiers:
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
@@ -218,6 +219,13 @@ class GraphSnapshot(GraphReader):
             return self._nodes[profile_id]
         return self.repo.profile(profile_id)
 
+    def learn(self, links: Iterable[Link], node: ProfileNode) -> None:
+        """What an event of the batch wrote: its links, and its profile as it now stands."""
+        for link in links:
+            self._known.add(link.identifier)
+            self._links[link.identifier] = link
+        self._nodes[node.profile_id] = node
+
     def forget(self, identifiers: Iterable[Identifier], profile_ids: Iterable[str]) -> None:
         for identifier in identifiers:
             self._links.pop(identifier, None)
@@ -266,6 +274,11 @@ class _Owners:
                                        or ProfileNode(profile_id, _NEVER))
         return self._nodes[profile_id]
 
+    def read(self, profile_id: str) -> ProfileNode | None:
+        """The profile ``profile_id`` as read in this pass, if it was."""
+        return next((node for node in self._nodes.values() if node.profile_id == profile_id),
+                    None)
+
     def forget(self) -> None:
         self._nodes.clear()
 
@@ -300,8 +313,8 @@ def resolve(
     Raises ValueError when ``identifiers`` is empty. Concurrent resolutions by other workers
     are handled by locking the profiles involved and starting over when the graph changed
     under us (LinkTaken); after ``max_attempts`` the LinkTaken propagates. ``first_look``
-    (a GraphSnapshot) serves the first, unlocked read; what the resolution then changed is
-    forgotten from it.
+    (a GraphSnapshot) serves the first, unlocked read; it is then told what the resolution
+    changed.
     """
     ordered = priority_order(identifiers)
     if not ordered:
@@ -317,18 +330,29 @@ def resolve(
                 and set(ordered) <= owners.of(involved[0]).identifiers):
             # the common case, a known customer again: nothing to link, merge or repair
             return Resolution(involved[0])
-        created = not links
-        if created:
-            # lock the new profile too: another worker may reach it through a shared identifier
-            involved = [new_profile_id(message_id)]
-            repo.create_profile(ProfileNode(involved[0], at))
+        if not links:
+            # a new customer: no other worker can reach the new profile before its links
+            # exist, and each link's unique _id is what guards them, so no lock is needed.
+            # A worker reaching it between the links and its record finds a link the record
+            # does not list yet, the state resolution repairs anyway (as after a crash).
+            node = ProfileNode(new_profile_id(message_id), at)
+            repo.create_profile(node)
+            try:
+                result = _resolve_locked(repo, ordered, {}, owners, message_id, at,
+                                         unverified, limits)
+            except LinkTaken:
+                if attempt == max_attempts - 1:
+                    raise
+                continue
+            _tell(first_look, result, ordered, {}, node, unverified, message_id, at)
+            return result
         with repo.lock(involved):
             # re-read under the lock: another worker may have changed the graph meanwhile
             links = repo.links(ordered)
             owners = _Owners(repo)
             now_involved = sorted({owners.of(link.profile_id).profile_id
                                    for link in links.values()})
-            if now_involved != ([] if created else involved):
+            if now_involved != involved:
                 continue
             try:
                 result = _resolve_locked(repo, ordered, links, owners, message_id, at,
@@ -337,11 +361,28 @@ def resolve(
                 if attempt == max_attempts - 1:
                     raise
                 continue
-        if isinstance(first_look, GraphSnapshot):
-            first_look.forget(ordered, {result.profile_id,
-                                        *(merge.merged for merge in result.merges)})
+        _tell(first_look, result, ordered, links, owners.read(result.profile_id), unverified,
+              message_id, at)
         return result
     raise LinkTaken("the graph kept changing under this event")
+
+
+def _tell(first_look: GraphReader | None, result: Resolution, ordered: list[Identifier],
+          links: Mapping[Identifier, Link], before: ProfileNode | None, unverified: set[Identifier],
+          message_id: str, at: datetime) -> None:
+    """Bring the batch's snapshot up to date with what ``result`` wrote: later events of the
+    customer in the same batch then need no read of their own. After a merge or a conflict
+    the snapshot forgets instead, and they read afresh."""
+    if not isinstance(first_look, GraphSnapshot):
+        return
+    if result.merges or result.conflicts or before is None:
+        first_look.forget(ordered, {result.profile_id,
+                                    *(merge.merged for merge in result.merges)})
+        return
+    first_look.learn(
+        [dataclasses.replace(links[i], profile_id=result.profile_id) if i in links
+         else Link(i, result.profile_id, i not in unverified, message_id, at) for i in ordered],
+        dataclasses.replace(before, identifiers=before.identifiers | set(ordered)))
 
 
 def _resolve_locked(repo, ordered, links, owners, message_id, at, unverified,

@@ -247,6 +247,51 @@ def test_a_known_customer_resolved_from_a_snapshot_costs_no_read():
     assert again.profile_id == first.profile_id and not again.linked
 
 
+class CountingGraph(InMemoryGraph):
+    """Counts locks taken and reads made."""
+
+    def __init__(self):
+        super().__init__()
+        self.locked, self.reads = [], 0
+
+    def lock(self, profile_ids):
+        self.locked.append(sorted(profile_ids))
+        return super().lock(profile_ids)
+
+    def links(self, identifiers):
+        self.reads += 1
+        return super().links(identifiers)
+
+    def profile(self, profile_id):
+        self.reads += 1
+        return super().profile(profile_id)
+
+
+def test_a_new_customer_is_created_without_a_lock_and_a_known_one_is_extended_under_one():
+    graph = CountingGraph()
+    created = apply(graph, ["anonymous_id:c1"])
+    assert created.created and graph.locked == []
+
+    extended = apply(graph, ["anonymous_id:c1", "email:a@x.fi"])
+
+    assert extended.profile_id == created.profile_id and extended.linked == [ident("email:a@x.fi")]
+    assert graph.locked == [[created.profile_id]]
+
+
+def test_a_customers_later_events_in_one_batch_read_nothing_after_the_first_changed_the_graph():
+    graph = CountingGraph()
+    batch = [["anonymous_id:c1"], ["anonymous_id:c1"], ["anonymous_id:c1", "email:a@x.fi"],
+             ["email:a@x.fi"], ["anonymous_id:c1", "email:a@x.fi"]]
+    snapshot = snapshot_of(graph, {i for event in batch for i in map(ident, event)})
+    graph.reads = 0
+
+    results = [resolve(graph, [ident(k) for k in event], message_id=f"b{n}", at=T0,
+                       first_look=snapshot) for n, event in enumerate(batch)]
+
+    assert len({r.profile_id for r in results}) == 1
+    assert graph.reads == 2  # the links and the profile, re-read under the lock to extend it
+
+
 def test_accepted_suggestion_merges_two_profiles_into_the_older():
     from services.identity.graph import merge_profiles
 
