@@ -10,12 +10,14 @@ each pair at or above the possible-match threshold once, until someone decides i
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
+from pymongo import UpdateOne
 from pymongo.database import Database
 
+from services.common import store
 from services.identity.matching import (
     DEFAULT_THRESHOLD_MATCH,
     DEFAULT_THRESHOLD_POSSIBLE,
@@ -69,11 +71,17 @@ class SuggestionStore:
         self.suggestions = db[SUGGESTIONS]
         self.profiles = db[PROFILES]
 
-    def remember(self, profile_id: str, fields: dict[str, str], at: datetime) -> None:
-        """Keep the latest value of each field the customer gave for this profile."""
-        if fields:
-            self.records.update_one({"_id": profile_id},
-                                    {"$set": {**fields, "updated_at": at}}, upsert=True)
+    def remember(self, given: Iterable[tuple[str, dict[str, str], datetime]]) -> None:
+        """Keep the latest value of each field customers gave: ``given`` holds (profile id,
+        fields, when) in the order the events came, several of one profile folded into one
+        write."""
+        latest: dict[str, dict[str, Any]] = {}
+        for profile_id, fields, at in given:
+            if fields:
+                latest.setdefault(profile_id, {}).update(fields, updated_at=at)
+        store.bulk_write(self.records, [UpdateOne({"_id": profile_id}, {"$set": fields},
+                                                  upsert=True)
+                                        for profile_id, fields in latest.items()])
 
     def live_records(self) -> list[dict]:
         merged = {doc["_id"] for doc in self.profiles.find(

@@ -102,8 +102,10 @@ def make_handlers(graph: MongoGraph, people: SuggestionStore, limits: dict[str, 
             raise InvalidMessage("the event carries no valid identifier to resolve")
         return _Event(envelope, identifiers, unverified)
 
-    def resolve_event(event: _Event, snapshot: GraphSnapshot | None = None,
+    def resolve_event(event: _Event, given: list, snapshot: GraphSnapshot | None = None,
                       caused: list[dict] | None = None) -> list[Outgoing]:
+        """The event's messages; what the customer gave about themselves is added to
+        ``given`` for the suggestion store."""
         envelope, identifiers = event.envelope, event.identifiers
         if suppressions.any_suppressed(event.keys):
             # erased on request: dropped, not dead-lettered (that would keep the data)
@@ -119,8 +121,8 @@ def make_handlers(graph: MongoGraph, people: SuggestionStore, limits: dict[str, 
         metrics.IDENTITY_MERGES.labels(SERVICE).inc(len(result.merges))
         traits = envelope.payload.get("traits")
         if isinstance(traits, dict):
-            people.remember(result.profile_id, person_record(traits, identifiers),
-                            envelope.occurred_at)
+            given.append((result.profile_id, person_record(traits, identifiers),
+                          envelope.occurred_at))
         # what merge protection held back stays off the profile downstream too, or a lookup
         # by it would find this customer instead of the one the graph links it to
         held_back = {conflict.identifier for conflict in result.conflicts}
@@ -137,7 +139,10 @@ def make_handlers(graph: MongoGraph, people: SuggestionStore, limits: dict[str, 
 
     def handle(envelope: Envelope) -> list[Outgoing]:
         suppressions.refresh()
-        return resolve_event(prepare(envelope))
+        given: list = []
+        messages = resolve_event(prepare(envelope), given)
+        people.remember(given)
+        return messages
 
     def handle_batch(envelopes: list[Envelope]) -> list[Outgoing]:
         suppressions.refresh()
@@ -145,9 +150,13 @@ def make_handlers(graph: MongoGraph, people: SuggestionStore, limits: dict[str, 
         snapshot = graph.snapshot(key for event in events for key in event.keys)
         caused = graph.caused_by_each([event.envelope.message_id for event in events
                                        if len(event.identifiers) > 1])
-        return [message for event in events
-                for message in resolve_event(event, snapshot,
-                                             caused.get(event.envelope.message_id))]
+        given: list = []
+        messages = [message for event in events
+                    for message in resolve_event(event, given, snapshot,
+                                                 caused.get(event.envelope.message_id))]
+        # one write for the poll, before its messages go out and its offsets are committed
+        people.remember(given)
+        return messages
 
     return handle, handle_batch
 
