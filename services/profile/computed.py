@@ -40,11 +40,12 @@ A profile without purchases has no RFM scores and the segment ``prospect``.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from services.common.documents import copied
 
 PURCHASE_EVENTS = {"Order Completed"}
 VIEW_EVENTS = {"Product Viewed", "Product Clicked", "Product Added"}
@@ -110,7 +111,7 @@ def empty_aggregates() -> dict[str, Any]:
 def add_event(aggregates: Mapping[str, Any] | None, event: Mapping[str, Any],
               at: datetime) -> dict[str, Any]:
     """The aggregates after one event (an envelope as a dict, ``at`` its occurrence)."""
-    agg = copy.deepcopy(dict(aggregates)) if aggregates else empty_aggregates()
+    agg = copied(dict(aggregates)) if aggregates else empty_aggregates()
     type_, channel = event["type"], event["channel"]
     payload = event.get("payload") or {}
     properties = payload.get("properties") if isinstance(payload.get("properties"),
@@ -180,7 +181,7 @@ def add_event(aggregates: Mapping[str, Any] | None, event: Mapping[str, Any],
 def combine(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
     """Two profiles' aggregates as one (commutative, used by merges)."""
     a, b = {**empty_aggregates(), **a}, {**empty_aggregates(), **b}
-    result = copy.deepcopy(a)
+    result = copied(a)
     for name in ("purchase_count", "calls"):
         result[name] = a[name] + b[name]
     result["purchase_total"] = round(a["purchase_total"] + b["purchase_total"], 2)
@@ -197,12 +198,12 @@ def combine(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
         mine = result["daily_counts"].setdefault(type_, {})
         for day, n in days.items():
             mine[day] = mine.get(day, 0) + n
-    result["complaints"].update(copy.deepcopy(b["complaints"]))
+    result["complaints"].update(copied(b["complaints"]))
     _keep_newest_complaints(result["complaints"])
     result["resolved_complaints"] = sorted(set(a["resolved_complaints"])
                                            | set(b["resolved_complaints"]))[-COMPLAINTS_KEPT:]
     answers = [s for s in (a["satisfaction"], b["satisfaction"]) if s]
-    result["satisfaction"] = copy.deepcopy(max(answers, key=lambda s: (s["at"], s["message_id"]))
+    result["satisfaction"] = copied(max(answers, key=lambda s: (s["at"], s["message_id"]))
                                            ) if answers else None
     return result
 

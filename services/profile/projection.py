@@ -26,11 +26,11 @@ other source under every rule: only another rectification replaces it.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from services.common.documents import copied
 from services.common.identifiers import SENSITIVE_TYPES
 from services.profile import computed as computed_traits
 from services.profile.computed import DEFAULT_THRESHOLDS, RfmThresholds
@@ -72,7 +72,7 @@ def apply_event(profile: Mapping[str, Any] | None, event: Mapping[str, Any],
     """The profile after one resolved event (an envelope as a dict), its computed traits
     derived as of ``as_of`` (default now). Returns the profile unchanged (a copy) if the event
     was already applied."""
-    result = copy.deepcopy(dict(profile)) if profile else new_profile(event["profile_id"])
+    result = copied(dict(profile)) if profile else new_profile(event["profile_id"])
     if event["message_id"] in result["recent_message_ids"]:
         return result
     at = event_moment(event)
@@ -107,7 +107,7 @@ def merge(survivor: Mapping[str, Any], merged: Mapping[str, Any],
     timelines and history months joined, aggregates combined and computed traits derived
     again. Idempotent: merging the same profile again changes nothing (its events are
     already among the survivor's)."""
-    result = copy.deepcopy(dict(survivor))
+    result = copied(dict(survivor))
     if merged["_id"] in result.get("absorbed", []):
         return result
     for type_, values in merged["identifiers"].items():
@@ -191,7 +191,7 @@ def rectify(profile: Mapping[str, Any], fields: Mapping[str, Any], message_id: s
             thresholds: RfmThresholds = DEFAULT_THRESHOLDS) -> dict[str, Any]:
     """The profile with ``fields`` set as traits given by the data subject (outranking every
     other source). Idempotent on ``message_id``."""
-    result = copy.deepcopy(dict(profile))
+    result = copied(dict(profile))
     if message_id in result["recent_message_ids"]:
         return result
     provenance = {"source": DATA_SUBJECT, "channel": "system", "at": at,

@@ -1,6 +1,8 @@
+from datetime import UTC, datetime
+
 import pytest
 
-from services.common.documents import unstorable
+from services.common.documents import copied, unstorable
 
 
 @pytest.mark.parametrize("value, reason", [
@@ -26,3 +28,17 @@ def test_very_deep_nesting_is_refused():
         node["a"] = {}
         node = node["a"]
     assert "deeper" in unstorable(deep)
+
+
+def test_a_copied_document_equals_the_original_and_shares_nothing_mutable_with_it():
+    at = datetime(2026, 11, 29, tzinfo=UTC)
+    original = {"traits": {"city": {"value": "Oulu", "at": at}}, "timeline": [{"n": 1}],
+                "tags": ["a"], "score": 1.5, "none": None}
+
+    copy = copied(original)
+    copy["traits"]["city"]["value"] = "Turku"
+    copy["timeline"][0]["n"] = 2
+    copy["tags"].append("b")
+
+    assert original == {"traits": {"city": {"value": "Oulu", "at": at}},
+                        "timeline": [{"n": 1}], "tags": ["a"], "score": 1.5, "none": None}
