@@ -28,7 +28,7 @@ from typing import Any
 
 import pymongo
 import pymongo.errors
-from pymongo import UpdateOne
+from pymongo import ReplaceOne, UpdateOne
 from pymongo.database import Database
 
 from services.common.store import bulk_write, find_by_ids
@@ -172,18 +172,30 @@ class ExportStore:
 
     # --- read model ----------------------------------------------------------------------
 
-    def upsert_profile(self, snapshot: Mapping[str, Any], changed_at: datetime) -> None:
-        profile_id = snapshot["profile_id"]
+    def upsert_profiles(self, snapshots: list[Mapping[str, Any]], changed_at: datetime) -> None:
+        """Store the snapshots (the last one of a profile wins) in three round trips however
+        many there are: read the stored rows' identifiers, index the new ones, replace."""
+        latest = {snapshot["profile_id"]: snapshot for snapshot in snapshots}
+        stored = {doc["_id"]: doc.get("identifiers") or {}
+                  for doc in find_by_ids(self.db[PROFILES], list(latest), {"identifiers": 1})}
         # a value the stored row holds is indexed already (entries are written first)
-        stored = (self.db[PROFILES].find_one({"_id": profile_id}, {"identifiers": 1}) or {}
-                  ).get("identifiers") or {}
-        self._index_add({f"identifier:{type_}:{value}": {"profile_ids": [profile_id]}
-                         for type_, values in (snapshot.get("identifiers") or {}).items()
-                         for value in values if value not in stored.get(type_, [])})
-        self.db[PROFILES].replace_one({"_id": profile_id}, {
+        additions: dict[str, dict[str, list[str]]] = {}
+        for profile_id, snapshot in latest.items():
+            held = stored.get(profile_id, {})
+            for type_, values in (snapshot.get("identifiers") or {}).items():
+                for value in values:
+                    if value not in held.get(type_, []):
+                        entry = additions.setdefault(f"identifier:{type_}:{value}",
+                                                     {"profile_ids": []})
+                        entry["profile_ids"].append(profile_id)
+        self._index_add(additions)
+        _, errors = bulk_write(self.db[PROFILES], [ReplaceOne({"_id": profile_id}, {
             "_id": profile_id, "identifiers": snapshot.get("identifiers") or {},
             "traits": snapshot.get("traits") or {}, "computed": snapshot.get("computed") or {},
             "segments": snapshot.get("segments") or [], "changed_at": changed_at}, upsert=True)
+            for profile_id, snapshot in latest.items()])
+        if errors:
+            raise pymongo.errors.BulkWriteError({"writeErrors": errors})
 
     def profiles(self, profile_ids: list[str]) -> list[dict[str, Any]]:
         """The read model's snapshots of ``profile_ids`` that exist, in id order."""

@@ -37,28 +37,44 @@ SERVICE = "export"
 
 
 def handle_profile_change(store: ExportStore, envelope: Envelope) -> list[Outgoing]:
-    if envelope.type != "Profile Changed":
-        return []
-    profile_id = envelope.profile_id
-    if not profile_id:
-        raise InvalidMessage("a Profile Changed message needs a profile_id")
-    payload = envelope.payload
-    kind = payload.get("kind")
-    if kind == "erased":
-        erase(store, [profile_id], cause=envelope.message_id)
-        return []
-    snapshot = payload.get("profile")
-    if kind == "merged_away" or (isinstance(snapshot, dict) and snapshot.get("merged_into")):
-        store.delete_profiles([profile_id])
-        return []
-    if snapshot is None:
-        return []  # a change announced without its snapshot: nothing to project
-    _check_snapshot(snapshot, profile_id)
-    store.upsert_profile(snapshot, changed_at=now())
-    for contract in store.streaming_partners():
-        if rendering.in_segment(contract, snapshot):
-            _queue_for_stream(store, envelope, contract.partner_id, profile_id)
+    return handle_profile_changes(store, [envelope])
+
+
+def handle_profile_changes(store: ExportStore, envelopes: list[Envelope]) -> list[Outgoing]:
+    """Profile Changed messages in order; the snapshots of consecutive ones are stored
+    together (a few round trips for a poll's worth, not a few per message)."""
+    storable: list[Envelope] = []
+    for envelope in envelopes:
+        if envelope.type != "Profile Changed":
+            continue
+        profile_id = envelope.profile_id
+        if not profile_id:
+            raise InvalidMessage("a Profile Changed message needs a profile_id")
+        kind, snapshot = envelope.payload.get("kind"), envelope.payload.get("profile")
+        if kind == "erased" or kind == "merged_away" or (
+                isinstance(snapshot, dict) and snapshot.get("merged_into")):
+            _store_snapshots(store, storable)
+            storable = []
+            if kind == "erased":
+                erase(store, [profile_id], cause=envelope.message_id)
+            else:
+                store.delete_profiles([profile_id])
+        elif snapshot is not None:  # announced without its snapshot: nothing to project
+            _check_snapshot(snapshot, profile_id)
+            storable.append(envelope)
+    _store_snapshots(store, storable)
     return []
+
+
+def _store_snapshots(store: ExportStore, envelopes: list[Envelope]) -> None:
+    if not envelopes:
+        return
+    store.upsert_profiles([e.payload["profile"] for e in envelopes], changed_at=now())
+    partners = store.streaming_partners()
+    for envelope in envelopes:
+        for contract in partners:
+            if rendering.in_segment(contract, envelope.payload["profile"]):
+                _queue_for_stream(store, envelope, contract.partner_id, envelope.profile_id)
 
 
 def _queue_for_stream(store: ExportStore, envelope: Envelope, partner_id: str,

@@ -16,7 +16,7 @@ from pathlib import Path
 from pymongo.database import Database
 
 from services.common import topics
-from services.common.bus import ConsumerLoop, Producer
+from services.common.bus import ConsumerLoop, Outgoing, Producer
 from services.common.config import Settings
 from services.common.envelope import Envelope
 from services.common.store import Index, ProcessedLedger, ensure_indexes
@@ -53,7 +53,8 @@ def build_consumers(settings: Settings, producer: Producer, db: Database) -> lis
     consumer = ConsumerLoop(
         settings=settings, service=feed.SERVICE, group=GROUP,
         topics=[topics.PROFILE_CHANGES, topics.CONSENT_CHANGES, topics.PRIVACY_REQUESTS],
-        handler=make_handler(store), producer=producer, ledger=ledger)
+        handler=make_handler(store), batch_handler=make_batch_handler(store),
+        producer=producer, ledger=ledger)
     return [consumer, *build_executors(settings, store)]
 
 
@@ -68,6 +69,26 @@ def make_handler(store: ExportStore):
         return []
 
     return handle
+
+
+def make_batch_handler(store: ExportStore):
+    """A poll's messages in order, runs of profile changes handled together."""
+    handle = make_handler(store)
+
+    def handle_batch(envelopes: list[Envelope]) -> list[Outgoing]:
+        messages: list[Outgoing] = []
+        changes: list[Envelope] = []
+        for envelope in envelopes:
+            if envelope.type == "Profile Changed":
+                changes.append(envelope)
+                continue
+            messages.extend(feed.handle_profile_changes(store, changes))
+            changes = []
+            messages.extend(handle(envelope))
+        messages.extend(feed.handle_profile_changes(store, changes))
+        return messages
+
+    return handle_batch
 
 
 def build_executors(settings: Settings, store: ExportStore

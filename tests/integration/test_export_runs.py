@@ -167,3 +167,34 @@ def test_a_worker_killed_mid_run_resumes_without_sending_a_batch_twice(
                         headers=auth(api_keys, "partner"), timeout=10)
     assert mine.status_code == 404
     partner.close()
+
+
+def test_a_poll_of_profile_changes_keeps_each_profiles_last_state_in_order(
+        workers, settings, db, unique):
+    kept, erased, merged = (f"{unique}-kept", f"{unique}-erased", f"{unique}-merged")
+    changes = [profile_changed(kept, f"k.{unique}@example.com", "s", first_name="Eka"),
+               profile_changed(erased, f"e.{unique}@example.com", "s"),
+               profile_changed(merged, f"m.{unique}@example.com", "s"),
+               profile_changed(kept, f"k2.{unique}@example.com", "s", first_name="Toka"),
+               new_envelope("Profile Changed", "system", payload={
+                   "kind": "erased", "cause_message_id": "e"}).resolved_to(erased),
+               new_envelope("Profile Changed", "system", payload={
+                   "kind": "merged_away", "merged_into": kept, "profile": None,
+                   "cause_message_id": "m"}).resolved_to(merged),
+               profile_changed(erased, f"e.{unique}@example.com", "s", first_name="Later")]
+    publish(settings, topics.PROFILE_CHANGES, changes)
+    workers()  # started after: the worker finds the changes in one poll
+
+    def rows():
+        found = {doc["_id"]: doc for doc in db.export_profiles.find(
+            {"_id": {"$in": [kept, erased, merged]}})}
+        return found if found.get(erased, {}).get("traits", {}).get("first_name") == "Later" \
+            else None
+
+    rows = wait_until(rows, 60, what="the snapshot after the erasure")
+    assert set(rows) == {kept, erased}
+    assert rows[kept]["traits"]["first_name"] == "Toka"
+    assert rows[kept]["identifiers"] == {"email": [f"k2.{unique}@example.com"]}
+    assert rows[erased]["traits"]["first_name"] == "Later"
+    holders = db.export_subject_index.find_one({"_id": f"identifier:email:k2.{unique}@example.com"})
+    assert holders is not None and holders["profile_ids"] == [kept]
