@@ -69,9 +69,14 @@ def raw_kafka(settings: Settings, count: int = 20_000) -> dict:
 class Stack(PlatformStack):
     """The platform as `make run` starts it, with each process's peak memory."""
 
+    def __init__(self, env: dict):
+        super().__init__(env)
+        self.settings = Settings.from_env(env)
+
     def start(self) -> Stack:
         super().start()
-        time.sleep(5)  # let the workers join their groups
+        pipeline.wait_settled(self.settings,
+                              ["identity-graph", "profile-projection", "export-feed"])
         return self
 
     def peak_memory_mb(self) -> dict:
