@@ -166,7 +166,8 @@ def test_agent_finds_a_caller_sees_a_tweet_arrive_live_and_gets_the_next_caller_
     page.get_by_role("button", name="Suomeksi").click()
     expect(page.get_by_role("heading", name="Aikajana")).to_be_visible()
     expect(page.locator("html")).to_have_attribute("lang", "fi")
-    for entry in ("Puhelu alkoi", "Tilaus", "Tunnistautuminen", "Sivukäynti", "Someviesti"):
+    for entry in ("Puhelu alkoi", "Tilaus", "Tunnistautuminen", "Sivukäynti", "Someviesti",
+                  "Jono: orders"):
         expect(timeline).to_contain_text(entry, timeout=WAIT_MS)
 
 

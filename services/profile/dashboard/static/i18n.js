@@ -185,6 +185,10 @@ const LABELS = {
     web: "Web", phone_channel: "Phone", social: "Social media", store: "Store", email_channel: "Email", system: "System",
     granted: "granted", denied: "denied", withdrawn: "withdrawn", default: "default",
     most_recent: "most recent", first_seen_rule: "first seen", most_trusted: "most trusted source",
+    order_id: "Order", total: "Total", currency: "Currency", url: "Address", sku: "Product",
+    category: "Product group", queue: "Queue", disposition: "Outcome", talk_seconds: "Talk time (s)",
+    agent_id: "Agent", platform: "Platform", label: "Tone", survey: "Survey", score: "Score",
+    scale: "Scale", complaint_id: "Complaint",
   },
   fi: {
     first_name: "Etunimi", last_name: "Sukunimi", name: "Nimi", email: "Sähköposti",
@@ -205,13 +209,18 @@ const LABELS = {
     web: "Verkko", phone_channel: "Puhelin", social: "Some", store: "Myymälä", email_channel: "Sähköposti", system: "Järjestelmä",
     granted: "annettu", denied: "kielletty", withdrawn: "peruttu", default: "oletus",
     most_recent: "uusin", first_seen_rule: "ensimmäinen", most_trusted: "luotetuin lähde",
+    order_id: "Tilaus", total: "Summa", currency: "Valuutta", url: "Osoite", sku: "Tuote",
+    category: "Tuoteryhmä", queue: "Jono", disposition: "Lopputulos", talk_seconds: "Puheaika (s)",
+    agent_id: "Agentti", platform: "Palvelu", label: "Sävy", survey: "Kysely", score: "Pisteet",
+    scale: "Asteikko", complaint_id: "Reklamaatio",
   },
 };
 
 // Finnish names of the event types Muisti itself emits and of common Segment events; a
 // sender's own event names are shown as they came
 const EVENT_TYPES_FI = {
-  "Identify": "Tunnistautuminen", "Page Viewed": "Sivukäynti", "Screen Viewed": "Näkymäkäynti",
+  "Identify": "Tunnistautuminen", "Alias": "Tunnisteet yhdistetty", "Page Viewed": "Sivukäynti",
+  "Screen Viewed": "Näkymäkäynti",
   "Product Viewed": "Tuotetta katsottu", "Product Clicked": "Tuotetta klikattu",
   "Product Added": "Tuote ostoskoriin", "Order Completed": "Tilaus",
   "Call Started": "Puhelu alkoi", "Call Answered": "Puheluun vastattiin", "Call Ended": "Puhelu päättyi",
