@@ -25,7 +25,7 @@ import dataclasses
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -330,30 +330,23 @@ def resolve(
                 and set(ordered) <= owners.of(involved[0]).identifiers):
             # the common case, a known customer again: nothing to link, merge or repair
             return Resolution(involved[0])
+        created = None
         if not links:
             # a new customer: no other worker can reach the new profile before its links
             # exist, and each link's unique _id is what guards them, so no lock is needed.
             # A worker reaching it between the links and its record finds a link the record
             # does not list yet, the state resolution repairs anyway (as after a crash).
-            node = ProfileNode(new_profile_id(message_id), at)
-            repo.create_profile(node)
-            try:
-                result = _resolve_locked(repo, ordered, {}, owners, message_id, at,
-                                         unverified, limits)
-            except LinkTaken:
-                if attempt == max_attempts - 1:
-                    raise
-                continue
-            _tell(first_look, result, ordered, {}, node, unverified, message_id, at)
-            return result
-        with repo.lock(involved):
-            # re-read under the lock: another worker may have changed the graph meanwhile
-            links = repo.links(ordered)
-            owners = _Owners(repo)
-            now_involved = sorted({owners.of(link.profile_id).profile_id
-                                   for link in links.values()})
-            if now_involved != involved:
-                continue
+            created = ProfileNode(new_profile_id(message_id), at)
+            repo.create_profile(created)
+        with nullcontext() if created else repo.lock(involved):
+            if created is None:
+                # re-read under the lock: another worker may have changed the graph meanwhile
+                links = repo.links(ordered)
+                owners = _Owners(repo)
+                now_involved = sorted({owners.of(link.profile_id).profile_id
+                                       for link in links.values()})
+                if now_involved != involved:
+                    continue
             try:
                 result = _resolve_locked(repo, ordered, links, owners, message_id, at,
                                          unverified, limits)
@@ -361,8 +354,8 @@ def resolve(
                 if attempt == max_attempts - 1:
                     raise
                 continue
-        _tell(first_look, result, ordered, links, owners.read(result.profile_id), unverified,
-              message_id, at)
+        _tell(first_look, result, ordered, links, created or owners.read(result.profile_id),
+              unverified, message_id, at)
         return result
     raise LinkTaken("the graph kept changing under this event")
 
