@@ -89,6 +89,13 @@ def bulk_write(collection: pymongo.collection.Collection, writes: list, *,
     return done, errors
 
 
+def raise_write_errors(outcome: tuple[int, list[dict]]) -> None:
+    """Raise the write errors ``bulk_write`` returned, if any: a write that failed is never
+    passed over in silence."""
+    if outcome[1]:
+        raise pymongo.errors.BulkWriteError({"writeErrors": outcome[1]})
+
+
 def insert_new(collection: pymongo.collection.Collection, docs: list[dict]) -> None:
     """Insert ``docs``, those whose ``_id`` is stored already left as they are: a re-delivery
     inserting again what it inserted before. Any other write error is raised."""

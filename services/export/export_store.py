@@ -31,7 +31,7 @@ import pymongo.errors
 from pymongo import ReplaceOne, UpdateOne
 from pymongo.database import Database
 
-from services.common.store import bulk_write, find_by_ids
+from services.common.store import bulk_write, find_by_ids, raise_write_errors
 from services.export.contracts import PartnerContract, from_document, to_document
 from services.export.rendering import ConsentState
 from services.export.sealing import SecretBox, SecretUnreadable
@@ -189,13 +189,11 @@ class ExportStore:
                                                      {"profile_ids": []})
                         entry["profile_ids"].append(profile_id)
         self._index_add(additions)
-        _, errors = bulk_write(self.db[PROFILES], [ReplaceOne({"_id": profile_id}, {
+        raise_write_errors(bulk_write(self.db[PROFILES], [ReplaceOne({"_id": profile_id}, {
             "_id": profile_id, "identifiers": snapshot.get("identifiers") or {},
             "traits": snapshot.get("traits") or {}, "computed": snapshot.get("computed") or {},
             "segments": snapshot.get("segments") or [], "changed_at": changed_at}, upsert=True)
-            for profile_id, snapshot in latest.items()])
-        if errors:
-            raise pymongo.errors.BulkWriteError({"writeErrors": errors})
+            for profile_id, snapshot in latest.items()]))
 
     def profiles(self, profile_ids: list[str]) -> list[dict[str, Any]]:
         """The read model's snapshots of ``profile_ids`` that exist, in id order."""
@@ -284,12 +282,10 @@ class ExportStore:
 
     def _index_add(self, additions: Mapping[str, Mapping[str, list[str]]]) -> None:
         """``$addToSet`` ids to index entries ({entry id: {field: ids}}), in one round trip."""
-        _, errors = bulk_write(self.db[SUBJECT_INDEX], [
+        raise_write_errors(bulk_write(self.db[SUBJECT_INDEX], [
             UpdateOne({"_id": key}, {"$addToSet": {field: {"$each": ids}
                                                    for field, ids in fields.items()}},
-                      upsert=True) for key, fields in sorted(additions.items())])
-        if errors:
-            raise pymongo.errors.BulkWriteError({"writeErrors": errors})
+                      upsert=True) for key, fields in sorted(additions.items())]))
 
     def _index_pull(self, keys: Iterable[str], field: str, ids: list[str]) -> None:
         """Take ``ids`` out of each entry's ``field``; an entry left empty is deleted."""

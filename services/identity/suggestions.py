@@ -79,9 +79,9 @@ class SuggestionStore:
         for profile_id, fields, at in given:
             if fields:
                 latest.setdefault(profile_id, {}).update(fields, updated_at=at)
-        store.bulk_write(self.records, [UpdateOne({"_id": profile_id}, {"$set": fields},
-                                                  upsert=True)
-                                        for profile_id, fields in latest.items()])
+        store.raise_write_errors(store.bulk_write(self.records, [
+            UpdateOne({"_id": profile_id}, {"$set": fields}, upsert=True)
+            for profile_id, fields in latest.items()]))
 
     def live_records(self) -> list[dict]:
         merged = {doc["_id"] for doc in self.profiles.find(

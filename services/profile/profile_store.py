@@ -46,6 +46,7 @@ from services.common.store import (
     insert_new,
     older_than,
     paced,
+    raise_write_errors,
 )
 
 PROFILES = "profiles"
@@ -195,7 +196,7 @@ class ProfileStore:
 
     def index_entries(self, entries: dict[str, str]) -> None:
         """Point each identifier key ("type:value") at its profile, in one round trip."""
-        _raise_errors(bulk_write(self.identifiers, [
+        raise_write_errors(bulk_write(self.identifiers, [
             UpdateOne({"_id": key}, {"$set": {"profile_id": profile_id}}, upsert=True)
             for key, profile_id in sorted(entries.items())]))
 
@@ -233,7 +234,7 @@ class ProfileStore:
                 # a bucket's _id is part of a name: an emptied one must not outlive an erasure
                 writes.append(DeleteOne({"_id": prefix, "entries": {}}))
                 self._overflowed.pop(prefix, None)
-            _raise_errors(bulk_write(self.names, writes, ordered=True))
+            raise_write_errors(bulk_write(self.names, writes, ordered=True))
         now = time.monotonic()
         wanted = [prefix for prefix in sorted(additions)
                   if now - self._overflowed.get(prefix, -OVERFLOW_REMEMBERED_SECONDS)
@@ -256,7 +257,7 @@ class ProfileStore:
                 self._overflowed[prefix] = now
             if update:
                 writes.append(UpdateOne({"_id": prefix}, {"$set": update}, upsert=True))
-        _raise_errors(bulk_write(self.names, writes))
+        raise_write_errors(bulk_write(self.names, writes))
 
     def search_names(self, query: str) -> tuple[dict[str, str], bool]:
         """Profiles whose name starts with ``query`` (normalised), as {profile_id: name},
@@ -357,7 +358,7 @@ class ProfileStore:
         deleted = 0
         for chunk in paced(sorted(expired.items()), EXPIRY_PROFILES_PER_CHUNK, pause):
             deleted += delete_by_ids(self.access_log, [i for _, ids in chunk for i in ids])
-            _raise_errors(bulk_write(self.access_index, [
+            raise_write_errors(bulk_write(self.access_index, [
                 UpdateOne({"_id": profile_id}, {"$pullAll": {"entries": ids}})
                 for profile_id, ids in chunk]))
         return deleted
@@ -369,11 +370,6 @@ class ProfileStore:
         entries = find_by_ids(self.access_log, listed, {"_id": 0})
         entries.sort(key=lambda entry: entry["at"], reverse=True)
         return entries[:limit]
-
-
-def _raise_errors(outcome: tuple[int, list[dict]]) -> None:
-    if outcome[1]:
-        raise pymongo.errors.BulkWriteError({"writeErrors": outcome[1]})
 
 
 def _name_matches(name: list[str], wanted: str) -> bool:
