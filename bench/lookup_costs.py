@@ -10,7 +10,7 @@ seed_profiles). `make bench` reports ``measure``'s figures after the lookup benc
   lookups through its WSGI interface, from one caller and from 8 at once (their access-log
   writes are shared), while pymongo command monitoring counts every command by command and
   collection.
-* CPU: the profile API as `make run` starts it (gunicorn, CDP_HTTP_* settings) answers
+* CPU: the profile API as `make run` starts it (granian, CDP_HTTP_* settings) answers
   ``--requests`` lookups from 1 and from 8 callers; the utime+stime deltas of its worker
   processes and of the store process (/proc/<pid>/stat), divided by the requests, say
   whether a lookup is Python-bound or store-bound. The load generator's own CPU is reported
@@ -141,7 +141,7 @@ def python_profile(app, agent_key: str, phones: list[str], count: int = 300) -> 
 
 def process_cpu(api: ServiceApi, store_process: int | None, agent_key: str,
                 phones: list[str], count: int, callers: int) -> dict:
-    """CPU ms per lookup in the gunicorn worker(s), the store and this load generator, with
+    """CPU ms per lookup in the API worker process(es), the store and this load generator, with
     ``callers`` threads calling back to back (one: no queueing anywhere)."""
     workers = children(api.proc.pid)
     ferret = store_process
@@ -239,7 +239,7 @@ def main() -> None:
         print(round_trips(app, counter, agent_key, phones, callers), flush=True)
     step("where the Python time goes (cProfile, in process)")
     print(python_profile(app, agent_key, phones), flush=True)
-    step(f"CPU per lookup: {args.requests} lookups through gunicorn, 1 and 8 callers")
+    step(f"CPU per lookup: {args.requests} lookups through the API process, 1 and 8 callers")
     api = ServiceApi("profile", env).start()
     try:
         for callers in (1, 8):

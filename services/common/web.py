@@ -82,7 +82,7 @@ class Runtime:
         with self._lock:
             if self._producer is None:
                 # an HTTP caller gets 503 within this bound while the broker is away,
-                # rather than waiting out gunicorn's timeout
+                # rather than waiting for a broker that may be away for minutes
                 self._producer = Producer(self.settings, self.service,
                                           send_timeout=API_SEND_TIMEOUT_SECONDS)
             return self._producer

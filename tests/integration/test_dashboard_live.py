@@ -1,4 +1,4 @@
-"""The dashboard's endpoints in a real profile API process (gunicorn, gthread) against the real
+"""The dashboard's endpoints in a real profile API process (granian) against the real
 broker: a change on cdp.profile.changes and a call on cdp.events.resolved reach the open
 server-sent-event stream they concern; tokens, roles and the stream limit are enforced; the
 consent card degrades to "unavailable"."""

@@ -106,7 +106,8 @@ def test_deployments_probe_health_limit_resources_and_select_their_own_pods(name
     assert main["securityContext"]["allowPrivilegeEscalation"] is False
     if main["securityContext"].get("readOnlyRootFilesystem"):
         writable = {mount["mountPath"] for mount in main.get("volumeMounts", [])}
-        assert "api" not in name or "/tmp" in writable  # gunicorn's heartbeat files
+        spool = {env["name"]: env.get("value") for env in main.get("env", [])}.get("CDP_SPOOL_DIR")
+        assert spool is None or spool in writable
 
 
 def test_every_pod_reads_the_config_map_and_secret_that_exist():

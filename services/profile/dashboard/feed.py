@@ -1,6 +1,6 @@
 """The Kafka side of live updates: one consumer thread per API process feeding a StreamHub.
 
-Every API process (gunicorn runs one or more, each with its own threads) needs every change,
+Every API process (granian runs one or more, each with its own threads) needs every change,
 because any of them may hold the browser's stream. So the consumer joins no group: it assigns
 itself all partitions of cdp.profile.changes and cdp.events.resolved and starts at their end
 (live updates are about now; the browser reloads the profile when its stream opens). It
