@@ -23,6 +23,7 @@ removes the subject's entries.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -71,6 +72,16 @@ def _progress_increments(counts: dict[str, Any]) -> dict[str, int]:
 def _key(text: str) -> str:
     """A safe document field name (purpose names come from another service)."""
     return text.replace(".", "_").replace("$", "_")
+
+
+@dataclass(frozen=True)
+class ConsentDecision:
+    """One Consent Changed message's decision, as the read model keeps it."""
+    profile_id: str
+    purpose: str
+    allowed: bool
+    state: str
+    decided_at: datetime
 
 
 def _aware(moment: datetime | None) -> datetime | None:
@@ -240,20 +251,35 @@ class ExportStore:
             query["changed_at"] = {"$gt": changed_since}
         return sorted(doc["_id"] for doc in self.db[PROFILES].find(query, {"_id": 1}))
 
-    def set_consent(self, profile_id: str, purpose: str, allowed: bool, state: str,
-                    decided_at: datetime) -> bool:
-        """Record a consent state unless a later one is already stored; returns whether the
-        stored state changed."""
-        key = f"{profile_id}|{purpose}"
-        current = self.db[CONSENTS].find_one({"_id": key})
-        if current is not None and _aware(current["decided_at"]) > decided_at:
-            return False
-        if current is None:
-            self._index_add({f"profile:{profile_id}": {"consent_purposes": [purpose]}})
-        self.db[CONSENTS].replace_one({"_id": key}, {
-            "_id": key, "profile_id": profile_id, "purpose": purpose, "allowed": allowed,
-            "state": state, "decided_at": decided_at}, upsert=True)
-        return True
+    def set_consents(self, decisions: list[ConsentDecision]) -> list[bool]:
+        """Record consent states in order, each unless a later one is already stored (or came
+        earlier in ``decisions``); returns, per decision, whether the stored state changed.
+        Three round trips however many there are: read the stored states, index the
+        profiles' new purposes, replace."""
+        stored = {doc["_id"]: doc for doc in find_by_ids(
+            self.db[CONSENTS], [f"{d.profile_id}|{d.purpose}" for d in decisions])}
+        written: dict[str, dict[str, Any]] = {}
+        new_purposes: dict[str, dict[str, list[str]]] = {}
+        changed = []
+        for decision in decisions:
+            key = f"{decision.profile_id}|{decision.purpose}"
+            current = written.get(key) or stored.get(key)
+            if current is not None and _aware(current["decided_at"]) > decision.decided_at:
+                changed.append(False)
+                continue
+            if current is None:
+                new_purposes.setdefault(f"profile:{decision.profile_id}",
+                                        {"consent_purposes": []})["consent_purposes"].append(
+                                            decision.purpose)
+            written[key] = {"_id": key, "profile_id": decision.profile_id,
+                            "purpose": decision.purpose, "allowed": decision.allowed,
+                            "state": decision.state, "decided_at": decision.decided_at}
+            changed.append(True)
+        if new_purposes:
+            self._index_add(new_purposes)
+        raise_write_errors(bulk_write(self.db[CONSENTS], [
+            ReplaceOne({"_id": key}, doc, upsert=True) for key, doc in sorted(written.items())]))
+        return changed
 
     def consents(self, profile_ids: list[str], purposes: Iterable[str]
                  ) -> dict[str, dict[str, ConsentState]]:

@@ -29,7 +29,8 @@ from services.common import privacy_requests, topics
 from services.common.bus import InvalidMessage, Outgoing
 from services.common.envelope import Envelope, derived_message_id, new_envelope
 from services.export import rendering
-from services.export.export_store import ExportStore, now, stream_id
+from services.export.contracts import PartnerContract
+from services.export.export_store import ConsentDecision, ExportStore, now, stream_id
 
 log = logging.getLogger(__name__)
 
@@ -99,35 +100,63 @@ def _check_snapshot(snapshot: Any, profile_id: str) -> None:
 
 
 def handle_consent_change(store: ExportStore, envelope: Envelope) -> list[Outgoing]:
-    if envelope.type != "Consent Changed" or not envelope.profile_id:
+    return handle_consent_changes(store, [envelope])
+
+
+def handle_consent_changes(store: ExportStore, envelopes: list[Envelope]) -> list[Outgoing]:
+    """Consent Changed messages in order: their states stored together (a few round trips
+    for a poll's worth), then each change's effect on the partners, in order."""
+    decided = [(envelope, _decision(envelope)) for envelope in envelopes
+               if envelope.type == "Consent Changed" and envelope.profile_id]
+    if not decided:
         return []
+    changes = store.set_consents([decision for _, decision in decided])
+    streaming: list[PartnerContract] | None = None  # read once, when a change needs them
+    for (envelope, decision), changed in zip(decided, changes, strict=True):
+        if changed and decision.allowed:
+            if streaming is None:
+                streaming = store.streaming_partners()
+            _stream_newly_allowed(store, envelope, decision, streaming)
+        elif changed:
+            _withdraw(store, envelope, decision)
+    return []
+
+
+def _decision(envelope: Envelope) -> ConsentDecision:
     payload = envelope.payload
     purpose, allowed, state = payload.get("purpose"), payload.get("allowed"), payload.get("state")
     if not isinstance(purpose, str) or not purpose or not isinstance(allowed, bool):
         raise InvalidMessage("Consent Changed needs payload.purpose and a boolean "
                              "payload.allowed")
-    decided_at = _moment(payload.get("collected_at")) or envelope.occurred_at
-    profile_id = envelope.profile_id
-    changed = store.set_consent(profile_id, purpose, allowed, str(state or ""), decided_at)
-    if changed and allowed:
-        # a profile that just became sendable goes to the streaming partners now, not at
-        # its next change
-        streaming = [contract for contract in store.streaming_partners()
-                     if purpose in contract.required_purposes]
-        snapshots = store.profiles([profile_id]) if streaming else []
-        for contract in streaming:
-            if snapshots and rendering.in_segment(contract, snapshots[0]):
-                _queue_for_stream(store, envelope, contract.partner_id, profile_id)
-    if changed and not allowed:
-        for contract in store.partners_requiring(purpose):
-            store.cancel_stream_changes([profile_id], f"consent:{purpose}:{state}",
-                                        contract.partner_id)
-            delivery = store.delivery(contract.partner_id, profile_id)
-            if delivery is not None and delivery.get("awaiting_notice"):
-                notice_id = derived_message_id(envelope.message_id,
-                                               f"export-deletion-{contract.partner_id}")
-                store.queue_notice(notice_id, delivery, f"consent:{purpose}:{state}")
-    return []
+    return ConsentDecision(profile_id=envelope.profile_id, purpose=purpose, allowed=allowed,
+                           state=str(state or ""),
+                           decided_at=_moment(payload.get("collected_at"))
+                           or envelope.occurred_at)
+
+
+def _stream_newly_allowed(store: ExportStore, envelope: Envelope, decision: ConsentDecision,
+                          streaming: list[PartnerContract]) -> None:
+    """A profile that just became sendable goes to the streaming partners now, not at its
+    next change."""
+    requiring = [contract for contract in streaming
+                 if decision.purpose in contract.required_purposes]
+    snapshots = store.profiles([decision.profile_id]) if requiring else []
+    for contract in requiring:
+        if snapshots and rendering.in_segment(contract, snapshots[0]):
+            _queue_for_stream(store, envelope, contract.partner_id, decision.profile_id)
+
+
+def _withdraw(store: ExportStore, envelope: Envelope, decision: ConsentDecision) -> None:
+    """A purpose no longer allowed: the profile's changes waiting for a partner requiring it
+    are cancelled, and a partner holding the profile gets a deletion notice."""
+    cause = f"consent:{decision.purpose}:{decision.state}"
+    for contract in store.partners_requiring(decision.purpose):
+        store.cancel_stream_changes([decision.profile_id], cause, contract.partner_id)
+        delivery = store.delivery(contract.partner_id, decision.profile_id)
+        if delivery is not None and delivery.get("awaiting_notice"):
+            notice_id = derived_message_id(envelope.message_id,
+                                           f"export-deletion-{contract.partner_id}")
+            store.queue_notice(notice_id, delivery, cause)
 
 
 def _moment(value: Any) -> datetime | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from itertools import groupby
 from pathlib import Path
 
 from pymongo.database import Database
@@ -72,20 +73,20 @@ def make_handler(store: ExportStore):
 
 
 def make_batch_handler(store: ExportStore):
-    """A poll's messages in order, runs of profile changes handled together."""
+    """A poll's messages in order, runs of profile changes and runs of consent changes each
+    handled together."""
     handle = make_handler(store)
+    together = {"Profile Changed": feed.handle_profile_changes,
+                "Consent Changed": feed.handle_consent_changes}
 
     def handle_batch(envelopes: list[Envelope]) -> list[Outgoing]:
         messages: list[Outgoing] = []
-        changes: list[Envelope] = []
-        for envelope in envelopes:
-            if envelope.type == "Profile Changed":
-                changes.append(envelope)
-                continue
-            messages.extend(feed.handle_profile_changes(store, changes))
-            changes = []
-            messages.extend(handle(envelope))
-        messages.extend(feed.handle_profile_changes(store, changes))
+        for kind, run in groupby(envelopes, key=lambda envelope: envelope.type):
+            if kind in together:
+                messages.extend(together[kind](store, list(run)))
+            else:
+                for envelope in run:
+                    messages.extend(handle(envelope))
         return messages
 
     return handle_batch
