@@ -278,17 +278,28 @@ class ProfileStore:
 
     # consent states from cdp.consent.changes, keyed by profile_id or "id:<type>:<value>"
 
-    def record_consent(self, subject: str, purpose: str, state: dict) -> bool:
-        """Keep ``state`` for the subject's purpose unless a later-collected one is stored.
-        Returns whether it was stored."""
-        current = ((self.consents.find_one({"_id": subject}) or {}).get("purposes") or {}).get(
-            purpose)
-        if current and (current["collected_at"], current["receipt_id"]) > (
-                state["collected_at"], state["receipt_id"]):
-            return False
-        self.consents.update_one({"_id": subject}, {"$set": {f"purposes.{purpose}": state}},
-                                 upsert=True)
-        return True
+    def record_consents(self, records: list[tuple[str, str, dict]]) -> list[bool]:
+        """Keep each (subject, purpose, state) unless a later-collected state is stored or came
+        earlier in ``records``; returns, per record, whether it was kept. Two round trips
+        however many there are: read the subjects' states, write the kept ones."""
+        stored = {doc["_id"]: doc.get("purposes") or {} for doc in find_by_ids(
+            self.consents, [subject for subject, _, _ in records], {"purposes": 1})}
+        written: dict[str, dict[str, dict]] = defaultdict(dict)
+        kept = []
+        for subject, purpose, state in records:
+            current = written[subject].get(purpose) or stored.get(subject, {}).get(purpose)
+            if current and (current["collected_at"], current["receipt_id"]) > (
+                    state["collected_at"], state["receipt_id"]):
+                kept.append(False)
+                continue
+            written[subject][purpose] = state
+            kept.append(True)
+        raise_write_errors(bulk_write(self.consents, [
+            UpdateOne({"_id": subject}, {"$set": {f"purposes.{purpose}": state
+                                                  for purpose, state in purposes.items()}},
+                      upsert=True)
+            for subject, purposes in sorted(written.items()) if purposes]))
+        return kept
 
     def consent_states(self, subject: str) -> dict[str, dict]:
         return (self.consents.find_one({"_id": subject}) or {}).get("purposes") or {}

@@ -6,7 +6,7 @@ Four consumer groups and one background loop:
   full history, re-evaluate the profile's segments) and cdp.identity.merges (merge, split,
   release);
 * ``profile-consents``: cdp.consent.changes into the profile-side consent states that
-  purpose-bound reads consult;
+  purpose-bound reads consult, a poll's worth together;
 * ``profile-privacy``: cdp.privacy.requests (erasure, access, rectification, restriction),
   each answered by one ack on cdp.privacy.acks;
 * ``profile-accesses``: cdp.profile.accesses, the API's record of every read, into the access
@@ -104,7 +104,8 @@ def build_consumers(settings: Settings, producer: Producer, db: Database) -> lis
     for group, topic_names, handler, batch_handler in (
             (GROUP, [topics.EVENTS_RESOLVED, topics.IDENTITY_MERGES], make_handler(context),
              make_batch_handler(context)),
-            (CONSENT_GROUP, [topics.CONSENT_CHANGES], make_consent_handler(context), None),
+            (CONSENT_GROUP, [topics.CONSENT_CHANGES], make_consent_handler(context),
+             partial(store_consents, context)),
             (PRIVACY_GROUP, [topics.PRIVACY_REQUESTS], make_privacy_handler(context), None)):
         ledger = ProcessedLedger(db, group)
         ledger.prepare()
@@ -461,31 +462,44 @@ def _change(profile_id: str, cause: str, kind: str, envelope: Envelope, profile:
 
 def make_consent_handler(context: Context):
     def handle(envelope: Envelope) -> list[Outgoing]:
-        if envelope.type != "Consent Changed":
-            return []
-        payload = envelope.payload
-        purpose, allowed = payload.get("purpose"), payload.get("allowed")
-        if not isinstance(purpose, str) or not purpose or not isinstance(allowed, bool):
-            raise InvalidMessage("a Consent Changed needs purpose (string) and allowed (bool)")
-        try:
-            collected_at = projection.event_moment(
-                {"occurred_at": payload.get("collected_at") or envelope.occurred_at})
-        except ValueError:
-            raise InvalidMessage("collected_at is not an ISO-8601 time") from None
-        if envelope.profile_id:
-            subject = envelope.profile_id
-        elif envelope.identifiers:
-            type_, value = sorted(envelope.identifiers.items())[0]
-            subject = f"id:{type_}:{value}"
-        else:
-            raise InvalidMessage("a Consent Changed names a profile_id or an identifier")
-        context.store.record_consent(subject, safe_key(purpose), {
-            "allowed": allowed, "state": payload.get("state"), "reason": payload.get("reason"),
-            "receipt_id": str(payload.get("receipt_id") or envelope.message_id),
-            "collected_at": collected_at, "message_id": envelope.message_id})
-        return []
+        return store_consents(context, [envelope])
 
     return handle
+
+
+def store_consents(context: Context, envelopes: list[Envelope]) -> list[Outgoing]:
+    """Consent Changed messages' states, a poll's worth in two round trips; a state
+    collected before the one stored for its subject and purpose changes nothing."""
+    records = [_consent_record(envelope) for envelope in envelopes
+               if envelope.type == "Consent Changed"]
+    if records:
+        context.store.record_consents(records)
+    return []
+
+
+def _consent_record(envelope: Envelope) -> tuple[str, str, dict]:
+    """(subject, purpose, state) of a Consent Changed; the subject is the profile, or for a
+    consent given before any profile existed, ``id:<type>:<value>``."""
+    payload = envelope.payload
+    purpose, allowed = payload.get("purpose"), payload.get("allowed")
+    if not isinstance(purpose, str) or not purpose or not isinstance(allowed, bool):
+        raise InvalidMessage("a Consent Changed needs purpose (string) and allowed (bool)")
+    try:
+        collected_at = projection.event_moment(
+            {"occurred_at": payload.get("collected_at") or envelope.occurred_at})
+    except ValueError:
+        raise InvalidMessage("collected_at is not an ISO-8601 time") from None
+    if envelope.profile_id:
+        subject = envelope.profile_id
+    elif envelope.identifiers:
+        type_, value = sorted(envelope.identifiers.items())[0]
+        subject = f"id:{type_}:{value}"
+    else:
+        raise InvalidMessage("a Consent Changed names a profile_id or an identifier")
+    return subject, safe_key(purpose), {
+        "allowed": allowed, "state": payload.get("state"), "reason": payload.get("reason"),
+        "receipt_id": str(payload.get("receipt_id") or envelope.message_id),
+        "collected_at": collected_at, "message_id": envelope.message_id}
 
 
 # --- data-subject requests -----------------------------------------------------------------
