@@ -25,7 +25,7 @@ import dataclasses
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -332,13 +332,13 @@ def resolve(
             return Resolution(involved[0])
         created = None
         if not links:
-            # a new customer: no other worker can reach the new profile before its links
-            # exist, and each link's unique _id is what guards them, so no lock is needed.
-            # A worker reaching it between the links and its record finds a link the record
-            # does not list yet, the state resolution repairs anyway (as after a crash).
+            # a new customer: its profile is locked before its links exist. Another worker
+            # reaching it through one of them would otherwise be free to merge it while its
+            # record does not list them all yet, and a merge moves the links the record lists
             created = ProfileNode(new_profile_id(message_id), at)
+            involved = [created.profile_id]
             repo.create_profile(created)
-        with nullcontext() if created else repo.lock(involved):
+        with repo.lock(involved):
             if created is None:
                 # re-read under the lock: another worker may have changed the graph meanwhile
                 links = repo.links(ordered)

@@ -126,6 +126,7 @@ class MongoGraph(GraphRepository):
             "verified": link.verified, "source_message_id": link.source_message_id,
             "linked_at": link.linked_at,
         } for link in links]
+        taken: list[str] = []  # by another profile
         try:
             self.links_.insert_many(docs, ordered=False)
         except pymongo.errors.BulkWriteError as exc:
@@ -137,11 +138,15 @@ class MongoGraph(GraphRepository):
                 link = links[error["index"]]
                 existing = self.links_.find_one({"_id": link.identifier.key})
                 if existing is None or existing["profile_id"] != link.profile_id:
-                    raise LinkTaken(link.identifier.key) from None
-        # after the links: a crash in between is repaired when the event is re-delivered
-        for profile_id in {link.profile_id for link in links}:
-            self._add_to_profile(profile_id, [link.identifier for link in links
+                    taken.append(link.identifier.key)
+        # after the links: a crash in between is repaired when the event is re-delivered. The
+        # links stored are listed even when another was taken: a merge moves what is listed
+        held = [link for link in links if link.identifier.key not in taken]
+        for profile_id in {link.profile_id for link in held}:
+            self._add_to_profile(profile_id, [link.identifier for link in held
                                               if link.profile_id == profile_id])
+        if taken:
+            raise LinkTaken(taken[0])
 
     def merge(self, merge: Merge) -> None:
         self.log.update_one({"_id": merge.merge_id}, {"$setOnInsert": {

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from services.common.store import ensure_indexes
-from services.identity.graph import Identifier, resolve
+from services.identity.graph import GraphSnapshot, Identifier, resolve
 from services.identity.graph_store import INDEXES, MongoGraph
 from services.identity.privacy import PrivacyRequest, expand_subject
 
@@ -30,3 +30,24 @@ def test_profiles_merged_into_a_subject_are_found_through_the_survivor(db, uniqu
                              graph.merged_into)
     assert subject.profile_ids == {visitor, member, caller}
     assert subject.identifiers == {cookie, login, phone}
+
+
+def test_a_new_customer_raced_by_another_worker_ends_with_every_link_on_the_survivor(db, unique):
+    # the poll's snapshot, read before another worker linked the email, says both identifiers
+    # are new: the event creates a profile, links the cookie, finds the email taken, and on its
+    # next attempt merges into the other worker's profile, which must then hold the cookie too
+    ensure_indexes(db, INDEXES)
+    graph = MongoGraph(db)
+    at = datetime(2026, 11, 1, tzinfo=UTC)
+    cookie = Identifier("anonymous_id", f"c-{unique}")
+    email = Identifier("email", f"raced.{unique}@example.com")
+    stale = GraphSnapshot(graph, [cookie, email], {}, {})
+    other = resolve(graph, [email], message_id=f"other-{unique}", at=at).profile_id
+
+    result = resolve(graph, [cookie, email], message_id=f"raced-{unique}",
+                     at=at + timedelta(seconds=1), first_look=stale)
+
+    assert result.profile_id == other
+    links = graph.links([cookie, email])
+    assert {links[cookie].profile_id, links[email].profile_id} == {other}
+    assert graph.profile(other).identifiers >= {cookie, email}

@@ -198,8 +198,12 @@ def test_two_workers_on_a_partitioned_topic_build_the_same_graph_as_one_sequenti
                     Identifier(doc["type"], doc["value"]))
             return {frozenset(g) for g in groups.values()}
 
-        wait_until(lambda: graph_partition() == expected, 180, interval=1,
-                   what="the graph to equal the sequential oracle")
+        try:
+            wait_until(lambda: graph_partition() == expected, 180, interval=1,
+                       what="the graph to equal the sequential oracle")
+        except AssertionError:
+            differing = [sorted(i.key for i in group) for group in graph_partition() - expected]
+            raise AssertionError(f"groups the oracle does not have: {differing[:5]}") from None
         assert all(worker.alive() for worker in workers)
     finally:
         for worker in workers:

@@ -267,15 +267,16 @@ class CountingGraph(InMemoryGraph):
         return super().profile(profile_id)
 
 
-def test_a_new_customer_is_created_without_a_lock_and_a_known_one_is_extended_under_one():
+def test_a_new_customers_profile_is_locked_until_its_record_lists_its_links():
+    # another worker reaching the new profile through a link must not merge it before then
     graph = CountingGraph()
     created = apply(graph, ["anonymous_id:c1"])
-    assert created.created and graph.locked == []
+    assert created.created and graph.locked == [[created.profile_id]]
 
     extended = apply(graph, ["anonymous_id:c1", "email:a@x.fi"])
 
     assert extended.profile_id == created.profile_id and extended.linked == [ident("email:a@x.fi")]
-    assert graph.locked == [[created.profile_id]]
+    assert graph.locked == [[created.profile_id], [created.profile_id]]
 
 
 def test_a_customers_later_events_in_one_batch_read_nothing_after_the_first_changed_the_graph():
