@@ -76,7 +76,8 @@ def serve_http(service: str, settings: Settings, app_factory, port: int) -> int:
         return app
 
     def worker(*args, **kwargs):
-        # requests in flight are answered before this returns; the app's shutdown callbacks
+        # granian has no worker-exit hook for WSGI apps, so its own worker target is wrapped:
+        # requests in flight are answered before it returns; the app's shutdown callbacks
         # then run while its Kafka producer still works
         try:
             Server._spawn_wsgi_worker(*args, **kwargs)

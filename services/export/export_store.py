@@ -275,8 +275,7 @@ class ExportStore:
                             "purpose": decision.purpose, "allowed": decision.allowed,
                             "state": decision.state, "decided_at": decision.decided_at}
             changed.append(True)
-        if new_purposes:
-            self._index_add(new_purposes)
+        self._index_add(new_purposes)
         raise_write_errors(bulk_write(self.db[CONSENTS], [
             ReplaceOne({"_id": key}, doc, upsert=True) for key, doc in sorted(written.items())]))
         return changed

@@ -284,21 +284,22 @@ class ProfileStore:
         however many there are: read the subjects' states, write the kept ones."""
         stored = {doc["_id"]: doc.get("purposes") or {} for doc in find_by_ids(
             self.consents, [subject for subject, _, _ in records], {"purposes": 1})}
-        written: dict[str, dict[str, dict]] = defaultdict(dict)
+        written: dict[str, dict[str, dict]] = {}
         kept = []
         for subject, purpose, state in records:
-            current = written[subject].get(purpose) or stored.get(subject, {}).get(purpose)
+            current = (written.get(subject, {}).get(purpose)
+                       or stored.get(subject, {}).get(purpose))
             if current and (current["collected_at"], current["receipt_id"]) > (
                     state["collected_at"], state["receipt_id"]):
                 kept.append(False)
                 continue
-            written[subject][purpose] = state
+            written.setdefault(subject, {})[purpose] = state
             kept.append(True)
         raise_write_errors(bulk_write(self.consents, [
             UpdateOne({"_id": subject}, {"$set": {f"purposes.{purpose}": state
                                                   for purpose, state in purposes.items()}},
                       upsert=True)
-            for subject, purposes in sorted(written.items()) if purposes]))
+            for subject, purposes in sorted(written.items())]))
         return kept
 
     def consent_states(self, subject: str) -> dict[str, dict]:
