@@ -247,6 +247,22 @@ def test_a_known_customer_resolved_from_a_snapshot_costs_no_read():
     assert again.profile_id == first.profile_id and not again.linked
 
 
+def test_an_event_that_loses_one_identifier_to_another_worker_ends_with_all_on_the_winner():
+    # the snapshot says both are new; meanwhile another worker links the email. The cookie's
+    # link, stored before the email's failed, must follow the merge into the winner's profile
+    graph = InMemoryGraph()
+    cookie, email = ident("anonymous_id:c-raced"), ident("email:raced@x.fi")
+    stale = GraphSnapshot(graph, [cookie, email], {}, {})
+    other = apply(graph, ["email:raced@x.fi"]).profile_id
+
+    result = resolve(graph, [cookie, email], message_id="m-raced", at=T0 + timedelta(days=1),
+                     first_look=stale)
+
+    assert result.profile_id == other
+    assert {link.profile_id for link in graph.links([cookie, email]).values()} == {other}
+    assert graph.profile(other).identifiers >= {cookie, email}
+
+
 class CountingGraph(InMemoryGraph):
     """Counts locks taken and reads made."""
 
