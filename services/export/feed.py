@@ -27,6 +27,7 @@ from typing import Any
 
 from services.common import privacy_requests, topics
 from services.common.bus import InvalidMessage, Outgoing
+from services.common.consent_changes import ConsentChange, parse_consent_change
 from services.common.envelope import Envelope, derived_message_id, new_envelope
 from services.export import rendering
 from services.export.contracts import PartnerContract
@@ -106,8 +107,11 @@ def handle_consent_change(store: ExportStore, envelope: Envelope) -> list[Outgoi
 def handle_consent_changes(store: ExportStore, envelopes: list[Envelope]) -> list[Outgoing]:
     """Consent Changed messages in order: their states stored together (a few round trips
     for a poll's worth), then each change's effect on the partners, in order."""
-    decided = [(envelope, _decision(envelope)) for envelope in envelopes
-               if envelope.type == "Consent Changed" and envelope.profile_id]
+    changes = [(envelope, parse_consent_change(envelope)) for envelope in envelopes
+               if envelope.type == "Consent Changed"]
+    # a bare identifier's state concerns no partner: what it means for a profile is announced
+    # for the profile once the identifier is linked (reason identifier_linked)
+    decided = [(envelope, _decision(change)) for envelope, change in changes if change.profile_id]
     if not decided:
         return []
     changes = store.set_consents([decision for _, decision in decided])
@@ -122,16 +126,10 @@ def handle_consent_changes(store: ExportStore, envelopes: list[Envelope]) -> lis
     return []
 
 
-def _decision(envelope: Envelope) -> ConsentDecision:
-    payload = envelope.payload
-    purpose, allowed, state = payload.get("purpose"), payload.get("allowed"), payload.get("state")
-    if not isinstance(purpose, str) or not purpose or not isinstance(allowed, bool):
-        raise InvalidMessage("Consent Changed needs payload.purpose and a boolean "
-                             "payload.allowed")
-    return ConsentDecision(profile_id=envelope.profile_id, purpose=purpose, allowed=allowed,
-                           state=str(state or ""),
-                           decided_at=_moment(payload.get("collected_at"))
-                           or envelope.occurred_at)
+def _decision(change: ConsentChange) -> ConsentDecision:
+    return ConsentDecision(profile_id=change.profile_id, purpose=change.purpose,
+                           allowed=change.allowed, state=change.state or "",
+                           decided_at=change.collected_at)
 
 
 def _stream_newly_allowed(store: ExportStore, envelope: Envelope, decision: ConsentDecision,
@@ -157,16 +155,6 @@ def _withdraw(store: ExportStore, envelope: Envelope, decision: ConsentDecision)
             notice_id = derived_message_id(envelope.message_id,
                                            f"export-deletion-{contract.partner_id}")
             store.queue_notice(notice_id, delivery, cause)
-
-
-def _moment(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else None
 
 
 def erase(store: ExportStore, profile_ids: list[str], cause: str,

@@ -35,6 +35,7 @@ from pymongo.database import Database
 from services.common import metrics, retention, topics
 from services.common.bus import TRANSIENT_ERRORS, ConsumerLoop, InvalidMessage, Outgoing, Producer
 from services.common.config import Settings
+from services.common.consent_changes import parse_consent_change
 from services.common.envelope import Envelope, derived_message_id, new_envelope
 from services.common.privacy_requests import InvalidRequest, PrivacyRequest, ack_payload
 from services.common.special_categories import Classification, load_classification
@@ -480,26 +481,12 @@ def store_consents(context: Context, envelopes: list[Envelope]) -> list[Outgoing
 def _consent_record(envelope: Envelope) -> tuple[str, str, dict]:
     """(subject, purpose, state) of a Consent Changed; the subject is the profile, or for a
     consent given before any profile existed, ``id:<type>:<value>``."""
-    payload = envelope.payload
-    purpose, allowed = payload.get("purpose"), payload.get("allowed")
-    if not isinstance(purpose, str) or not purpose or not isinstance(allowed, bool):
-        raise InvalidMessage("a Consent Changed needs purpose (string) and allowed (bool)")
-    try:
-        collected_at = projection.event_moment(
-            {"occurred_at": payload.get("collected_at") or envelope.occurred_at})
-    except ValueError:
-        raise InvalidMessage("collected_at is not an ISO-8601 time") from None
-    if envelope.profile_id:
-        subject = envelope.profile_id
-    elif envelope.identifiers:
-        type_, value = sorted(envelope.identifiers.items())[0]
-        subject = f"id:{type_}:{value}"
-    else:
-        raise InvalidMessage("a Consent Changed names a profile_id or an identifier")
-    return subject, safe_key(purpose), {
-        "allowed": allowed, "state": payload.get("state"), "reason": payload.get("reason"),
-        "receipt_id": str(payload.get("receipt_id") or envelope.message_id),
-        "collected_at": collected_at, "message_id": envelope.message_id}
+    change = parse_consent_change(envelope)
+    subject = change.profile_id or "id:{}:{}".format(*change.identifier)
+    return subject, safe_key(change.purpose), {
+        "allowed": change.allowed, "state": change.state, "reason": change.reason,
+        "receipt_id": change.receipt_id, "collected_at": change.collected_at,
+        "message_id": change.message_id}
 
 
 # --- data-subject requests -----------------------------------------------------------------

@@ -50,8 +50,8 @@ def test_a_poll_of_consent_changes_keeps_the_latest_decision_per_purpose(db, set
                consent(first, "profiling", True, "2025-02-01T00:00:00Z"),
                consent(second, "marketing", True, "2025-03-01T00:00:00Z"),
                # a bare-identifier subject concerns no export
-               new_envelope("Consent Changed", "system", payload={
-                   "purpose": "marketing", "allowed": True})]
+               new_envelope("Consent Changed", "system", identifiers={"phone": "+358401234567"},
+                            payload={"purpose": "marketing", "allowed": True})]
 
     assert feed.handle_consent_changes(store, changes) == []
 
