@@ -325,6 +325,10 @@ class Instance:
     def stop_mongo(self) -> None:
         self._terminate("ferretdb")
 
+    def kill_mongo(self) -> None:
+        """SIGKILL the store, as a crash would: no shutdown of its own (fault drills)."""
+        self._terminate("ferretdb", crash=True)
+
     def wait_ready(self, timeout: float = 120.0) -> None:
         """Block until a Mongo ping and a Kafka produce/consume round trip succeed."""
         deadline = time.monotonic() + timeout
@@ -422,16 +426,17 @@ class Instance:
         self._pidfile(server).write_text(str(proc.pid))
         _log(f"started {server} (pid {proc.pid}), log {self._logfile(server)}")
 
-    def _terminate(self, server: str, timeout: float = 30.0) -> None:
+    def _terminate(self, server: str, timeout: float = 30.0, *, crash: bool = False) -> None:
         pid = self._pid(server)
         if pid is None or not self._alive(server):
             self._pidfile(server).unlink(missing_ok=True)
             return
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self._alive(server):
-            _reap(pid)
-            time.sleep(0.1)
+        if not crash:
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and self._alive(server):
+                _reap(pid)
+                time.sleep(0.1)
         if self._alive(server):
             os.kill(pid, signal.SIGKILL)
             time.sleep(0.2)

@@ -1,6 +1,6 @@
 """Faults survived: with purchases of returning customers flowing through every service (each
 API and worker a separate process on the real broker and store), SIGKILL each kind of worker
-mid-batch and restart it, stop and restart the broker, stop and restart the store.
+mid-batch and restart it, stop and restart the broker, stop or kill the store and restart it.
 
 Each test is one fault on its own customers and proves, once everything has drained:
 
@@ -465,3 +465,11 @@ def test_store_stopped_and_restarted_loses_and_repeats_nothing(
         stack, infra, settings, db, api_keys, unique):
     run_with_fault(stack, settings, db, api_keys, unique, "store stop/start",
                    _outage(stack, infra, "store", infra.stop_mongo, infra.start_mongo))
+
+
+def test_store_killed_and_restarted_loses_and_repeats_nothing(
+        stack, infra, settings, db, api_keys, unique):
+    # the store commits without an fsync: what it acknowledged is in the OS's page cache and
+    # must survive its process dying without a shutdown of its own
+    run_with_fault(stack, settings, db, api_keys, unique, "store SIGKILL/start",
+                   _outage(stack, infra, "store", infra.kill_mongo, infra.start_mongo))
