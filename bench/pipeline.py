@@ -28,6 +28,7 @@ from services.common import topics
 from services.common.bus import Outgoing, Producer
 from services.common.config import Settings
 from services.common.envelope import new_envelope
+from services.common.store import unpack
 from services.profile.profile_store import IDENTIFIERS
 from tests.support.processes import wait_until
 
@@ -482,7 +483,7 @@ def export(export_url: str, admin_key: str, settings: Settings, db, expected: in
         writer = csv.writer(out)
         rows = 0
         for doc in db["export_profiles"].find({}):
-            ids = (doc.get("profile") or doc).get("identifiers", {})
+            ids = unpack(doc).get("identifiers", {})
             writer.writerow([hashlib.sha256(str(ids.get(k, [""])[0]).encode()).hexdigest()
                              for k in ("phone", "user_id")])
             rows += 1

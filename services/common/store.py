@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import ClassVar
 
+import bson
 import pymongo
 import pymongo.collection
 import pymongo.errors
+from bson.codec_options import CodecOptions
 from pymongo.database import Database
 
 from services.common.config import Settings
@@ -41,6 +43,30 @@ def connect(settings: Settings) -> pymongo.MongoClient:
 
 def database(client: pymongo.MongoClient, settings: Settings) -> Database:
     return client[settings.mongo_db]
+
+
+PACKED = "packed"
+# as the store's client decodes (tz_aware): a packed document reads back exactly as a plain one
+_PACKED_CODEC = CodecOptions(tz_aware=True)
+
+
+def pack(doc: dict, plain: Iterable[str]) -> dict:
+    """The document as stored: the ``plain`` fields (those the store filters or updates on)
+    as fields, the rest one BSON binary. FerretDB converts a stored document field by field
+    (about 1 ms of CPU per KB); a binary it passes whole."""
+    plain = set(plain)
+    stored = {name: value for name, value in doc.items() if name in plain}
+    stored[PACKED] = bson.Binary(bson.encode(
+        {name: value for name, value in doc.items() if name not in plain}))
+    return stored
+
+
+def unpack(stored: dict | None) -> dict | None:
+    """The document from its stored form, packed or (written before packing) not."""
+    if stored is None or PACKED not in stored:
+        return stored
+    body = bson.decode(stored[PACKED], codec_options=_PACKED_CODEC)
+    return {**{name: value for name, value in stored.items() if name != PACKED}, **body}
 
 
 def find_by_ids(collection: pymongo.collection.Collection, ids: list[str],

@@ -32,13 +32,16 @@ import pymongo.errors
 from pymongo import ReplaceOne, UpdateOne
 from pymongo.database import Database
 
-from services.common.store import bulk_write, find_by_ids, raise_write_errors
+from services.common.store import bulk_write, find_by_ids, pack, raise_write_errors, unpack
 from services.export.contracts import PartnerContract, from_document, to_document
 from services.export.rendering import ConsentState
 from services.export.sealing import SecretBox, SecretUnreadable
 
 PARTNERS = "export_partners"
 PROFILES = "export_profiles"
+# a snapshot's fields the store filters on (incremental runs, segment scopes); the rest is
+# packed: a run reads every row of its scope, and a packed row converts at a fraction
+PROFILE_FIELDS = ("_id", "segments", "changed_at")
 CONSENTS = "export_consents"
 RESTRICTIONS = "export_restrictions"
 RUNS = "export_runs"
@@ -188,7 +191,7 @@ class ExportStore:
         many there are: read the stored rows' identifiers, index the new ones, replace."""
         latest = {snapshot["profile_id"]: snapshot for snapshot in snapshots}
         stored = {doc["_id"]: doc.get("identifiers") or {}
-                  for doc in find_by_ids(self.db[PROFILES], list(latest), {"identifiers": 1})}
+                  for doc in self.profiles(list(latest))}
         # a value the stored row holds is indexed already (entries are written first)
         additions: dict[str, dict[str, list[str]]] = {}
         for profile_id, snapshot in latest.items():
@@ -200,15 +203,15 @@ class ExportStore:
                                                      {"profile_ids": []})
                         entry["profile_ids"].append(profile_id)
         self._index_add(additions)
-        raise_write_errors(bulk_write(self.db[PROFILES], [ReplaceOne({"_id": profile_id}, {
+        raise_write_errors(bulk_write(self.db[PROFILES], [ReplaceOne({"_id": profile_id}, pack({
             "_id": profile_id, "identifiers": snapshot.get("identifiers") or {},
             "traits": snapshot.get("traits") or {}, "computed": snapshot.get("computed") or {},
-            "segments": snapshot.get("segments") or [], "changed_at": changed_at}, upsert=True)
-            for profile_id, snapshot in latest.items()]))
+            "segments": snapshot.get("segments") or [], "changed_at": changed_at},
+            PROFILE_FIELDS), upsert=True) for profile_id, snapshot in latest.items()]))
 
     def profiles(self, profile_ids: list[str]) -> list[dict[str, Any]]:
         """The read model's snapshots of ``profile_ids`` that exist, in id order."""
-        docs = find_by_ids(self.db[PROFILES], profile_ids)
+        docs = map(unpack, find_by_ids(self.db[PROFILES], profile_ids))
         return sorted(({**doc, "profile_id": doc["_id"]} for doc in docs),
                       key=lambda doc: doc["_id"])
 
@@ -218,7 +221,7 @@ class ExportStore:
         for type_, value in identifiers:
             entry = self.db[SUBJECT_INDEX].find_one({"_id": f"identifier:{type_}:{value}"})
             candidates = sorted(set((entry or {}).get("profile_ids") or []) - found)
-            found.update(doc["_id"] for doc in find_by_ids(self.db[PROFILES], candidates)
+            found.update(doc["_id"] for doc in self.profiles(candidates)
                          if value in (doc.get("identifiers") or {}).get(type_, []))
         return sorted(found)
 

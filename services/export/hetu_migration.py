@@ -18,11 +18,13 @@ from typing import Any
 
 from services.common.hetu_migration import CollectionRule, PlainHetus
 from services.common.hetu_protection import HETU
-from services.export.export_store import PROFILES, SUBJECT_INDEX
+from services.common.store import pack, unpack
+from services.export.export_store import PROFILE_FIELDS, PROFILES, SUBJECT_INDEX
 
 
 def rewrite_profile(hetus: PlainHetus, doc: dict[str, Any]) -> dict[str, Any] | None:
-    return hetus.profile_document(doc)
+    rewritten = hetus.profile_document(unpack(doc))
+    return None if rewritten is None else pack(rewritten, PROFILE_FIELDS)
 
 
 def rewrite_index_entry(hetus: PlainHetus, doc: dict[str, Any]) -> dict[str, Any] | None:

@@ -30,9 +30,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 
-import bson
 import pymongo.errors
-from bson.codec_options import CodecOptions
 from pymongo import DeleteOne, InsertOne, ReplaceOne, UpdateOne
 from pymongo.database import Database
 
@@ -47,7 +45,9 @@ from services.common.store import (
     older_than,
     paced,
     raise_write_errors,
+    unpack,
 )
+from services.common.store import pack as store_pack
 
 PROFILES = "profiles"
 IDENTIFIERS = "profile_identifiers"
@@ -89,26 +89,12 @@ class VersionConflict(Exception):
     """Someone else wrote the profile since it was read; read again and retry."""
 
 
-PACKED = "packed"
 UNPACKED_FIELDS = ("_id", "version", "merged_into")
-# as the store's client decodes (tz_aware): a packed profile reads back exactly as an unpacked one
-_PACKED_CODEC = CodecOptions(tz_aware=True)
 
 
 def pack(doc: dict) -> dict:
-    """The document as stored: ``UNPACKED_FIELDS`` as fields, the rest one BSON binary."""
-    stored = {name: doc[name] for name in UNPACKED_FIELDS if name in doc}
-    stored[PACKED] = bson.Binary(bson.encode(
-        {name: value for name, value in doc.items() if name not in UNPACKED_FIELDS}))
-    return stored
-
-
-def unpack(stored: dict | None) -> dict | None:
-    """The profile from its stored document (packed or not)."""
-    if stored is None or PACKED not in stored:
-        return stored
-    body = bson.decode(stored[PACKED], codec_options=_PACKED_CODEC)
-    return {**{name: value for name, value in stored.items() if name != PACKED}, **body}
+    """The profile as stored: ``UNPACKED_FIELDS`` as fields, the rest one BSON binary."""
+    return store_pack(doc, UNPACKED_FIELDS)
 
 
 class ProfileStore:

@@ -36,7 +36,7 @@ import requests
 from services.common import topics
 from services.common.bus import Outgoing, Producer, ensure_topics
 from services.common.envelope import new_envelope
-from services.profile.profile_store import unpack
+from services.common.store import unpack
 from services.social import signatures
 from tests.support.fault_load import (
     CONNECTION_ERROR,
@@ -374,8 +374,8 @@ def test_export_worker_killed_mid_batch_keeps_its_read_model_exact(
     profiles = {d["_id"]: d["computed"]
                 for docs in profiles_of(db, [f"F{unique}-{n}" for n in range(CUSTOMERS)]).values()
                 for d in docs}
-    exported = {d["_id"]: d["computed"] for d in db.export_profiles.find(
-        {"_id": {"$in": list(profiles)}}, {"computed": 1})}
+    exported = {d["_id"]: unpack(d)["computed"] for d in db.export_profiles.find(
+        {"_id": {"$in": list(profiles)}})}
     assert {pid: (c["purchase_count"], c["purchase_total"]) for pid, c in exported.items()} \
         == {pid: (c["purchase_count"], c["purchase_total"]) for pid, c in profiles.items()}
 

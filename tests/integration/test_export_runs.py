@@ -13,6 +13,7 @@ import requests
 
 from services.common import topics
 from services.common.envelope import new_envelope
+from services.common.store import unpack
 from tests.support.export_partner import (
     FakePartner,
     SoleExportWorker,
@@ -186,7 +187,7 @@ def test_a_poll_of_profile_changes_keeps_each_profiles_last_state_in_order(
     workers()  # started after: the worker finds the changes in one poll
 
     def rows():
-        found = {doc["_id"]: doc for doc in db.export_profiles.find(
+        found = {doc["_id"]: unpack(doc) for doc in db.export_profiles.find(
             {"_id": {"$in": [kept, erased, merged]}})}
         return found if found.get(erased, {}).get("traits", {}).get("first_name") == "Later" \
             else None

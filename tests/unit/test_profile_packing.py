@@ -4,7 +4,8 @@ from datetime import UTC, datetime
 
 import bson
 
-from services.profile.profile_store import PACKED, pack, unpack
+from services.common.store import PACKED
+from services.profile.profile_store import pack, unpack
 
 
 def a_profile() -> dict:

@@ -1,0 +1,50 @@
+"""The export read model's rows on the real store: packed except for what runs filter on, and
+found by segment and change time all the same."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from services.common.store import PACKED
+from services.export.export_store import ExportStore
+from services.export.sealing import SecretBox
+
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def snapshot(profile_id: str, segments: list[str]) -> dict:
+    return {"profile_id": profile_id, "identifiers": {"email": [f"{profile_id}@example.fi"]},
+            "traits": {"first_name": "Aino", "language": "fi"},
+            "computed": {"purchase_count": 2, "last_seen": T0}, "segments": segments}
+
+
+def test_a_row_is_stored_packed_and_found_by_segment_and_change_time(db, settings, unique):
+    store = ExportStore(db, SecretBox.from_settings(settings))
+    vip, other = f"{unique}-vip", f"{unique}-other"
+    store.upsert_profiles([snapshot(vip, [f"vip-{unique}"])], T0)
+    store.upsert_profiles([snapshot(other, [])], T0 + timedelta(hours=1))
+
+    assert set(db.export_profiles.find_one({"_id": vip})) == {
+        "_id", "segments", "changed_at", PACKED}
+    row = store.profiles([vip])[0]
+    assert (row["profile_id"], row["traits"], row["computed"], row["identifiers"]) == (
+        vip, {"first_name": "Aino", "language": "fi"}, {"purchase_count": 2, "last_seen": T0},
+        {"email": [f"{vip}@example.fi"]})
+    assert store.profile_ids(None, f"vip-{unique}") == [vip]
+    changed_later = store.profile_ids(T0 + timedelta(minutes=1), None)
+    assert other in changed_later and vip not in changed_later
+    assert store.profiles_holding([("email", f"{vip}@example.fi")]) == [vip]
+
+
+def test_a_row_stored_before_packing_still_reads_and_is_packed_when_replaced(
+        db, settings, unique):
+    store = ExportStore(db, SecretBox.from_settings(settings))
+    old = f"{unique}-old"
+    db.export_profiles.insert_one({
+        "_id": old, "identifiers": {"email": [f"{old}@example.fi"]}, "traits": {"x": 1},
+        "computed": {}, "segments": [], "changed_at": T0})
+
+    assert store.profiles([old])[0]["traits"] == {"x": 1}
+    store.upsert_profiles([snapshot(old, [])], T0 + timedelta(hours=1))
+    assert PACKED in db.export_profiles.find_one({"_id": old})
+    assert store.profiles([old])[0]["traits"] == {"first_name": "Aino", "language": "fi"}
