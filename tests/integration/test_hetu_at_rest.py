@@ -14,6 +14,7 @@ from services.common.bus import Outgoing, Producer
 from services.common.envelope import new_envelope
 from services.common.hetu_protection import HetuProtector
 from services.common.identifiers import is_hetu_digest
+from services.common.store import unpack
 from tests.support.kafka import read_all
 from tests.support.processes import ServiceApi, ServiceWorker, wait_until
 
@@ -168,7 +169,8 @@ def test_erasing_the_subject_by_hetu_makes_every_sealed_copy_unreadable(
 
 
 def _every_collection(db) -> str:
-    return "".join(orjson.dumps(list(db[name].find({})), default=str).decode()
+    # packed documents (profiles, export rows) read as what they hold, not as BSON bytes
+    return "".join(orjson.dumps([unpack(doc) for doc in db[name].find({})], default=str).decode()
                    for name in db.list_collection_names())
 
 
