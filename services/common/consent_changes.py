@@ -9,8 +9,6 @@ from datetime import UTC, datetime
 from services.common.bus import InvalidMessage
 from services.common.envelope import Envelope
 
-TYPE = "Consent Changed"
-
 
 @dataclass(frozen=True)
 class ConsentChange:

@@ -107,11 +107,11 @@ def handle_consent_change(store: ExportStore, envelope: Envelope) -> list[Outgoi
 def handle_consent_changes(store: ExportStore, envelopes: list[Envelope]) -> list[Outgoing]:
     """Consent Changed messages in order: their states stored together (a few round trips
     for a poll's worth), then each change's effect on the partners, in order."""
-    changes = [(envelope, parse_consent_change(envelope)) for envelope in envelopes
-               if envelope.type == "Consent Changed"]
+    parsed = [(envelope, parse_consent_change(envelope)) for envelope in envelopes
+              if envelope.type == "Consent Changed"]
     # a bare identifier's state concerns no partner: what it means for a profile is announced
     # for the profile once the identifier is linked (reason identifier_linked)
-    decided = [(envelope, _decision(change)) for envelope, change in changes if change.profile_id]
+    decided = [(envelope, _decision(change)) for envelope, change in parsed if change.profile_id]
     if not decided:
         return []
     changes = store.set_consents([decision for _, decision in decided])
