@@ -133,12 +133,12 @@ class MongoGraph(GraphRepository):
             errors = exc.details.get("writeErrors", [])
             if any(error.get("code") != 11000 for error in errors):
                 raise
-            for error in errors:
-                # linked before: by this event's earlier attempt, or by another worker
-                link = links[error["index"]]
-                existing = self.links_.find_one({"_id": link.identifier.key})
-                if existing is None or existing["profile_id"] != link.profile_id:
-                    taken.append(link.identifier.key)
+            # linked before: by this event's earlier attempt, or by another worker
+            duplicates = [links[error["index"]] for error in errors]
+            existing = self.links(link.identifier for link in duplicates)
+            taken = [link.identifier.key for link in duplicates
+                     if link.identifier not in existing
+                     or existing[link.identifier].profile_id != link.profile_id]
         # after the links: a crash in between is repaired when the event is re-delivered. The
         # links stored are listed even when another was taken: a merge moves what is listed
         held = [link for link in links if link.identifier.key not in taken]

@@ -51,7 +51,7 @@ class InMemoryGraph(GraphRepository):
         self.merges.append(merge)
         node = self.nodes[merge.merged]
         self.nodes[merge.merged] = ProfileNode(node.profile_id, node.created_at, merge.survivor)
-        moved = sorted(self.listed_on[merge.merged], key=lambda i: i.key)
+        moved = set(self.listed_on[merge.merged])
         self._list(merge.survivor, moved)
         self._relink(moved, merge.merged, merge.survivor)
 
