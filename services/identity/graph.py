@@ -322,12 +322,8 @@ def resolve(
     unverified = set(unverified)
     for attempt in range(max_attempts):
         reader = first_look if first_look is not None and attempt == 0 else repo
-        links = reader.links(ordered)
-        owners = _Owners(reader)
-        involved = sorted({owners.of(link.profile_id).profile_id for link in links.values()})
-        if (len(links) == len(ordered) and len(involved) == 1
-                and all(link.profile_id == involved[0] for link in links.values())
-                and set(ordered) <= owners.of(involved[0]).identifiers):
+        links, owners, involved = _look(reader, ordered)
+        if _nothing_to_change(ordered, links, owners, involved):
             # the common case, a known customer again: nothing to link, merge or repair
             return Resolution(involved[0])
         created = None
@@ -358,6 +354,33 @@ def resolve(
               unverified, message_id, at)
         return result
     raise LinkTaken("the graph kept changing under this event")
+
+
+def profiles_to_lock(reader: GraphReader, identifiers: Iterable[Identifier],
+                     message_id: str) -> list[str]:
+    """The profiles ``resolve`` would lock for this event as ``reader`` sees the graph now:
+    none for a known customer, the profile it would create for a new one."""
+    ordered = priority_order(identifiers)
+    links, owners, involved = _look(reader, ordered)
+    if not ordered or _nothing_to_change(ordered, links, owners, involved):
+        return []
+    return involved or [new_profile_id(message_id)]
+
+
+def _look(reader: GraphReader, ordered: list[Identifier]
+          ) -> tuple[dict[Identifier, Link], _Owners, list[str]]:
+    """The event's links, their owners, and the profiles those are (sorted)."""
+    links = reader.links(ordered)
+    owners = _Owners(reader)
+    return links, owners, sorted({owners.of(link.profile_id).profile_id
+                                  for link in links.values()})
+
+
+def _nothing_to_change(ordered: list[Identifier], links: Mapping[Identifier, Link],
+                       owners: _Owners, involved: list[str]) -> bool:
+    return (len(links) == len(ordered) and len(involved) == 1
+            and all(link.profile_id == involved[0] for link in links.values())
+            and set(ordered) <= owners.of(involved[0]).identifiers)
 
 
 def _tell(first_look: GraphReader | None, result: Resolution, ordered: list[Identifier],

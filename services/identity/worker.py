@@ -23,7 +23,13 @@ from services.common.privacy_requests import ack_payload
 from services.common.store import ProcessedLedger, ensure_indexes
 from services.identity import privacy
 from services.identity.channels import protect_hetus
-from services.identity.graph import GraphSnapshot, Identifier, limits_from, resolve
+from services.identity.graph import (
+    GraphSnapshot,
+    Identifier,
+    limits_from,
+    profiles_to_lock,
+    resolve,
+)
 from services.identity.graph_store import INDEXES, MongoGraph
 from services.identity.merges import UnannouncedChanges, log_message
 from services.identity.privacy_store import GraphEraser, SuppressionList
@@ -103,7 +109,8 @@ def make_handlers(graph: MongoGraph, people: SuggestionStore, limits: dict[str, 
         return _Event(envelope, identifiers, unverified)
 
     def resolve_event(event: _Event, given: list, snapshot: GraphSnapshot | None = None,
-                      caused: list[dict] | None = None) -> list[Outgoing]:
+                      caused: list[dict] | None = None,
+                      repo: MongoGraph = graph) -> list[Outgoing]:
         """The event's messages; what the customer gave about themselves is added to
         ``given`` for the suggestion store."""
         envelope, identifiers = event.envelope, event.identifiers
@@ -111,11 +118,11 @@ def make_handlers(graph: MongoGraph, people: SuggestionStore, limits: dict[str, 
             # erased on request: dropped, not dead-lettered (that would keep the data)
             metrics.EVENTS_SUPPRESSED.labels(SERVICE, envelope.channel).inc()
             return []
-        result = resolve(graph, event.keys, message_id=envelope.message_id,
+        result = resolve(repo, event.keys, message_id=envelope.message_id,
                          at=envelope.received_at, unverified=event.unverified, limits=limits,
                          first_look=snapshot)
         if result.conflicts:
-            graph.record_conflicts(envelope.message_id, result.conflicts, envelope.received_at)
+            repo.record_conflicts(envelope.message_id, result.conflicts, envelope.received_at)
             for conflict in result.conflicts:
                 metrics.IDENTITY_CONFLICTS.labels(SERVICE, conflict.identifier.type).inc()
         metrics.IDENTITY_MERGES.labels(SERVICE).inc(len(result.merges))
@@ -150,10 +157,17 @@ def make_handlers(graph: MongoGraph, people: SuggestionStore, limits: dict[str, 
         snapshot = graph.snapshot(key for event in events for key in event.keys)
         caused = graph.caused_by_each([event.envelope.message_id for event in events
                                        if len(event.identifiers) > 1])
+        # what the poll's events will change, locked in one write: the profiles of customers
+        # gaining identifiers or merging, and those new customers would create
+        to_lock = [profile_id for event in events
+                   for profile_id in profiles_to_lock(snapshot, event.keys,
+                                                      event.envelope.message_id)]
         given: list = []
-        messages = [message for event in events
-                    for message in resolve_event(event, given, snapshot,
-                                                 caused.get(event.envelope.message_id))]
+        with graph.locking_ahead(to_lock) as batch_graph:
+            messages = [message for event in events
+                        for message in resolve_event(event, given, snapshot,
+                                                     caused.get(event.envelope.message_id),
+                                                     batch_graph)]
         # one write for the poll, before its messages go out and its offsets are committed
         people.remember(given)
         return messages

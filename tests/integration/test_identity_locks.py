@@ -7,6 +7,8 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from services.identity.graph_store import LOCKS, MongoGraph
 
 
@@ -43,3 +45,44 @@ def test_an_expired_lease_of_a_dead_holder_is_taken_over(db, unique):
                           "until": datetime.now(UTC) - timedelta(seconds=1)})
     with MongoGraph(db, lock_wait_seconds=5).lock([profile]):
         assert db[LOCKS].find_one({"_id": profile})["owner"] != "died"
+
+
+def test_a_batch_locks_the_profiles_of_its_new_customers_together_and_frees_them_together(
+        db, unique):
+    ahead = [f"p-new-{unique}-{n}" for n in range(3)]
+    with MongoGraph(db).locking_ahead(ahead) as batch_graph:
+        owners = {doc["owner"] for doc in db[LOCKS].find({"_id": {"$in": ahead}})}
+        assert len(owners) == 1 and db[LOCKS].count_documents({"_id": {"$in": ahead}}) == 3
+        with batch_graph.lock([ahead[0]]):
+            # held by the batch: nothing more is written, and no one else gets it
+            assert db[LOCKS].count_documents({"_id": {"$in": ahead}}) == 3
+            with pytest.raises(TimeoutError):
+                with MongoGraph(db, lock_wait_seconds=0.2).lock([ahead[0]]):
+                    pass
+    assert db[LOCKS].count_documents({"_id": {"$in": ahead}}) == 0
+
+
+def test_a_batch_lets_go_of_its_locks_before_it_waits_on_another(db, unique):
+    ahead, other = f"p-new-{unique}", f"p-known-{unique}"
+    with MongoGraph(db).locking_ahead([ahead]) as batch_graph:
+        with batch_graph.lock([ahead]):
+            pass
+        with batch_graph.lock([other]):
+            # another worker waiting on the batch's lock is not kept waiting on it
+            assert db[LOCKS].find_one({"_id": ahead}) is None
+            with MongoGraph(db, lock_wait_seconds=1).lock([ahead]):
+                pass
+        with batch_graph.lock([ahead]):  # from here on one by one
+            assert db[LOCKS].find_one({"_id": ahead}) is not None
+    assert db[LOCKS].count_documents({"_id": {"$in": [ahead, other]}}) == 0
+
+
+def test_a_lease_left_on_a_new_customers_profile_is_waited_out_not_shared(db, unique):
+    left, free = f"p-left-{unique}", f"p-free-{unique}"
+    db[LOCKS].insert_one({"_id": left, "owner": "died",
+                          "until": datetime.now(UTC) - timedelta(seconds=1)})
+    with MongoGraph(db, lock_wait_seconds=5).locking_ahead([left, free]) as batch_graph:
+        assert db[LOCKS].find_one({"_id": left})["owner"] == "died"
+        with batch_graph.lock([left]):
+            assert db[LOCKS].find_one({"_id": left})["owner"] not in ("died", None)
+    assert db[LOCKS].count_documents({"_id": {"$in": [left, free]}}) == 0

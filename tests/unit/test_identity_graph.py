@@ -12,7 +12,9 @@ from services.identity.graph import (
     PRIORITY,
     GraphSnapshot,
     Identifier,
+    new_profile_id,
     priority_order,
+    profiles_to_lock,
     resolve,
 )
 from tests.support.identity_fakes import InMemoryGraph
@@ -331,3 +333,20 @@ def test_accepted_suggestion_still_respects_merge_protection():
     b = apply(graph, ["user_id:L2"]).profile_id
     with pytest.raises(MergeRefused, match="user_id"):
         merge_profiles(graph, a, b, decision_id="s2", at=T0)
+
+
+def test_the_profiles_an_event_will_lock_are_named_before_it_is_resolved():
+    graph = InMemoryGraph()
+    known = apply(graph, ["email:a@example.com", "anonymous_id:c1"]).profile_id
+    other = apply(graph, ["phone:+358401234567"]).profile_id
+
+    def locks(keys, message_id="m-next"):
+        return profiles_to_lock(graph, [ident(k) for k in keys], message_id)
+
+    assert locks(["email:a@example.com"]) == []  # a known customer again changes nothing
+    assert locks(["email:b@example.com"], "m-new") == [new_profile_id("m-new")]
+    assert locks(["email:a@example.com", "anonymous_id:c2"]) == [known]
+    assert locks(["email:a@example.com", "phone:+358401234567"]) == sorted([known, other])
+    resolved = resolve(graph, [ident("email:a@example.com"), ident("anonymous_id:c2")],
+                       message_id="m-next", at=T0 + timedelta(days=1))
+    assert resolved.profile_id == known and resolved.linked == [ident("anonymous_id:c2")]
