@@ -25,7 +25,7 @@ import orjson
 from kafka import KafkaConsumer, KafkaProducer
 
 from bench import identity_scale, lookup_costs, matching_quality, pipeline, social_latency
-from bench.baselines import peak_rss_mb, raw_upserts
+from bench.baselines import cpu_speed_ms, peak_rss_mb, raw_upserts
 from bench.pipeline import step
 from deploy.local.infra import Instance
 from services.common import store, topics
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict = {"date": datetime.now(UTC).isoformat(timespec="seconds"),
                      "cores": os.cpu_count(), "machine": platform.machine(),
-                     "python": platform.python_version()}
+                     "python": platform.python_version(), "cpu_speed_ms_start": cpu_speed_ms()}
     step("raw Kafka produce → consume (kafka-python)")
     results.update(raw_kafka(settings))
     step("raw pymongo bulk upserts")
@@ -160,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     results["match_recall"] = quality["match"]["recall"]
     results["match_f1"] = quality["match"]["f1"]
     results["match_10k_seconds"] = quality["wall_seconds"]
+    results["cpu_speed_ms_end"] = cpu_speed_ms()
     slower_raw = min(results["raw_consume_per_s"], results["raw_upsert_per_s"])
     results["ingest_ratio"] = results["ingest_events_per_s"] / slower_raw
 
@@ -172,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_table(results: dict) -> None:
     rows = [
+        ("CPU speed: fixed loop at start (ms)", results["cpu_speed_ms_start"]),
+        ("CPU speed: fixed loop at end (ms)", results["cpu_speed_ms_end"]),
         ("raw Kafka produce (msg/s)", results["raw_produce_per_s"]),
         ("raw Kafka consume (msg/s)", results["raw_consume_per_s"]),
         ("raw store bulk upsert (doc/s)", results["raw_upsert_per_s"]),

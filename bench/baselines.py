@@ -18,6 +18,18 @@ from services.common import store
 from services.common.config import Settings
 
 
+def cpu_speed_ms(loops: int = 3) -> float:
+    """The best of ``loops`` timings of one fixed pure-Python loop, in ms. The machines are
+    shared: a run whose figures all moved together usually ran on a slower core, and this
+    says so (taken at the start and the end of a run)."""
+    best = float("inf")
+    for _ in range(loops):
+        started = time.perf_counter()
+        sum(i * i for i in range(2_000_000))
+        best = min(best, time.perf_counter() - started)
+    return best * 1000
+
+
 def raw_upserts(settings: Settings, count: int = 5_000) -> dict:
     """pymongo's bulk upsert rate on the same store: the ceiling for any projection."""
     db = store.database(store.connect(settings), settings)
