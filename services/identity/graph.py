@@ -361,8 +361,10 @@ def profiles_to_lock(reader: GraphReader, identifiers: Iterable[Identifier],
     """The profiles ``resolve`` would lock for this event as ``reader`` sees the graph now:
     none for a known customer, the profile it would create for a new one."""
     ordered = priority_order(identifiers)
+    if not ordered:
+        return []
     links, owners, involved = _look(reader, ordered)
-    if not ordered or _nothing_to_change(ordered, links, owners, involved):
+    if _nothing_to_change(ordered, links, owners, involved):
         return []
     return involved or [new_profile_id(message_id)]
 

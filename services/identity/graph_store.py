@@ -243,10 +243,11 @@ class MongoGraph(GraphRepository):
         released in one: a batch names the profiles its events will change (graph.
         profiles_to_lock), and ``lock`` on them then costs no round trip.
 
-        Those held by someone else are left out, not waited for; and before the graph waits on
-        any lock it lets go of all the batch's. So it never holds a lock while it waits for
-        one (no deadlock between workers), and whoever waits on the batch's locks waits at
-        most until then or the block's end."""
+        Those held by someone else (or a lease a dead worker left) are left out, not waited
+        for; and before the graph waits on any lock it lets go of all the batch's. So it never
+        holds a lock while it waits for one (no deadlock between workers), and whoever waits
+        on the batch's locks waits at most until then, or the block's end: keep blocks short
+        (the worker takes a few dozen events' locks at a time)."""
         view = copy.copy(self)
         view._ahead = _LocksAhead(self.locks, profile_ids)
         try:
@@ -262,7 +263,8 @@ class MongoGraph(GraphRepository):
         a duplicate ``_id`` is the one check FerretDB 1.x enforces against a concurrent
         writer (a filtered update is not atomic there). Raises TimeoutError when a lock is
         not free within ``lock_wait_seconds``; the lease expires by itself if its holder
-        dies."""
+        dies. On a ``locking_ahead`` view, locks the batch holds cost nothing; any other
+        first makes the batch give up all of its own."""
         wanted = sorted(set(profile_ids))
         if self._ahead is not None:
             if self._ahead.covers(wanted):
@@ -303,36 +305,43 @@ class MongoGraph(GraphRepository):
 
 
 class _LocksAhead:
-    """The locks a batch took together (see MongoGraph.locking_ahead). Held no longer than
-    half a lease, so none expires while in use; after that the batch locks one by one."""
+    """The locks a batch took together (see MongoGraph.locking_ahead). Used for no more than
+    a third of a lease, so a block entered under one has two thirds of the lease left; after
+    that the batch gives them up and locks one event at a time."""
 
     def __init__(self, locks: pymongo.collection.Collection, profile_ids: Iterable[str]):
         self.locks = locks
         self.token = uuid.uuid4().hex
-        self.held: set[str] = set()
-        self._expires = time.monotonic() + LOCK_LEASE.total_seconds() / 2
+        self._expires = time.monotonic() + LOCK_LEASE.total_seconds() / 3
         until = datetime.now(UTC) + LOCK_LEASE
         docs = [{"_id": profile_id, "owner": self.token, "until": until}
                 for profile_id in sorted(set(profile_ids))]
+        self._tried = [doc["_id"] for doc in docs]  # released by owner, whatever the insert said
         refused: set[str] = set()
-        if docs:
-            try:
+        try:
+            if docs:
                 self.locks.insert_many(docs, ordered=False)
-            except pymongo.errors.BulkWriteError as exc:
-                errors = exc.details.get("writeErrors", [])
-                if any(error.get("code") != 11000 for error in errors):
-                    raise
-                # held by another worker, or a lease a dead one left
-                refused = {docs[error["index"]]["_id"] for error in errors}
-        self.held = {doc["_id"] for doc in docs} - refused
+        except pymongo.errors.BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if any(error.get("code") != 11000 for error in errors):
+                self.release()
+                raise
+            # held by another worker, or a lease a dead one left
+            refused = {docs[error["index"]]["_id"] for error in errors}
+        except pymongo.errors.PyMongoError:
+            self.release()
+            raise
+        self.held = set(self._tried) - refused
 
     def covers(self, profile_ids: list[str]) -> bool:
-        return set(profile_ids) <= self.held and time.monotonic() < self._expires
+        if time.monotonic() >= self._expires:
+            self.release()
+        return set(profile_ids) <= self.held
 
     def release(self) -> None:
-        held, self.held = sorted(self.held), set()
-        for start in range(0, len(held), IDS_PER_QUERY):
-            self.locks.delete_many({"_id": {"$in": held[start:start + IDS_PER_QUERY]},
+        tried, self._tried, self.held = self._tried, [], set()
+        for start in range(0, len(tried), IDS_PER_QUERY):
+            self.locks.delete_many({"_id": {"$in": tried[start:start + IDS_PER_QUERY]},
                                     "owner": self.token})
 
 

@@ -39,6 +39,9 @@ SERVICE = "identity"
 GROUP = "identity-graph"
 PRIVACY_GROUP = "identity-privacy"
 INPUT_TOPICS = (topics.EVENTS_WEB, topics.EVENTS_PHONE, topics.EVENTS_SOCIAL)
+# events of a poll whose locks are taken together: another worker or the API waiting on one
+# of them waits at most as long as these events take, not the whole poll
+LOCK_AHEAD_EVENTS = 50
 
 log = logging.getLogger(__name__)
 
@@ -157,17 +160,20 @@ def make_handlers(graph: MongoGraph, people: SuggestionStore, limits: dict[str, 
         snapshot = graph.snapshot(key for event in events for key in event.keys)
         caused = graph.caused_by_each([event.envelope.message_id for event in events
                                        if len(event.identifiers) > 1])
-        # what the poll's events will change, locked in one write: the profiles of customers
-        # gaining identifiers or merging, and those new customers would create
-        to_lock = [profile_id for event in events
-                   for profile_id in profiles_to_lock(snapshot, event.keys,
-                                                      event.envelope.message_id)]
         given: list = []
-        with graph.locking_ahead(to_lock) as batch_graph:
-            messages = [message for event in events
-                        for message in resolve_event(event, given, snapshot,
-                                                     caused.get(event.envelope.message_id),
-                                                     batch_graph)]
+        messages: list[Outgoing] = []
+        for start in range(0, len(events), LOCK_AHEAD_EVENTS):
+            chunk = events[start:start + LOCK_AHEAD_EVENTS]
+            # what these events will change, locked in one write: the profiles of customers
+            # gaining identifiers or merging, and those new customers would create
+            to_lock = [profile_id for event in chunk
+                       for profile_id in profiles_to_lock(snapshot, event.keys,
+                                                          event.envelope.message_id)]
+            with graph.locking_ahead(to_lock) as batch_graph:
+                messages += [message for event in chunk
+                             for message in resolve_event(event, given, snapshot,
+                                                          caused.get(event.envelope.message_id),
+                                                          batch_graph)]
         # one write for the poll, before its messages go out and its offsets are committed
         people.remember(given)
         return messages

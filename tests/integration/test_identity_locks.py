@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from services.identity import graph_store
 from services.identity.graph_store import LOCKS, MongoGraph
 
 
@@ -77,7 +78,8 @@ def test_a_batch_lets_go_of_its_locks_before_it_waits_on_another(db, unique):
     assert db[LOCKS].count_documents({"_id": {"$in": [ahead, other]}}) == 0
 
 
-def test_a_lease_left_on_a_new_customers_profile_is_waited_out_not_shared(db, unique):
+def test_a_lease_a_dead_worker_left_is_left_out_of_the_batch_and_taken_over_when_needed(
+        db, unique):
     left, free = f"p-left-{unique}", f"p-free-{unique}"
     db[LOCKS].insert_one({"_id": left, "owner": "died",
                           "until": datetime.now(UTC) - timedelta(seconds=1)})
@@ -86,3 +88,15 @@ def test_a_lease_left_on_a_new_customers_profile_is_waited_out_not_shared(db, un
         with batch_graph.lock([left]):
             assert db[LOCKS].find_one({"_id": left})["owner"] not in ("died", None)
     assert db[LOCKS].count_documents({"_id": {"$in": [left, free]}}) == 0
+
+
+def test_a_batch_gives_up_its_locks_after_a_third_of_a_lease_rather_than_use_them_longer(
+        db, unique, monkeypatch):
+    monkeypatch.setattr(graph_store, "LOCK_LEASE", timedelta(seconds=0.6))
+    profile = f"p-slow-{unique}"
+    with MongoGraph(db, lock_wait_seconds=5).locking_ahead([profile]) as batch_graph:
+        first_owner = db[LOCKS].find_one({"_id": profile})["owner"]
+        time.sleep(0.3)
+        with batch_graph.lock([profile]):  # locked afresh, with a whole lease
+            assert db[LOCKS].find_one({"_id": profile})["owner"] != first_owner
+    assert db[LOCKS].find_one({"_id": profile}) is None
