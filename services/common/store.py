@@ -149,12 +149,14 @@ def pages_by_id(read: Callable[[list[str]], list[dict]], ids: list[str], after: 
             yield page
 
 
-def delete_by_ids(collection: pymongo.collection.Collection, ids: Iterable[str]) -> int:
-    """Delete the documents whose ``_id`` is one of ``ids``; returns how many existed.
+def delete_by_ids(collection: pymongo.collection.Collection, ids: Iterable[str],
+                  where: dict | None = None) -> int:
+    """Delete the documents whose ``_id`` is one of ``ids`` (and that match ``where``, if
+    given); returns how many were deleted.
 
     One ``_id`` equality per delete, sent ``BULK_CHUNK`` to a command: FerretDB 1.x answers
     that from its index, where ``{"_id": {"$in": ids}}`` scans the whole collection."""
-    writes = [pymongo.DeleteOne({"_id": one}) for one in sorted(set(ids))]
+    writes = [pymongo.DeleteOne({"_id": one, **(where or {})}) for one in sorted(set(ids))]
     deleted = 0
     for start in range(0, len(writes), BULK_CHUNK):
         deleted += collection.bulk_write(writes[start:start + BULK_CHUNK],

@@ -26,7 +26,7 @@ import pymongo
 import pymongo.errors
 from pymongo.database import Database
 
-from services.common.store import IDS_PER_QUERY, Index, find_by_ids
+from services.common.store import Index, delete_by_ids, find_by_ids
 from services.identity.graph import (
     Conflict,
     GraphRepository,
@@ -340,9 +340,7 @@ class _LocksAhead:
 
     def release(self) -> None:
         tried, self._tried, self.held = self._tried, [], set()
-        for start in range(0, len(tried), IDS_PER_QUERY):
-            self.locks.delete_many({"_id": {"$in": tried[start:start + IDS_PER_QUERY]},
-                                    "owner": self.token})
+        delete_by_ids(self.locks, tried, where={"owner": self.token})
 
 
 def _node(profile_doc: dict) -> ProfileNode:
