@@ -86,7 +86,7 @@ def kafka_libs() -> Path:
     return libs
 
 
-# Five changes to FerretDB 1.24, applied to its source before the build:
+# Six changes to FerretDB 1.24, applied to its source before the build:
 # - it looks documents up by _id with the expression `_ferretdb_sjson->'$._id'`, but creates
 #   the _id index on `_ferretdb_sjson->"_id"`; SQLite uses an expression index only for the
 #   same expression, so every find, update and delete by _id scanned the whole table (70 ms
@@ -94,9 +94,11 @@ def kafka_libs() -> Path:
 # - it pushes `_id` equality down only when it is the filter's sole field, so a conditional
 #   write such as {_id, version} scanned the table too. FerretDB's handler filters every
 #   fetched document by the whole filter again, so narrowing by _id first is always safe;
-# - it scans the table for `{_id: {$in: [...]}}`; ferretdb/sqlite_id_in.go.in answers that
-#   from the _id index too, so a batch of documents is one round trip (services/common/store.py
-#   find_by_ids), not one per document;
+# - it scans the table for `{_id: {$in: [...]}}`; ferretdb/sqlite_id_conditions.go.in answers
+#   that from the _id index too, so a batch of documents is one round trip (services/common/
+#   store.py find_by_ids), not one per document;
+# - it scans the table for an _id range; the same file answers a prefix range (store.py
+#   id_prefix) from the index, so a profile's access-log entries are read without a list of them;
 # - its handler updates a document by reading it, changing it in Go and writing it back, with
 #   nothing stopping a concurrent update of the same document in between: one of the changes
 #   was lost (4 threads x 50 $addToSet on one document kept 62 of 200 values).
@@ -118,7 +120,7 @@ FERRETDB_PATCHES = (
      "\t\t\twhereClause = fmt.Sprintf(` WHERE %s = ?`, metadata.IDColumn)\n"
      "\t\t\targs = []any{string(must.NotFail(sjson.MarshalSingleValue(v)))}\n"
      "\t\tcase *types.Document:\n"
-     "\t\t\twhereClause, args = idInWhereClause(v.(*types.Document))\n"
+     "\t\t\twhereClause, args = idConditionWhereClause(v.(*types.Document))\n"
      "\t\t}\n"),
     ("internal/handler/msg_update.go",
      "*common.UpdateParams) (int32, int32, *types.Array, error) {\n",
@@ -136,7 +138,8 @@ FERRETDB_PATCHES = (
      "func Untrack(obj any, token *Token) {\n\tcheckArgs(obj, token)\n\n\treturn // Muisti\n"),
 )
 FERRETDB_ADDED_FILES = {
-    "internal/backends/sqlite/muisti_id_in.go": HERE / "ferretdb" / "sqlite_id_in.go.in",
+    "internal/backends/sqlite/muisti_id_conditions.go":
+        HERE / "ferretdb" / "sqlite_id_conditions.go.in",
     "internal/handler/muisti_update_lock.go": HERE / "ferretdb" / "handler_update_lock.go.in",
 }
 

@@ -35,6 +35,12 @@ def entry_message(*, profile_id: str, key_id: str, roles: list[str], purpose: st
     return Outgoing(topics.PROFILE_ACCESSES, profile_id, envelope.resolved_to(profile_id))
 
 
+def entry_id(profile_id: str, message_id: str) -> str:
+    """An entry's ``_id``: the profile's entries are one ``_id`` range, read and erased as one
+    (store.id_prefix), with no list of them to keep."""
+    return f"{profile_id}|{message_id}"
+
+
 def stored_entry(envelope: Envelope) -> dict:
     """The access-log document of an entry message; InvalidMessage when it is not one."""
     payload = envelope.payload
@@ -45,5 +51,6 @@ def stored_entry(envelope: Envelope) -> dict:
     roles = payload.get("roles")
     if not isinstance(roles, list) or not all(isinstance(role, str) for role in roles):
         raise InvalidMessage("an access-log entry lists the reader's roles")
-    return {"_id": envelope.message_id, "profile_id": envelope.profile_id,
+    return {"_id": entry_id(envelope.profile_id, envelope.message_id),
+            "profile_id": envelope.profile_id,
             **{name: payload[name] for name in FIELDS}, "at": envelope.occurred_at}

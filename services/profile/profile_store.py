@@ -35,12 +35,12 @@ from pymongo import DeleteOne, InsertOne, ReplaceOne, UpdateOne
 from pymongo.database import Database
 
 from services.common.store import (
-    BULK_CHUNK,
     Index,
     bulk_write,
     delete_by_ids,
     documents_after,
     find_by_ids,
+    id_prefix,
     insert_new,
     older_than,
     paced,
@@ -48,6 +48,7 @@ from services.common.store import (
     unpack,
 )
 from services.common.store import pack as store_pack
+from services.profile import access_log
 
 PROFILES = "profiles"
 IDENTIFIERS = "profile_identifiers"
@@ -55,9 +56,8 @@ ACCESS_LOG = "profile_access_log"
 NAMES = "profile_name_index"
 CONSENTS = "profile_consents"
 ERASED = "profile_erasures"
-# per profile (``_id``), the ``_id`` of each of its access log entries, so an erasure deletes
-# them by ``_id`` instead of scanning the log
-ACCESS_INDEX = "profile_access_index"
+# where earlier versions listed each profile's access-log entry ids (adopt_listed_accesses)
+LISTED_ACCESSES = "profile_access_index"
 
 INDEXES = [Index(ACCESS_LOG, [("profile_id", 1), ("at", -1)]),
            Index(IDENTIFIERS, [("profile_id", 1)])]
@@ -66,7 +66,7 @@ NAME_PREFIX_MIN, NAME_PREFIX_MAX = 2, 12
 NAME_BUCKET_LIMIT = 200
 # a full bucket stays full until emptied: trusted this long without being read again
 OVERFLOW_REMEMBERED_SECONDS = 600.0
-EXPIRY_PROFILES_PER_CHUNK = 100  # profiles whose expired access-log entries go between pauses
+EXPIRY_CHUNK = 500  # expired access-log entries deleted between two pauses of a sweep
 
 
 def normalise_name(text: str) -> str:
@@ -102,7 +102,6 @@ class ProfileStore:
         self.profiles = db[PROFILES]
         self.identifiers = db[IDENTIFIERS]
         self.access_log = db[ACCESS_LOG]
-        self.access_index = db[ACCESS_INDEX]
         self.names = db[NAMES]
         self.consents = db[CONSENTS]
         self.erased = db[ERASED]
@@ -312,62 +311,53 @@ class ProfileStore:
         return sum(self.profiles.delete_one({"_id": p}).deleted_count for p in set(profile_ids))
 
     def delete_accesses(self, profile_ids: Iterable[str]) -> int:
-        deleted = 0
-        for profile_id in sorted(set(profile_ids)):
-            listed = self.access_index.find_one({"_id": profile_id}) or {}
-            deleted += delete_by_ids(self.access_log, listed.get("entries") or [])
-            self.access_index.delete_one({"_id": profile_id})
-        return deleted
+        return sum(self.access_log.delete_many(_accesses_of(profile_id)).deleted_count
+                   for profile_id in sorted(set(profile_ids)))
 
     def add_accesses(self, entries: list[dict]) -> None:
-        """Store access-log entries (access_log.stored_entry): their ids listed per profile,
-        then the entries in one insert. Storing one again changes nothing."""
-        if not entries:
-            return
-        ids: dict[str, list[str]] = defaultdict(list)
-        for entry in entries:
-            ids[entry["profile_id"]].append(entry["_id"])
-        # listed first: a crash in between leaves a listed id with no entry, never the reverse
-        self._list_accesses(ids)
+        """Store access-log entries (access_log.stored_entry) in one insert. Storing one
+        again changes nothing."""
         insert_new(self.access_log, entries)
-
-    def _list_accesses(self, ids: dict[str, list[str]]) -> None:
-        """Add entry ids to their profiles' lists, ``BULK_CHUNK`` profiles per update command
-        (a bigger one hangs FerretDB: store.bulk_write). A plain command, since FerretDB's
-        reply to a bulk upsert lacks what pymongo's bulk_write needs."""
-        updates = [{"q": {"_id": profile_id}, "u": {"$addToSet": {"entries": {"$each": listed}}},
-                    "upsert": True} for profile_id, listed in sorted(ids.items())]
-        for start in range(0, len(updates), BULK_CHUNK):
-            command = {"update": self.access_index.name, "ordered": False,
-                       "updates": updates[start:start + BULK_CHUNK]}
-            errors = self.access_index.database.command(command).get("writeErrors") or []
-            if errors:
-                raise pymongo.errors.BulkWriteError({"writeErrors": errors})
 
     def expire_accesses(self, before: datetime,
                         pause: Callable[[float], bool] | None = None) -> int:
-        """Delete the entries older than ``before`` (one streamed read: the retention sweep)
-        and take them off their profiles' lists, a chunk of profiles at a time with ``pause``
-        between chunks (``store.paced``). Deleted first: a crash in between leaves a listed
-        id with no entry, never an entry an erasure cannot find."""
-        expired: dict[str, list[str]] = defaultdict(list)
-        for entry in older_than(self.access_log, "at", before, ["profile_id"]):
-            expired[entry["profile_id"]].append(entry["_id"])
-        deleted = 0
-        for chunk in paced(sorted(expired.items()), EXPIRY_PROFILES_PER_CHUNK, pause):
-            deleted += delete_by_ids(self.access_log, [i for _, ids in chunk for i in ids])
-            raise_write_errors(bulk_write(self.access_index, [
-                UpdateOne({"_id": profile_id}, {"$pullAll": {"entries": ids}})
-                for profile_id, ids in chunk]))
-        return deleted
+        """Delete the entries older than ``before`` (one streamed read: the retention sweep),
+        ``EXPIRY_CHUNK`` at a time with ``pause`` between chunks (``store.paced``)."""
+        expired = [entry["_id"] for entry in older_than(self.access_log, "at", before)]
+        return sum(delete_by_ids(self.access_log, chunk)
+                   for chunk in paced(expired, EXPIRY_CHUNK, pause))
 
     def accesses(self, profile_id: str, limit: int) -> list[dict]:
-        """The profile's newest ``limit`` access-log entries, found through its list of them
-        (a filter on ``profile_id`` would scan the whole log on FerretDB)."""
-        listed = (self.access_index.find_one({"_id": profile_id}) or {}).get("entries") or []
-        entries = find_by_ids(self.access_log, listed, {"_id": 0})
+        """The profile's newest ``limit`` access-log entries (one ``_id`` range: a filter on
+        ``profile_id`` would scan the whole log on FerretDB)."""
+        entries = list(self.access_log.find(_accesses_of(profile_id), {"_id": 0}))
         entries.sort(key=lambda entry: entry["at"], reverse=True)
         return entries[:limit]
+
+    def adopt_listed_accesses(self) -> int:
+        """Re-key the entries earlier versions stored under their message id alone, listed
+        per profile in ``LISTED_ACCESSES``, then drop the lists; returns how many moved.
+        Each profile's entries are copied before its list and the old ones go, so a crash
+        midway loses none, and the next start goes on."""
+        listed = self.access_log.database[LISTED_ACCESSES]
+        if LISTED_ACCESSES not in self.access_log.database.list_collection_names():
+            return 0
+        moved = 0
+        for page in documents_after(listed, None):
+            for profile_list in page:
+                old = find_by_ids(self.access_log, profile_list.get("entries") or [])
+                insert_new(self.access_log, [
+                    {**entry, "_id": access_log.entry_id(entry["profile_id"], entry["_id"])}
+                    for entry in old])
+                delete_by_ids(self.access_log, [entry["_id"] for entry in old])
+                listed.delete_one({"_id": profile_list["_id"]})
+                moved += len(old)
+        listed.drop()
+        return moved
+
+
+def _accesses_of(profile_id: str) -> dict:
+    return id_prefix(access_log.entry_id(profile_id, ""))
 
 
 def _name_matches(name: list[str], wanted: str) -> bool:

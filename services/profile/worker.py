@@ -101,6 +101,9 @@ def build_consumers(settings: Settings, producer: Producer, db: Database) -> lis
     ensure_indexes(db, INDEXES + SEGMENT_INDEXES)
     context = Context.build(settings, db)
     store_expires_history = context.history.prepare()
+    moved = context.store.adopt_listed_accesses()
+    if moved:
+        log.info("access-log entries re-keyed by profile", extra={"entries": moved})
     loops: list = []
     for group, topic_names, handler, batch_handler in (
             (GROUP, [topics.EVENTS_RESOLVED, topics.IDENTITY_MERGES], make_handler(context),

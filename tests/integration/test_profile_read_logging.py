@@ -12,9 +12,8 @@ import requests
 
 from services.common import topics
 from services.common.envelope import new_envelope
-from services.common.store import BULK_CHUNK
 from services.profile import access_log, projection
-from services.profile.profile_store import ACCESS_INDEX, ACCESS_LOG, ProfileStore
+from services.profile.profile_store import ACCESS_LOG, LISTED_ACCESSES, ProfileStore
 from services.profile.worker import Context, store_accesses
 from tests.support.kafka import create_topic, read_all
 from tests.support.processes import ServiceApi, wait_until
@@ -93,30 +92,18 @@ def read_entries(profile_id: str, readers: int) -> list:
         for n in range(readers)]
 
 
-def test_worker_stores_each_entry_once_and_lists_it_for_erasure(settings, db, unique):
+def test_worker_stores_each_entry_once_under_its_profile(settings, db, unique):
     context = Context.build(settings, db)
     entries = {f"p_{unique}_{n}": read_entries(f"p_{unique}_{n}", 3) for n in range(4)}
     batch = [entry for listed in entries.values() for entry in listed]
     store_accesses(context, batch)
     store_accesses(context, batch[:5])  # re-delivered after a crash before the commit
     for profile_id, listed in entries.items():
-        ids = sorted(entry.message_id for entry in listed)
+        ids = sorted(f"{profile_id}|{entry.message_id}" for entry in listed)
         assert sorted(e["_id"] for e in db[ACCESS_LOG].find({"profile_id": profile_id})) == ids
-        assert sorted(db[ACCESS_INDEX].find_one({"_id": profile_id})["entries"]) == ids
         assert [e["key_id"] for e in context.store.accesses(profile_id, 2)] == ["k2", "k1"]
-
-
-def test_a_poll_reading_more_profiles_than_one_store_command_holds_is_stored(settings, db,
-                                                                              unique):
-    """Lists of many profiles updated at once: one command of ~100 matching updates would hang
-    FerretDB, so they go in commands of ``BULK_CHUNK``."""
-    context = Context.build(settings, db)
-    profile_ids = [f"p_{unique}_{n:03d}" for n in range(3 * BULK_CHUNK)]
-    for _ in range(2):  # the second time every list exists: each update matches
-        store_accesses(context, [entry for p in profile_ids for entry in read_entries(p, 1)])
-    listed = {doc["_id"]: len(doc["entries"]) for doc in db[ACCESS_INDEX].find(
-        {"_id": {"$in": profile_ids}})}
-    assert listed == {profile_id: 2 for profile_id in profile_ids}
+    # a profile whose id starts with another's: the entries of each stay apart
+    assert context.store.accesses(f"p_{unique}", 10) == []
 
 
 def test_entries_arriving_after_the_profiles_erasure_are_not_stored(settings, db, unique):
@@ -125,20 +112,50 @@ def test_entries_arriving_after_the_profiles_erasure_are_not_stored(settings, db
     context.store.mark_erased([erased], f"req-{unique}", datetime.now(UTC))
     store_accesses(context, read_entries(erased, 2) + read_entries(kept, 1))
     assert db[ACCESS_LOG].count_documents({"profile_id": erased}) == 0
-    assert db[ACCESS_INDEX].find_one({"_id": erased}) is None
     assert db[ACCESS_LOG].count_documents({"profile_id": kept}) == 1
 
 
-def test_entries_past_retention_are_deleted_and_unlisted_by_the_sweep(settings, db, unique):
+def test_an_erasure_deletes_the_profiles_entries_and_no_others(settings, db, unique):
+    context = Context.build(settings, db)
+    erased, kept = f"p_{unique}_1", f"p_{unique}_10"
+    store_accesses(context, read_entries(erased, 3) + read_entries(kept, 2))
+    assert context.store.delete_accesses([erased]) == 3
+    assert context.store.accesses(erased, 10) == []
+    assert len(context.store.accesses(kept, 10)) == 2
+
+
+def test_entries_past_retention_are_deleted_by_the_sweep(settings, db, unique):
     context = Context.build(settings, db)
     profile_id = f"p_{unique}"
     old, recent = read_entries(profile_id, 2), read_entries(profile_id, 1)
     store_accesses(context, old + recent)
     # far back, so that the sweep leaves the other tests' entries in the shared store alone
     cutoff = datetime(2001, 1, 1, tzinfo=UTC)
-    db[ACCESS_LOG].update_many({"_id": {"$in": [e.message_id for e in old]}},
-                               {"$set": {"at": cutoff - timedelta(days=800)}})
+    db[ACCESS_LOG].update_many(
+        {"_id": {"$in": [f"{profile_id}|{e.message_id}" for e in old]}},
+        {"$set": {"at": cutoff - timedelta(days=800)}})
     assert context.store.expire_accesses(cutoff) == 2
     assert [e["_id"] for e in db[ACCESS_LOG].find({"profile_id": profile_id})] == [
-        recent[0].message_id]
-    assert db[ACCESS_INDEX].find_one({"_id": profile_id})["entries"] == [recent[0].message_id]
+        f"{profile_id}|{recent[0].message_id}"]
+
+
+def test_entries_listed_per_profile_by_earlier_versions_are_rekeyed(db, unique):
+    """Before entries were keyed by profile, each was stored under its message id and
+    listed in its profile's document in LISTED_ACCESSES (the worker adopts them at start)."""
+    database = db.client[f"muisti_adopt_{unique}"]  # adoption takes every listed entry
+    profile_id, at = f"p_{unique}", datetime(2026, 5, 1, tzinfo=UTC)
+    database[ACCESS_LOG].insert_many([
+        {"_id": f"m{n}", "profile_id": profile_id, "key_id": f"k{n}", "roles": ["agent"],
+         "purpose": "customer_service", "endpoint": "/v1/profiles",
+         "at": at + timedelta(minutes=n)} for n in range(3)])
+    database[LISTED_ACCESSES].insert_one({"_id": profile_id, "entries": ["m0", "m1", "m2"]})
+    store = ProfileStore(database)
+
+    assert store.adopt_listed_accesses() == 3
+
+    assert LISTED_ACCESSES not in database.list_collection_names()
+    assert sorted(e["_id"] for e in database[ACCESS_LOG].find()) == [
+        f"{profile_id}|m0", f"{profile_id}|m1", f"{profile_id}|m2"]
+    assert [e["key_id"] for e in store.accesses(profile_id, 10)] == ["k2", "k1", "k0"]
+    assert store.adopt_listed_accesses() == 0  # the next start finds nothing to do
+    db.client.drop_database(database.name)

@@ -302,7 +302,6 @@ def test_erasure_removes_everything_held_for_the_subject_and_acks_once(
                                   ("profile_event_months", "profile_id"),
                                   ("profile_segment_members", "profile_id"),
                                   ("profile_access_log", "profile_id"),
-                                  ("profile_access_index", "_id"),
                                   ("profile_consents", "_id")):
             assert db[collection].count_documents({field: profile_id}) == 0, collection
     assert api.get("/v1/profiles/search", params={"name": last}).json()["results"] == []
@@ -327,7 +326,7 @@ def test_erasing_a_survivor_erases_what_is_kept_under_the_profiles_merged_into_i
     profile_when(api, survivor, lambda p: p["computed"]["purchase_count"] == 2, "the merge")
     held = [("profile_events", "profile_id"), ("profile_event_months", "profile_id"),
             ("profile_identifiers", "profile_id"), ("profile_access_log", "profile_id"),
-            ("profile_access_index", "_id"), ("profiles", "_id")]
+            ("profiles", "_id")]
     assert db.profile_events.count_documents({"profile_id": absorbed}) == 1
 
     # the request names the survivor only, as the privacy service would after an expansion

@@ -3,7 +3,13 @@
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
-from services.common.store import ProcessedLedger, documents_after, find_by_ids, older_than
+from services.common.store import (
+    ProcessedLedger,
+    documents_after,
+    find_by_ids,
+    id_prefix,
+    older_than,
+)
 
 
 def test_ledger_remembers_applied_ids_per_group(db, unique):
@@ -101,3 +107,30 @@ def test_concurrent_updates_of_one_document_are_all_applied(mongo_client, settin
     assert (len(doc["ids"]), doc["count"]) == (threads * per_thread, threads * per_thread)
     upserted = find_by_ids(collection, [f"upserted-{i}" for i in range(per_thread)])
     assert sorted(d["count"] for d in upserted) == [threads] * per_thread
+
+
+def test_the_documents_under_an_id_prefix_are_read_from_the_index(db, unique):
+    collection = db[f"prefix_{unique}"]
+    under = ["a|", "a|1", "a|2", "a| spaced", 'a|"quoted"', "a|<&>", "a|\\", "a|\u2028",
+             "a|é", "a|~"]
+    beside = ["a", "a{", "a}", "a\u2028", "b|1", "A|1", ""]
+    collection.insert_many([{"_id": one} for one in under + beside]
+                           + [{"_id": 7}, {"_id": {"a|": 1}}])
+
+    found = collection.find(id_prefix("a|"))
+    assert sorted(doc["_id"] for doc in found) == sorted(under)
+    plan = db.command("explain", {"find": collection.name,
+                                  "filter": id_prefix("a|")})["queryPlanner"]
+    assert any("USING INDEX" in step for step in plan["Plan"]), plan
+    assert not any("SCAN" in step for step in plan["Plan"]), plan
+    assert collection.delete_many(id_prefix("a|")).deleted_count == len(under)
+    assert collection.count_documents({}) == len(beside) + 2
+
+
+def test_a_prefix_the_index_cannot_answer_is_still_answered_whole(db, unique):
+    """Characters JSON escapes (here a space and a quote) keep the prefix out of the index:
+    the store reads the collection instead, and finds the same documents."""
+    collection = db[f"prefix_{unique}"]
+    collection.insert_many([{"_id": one} for one in ('a "b', 'a "b|c', 'a "c', "a  b")])
+
+    assert sorted(doc["_id"] for doc in collection.find(id_prefix('a "b'))) == ['a "b', 'a "b|c']
