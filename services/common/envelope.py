@@ -137,6 +137,13 @@ def decode(raw: bytes) -> Envelope:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidEnvelope(f"not JSON: {exc}") from None
+    return from_dict(data)
+
+
+def from_dict(data: Any) -> Envelope:
+    """Validate an envelope already parsed from JSON (one carried inside another message).
+
+    Raises InvalidEnvelope with the reason."""
     if not isinstance(data, dict):
         raise InvalidEnvelope("envelope must be a JSON object")
     try:

@@ -52,8 +52,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["hetu_protector"] = HetuProtector.from_settings(rt.settings, rt.db, SERVICE)
     app.extensions["profile_store"] = ProfileStore(rt.db)
     # a read is answered once its access-log entry is spooled; Kafka has it moments later
-    spool = Spool(rt.settings.spool_directory(SERVICE), lambda messages: rt.producer.send(messages),
-                  name="access_log")
+    spool = Spool(rt.settings.spool_directory(SERVICE),
+                  lambda reads: rt.producer.send(access_log.bundled(reads)), name="access_log")
     rt.on_shutdown.append(spool.close)
     app.extensions["access_spool"] = spool
     app.extensions["purpose_consents"] = privacy.parse_purpose_consents(

@@ -146,7 +146,7 @@ def store_accesses(context: Context, envelopes: list[Envelope]) -> list[Outgoing
     """Store the API's read entries, but none of an erased profile: an entry can reach the
     worker after the profile's erasure, which must leave no trace of the subject."""
     store = context.store
-    entries = [access_log.stored_entry(envelope) for envelope in envelopes]
+    entries = [entry for envelope in envelopes for entry in access_log.stored_entries(envelope)]
     erased = store.erased_among(entry["profile_id"] for entry in entries)
     kept = [entry for entry in entries if entry["profile_id"] not in erased]
     store.add_accesses(kept)

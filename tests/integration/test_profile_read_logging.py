@@ -11,7 +11,8 @@ from datetime import UTC, datetime, timedelta
 import requests
 
 from services.common import topics
-from services.common.envelope import new_envelope
+from services.common.bus import Outgoing
+from services.common.envelope import decode, new_envelope
 from services.profile import access_log, projection
 from services.profile.profile_store import ACCESS_LOG, LISTED_ACCESSES, ProfileStore
 from services.profile.worker import Context, store_accesses
@@ -54,7 +55,7 @@ def test_every_read_answered_before_a_kill_has_its_entry_on_the_access_topic(
 
     def entries() -> dict:
         # by message_id: a segment shipped just before the kill is shipped again
-        return {m["message_id"]: m for m in read_all(settings, topics.PROFILE_ACCESSES)
+        return {m["message_id"]: m for m in shipped_reads(settings)
                 if m["profile_id"] == f"p_{unique}"}
 
     successor = ServiceApi("profile", test_env).start()  # ships what the killed one left
@@ -79,8 +80,15 @@ def test_an_api_stopped_right_after_answering_ships_its_spool_before_it_exits(
     finally:
         assert api.stop() == 0  # SIGTERM at once, before the spool's next shipping round
     # no successor: the stopping process shipped them itself
-    assert len({m["message_id"] for m in read_all(settings, topics.PROFILE_ACCESSES)
+    assert len({m["message_id"] for m in shipped_reads(settings)
                 if m["profile_id"] == f"p_{unique}"}) == 3
+
+
+def shipped_reads(settings) -> list[dict]:
+    """Every read on the access topic, out of the bundles the API ships them in."""
+    return [read for message in read_all(settings, topics.PROFILE_ACCESSES)
+            for read in (message["payload"]["reads"]
+                         if message["type"] == access_log.BUNDLE_TYPE else [message])]
 
 
 def read_entries(profile_id: str, readers: int) -> list:
@@ -104,6 +112,17 @@ def test_worker_stores_each_entry_once_under_its_profile(settings, db, unique):
         assert [e["key_id"] for e in context.store.accesses(profile_id, 2)] == ["k2", "k1"]
     # a profile whose id starts with another's: the entries of each stay apart
     assert context.store.accesses(f"p_{unique}", 10) == []
+
+
+def test_a_bundle_of_reads_is_stored_as_one_entry_per_read(settings, db, unique):
+    context = Context.build(settings, db)
+    reads = [Outgoing(topics.PROFILE_ACCESSES, "", envelope.to_dict())
+             for n in range(3) for envelope in read_entries(f"p_{unique}_{n}", 2)]
+    [bundle] = access_log.bundled(reads)
+    store_accesses(context, [decode(bundle.value.to_bytes())])
+    for n in range(3):
+        assert [e["key_id"] for e in context.store.accesses(f"p_{unique}_{n}", 10)] == [
+            "k1", "k0"]
 
 
 def test_entries_arriving_after_the_profiles_erasure_are_not_stored(settings, db, unique):
