@@ -74,7 +74,8 @@ class LiveFeed:
         bus.ensure_topics(self.settings, FEED_TOPICS)
         consumer = KafkaConsumer(
             bootstrap_servers=self.settings.kafka_bootstrap.split(","),
-            group_id=None, enable_auto_commit=False, client_id="muisti-profile-dashboard")
+            group_id=None, enable_auto_commit=False, client_id="muisti-profile-dashboard",
+            fetch_max_wait_ms=bus.IDLE_FETCH_WAIT_MS)
         try:
             partitions = []
             for topic in FEED_TOPICS:
