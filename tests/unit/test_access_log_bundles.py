@@ -67,3 +67,10 @@ def test_a_read_missing_its_profile_in_a_bundle_is_refused():
     [bundle] = access_log.bundled(reads)
     with pytest.raises(InvalidMessage, match="read 0 of the bundle: .*profile_id"):
         access_log.stored_entries(shipped(bundle))
+
+
+def test_a_bundle_without_reads_is_refused():
+    [bundle] = access_log.bundled(spooled(1))
+    bundle.value.payload["reads"] = []
+    with pytest.raises(InvalidMessage, match="lists its reads"):
+        access_log.stored_entries(shipped(bundle))
