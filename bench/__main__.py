@@ -25,7 +25,8 @@ import orjson
 from kafka import KafkaConsumer, KafkaProducer
 
 from bench import identity_scale, lookup_costs, matching_quality, pipeline, social_latency
-from bench.baselines import cpu_speed_ms, peak_rss_mb, raw_upserts
+from bench.baselines import cpu_speed_ms, idle_cpu_ms_per_s, peak_rss_mb, raw_upserts
+from bench.lookup_costs import children
 from bench.pipeline import step
 from deploy.local.infra import Instance
 from services.common import store, topics
@@ -78,6 +79,14 @@ class Stack(PlatformStack):
         pipeline.wait_settled(self.settings,
                               ["identity-graph", "profile-projection", "export-feed"])
         return self
+
+    def process_ids(self, instance: Instance) -> dict[str, list[int]]:
+        """The platform's processes by kind: Kafka, the store, the services (with the API
+        servers' worker processes)."""
+        services = [process.proc.pid for process in self.processes]
+        return {"kafka": [pid for pid in [instance.pid("kafka")] if pid],
+                "store": [pid for pid in [instance.pid("ferretdb")] if pid],
+                "services": services + [child for pid in services for child in children(pid)]}
 
     def peak_memory_mb(self) -> dict:
         return {f"{name}_{kind}": peak_rss_mb(process.proc.pid)
@@ -132,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         step(f"seeding {args.profiles:,} profiles through the profile worker")
         phones, profile_ids = pipeline.seed_profiles(settings, args.profiles)
         pipeline.wait_quiet(settings)
+        step("the idle platform's CPU, 20 s")
+        results["idle_cpu_ms_per_s"] = idle_cpu_ms_per_s(stack.process_ids(instance))
         step(f"lookups by phone with {args.profiles:,} profiles stored")
         results.update(pipeline.lookups(
             stack.url("profile"), keys["agent"], db, phones,
@@ -223,6 +234,8 @@ def print_table(results: dict) -> None:
         ("match CPU per record, 100k / 10k", results["match_growth_per_record"]),
         ("match F1, 100k, no national id", results["match_100k_f1"]),
     ]
+    rows += [(f"idle platform CPU, {name} (ms/s)", used)
+             for name, used in results["idle_cpu_ms_per_s"].items()]
     rows += [(f"peak RSS {name} (MiB)", mb) for name, mb in results["peak_memory_mb"].items()]
     rows += [("export (profiles/s)", results["export_per_s"]),
              ("raw read + hash + CSV (rows/s)", results["raw_export_per_s"]),

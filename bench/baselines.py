@@ -6,6 +6,7 @@ on the same instance: the machine is shared and noisy, absolute figures wander.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from datetime import UTC, datetime
@@ -62,3 +63,26 @@ def peak_rss_mb(pid: int) -> float | None:
     except FileNotFoundError:
         return None
     return None
+
+
+def idle_cpu_ms_per_s(processes: dict[str, list[int]], seconds: float = 20.0) -> dict:
+    """CPU each group of processes spends per second while the platform has nothing to do
+    (every consumer caught up, no requests): the share of the cores every benchmark's work
+    competes with."""
+    def used() -> dict[str, float]:
+        return {name: sum(_cpu_seconds(pid) for pid in pids) for name, pids in processes.items()}
+
+    before = used()
+    time.sleep(seconds)
+    after = used()
+    return {name: round((after[name] - before[name]) * 1000 / seconds, 1) for name in processes}
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, all its threads, and of its reaped children; 0 once it
+    has exited."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")

@@ -382,6 +382,10 @@ class Instance:
     def _logfile(self, server: str) -> Path:
         return self.run_dir / f"{server}.log"
 
+    def pid(self, server: str) -> int | None:
+        """The pid of ``server`` (kafka, ferretdb) while this instance runs it."""
+        return self._pid(server) if self._alive(server) else None
+
     def _pid(self, server: str) -> int | None:
         try:
             return int(self._pidfile(server).read_text())
