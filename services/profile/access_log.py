@@ -21,13 +21,18 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
+import orjson
+
 from services.common import topics
 from services.common.bus import InvalidMessage, Outgoing
 from services.common.envelope import Envelope, InvalidEnvelope, from_dict, new_envelope
 
 ENTRY_TYPE = "Profile Read"
 BUNDLE_TYPE = "Profile Reads"
-BUNDLE_READS = 1000  # ~350 KB: well within Kafka's 1 MB message limit
+# a bundle ends at whichever comes first; a read is ~0.5 KB, and a message over the producer's
+# 1 MB limit would never be sent: the spool would hold it, and every read behind it, for good
+BUNDLE_READS = 1000
+BUNDLE_BYTES = 512 * 1024
 FIELDS = ("key_id", "roles", "purpose", "endpoint")
 
 
@@ -48,13 +53,23 @@ def entry_id(profile_id: str, message_id: str) -> str:
 
 def bundled(reads: Sequence[Outgoing]) -> list[Outgoing]:
     """Spooled reads (``entry_message`` values, as dicts) as ``Profile Reads`` messages of up
-    to ``BUNDLE_READS`` each, for the spool to ship."""
-    bundles = []
-    for start in range(0, len(reads), BUNDLE_READS):
-        envelope = new_envelope(BUNDLE_TYPE, "system", message_id=uuid.uuid4().hex, payload={
-            "reads": [read.value for read in reads[start:start + BUNDLE_READS]]})
-        bundles.append(Outgoing(topics.PROFILE_ACCESSES, envelope.message_id, envelope))
-    return bundles
+    to ``BUNDLE_READS`` reads and ``BUNDLE_BYTES`` each, for the spool to ship."""
+    bundles: list[list] = [[]]
+    size = 0
+    for read in reads:
+        read_size = len(orjson.dumps(read.value))
+        if bundles[-1] and (len(bundles[-1]) == BUNDLE_READS
+                            or size + read_size > BUNDLE_BYTES):
+            bundles.append([])
+            size = 0
+        bundles[-1].append(read.value)
+        size += read_size
+    messages = []
+    for listed in bundles if bundles[0] else []:
+        envelope = new_envelope(BUNDLE_TYPE, "system", message_id=uuid.uuid4().hex,
+                                payload={"reads": listed})
+        messages.append(Outgoing(topics.PROFILE_ACCESSES, envelope.message_id, envelope))
+    return messages
 
 
 def stored_entries(envelope: Envelope) -> list[dict]:

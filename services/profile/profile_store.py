@@ -67,6 +67,8 @@ NAME_BUCKET_LIMIT = 200
 # a full bucket stays full until emptied: trusted this long without being read again
 OVERFLOW_REMEMBERED_SECONDS = 600.0
 EXPIRY_CHUNK = 500  # expired access-log entries deleted between two pauses of a sweep
+ADOPTION_CHUNK = 50  # profiles whose listed access-log entries are re-keyed between pauses
+LISTED_CHECK_SECONDS = 60.0
 
 
 def normalise_name(text: str) -> str:
@@ -106,6 +108,7 @@ class ProfileStore:
         self.consents = db[CONSENTS]
         self.erased = db[ERASED]
         self._overflowed: dict[str, float] = {}  # bucket -> when it was seen full
+        self._listed_checked = (-LISTED_CHECK_SECONDS, False)  # (when, whether lists exist)
 
     def load(self, profile_id: str) -> dict | None:
         return unpack(self.profiles.find_one({"_id": profile_id}))
@@ -311,8 +314,17 @@ class ProfileStore:
         return sum(self.profiles.delete_one({"_id": p}).deleted_count for p in set(profile_ids))
 
     def delete_accesses(self, profile_ids: Iterable[str]) -> int:
-        return sum(self.access_log.delete_many(_accesses_of(profile_id)).deleted_count
-                   for profile_id in sorted(set(profile_ids)))
+        """Delete the profiles' access-log entries, and any an earlier version listed."""
+        deleted = 0
+        for profile_id in sorted(set(profile_ids)):
+            # by _id, 50 a command: FerretDB deletes a whole filter's matches in one statement,
+            # past SQLite's limit on bound parameters for a profile read 32k times
+            ranged = [entry["_id"] for entry in self.access_log.find(_accesses_of(profile_id),
+                                                                     {"_id": 1})]
+            deleted += delete_by_ids(self.access_log, ranged + self._listed_ids(profile_id))
+            if self._listed_accesses_exist():
+                self.access_log.database[LISTED_ACCESSES].delete_one({"_id": profile_id})
+        return deleted
 
     def add_accesses(self, entries: list[dict]) -> None:
         """Store access-log entries (access_log.stored_entry) in one insert. Storing one
@@ -329,31 +341,60 @@ class ProfileStore:
 
     def accesses(self, profile_id: str, limit: int) -> list[dict]:
         """The profile's newest ``limit`` access-log entries (one ``_id`` range: a filter on
-        ``profile_id`` would scan the whole log on FerretDB)."""
-        entries = list(self.access_log.find(_accesses_of(profile_id), {"_id": 0}))
-        entries.sort(key=lambda entry: entry["at"], reverse=True)
-        return entries[:limit]
+        ``profile_id`` would scan the whole log on FerretDB), with any an earlier version
+        listed and the housekeeping has not re-keyed yet."""
+        entries = {entry["_id"]: entry for entry in self.access_log.find(
+            _accesses_of(profile_id))}
+        entries.update((entry["_id"], entry) for entry in find_by_ids(
+            self.access_log, self._listed_ids(profile_id)))
+        newest = sorted(entries.values(), key=lambda entry: entry["at"], reverse=True)
+        return [{name: value for name, value in entry.items() if name != "_id"}
+                for entry in newest[:limit]]
 
-    def adopt_listed_accesses(self) -> int:
-        """Re-key the entries earlier versions stored under their message id alone, listed
+    def adopt_listed_accesses(self, pause: Callable[[float], bool] | None = None) -> int:
+        """Re-key the entries earlier versions stored under their message id alone and listed
         per profile in ``LISTED_ACCESSES``, then drop the lists; returns how many moved.
-        Each profile's entries are copied before its list and the old ones go, so a crash
-        midway loses none, and the next start goes on."""
-        listed = self.access_log.database[LISTED_ACCESSES]
-        if LISTED_ACCESSES not in self.access_log.database.list_collection_names():
+        The housekeeping runs it, ``ADOPTION_CHUNK`` profiles at a time with ``pause``
+        between chunks (``store.paced``; it returns True to stop). A profile's entries are
+        copied before they and its list are deleted, so a stop or crash midway loses none;
+        an erased profile's are deleted, not copied. An earlier version still running writes
+        lists again: the next run takes them."""
+        if not self._listed_accesses_exist(refresh=True):
             return 0
+        listed = self.access_log.database[LISTED_ACCESSES]
         moved = 0
         for page in documents_after(listed, None):
-            for profile_list in page:
-                old = find_by_ids(self.access_log, profile_list.get("entries") or [])
-                insert_new(self.access_log, [
-                    {**entry, "_id": access_log.entry_id(entry["profile_id"], entry["_id"])}
-                    for entry in old])
-                delete_by_ids(self.access_log, [entry["_id"] for entry in old])
-                listed.delete_one({"_id": profile_list["_id"]})
-                moved += len(old)
-        listed.drop()
+            for chunk in paced(page, ADOPTION_CHUNK, pause):
+                erased = self.erased_among(profile_list["_id"] for profile_list in chunk)
+                for profile_list in chunk:
+                    old = find_by_ids(self.access_log, profile_list.get("entries") or [])
+                    if profile_list["_id"] not in erased:
+                        insert_new(self.access_log, [{**entry, "_id": access_log.entry_id(
+                            entry["profile_id"], entry["_id"])} for entry in old])
+                        moved += len(old)
+                    delete_by_ids(self.access_log, [entry["_id"] for entry in old])
+                    listed.delete_one({"_id": profile_list["_id"]})
+            if pause is not None and pause(0):
+                return moved
+        if listed.find_one({}, {"_id": 1}) is None:
+            listed.drop()
+            self._listed_checked = (time.monotonic(), False)
         return moved
+
+    def _listed_ids(self, profile_id: str) -> list[str]:
+        if not self._listed_accesses_exist():
+            return []
+        listed = self.access_log.database[LISTED_ACCESSES].find_one({"_id": profile_id})
+        return (listed or {}).get("entries") or []
+
+    def _listed_accesses_exist(self, refresh: bool = False) -> bool:
+        """Whether an earlier version's lists are still there, looked up at most once every
+        ``LISTED_CHECK_SECONDS`` (they go once, when the housekeeping has re-keyed them)."""
+        checked_at, exist = self._listed_checked
+        if refresh or time.monotonic() - checked_at > LISTED_CHECK_SECONDS:
+            exist = LISTED_ACCESSES in self.access_log.database.list_collection_names()
+            self._listed_checked = (time.monotonic(), exist)
+        return exist
 
 
 def _accesses_of(profile_id: str) -> dict:

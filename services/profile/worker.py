@@ -101,9 +101,6 @@ def build_consumers(settings: Settings, producer: Producer, db: Database) -> lis
     ensure_indexes(db, INDEXES + SEGMENT_INDEXES)
     context = Context.build(settings, db)
     store_expires_history = context.history.prepare()
-    moved = context.store.adopt_listed_accesses()
-    if moved:
-        log.info("access-log entries re-keyed by profile", extra={"entries": moved})
     loops: list = []
     for group, topic_names, handler, batch_handler in (
             (GROUP, [topics.EVENTS_RESOLVED, topics.IDENTITY_MERGES], make_handler(context),
@@ -116,8 +113,8 @@ def build_consumers(settings: Settings, producer: Producer, db: Database) -> lis
         loops.append(ConsumerLoop(settings=settings, service=SERVICE, group=group,
                                   topics=topic_names, handler=handler, producer=producer,
                                   ledger=ledger, batch_handler=batch_handler))
-    # an entry is stored under its message_id, so storing it twice changes nothing and the
-    # group needs no ledger; its cost is per poll, so polls gather up to half a second
+    # an entry is stored under its profile and message_id, so storing it twice changes nothing
+    # and the group needs no ledger; its cost is per poll, so polls gather up to half a second
     loops.append(ConsumerLoop(settings=settings, service=SERVICE, group=ACCESS_GROUP,
                               topics=[topics.PROFILE_ACCESSES],
                               handler=make_access_handler(context), producer=producer,
@@ -730,9 +727,12 @@ class Housekeeping:
         # deletes take turns with pauses as long, leaving the store at least half its time
         pause = self._stopping.wait
         deleted = self.context.history.sweep(now, pause) if self.sweep_history else 0
+        adopted = self.context.store.adopt_listed_accesses(pause)
         keep_accesses = self.context.policy.get("access_log")
         accesses = (self.context.store.expire_accesses(now - keep_accesses, pause)
                     if keep_accesses is not None else 0)
         log.info("housekeeping sweep", extra={"history_events": deleted,
-                                               "access_log": accesses})
-        return {"history_events": deleted, "access_log": accesses}
+                                               "access_log": accesses,
+                                               "access_log_rekeyed": adopted})
+        return {"history_events": deleted, "access_log": accesses,
+                "access_log_rekeyed": adopted}

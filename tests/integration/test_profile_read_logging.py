@@ -15,7 +15,7 @@ from services.common.bus import Outgoing
 from services.common.envelope import decode, new_envelope
 from services.profile import access_log, projection
 from services.profile.profile_store import ACCESS_LOG, LISTED_ACCESSES, ProfileStore
-from services.profile.worker import Context, store_accesses
+from services.profile.worker import Context, Housekeeping, store_accesses
 from tests.support.kafka import create_topic, read_all
 from tests.support.processes import ServiceApi, wait_until
 
@@ -158,23 +158,53 @@ def test_entries_past_retention_are_deleted_by_the_sweep(settings, db, unique):
         f"{profile_id}|{recent[0].message_id}"]
 
 
-def test_entries_listed_per_profile_by_earlier_versions_are_rekeyed(db, unique):
-    """Before entries were keyed by profile, each was stored under its message id and
-    listed in its profile's document in LISTED_ACCESSES (the worker adopts them at start)."""
-    database = db.client[f"muisti_adopt_{unique}"]  # adoption takes every listed entry
-    profile_id, at = f"p_{unique}", datetime(2026, 5, 1, tzinfo=UTC)
+def listed_by_an_earlier_version(database, profile_id: str, count: int) -> None:
+    """Entries as versions before keying by profile stored them: each under its message id,
+    listed in its profile's document in LISTED_ACCESSES."""
+    at = datetime(2026, 5, 1, tzinfo=UTC)
     database[ACCESS_LOG].insert_many([
-        {"_id": f"m{n}", "profile_id": profile_id, "key_id": f"k{n}", "roles": ["agent"],
-         "purpose": "customer_service", "endpoint": "/v1/profiles",
-         "at": at + timedelta(minutes=n)} for n in range(3)])
-    database[LISTED_ACCESSES].insert_one({"_id": profile_id, "entries": ["m0", "m1", "m2"]})
-    store = ProfileStore(database)
+        {"_id": f"{profile_id}-m{n}", "profile_id": profile_id, "key_id": f"k{n}",
+         "roles": ["agent"], "purpose": "customer_service", "endpoint": "/v1/profiles",
+         "at": at + timedelta(minutes=n)} for n in range(count)])
+    database[LISTED_ACCESSES].insert_one(
+        {"_id": profile_id, "entries": [f"{profile_id}-m{n}" for n in range(count)]})
 
-    assert store.adopt_listed_accesses() == 3
+
+def test_the_housekeeping_rekeys_entries_an_earlier_version_listed_but_an_erased_profiles_goes(
+        settings, db, unique):
+    database = db.client[f"muisti_adopt_{unique}"]  # re-keying takes every listed entry
+    kept, erased = f"p_{unique}_kept", f"p_{unique}_erased"
+    listed_by_an_earlier_version(database, kept, 3)
+    listed_by_an_earlier_version(database, erased, 2)
+    context = Context.build(settings, database)
+    store = context.store
+    store.mark_erased([erased], f"req-{unique}", datetime.now(UTC))
+
+    swept = Housekeeping(context, producer=None, sweep_history=False).sweep()
+
+    assert swept["access_log_rekeyed"] == 3
 
     assert LISTED_ACCESSES not in database.list_collection_names()
     assert sorted(e["_id"] for e in database[ACCESS_LOG].find()) == [
-        f"{profile_id}|m0", f"{profile_id}|m1", f"{profile_id}|m2"]
-    assert [e["key_id"] for e in store.accesses(profile_id, 10)] == ["k2", "k1", "k0"]
-    assert store.adopt_listed_accesses() == 0  # the next start finds nothing to do
+        f"{kept}|{kept}-m0", f"{kept}|{kept}-m1", f"{kept}|{kept}-m2"]
+    assert [e["key_id"] for e in store.accesses(kept, 10)] == ["k2", "k1", "k0"]
+    assert store.adopt_listed_accesses() == 0  # the next sweep finds nothing to do
+    db.client.drop_database(database.name)
+
+
+def test_entries_listed_by_an_earlier_version_are_read_and_erased_before_rekeying(
+        settings, db, unique):
+    """Between the upgrade and the housekeeping's re-keying, a profile's entries are both
+    listed and keyed: the data-protection officer sees all of them, an erasure deletes all."""
+    database = db.client[f"muisti_mixed_{unique}"]
+    profile_id = f"p_{unique}"
+    listed_by_an_earlier_version(database, profile_id, 2)
+    context = Context.build(settings, database)
+    store_accesses(context, read_entries(profile_id, 1))
+
+    assert sorted(e["key_id"] for e in context.store.accesses(profile_id, 10)) == [
+        "k0", "k0", "k1"]
+    assert context.store.delete_accesses([profile_id]) == 3
+    assert database[ACCESS_LOG].count_documents({}) == 0
+    assert database[LISTED_ACCESSES].count_documents({}) == 0
     db.client.drop_database(database.name)

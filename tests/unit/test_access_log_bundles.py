@@ -74,3 +74,16 @@ def test_a_bundle_without_reads_is_refused():
     bundle.value.payload["reads"] = []
     with pytest.raises(InvalidMessage, match="lists its reads"):
         access_log.stored_entries(shipped(bundle))
+
+
+def test_a_bundle_ends_before_it_outgrows_what_kafka_takes():
+    reads = spooled(300)
+    for read in reads:
+        read.value["payload"]["endpoint"] = "/v1/profiles/" + "x" * 2000
+
+    bundles = access_log.bundled(reads)
+
+    assert len(bundles) == 2
+    assert all(len(encode_value(b.value)) <= access_log.BUNDLE_BYTES + 1024 for b in bundles)
+    assert sum(len(b.value.payload["reads"]) for b in bundles) == 300
+    assert access_log.bundled([]) == []
