@@ -25,8 +25,7 @@ import orjson
 from kafka import KafkaConsumer, KafkaProducer
 
 from bench import identity_scale, lookup_costs, matching_quality, pipeline, social_latency
-from bench.baselines import cpu_speed_ms, idle_cpu_ms_per_s, peak_rss_mb, raw_upserts
-from bench.lookup_costs import children
+from bench.baselines import children, cpu_speed_ms, idle_cpu_ms_per_s, peak_rss_mb, raw_upserts
 from bench.pipeline import step
 from deploy.local.infra import Instance
 from services.common import store, topics

@@ -1,4 +1,4 @@
-"""Raw ceilings the benchmarks are reported against, and a process's peak memory.
+"""Raw ceilings the benchmarks are reported against, and a process's CPU and peak memory.
 
 Every speed figure of `python -m bench` is a ratio to one of these, measured in the same run
 on the same instance: the machine is shared and noisy, absolute figures wander.
@@ -70,7 +70,7 @@ def idle_cpu_ms_per_s(processes: dict[str, list[int]], seconds: float = 20.0) ->
     (every consumer caught up, no requests): the share of the cores every benchmark's work
     competes with."""
     def used() -> dict[str, float]:
-        return {name: sum(_cpu_seconds(pid) for pid in pids) for name, pids in processes.items()}
+        return {name: sum(cpu_seconds(pid) for pid in pids) for name, pids in processes.items()}
 
     before = used()
     time.sleep(seconds)
@@ -78,7 +78,7 @@ def idle_cpu_ms_per_s(processes: dict[str, list[int]], seconds: float = 20.0) ->
     return {name: round((after[name] - before[name]) * 1000 / seconds, 1) for name in processes}
 
 
-def _cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> float:
     """utime + stime of a process, all its threads, and of its reaped children; 0 once it
     has exited."""
     try:
@@ -86,3 +86,11 @@ def _cpu_seconds(pid: int) -> float:
     except FileNotFoundError:
         return 0.0
     return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    """The process's child processes (an API server's workers)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found

@@ -36,6 +36,7 @@ from pathlib import Path
 from kafka.errors import KafkaError
 from pymongo import monitoring
 
+from bench.baselines import children, cpu_seconds
 from bench.pipeline import group_lag, seed_profiles, step
 from bench.worker_costs import CommandCounter
 from services.common import store, topics
@@ -44,7 +45,6 @@ from services.common.config import Settings
 from services.profile.api import create_app
 from tests.support.processes import ServiceApi, ServiceWorker, wait_until
 
-TICKS = os.sysconf("SC_CLK_TCK")
 # calls that wait rather than compute (the store's answer, another thread's lock)
 WAITS = ("recv_into", "sendall", "acquire", "wait")
 # cProfile areas, by the file a function lives in (first match wins)
@@ -57,19 +57,6 @@ AREAS = (("auth", ("services/common/auth.py",)),
          ("JSON out", ("json/", "orjson", "flask/json")),
          ("pymongo / bson", ("pymongo", "bson")),
          ("flask / werkzeug", ("flask/", "werkzeug")))
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, all its threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(c) for c in (task / "children").read_text().split()]
-    return found
 
 
 def store_pid(mongo_uri: str) -> int | None:

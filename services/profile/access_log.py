@@ -54,21 +54,24 @@ def entry_id(profile_id: str, message_id: str) -> str:
 def bundled(reads: Sequence[Outgoing]) -> list[Outgoing]:
     """Spooled reads (``entry_message`` values, as dicts) as ``Profile Reads`` messages of up
     to ``BUNDLE_READS`` reads and ``BUNDLE_BYTES`` each, for the spool to ship."""
-    bundles: list[list] = [[]]
+    messages: list[Outgoing] = []
+    listed: list[dict] = []
     size = 0
-    for read in reads:
-        read_size = len(orjson.dumps(read.value))
-        if bundles[-1] and (len(bundles[-1]) == BUNDLE_READS
-                            or size + read_size > BUNDLE_BYTES):
-            bundles.append([])
-            size = 0
-        bundles[-1].append(read.value)
-        size += read_size
-    messages = []
-    for listed in bundles if bundles[0] else []:
+
+    def ship() -> None:
         envelope = new_envelope(BUNDLE_TYPE, "system", message_id=uuid.uuid4().hex,
                                 payload={"reads": listed})
         messages.append(Outgoing(topics.PROFILE_ACCESSES, envelope.message_id, envelope))
+
+    for read in reads:
+        read_size = len(orjson.dumps(read.value))
+        if listed and (len(listed) == BUNDLE_READS or size + read_size > BUNDLE_BYTES):
+            ship()
+            listed, size = [], 0
+        listed.append(read.value)
+        size += read_size
+    if listed:
+        ship()
     return messages
 
 
