@@ -216,9 +216,10 @@ class Settings:
         else "must be at least 32 characters",
     )
     dashboard_max_streams: int = _setting(
-        4,
-        "Live dashboard streams one profile API process serves at once; each holds one of its "
-        "CDP_HTTP_THREADS threads, so keep it below that",
+        64,
+        "Live dashboard streams one profile API process serves at once, each on a thread of "
+        "its own beside the CDP_HTTP_THREADS that answer requests; beyond it a stream is "
+        "refused with 503",
         check=_positive,
     )
     profile_rfm_thresholds: str = _setting(

@@ -13,4 +13,6 @@ DEFAULT_PORT = 8102
 if __name__ == "__main__":
     sys.exit(service_main(service="profile", default_port=DEFAULT_PORT, app_factory=create_app,
                           worker_factory=build_consumers,
-                          commands={"migrate-hetus": hetu_migration.command("profile", RULES)}))
+                          commands={"migrate-hetus": hetu_migration.command("profile", RULES)},
+                          # each live dashboard stream holds a thread while open
+                          stream_threads=lambda settings: settings.dashboard_max_streams))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import queue
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -187,19 +188,28 @@ def test_a_new_stream_from_the_same_tab_replaces_the_old_one(profile_api, api_ke
         second.close()
 
 
-def test_streams_beyond_the_process_limit_are_refused_with_503(test_env, api_keys, unique):
-    api = ServiceApi("profile", {**test_env, "CDP_DASHBOARD_MAX_STREAMS": "1"}).start()
-    stream = open_stream(api, api_keys, profile_id=f"p-{unique}")
+def test_open_streams_leave_the_request_threads_free_and_one_beyond_the_limit_gets_503(
+        test_env, api_keys, unique):
+    api = ServiceApi("profile", {**test_env, "CDP_HTTP_THREADS": "2",
+                                 "CDP_DASHBOARD_MAX_STREAMS": "3"}).start()
+    streams = [open_stream(api, api_keys, profile_id=f"p-{unique}-{n}") for n in range(3)]
     try:
+        # as many requests at once as there are request threads, while every stream is open
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(lambda n: requests.get(
+                f"{api.url}/v1/profiles/p-{unique}-none", headers=headers(api_keys),
+                timeout=10), range(4)))
+        assert [answer.status_code for answer in answers] == [404] * 4
         grant = requests.post(f"{api.url}/v1/dashboard/stream-token",
                               json={"profile_id": "p2"}, headers=headers(api_keys),
                               timeout=10).json()
         refused = requests.get(api.url + grant["stream_url"], timeout=10)
         assert refused.status_code == 503
         assert refused.headers["Retry-After"] == "5"
-        assert "live streams" in refused.json()["detail"]
+        assert "3 live streams" in refused.json()["detail"]
     finally:
-        stream.close()
+        for stream in streams:
+            stream.close()
         api.stop()
 
 

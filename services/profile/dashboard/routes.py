@@ -74,8 +74,7 @@ def install(app: flask.Flask) -> None:
     """Serve the dashboard page and its files from ``app`` and prepare its live updates.
     (The API endpoints come with ``api_blueprint()``, registered like every blueprint.)"""
     settings = app.extensions["muisti"].settings
-    capacity = max(1, min(settings.dashboard_max_streams, settings.http_threads - 1))
-    hub = StreamHub(capacity=capacity)
+    hub = StreamHub(capacity=settings.dashboard_max_streams)
     app.extensions["muisti_dashboard"] = _Live(hub=hub, feed=LiveFeed(settings, hub))
     app.register_blueprint(_pages_blueprint())
 
