@@ -66,7 +66,7 @@ PARTNER = "bench-ads"
 SEGMENT = "bench-buyers"
 # the platform's own bookkeeping: neither a subject's data nor scanned by an erasure
 NOT_COPIED = {"processed_messages", "identity_locks", "privacy_request_locks",
-              "profile_segments", "export_partners", "profile_jobs", "profile_name_index"}
+              "profile_segments", "export_partners", "profile_jobs"}
 
 
 class Subjects:

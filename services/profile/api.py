@@ -252,10 +252,10 @@ def _profiles_blueprint() -> Blueprint:
         purpose = _purpose()
         if purpose in current_app.extensions["purpose_consents"]:
             raise Problem(403, f"name search is not available for the purpose {purpose}")
-        found, overflow = _profiles().search_names(query["name"])
+        found, more = _profiles().search_names(query["name"], query["limit"])
         names = sorted(found.items(), key=lambda item: (item[1].casefold(), item[0]))
-        results = [{"profile_id": pid, "name": name} for pid, name in names[:query["limit"]]]
-        return {"results": results, "truncated": overflow or len(names) > query["limit"]}
+        return {"results": [{"profile_id": pid, "name": name} for pid, name in names],
+                "truncated": more}
 
     @blueprint.route("/<string:profile_id>")
     @require_roles(*READERS)

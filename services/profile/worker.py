@@ -437,6 +437,14 @@ def _index_name(store: ProfileStore, profile_id: str, before: dict | None,
     store.index_names(_name_change(profile_id, before, after))
 
 
+def _listed_name(profile: dict) -> tuple[str, str] | None:
+    """The name a profile is found by in name search: none while restricted or once merged
+    into another."""
+    if profile.get("restricted") or profile.get("merged_into"):
+        return None
+    return projection.name_of(profile)
+
+
 def _name_change(profile_id: str, before: dict | None, after: dict | None) -> list[tuple]:
     """The name index move from ``before`` to ``after`` (restricted profiles are not
     listed), if any."""
@@ -728,11 +736,13 @@ class Housekeeping:
         pause = self._stopping.wait
         deleted = self.context.history.sweep(now, pause) if self.sweep_history else 0
         adopted = self.context.store.adopt_listed_accesses(pause)
+        names = self.context.store.rebuild_name_index(_listed_name, pause)
         keep_accesses = self.context.policy.get("access_log")
         accesses = (self.context.store.expire_accesses(now - keep_accesses, pause)
                     if keep_accesses is not None else 0)
         log.info("housekeeping sweep", extra={"history_events": deleted,
                                                "access_log": accesses,
-                                               "access_log_rekeyed": adopted})
+                                               "access_log_rekeyed": adopted,
+                                               "names_indexed": names})
         return {"history_events": deleted, "access_log": accesses,
-                "access_log_rekeyed": adopted}
+                "access_log_rekeyed": adopted, "names_indexed": names}

@@ -71,7 +71,7 @@ def test_a_poll_gives_the_profiles_event_by_event_would_and_a_replay_changes_not
         assert sorted(got["identifiers"]) == sorted(expected["identifiers"])
     for key in (f"user_id:u-{batched}", f"email:{batched}@x.fi", f"anonymous_id:a-{batched}"):
         assert context.store.identifiers.find_one({"_id": key})["profile_id"] == batched
-    found, _ = context.store.search_names(f"batchilda poll{batched[-6:]}")
+    found, _ = context.store.search_names(f"batchilda poll{batched[-6:]}", 10)
     assert batched in found
     months = context.store.load(batched)["history_months"]
     assert context.history.count(batched, months, datetime.now(UTC)) == 3

@@ -302,6 +302,7 @@ def test_erasure_removes_everything_held_for_the_subject_and_acks_once(
                                   ("profile_event_months", "profile_id"),
                                   ("profile_segment_members", "profile_id"),
                                   ("profile_access_log", "profile_id"),
+                                  ("profile_names", "profile_id"),
                                   ("profile_consents", "_id")):
             assert db[collection].count_documents({field: profile_id}) == 0, collection
     assert api.get("/v1/profiles/search", params={"name": last}).json()["results"] == []

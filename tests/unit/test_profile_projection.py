@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
-from services.profile.profile_store import name_prefixes, normalise_name
+from services.profile.profile_store import name_entries, normalise_name
 from services.profile.projection import (
     TIMELINE_LIMIT,
     apply_event,
@@ -150,10 +150,10 @@ def test_events_list_the_months_their_history_is_kept_in():
     assert profile["history_months"] == ["2026-11", "2026-09"]
 
 
-def test_names_are_indexed_by_every_prefix_of_either_name_and_both_orders():
-    prefixes = name_prefixes("Äijä", "Korhonen")
-    assert {"ai", "aija", "ko", "korhonen", "aija korhon", "korhonen ai"} <= prefixes
-    assert "a" not in prefixes and all(len(p) <= 12 for p in prefixes)
+def test_a_name_is_listed_in_both_orders_normalised_with_a_plus_for_each_space():
+    assert name_entries("p_1", "Äijä", "Van der Berg") == {
+        "aija+van+der+berg|p_1", "van+der+berg+aija|p_1"}
+    assert name_entries("p_1", "", "Korhonen") == {"korhonen|p_1"}
     assert normalise_name("  Hämäläinen  Öhman ") == "hamalainen ohman"
     assert name_of({"traits": {"name": {"value": "Aino Maria Korhonen"}}}) == (
         "Aino", "Maria Korhonen")

@@ -1,0 +1,127 @@
+"""Name search on the real store: a profile is listed under its name in both orders, found by
+any prefix of either, only as long as it goes by that name; earlier versions' prefix buckets
+are replaced by the housekeeping and consulted (and cleaned) until then."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from services.common.envelope import new_envelope
+from services.profile import projection
+from services.profile.profile_store import LEGACY_NAMES, NAMES, ProfileStore
+from services.profile.worker import Context, Housekeeping
+
+
+def named(store: ProfileStore, profile_id: str, first: str, last: str, **fields) -> dict:
+    event = new_envelope("Identify", "web", message_id=f"{profile_id}-m1",
+                         payload={"traits": {"firstName": first, "lastName": last}}
+                         ).resolved_to(profile_id)
+    profile = {**projection.apply_event(None, event.to_dict()), **fields}
+    store.save(profile)
+    return profile
+
+
+def test_a_name_is_found_by_a_prefix_of_either_name_in_name_order_ignoring_case_and_accents(
+        db, unique):
+    store = ProfileStore(db)
+    last = f"Hämä{unique}"
+    store.index_names([(f"p_{unique}_b", None, ("Äijä", last)),
+                       (f"p_{unique}_a", None, ("Aada", last)),
+                       (f"p_{unique}_c", None, ("Zoe", f"Other{unique}"))])
+
+    found, more = store.search_names(f"hama{unique}", 10)
+    assert list(found.items()) == [(f"p_{unique}_a", f"Aada {last}"),
+                                   (f"p_{unique}_b", f"Äijä {last}")]
+    assert more is False
+    assert list(store.search_names(f"AIJA HAMA{unique}", 10)[0]) == [f"p_{unique}_b"]
+    assert list(store.search_names(f"hama{unique} aa", 10)[0]) == [f"p_{unique}_a"]
+    assert store.search_names("$$", 10) == ({}, False)
+
+
+def test_a_search_stops_at_its_limit_and_says_more_match(db, unique):
+    store = ProfileStore(db)
+    store.index_names([(f"p_{unique}_{n:02d}", None, (f"Same{unique}", f"Surname{n:02d}"))
+                       for n in range(7)])
+
+    found, more = store.search_names(f"same{unique}", 3)
+    assert list(found) == [f"p_{unique}_00", f"p_{unique}_01", f"p_{unique}_02"] and more
+    assert len(store.search_names(f"same{unique}", 7)[0]) == 7
+    assert store.search_names(f"same{unique}", 7)[1] is False
+
+
+def test_a_renamed_or_unlisted_profile_is_found_by_its_old_name_no_more(db, unique):
+    store = ProfileStore(db)
+    pid = f"p_{unique}"
+    store.index_names([(pid, None, ("Old", f"Name{unique}"))])
+    store.index_names([(pid, ("Old", f"Name{unique}"), ("New", f"Name{unique}"))])
+    assert store.search_names(f"name{unique}", 5)[0] == {pid: f"New Name{unique}"}
+    assert store.search_names(f"old name{unique}", 5)[0] == {}
+
+    store.index_names([(pid, ("New", f"Name{unique}"), None)])
+    assert store.search_names(f"name{unique}", 5)[0] == {}
+    assert db[NAMES].count_documents({"profile_id": pid}) == 0
+
+
+def test_the_housekeeping_builds_the_index_from_the_profiles_and_drops_the_old_buckets(
+        settings, db, unique):
+    database = db.client[f"muisti_names_{unique}"]  # the rebuild lists every profile there
+    context = Context.build(settings, database)
+    store = context.store
+    named(store, "p_kept", "Kaisa", "Korhonen")
+    named(store, "p_restricted", "Kalle", "Korhonen", restricted={"request_id": "r", "at": None})
+    named(store, "p_merged", "Kari", "Korhonen", merged_into="p_kept")
+    named(store, "p_erased", "Kerttu", "Korhonen")
+    store.mark_erased(["p_erased"], "req", datetime.now(UTC))
+    # the buckets of earlier versions: a prefix -> {profile id: name}
+    database[LEGACY_NAMES].insert_many([
+        {"_id": "ko", "entries": {"p_kept": ["Kaisa", "Korhonen"],
+                                  "p_old": ["Kosti", "Korhonen"]}},
+        {"_id": "korhonen", "entries": {"p_kept": ["Kaisa", "Korhonen"],
+                                        "p_old": ["Kosti", "Korhonen"]}}])
+
+    # until rebuilt, a search reads the buckets too, and a profile leaving the index leaves them
+    assert store.search_names("ko", 10)[0] == {"p_kept": "Kaisa Korhonen",
+                                               "p_old": "Kosti Korhonen"}
+    store.index_names([("p_old", ("Kosti", "Korhonen"), None)])
+    assert store.search_names("ko", 10)[0] == {"p_kept": "Kaisa Korhonen"}
+    assert database[LEGACY_NAMES].find_one({"_id": "ko"})["entries"] == {
+        "p_kept": ["Kaisa", "Korhonen"]}
+
+    swept = Housekeeping(context, producer=None, sweep_history=False).sweep()
+
+    assert swept["names_indexed"] == 1
+    assert LEGACY_NAMES not in database.list_collection_names()
+    assert sorted(e["_id"] for e in database[NAMES].find()) == [
+        "kaisa+korhonen|p_kept", "korhonen+kaisa|p_kept"]
+    assert store.search_names("korhonen", 10) == ({"p_kept": "Kaisa Korhonen"}, False)
+    assert Housekeeping(context, producer=None, sweep_history=False).sweep()[
+        "names_indexed"] == 0
+
+
+def test_a_rebuild_leaves_no_entry_of_a_name_changed_while_it_ran(settings, db, unique):
+    database = db.client[f"muisti_names_race_{unique}"]
+    store = Context.build(settings, database).store
+    database[LEGACY_NAMES].insert_one({"_id": "zz", "entries": {}})
+    renamed = named(store, "p_renamed", "Ilona", "Before")
+    named(store, "p_erased", "Iiris", "Gone")
+
+    reads = {"p_renamed": 0, "p_erased": 0}
+
+    def listed_name(profile: dict):
+        # as if the projection renamed one profile right after the rebuild read it, and
+        # erasure took the other once its entries were written: saved (or tombstoned) first,
+        # then their index entries moved
+        reads[profile["_id"]] += 1
+        if profile["_id"] == "p_renamed" and reads["p_renamed"] == 1:
+            store.save({**renamed, "traits": {**renamed["traits"], "last_name": {
+                **renamed["traits"]["last_name"], "value": "After"}}})
+            store.index_names([("p_renamed", ("Ilona", "Before"), ("Ilona", "After"))])
+        if profile["_id"] == "p_erased" and reads["p_erased"] == 2:
+            store.mark_erased(["p_erased"], "req", datetime.now(UTC))
+            store.index_names([("p_erased", ("Iiris", "Gone"), None)])
+        return projection.name_of(profile)
+
+    store.rebuild_name_index(listed_name)
+
+    assert sorted(e["_id"] for e in database[NAMES].find()) == [
+        "after+ilona|p_renamed", "ilona+after|p_renamed"]
