@@ -188,6 +188,14 @@ def ingestion(identity_url: str, settings: Settings, collector_key: str,
             "ingest_http_batch_p50_ms": statistics.median(batch_latencies) * 1000}
 
 
+# the seed's names: common Finnish ones, so that many profiles share them and their prefixes
+FIRST_NAMES = ("Anna", "Maria", "Aino", "Helmi", "Sofia", "Emma", "Juho", "Mikko", "Matti",
+               "Jukka", "Timo", "Antti", "Liisa", "Johanna", "Tiina", "Sari", "Päivi", "Väinö")
+LAST_NAMES = ("Korhonen", "Virtanen", "Mäkinen", "Nieminen", "Mäkelä", "Hämäläinen", "Laine",
+              "Heikkinen", "Koskinen", "Järvinen", "Lehtonen", "Lehtinen", "Saarinen",
+              "Salminen", "Heinonen", "Niemi", "Heikkilä", "Kinnunen", "Salonen", "Turunen")
+
+
 def seed_profiles(settings: Settings, count: int) -> tuple[list[str], list[str]]:
     """``count`` profiles made by the profile worker from resolved registrations produced
     straight to cdp.events.resolved; returns their phone numbers and profile ids."""
@@ -204,9 +212,10 @@ def seed_profiles(settings: Settings, count: int) -> tuple[list[str], list[str]]
                     "Identify", "web", message_id=f"seed-{run}-{i}",
                     identifiers={"phone": phones[i], "user_id": f"SEED{run}{i}"},
                     payload={"call": "identify",
-                             # no names: the name-search index costs ~1 s per new
-                             # profile when names share prefix buckets (noted as an issue)
-                             "traits": {"language": "fi", "city": "Tampere"}},
+                             "traits": {"firstName": FIRST_NAMES[i % len(FIRST_NAMES)],
+                                        "lastName": LAST_NAMES[i // len(FIRST_NAMES)
+                                                               % len(LAST_NAMES)],
+                                        "language": "fi", "city": "Tampere"}},
                 ).resolved_to(profile_id)
                 batch.append(Outgoing(topics.EVENTS_RESOLVED, profile_id, envelope))
             producer.send(batch)
