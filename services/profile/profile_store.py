@@ -25,6 +25,7 @@ and erasures consult both.)
 
 from __future__ import annotations
 
+import string
 import time
 import unicodedata
 from collections import defaultdict
@@ -67,6 +68,8 @@ INDEXES = [Index(ACCESS_LOG, [("profile_id", 1), ("at", -1)]),
 NAME_PREFIX_MIN = 2
 LEGACY_PREFIX_MAX = 12
 NAME_REBUILD_CHUNK = 100  # profiles indexed between two pauses of a rebuild
+NAME_REBUILD_ROUNDS = 5  # re-reads of a chunk's profiles while the projection changes them
+KEY_CHARACTERS = frozenset(string.ascii_lowercase + string.digits + "-'")
 EXPIRY_CHUNK = 500  # expired access-log entries deleted between two pauses of a sweep
 ADOPTION_CHUNK = 50  # profiles whose listed access-log entries are re-keyed between pauses
 LISTED_CHECK_SECONDS = 60.0
@@ -80,9 +83,13 @@ def normalise_name(text: str) -> str:
 
 
 def name_key(text: str) -> str:
-    """A normalised name as the index writes it: ``+`` for a space, which FerretDB's
-    ``_id`` range would not read from its index (store.id_prefix)."""
-    return text.replace(" ", "+")
+    """A normalised name as the index writes it: ``+`` for a space, a letter, digit, ``-``
+    and ``'`` as themselves, any other character as ``%`` and six hex digits. Each
+    character maps on its own, so a prefix of a name is a prefix of its key; and the key is
+    plain ASCII, which FerretDB's ``_id`` range reads from its index (store.id_prefix), where
+    a character such as ``ø`` would have it scan every entry."""
+    return "".join("+" if c == " " else c if c in KEY_CHARACTERS else f"%{ord(c):06x}"
+                   for c in text)
 
 
 def name_entries(profile_id: str, first: str, last: str) -> set[str]:
@@ -282,33 +289,57 @@ class ProfileStore:
 
         The projection may rename, restrict or erase a profile while its entries are
         written here. It saves the profile (or its tombstone) before it changes the index,
-        so each chunk's profiles are read again afterwards and the entries of any name they
-        no longer go by are deleted: whichever writes last, no stale entry stays."""
+        so each chunk's profiles are read again afterwards: those changed meanwhile have
+        their entries set to what they go by now, and are read again, until a read finds
+        none changed (at most ``NAME_REBUILD_ROUNDS`` times). An earlier version's worker
+        must not run meanwhile: its erasures do not remove these entries."""
         if not self._legacy_names_exist(refresh=True):
+            return 0
+        if self.legacy_names.find_one({}, {"_id": 1}) is None:
+            # emptied, or made again by a late removal of a process that had not seen it go
+            self._drop_legacy_names()
             return 0
         listed = 0
         for page in self.pages_after(None):
             for chunk in paced(page, NAME_REBUILD_CHUNK, pause):
-                names = {doc["_id"]: listed_name(doc) for doc in chunk}
-                erased = self.erased_among(names)
-                written = {pid: name for pid, name in names.items()
-                           if name and pid not in erased}
-                self.index_names([(pid, None, name) for pid, name in written.items()])
-                listed += len(written)
-                now = {doc["_id"]: listed_name(doc) for doc in
-                       map(unpack, find_by_ids(self.profiles, sorted(written)))}
-                erased = self.erased_among(written)
-                stale = {entry for pid, name in written.items()
-                         if pid in erased or now.get(pid) != name
-                         for entry in name_entries(pid, *name)}
-                stale -= {entry for pid, name in now.items() if name and pid not in erased
-                          for entry in name_entries(pid, *name)}
-                delete_by_ids(self.names, sorted(stale))
+                seen = {doc["_id"]: doc.get("version") for doc in chunk}
+                erased = self.erased_among(seen)
+                names = {doc["_id"]: None if doc["_id"] in erased else listed_name(doc)
+                         for doc in chunk}
+                self.index_names([(pid, None, name) for pid, name in names.items() if name])
+                listed += sum(1 for name in names.values() if name)
+                self._settle_names(names, seen, erased, listed_name)
             if pause is not None and pause(0):
                 return listed
+        self._drop_legacy_names()
+        return listed
+
+    def _settle_names(self, names: dict[str, tuple[str, str] | None],
+                      seen: dict[str, int | None], erased: set[str],
+                      listed_name: Callable[[dict], tuple[str, str] | None]) -> None:
+        """Read the profiles whose entries were just written (``names``, as of versions
+        ``seen``) again and set the entries of any changed meanwhile, until none did."""
+        for _ in range(NAME_REBUILD_ROUNDS):
+            docs = {doc["_id"]: doc for doc in
+                    map(unpack, find_by_ids(self.profiles, sorted(names)))}
+            now_erased = self.erased_among(names)
+            changed = [pid for pid in names
+                       if (docs[pid].get("version") if pid in docs else None) != seen[pid]
+                       or (pid in now_erased) != (pid in erased)]
+            if not changed:
+                return
+            moves = []
+            for pid in changed:
+                gone = pid in now_erased or pid not in docs
+                now = None if gone else listed_name(docs[pid])
+                moves.append((pid, names[pid], now))
+                names[pid], seen[pid] = now, None if gone else docs[pid].get("version")
+            erased = now_erased
+            self.index_names(moves)
+
+    def _drop_legacy_names(self) -> None:
         self.legacy_names.drop()
         self._legacy_checked = (time.monotonic(), False)
-        return listed
 
     def _legacy_names_exist(self, refresh: bool = False) -> bool:
         """Whether earlier versions' buckets are still there, looked up at most once every

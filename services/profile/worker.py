@@ -736,10 +736,10 @@ class Housekeeping:
         pause = self._stopping.wait
         deleted = self.context.history.sweep(now, pause) if self.sweep_history else 0
         adopted = self.context.store.adopt_listed_accesses(pause)
-        names = self.context.store.rebuild_name_index(_listed_name, pause)
         keep_accesses = self.context.policy.get("access_log")
         accesses = (self.context.store.expire_accesses(now - keep_accesses, pause)
                     if keep_accesses is not None else 0)
+        names = self.context.store.rebuild_name_index(_listed_name, pause)
         log.info("housekeeping sweep", extra={"history_events": deleted,
                                                "access_log": accesses,
                                                "access_log_rekeyed": adopted,

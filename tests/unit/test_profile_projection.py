@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
-from services.profile.profile_store import name_entries, normalise_name
+from services.profile.profile_store import name_entries, name_key, normalise_name
 from services.profile.projection import (
     TIMELINE_LIMIT,
     apply_event,
@@ -154,6 +154,9 @@ def test_a_name_is_listed_in_both_orders_normalised_with_a_plus_for_each_space()
     assert name_entries("p_1", "Äijä", "Van der Berg") == {
         "aija+van+der+berg|p_1", "van+der+berg+aija|p_1"}
     assert name_entries("p_1", "", "Korhonen") == {"korhonen|p_1"}
+    # plain ASCII whatever the name holds, each character on its own (prefixes stay prefixes)
+    assert name_key("bjørn o'neil-x+|%\U0010ffff") == (
+        "bj%0000f8rn+o'neil-x%00002b%00007c%000025%10ffff")
     assert normalise_name("  Hämäläinen  Öhman ") == "hamalainen ohman"
     assert name_of({"traits": {"name": {"value": "Aino Maria Korhonen"}}}) == (
         "Aino", "Maria Korhonen")
