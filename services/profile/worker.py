@@ -222,7 +222,8 @@ class _EventRun:
         self._load({envelope.profile_id for envelope in envelopes})
         outgoing = [message for envelope in envelopes for message in self._apply(envelope)]
         self._store()
-        return outgoing
+        erased = self._take_back_erased()
+        return [message for message in outgoing if message.key not in erased]
 
     def _load(self, profile_ids: set[str]) -> None:
         found = self.store.load_many(profile_ids)
@@ -283,6 +284,22 @@ class _EventRun:
         self.store.index_entries(self.identifiers)
         for profile_id, entered, left in self.memberships:
             _sync_members(self.context, profile_id, entered, left, self.now)
+
+    def _take_back_erased(self) -> set[str]:
+        """Delete what this run stored for profiles erased while it ran, and return them.
+        The erasure marks a profile erased before it reads what to delete: a run that stored
+        before the mark had its writes read and deleted by the erasure; one that stores
+        after finds the mark here."""
+        written = {*self.changed, *self.reindex_name, *self.identifiers.values(),
+                   *(profile_id for profile_id, _, _ in self.memberships)}
+        erased = self.store.erased_among(written)
+        if erased:
+            docs = [self.profiles[p] for p in sorted(erased) if p in self.profiles]
+            _delete_kept_by(self.context, docs, sorted(erased), [])
+            self.store.delete_profiles(erased)
+            log.info("events applied to profiles erased meanwhile taken back",
+                     extra={"profiles": sorted(erased)})
+        return erased
 
 
 def _without_special_traits(context: Context, event: dict) -> tuple[dict, list]:
@@ -541,23 +558,40 @@ def _subject_profiles(context: Context, request: PrivacyRequest) -> list[dict]:
     return [found[k] for k in sorted(found)]
 
 
-def _erase(context: Context, request: PrivacyRequest, envelope: Envelope):
-    store, now = context.store, context.clock()
-    docs = _subject_profiles(context, request)
-    ids = sorted({*request.profile_ids, *(d["_id"] for d in docs)})
-    store.mark_erased(ids, request.request_id, now)
+def _delete_kept_by(context: Context, docs: list[dict], ids: list[str],
+                    identifiers: list[tuple[str, str]]) -> dict[str, int]:
+    """Delete what is kept by the profiles ``ids`` (stored as ``docs``) beside them: name
+    entries, identifier index entries (theirs and ``identifiers``), history, segment
+    memberships. By ``_id`` only (no scan of a big collection), through what the profile
+    documents list: the caller deletes those last, so a repeated deletion still finds what a
+    crash left."""
+    store = context.store
     for doc in docs:
         store.index_name(doc["_id"], projection.name_of(doc), None)
     held = [(t, v) for d in docs for t, values in d["identifiers"].items() for v in values]
-    subjects = [*ids, *(f"id:{t}:{v}" for t, v in [*request.identifiers, *held])]
-    # by _id only (no scan of a big collection), through what the profile documents list:
-    # they are deleted last, so a re-delivered request still finds what a crash left
-    summary = {
+    return {
         "identifier_index_entries": store.unindex_keys(
-            [f"{t}:{v}" for t, v in [*request.identifiers, *held]], ids),
+            [f"{t}:{v}" for t, v in [*identifiers, *held]], ids),
         "history_events": context.history.erase(
             {d["_id"]: d.get("history_months", []) for d in docs}),
         "segment_memberships": context.segments.remove_profiles(ids),
+    }
+
+
+def _erase(context: Context, request: PrivacyRequest, envelope: Envelope):
+    store, now = context.store, context.clock()
+    ids = sorted({*request.profile_ids, *(d["_id"] for d in _subject_profiles(context, request))})
+    store.mark_erased(ids, request.request_id, now)
+    # read after the mark: events stored for these profiles before it are in what is read
+    # now, and an event run storing after it takes its own writes back (_EventRun)
+    docs = _subject_profiles(context, request)
+    if {d["_id"] for d in docs} - set(ids):
+        ids = sorted({*ids, *(d["_id"] for d in docs)})
+        store.mark_erased(ids, request.request_id, now)
+    held = [(t, v) for d in docs for t, values in d["identifiers"].items() for v in values]
+    subjects = [*ids, *(f"id:{t}:{v}" for t, v in [*request.identifiers, *held])]
+    summary = {
+        **_delete_kept_by(context, docs, ids, list(request.identifiers)),
         "access_log_entries": store.delete_accesses(ids),
         "consent_states": store.delete_consents(subjects),
         "profiles": store.delete_profiles(ids),

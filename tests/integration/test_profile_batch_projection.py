@@ -98,3 +98,63 @@ def test_a_merge_inside_a_poll_takes_effect_between_the_events_around_it(context
     assert merged["purchases"] == 1  # the purchase came after the merge: the survivor's
     assert merged["timeline"] == 3
     assert stored(context, absorbed)["purchases"] == 0
+
+
+def erasure(profile_id: str, tag: str):
+    return new_envelope("Erasure Requested", "system", message_id=f"erase-{tag}", payload={
+        "request_id": f"req-{tag}", "kind": "erasure", "profile_ids": [profile_id],
+        "identifiers": [], "requested_by": "dpo-key"})
+
+
+def traces(context, profile_id: str) -> dict:
+    """What the store keeps of the profile, by what its id and its events' identifiers name."""
+    db = context.store.profiles.database
+    return {name: count for name, count in {
+        "profile": db.profiles.count_documents({"_id": profile_id}),
+        "names": db.profile_names.count_documents({"profile_id": profile_id}),
+        "identifiers": db.profile_identifiers.count_documents({"profile_id": profile_id}),
+        "history": db.profile_events.count_documents({"profile_id": profile_id}),
+        "months": db.profile_event_months.count_documents({"profile_id": profile_id}),
+    }.items() if count}
+
+
+def test_events_stored_after_their_profile_was_marked_erased_are_taken_back(context, unique):
+    # the erasure marks the profile, reads it and deletes what it read; this run read the
+    # profile before the mark and stores after the erasure's read
+    profile_id = f"pe_{unique}"
+    project = worker.make_batch_handler(context)
+    project(shop_events(profile_id, "first")[:1])
+    load_many = context.store.load_many
+
+    def erased_right_after_the_read(profile_ids):
+        found = load_many(profile_ids)
+        context.store.mark_erased([profile_id], f"req-{unique}", datetime.now(UTC))
+        return found
+
+    context.store.load_many = erased_right_after_the_read
+    try:
+        outgoing = project(shop_events(profile_id, "late")[1:])
+    finally:
+        context.store.load_many = load_many
+
+    assert [m for m in outgoing if m.key == profile_id] == []
+    assert traces(context, profile_id) == {}
+
+
+def test_an_erasure_deletes_events_stored_after_it_found_the_profile(context, unique):
+    profile_id = f"pf_{unique}"
+    project = worker.make_batch_handler(context)
+    project(shop_events(profile_id, "first")[:1])
+    mark_erased = context.store.mark_erased
+
+    def events_stored_before_the_mark(*args):
+        project(shop_events(profile_id, "late")[1:])
+        mark_erased(*args)
+
+    context.store.mark_erased = events_stored_before_the_mark
+    try:
+        worker.make_privacy_handler(context)(erasure(profile_id, unique))
+    finally:
+        context.store.mark_erased = mark_erased
+
+    assert traces(context, profile_id) == {}
