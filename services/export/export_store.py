@@ -51,6 +51,8 @@ NOTICES = "export_notices"
 STREAM_CHANGES = "export_stream_changes"
 STREAMS = "export_streams"
 SUBJECT_INDEX = "export_subject_index"
+# erased profiles' ids (no personal data): a snapshot still on its way is not stored again
+ERASURES = "export_erasures"
 
 RUN_ACTIVE = ("queued", "running")
 CHANGE_STATES = ("pending", "sent", "not_sent", "cancelled")
@@ -238,6 +240,15 @@ class ExportStore:
                 for type_, values in (doc.get("identifiers") or {}).items() for value in values}
         self._index_pull({f"identifier:{type_}:{value}" for type_, value in held - identifiers},
                          "profile_ids", profile_ids)
+
+    def mark_erased(self, profile_ids: Iterable[str]) -> None:
+        raise_write_errors(bulk_write(self.db[ERASURES], [
+            UpdateOne({"_id": profile_id}, {"$setOnInsert": {"at": now()}}, upsert=True)
+            for profile_id in sorted(set(profile_ids))]))
+
+    def erased_among(self, profile_ids: Iterable[str]) -> set[str]:
+        return {doc["_id"] for doc in find_by_ids(self.db[ERASURES], sorted(set(profile_ids)),
+                                                  {"_id": 1})}
 
     def delete_profiles(self, profile_ids: list[str]) -> int:
         # one _id delete each: FerretDB answers _id equality from its index, $in by a scan

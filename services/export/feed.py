@@ -5,7 +5,8 @@ deletions, answer data-subject requests.
   read-model row and queues the change for each streaming partner whose segment holds the
   profile (services.export.streaming); ``merged_away`` removes it (the survivor carries the
   data on); ``erased`` removes it with its consent states and queues a deletion notice to
-  every partner holding the profile.
+  every partner holding the profile, and a snapshot of it arriving later (a change made while
+  it was being erased) is not stored.
 * ``cdp.consent.changes`` (Consent Changed): the profile's state for the purpose; a purpose
   no longer allowed cancels the profile's changes waiting for a streaming partner that
   requires it and queues a deletion notice to each such partner holding the profile; a
@@ -69,6 +70,9 @@ def handle_profile_changes(store: ExportStore, envelopes: list[Envelope]) -> lis
 
 
 def _store_snapshots(store: ExportStore, envelopes: list[Envelope]) -> None:
+    # a change made while its profile was being erased may come after the erasure
+    erased = store.erased_among(e.profile_id for e in envelopes) if envelopes else set()
+    envelopes = [e for e in envelopes if e.profile_id not in erased]
     if not envelopes:
         return
     store.upsert_profiles([e.payload["profile"] for e in envelopes], changed_at=now())
@@ -164,6 +168,7 @@ def erase(store: ExportStore, profile_ids: list[str], cause: str,
     as the partner received it. Returns the counts."""
     queued, partners = 0, set()
     profile_ids = sorted({*profile_ids, *store.profiles_holding(identifiers)})
+    store.mark_erased(profile_ids)
     # before the rows go: the index entries are found through what the rows hold
     store.forget_identifiers(profile_ids, identifiers)
     deliveries = {d["_id"]: d for d in store.deliveries_of(profile_ids)}

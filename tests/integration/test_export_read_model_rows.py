@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from services.common.envelope import new_envelope
 from services.common.store import PACKED
+from services.export import feed
 from services.export.export_store import ExportStore
 from services.export.sealing import SecretBox
 
@@ -48,3 +50,21 @@ def test_a_row_stored_before_packing_still_reads_and_is_packed_when_replaced(
     store.upsert_profiles([snapshot(old, [])], T0 + timedelta(hours=1))
     assert PACKED in db.export_profiles.find_one({"_id": old})
     assert store.profiles([old])[0]["traits"] == {"first_name": "Aino", "language": "fi"}
+
+
+def test_a_snapshot_arriving_after_its_profiles_erasure_is_not_stored(db, settings, unique):
+    store = ExportStore(db, SecretBox.from_settings(settings))
+    erased, kept = f"{unique}-erased", f"{unique}-kept"
+
+    def changed(profile_id: str):
+        return new_envelope("Profile Changed", "system", payload={
+            "kind": "event_applied", "profile": {**snapshot(profile_id, []),
+                                                 "computed": {}}}).resolved_to(profile_id)
+
+    feed.handle_profile_changes(store, [changed(erased)])
+    feed.erase(store, [erased], cause=f"erase-{unique}")
+    # made while the profile was being erased, delivered after the erasure
+    feed.handle_profile_changes(store, [changed(erased), changed(kept)])
+
+    assert store.profiles([erased, kept]) == [store.profiles([kept])[0]]
+    assert store.profiles_holding([("email", f"{erased}@example.fi")]) == []
