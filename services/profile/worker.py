@@ -323,6 +323,29 @@ def _note_refusals(profile: dict, refused: list, cause: str, now: datetime) -> N
 
 
 def _merge(context: Context, envelope: Envelope) -> list[Outgoing]:
+    """Absorb the merged profile into the survivor, unless either is erased. The identity
+    graph found them to be one person before any erasure of theirs (an erased profile is
+    not merged again), so then that person's erasure takes the other profile too: whichever
+    of the merge and the erasure comes second erases both."""
+    store = context.store
+    ids = {envelope.payload["survivor"], envelope.payload["merged"]}
+    if not store.erased_among(ids):
+        outgoing, combined_id = _absorb(context, envelope)
+        ids.add(combined_id)
+        if not store.erased_among(ids):
+            return outgoing
+    erased = store.erased_among(ids)
+    tombstone = store.erased.find_one({"_id": sorted(erased)[0]})
+    request = PrivacyRequest(request_id=tombstone["request_id"], kind="erasure",
+                             profile_ids=tuple(sorted(ids)), identifiers=(), fields={})
+    outgoing, summary, _ = _erase(context, request, envelope)
+    log.info("merge of an erased profile: both erased",
+             extra={"profile_ids": sorted(ids), "request_id": request.request_id, **summary})
+    return outgoing
+
+
+def _absorb(context: Context, envelope: Envelope) -> tuple[list[Outgoing], str]:
+    """The merge itself; returns what it emits and the id of the profile absorbing."""
     store, now, cause = context.store, context.clock(), envelope.message_id
     survivor_id, merged_id = envelope.payload["survivor"], envelope.payload["merged"]
     merged = store.load(merged_id) or projection.new_profile(merged_id)
@@ -360,7 +383,7 @@ def _merge(context: Context, envelope: Envelope) -> list[Outgoing]:
     return [_change(combined["_id"], cause, "merged", envelope, combined),
             Outgoing(topics.PROFILE_CHANGES, merged_id, away.resolved_to(merged_id)),
             *_segment_changes(merged, cause, [], merged_left, envelope),
-            *_segment_changes(combined, cause, entered, left, envelope)]
+            *_segment_changes(combined, cause, entered, left, envelope)], combined["_id"]
 
 
 def _split(context: Context, envelope: Envelope) -> list[Outgoing]:

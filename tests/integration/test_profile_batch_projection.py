@@ -158,3 +158,24 @@ def test_an_erasure_deletes_events_stored_after_it_found_the_profile(context, un
         context.store.mark_erased = mark_erased
 
     assert traces(context, profile_id) == {}
+
+
+@pytest.mark.parametrize("erased_side", ["survivor", "merged"])
+def test_a_merge_of_a_profile_erased_meanwhile_erases_the_other_as_well(
+        context, unique, erased_side):
+    survivor, merged = f"pms_{unique}", f"pmm_{unique}"
+    project = worker.make_batch_handler(context)
+    project([*shop_events(survivor, "s"), *shop_events(merged, "m")])
+    gone = survivor if erased_side == "survivor" else merged
+    worker.make_privacy_handler(context)(erasure(gone, unique))
+    merge = new_envelope("Profiles Merged", "system", message_id=f"merge-{unique}",
+                         payload={"survivor": survivor, "merged": merged, "identifier": None,
+                                  "cause_message_id": "x"}).resolved_to(survivor)
+
+    outgoing = project([merge])
+
+    # the identity graph had found them one person: that person's erasure takes both
+    assert traces(context, survivor) == {} and traces(context, merged) == {}
+    assert context.store.erased_among([survivor, merged]) == {survivor, merged}
+    assert {m.key for m in outgoing} == {survivor, merged}
+    assert {m.value.payload["kind"] for m in outgoing} == {"erased"}
