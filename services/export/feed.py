@@ -76,6 +76,13 @@ def _store_snapshots(store: ExportStore, envelopes: list[Envelope]) -> None:
     if not envelopes:
         return
     store.upsert_profiles([e.payload["profile"] for e in envelopes], changed_at=now())
+    # an erasure (another export worker's) may have come between the check and the write
+    late = store.erased_among(e.profile_id for e in envelopes)
+    if late:
+        store.forget_identifiers(sorted(late), ())
+        store.delete_profiles(sorted(late))
+        store.forget_profiles(sorted(late))
+        envelopes = [e for e in envelopes if e.profile_id not in late]
     partners = store.streaming_partners()
     for envelope in envelopes:
         for contract in partners:
@@ -167,8 +174,10 @@ def erase(store: ExportStore, profile_ids: list[str], cause: str,
     partner that still holds one of them, or one of ``identifiers`` (type, normalised value)
     as the partner received it. Returns the counts."""
     queued, partners = 0, set()
-    profile_ids = sorted({*profile_ids, *store.profiles_holding(identifiers)})
+    # the profiles named are erased for good; those found by identifier in the read model
+    # (which may be behind a split) only lose their rows
     store.mark_erased(profile_ids)
+    profile_ids = sorted({*profile_ids, *store.profiles_holding(identifiers)})
     # before the rows go: the index entries are found through what the rows hold
     store.forget_identifiers(profile_ids, identifiers)
     deliveries = {d["_id"]: d for d in store.deliveries_of(profile_ids)}

@@ -153,6 +153,14 @@ class HistoryStore:
             ids.update(e["message_id"] for e in page.get("entries", ()) if e["at"] > oldest)
         return len(ids)
 
+    def forget(self, items: Iterable[tuple[str, str, datetime]]) -> None:
+        """Delete the events given as (profile_id, message_id, at) and their profiles'
+        pages of those months (profiles erased while the events were stored: whatever the
+        erasure found of them, these are found by their own keys)."""
+        items = list(items)
+        delete_by_ids(self.events, sorted({f"{p}|{m}" for p, m, _ in items}))
+        delete_by_ids(self.months, sorted({f"{p}|{month_of(at)}" for p, _, at in items}))
+
     def erase(self, months_of: Mapping[str, Iterable[str]]) -> int:
         """Delete everything kept for the profiles ({profile id: its ``history_months``});
         returns how many events were deleted.

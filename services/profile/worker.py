@@ -221,16 +221,21 @@ class _EventRun:
     def apply(self, envelopes: list[Envelope]) -> list[Outgoing]:
         self._load({envelope.profile_id for envelope in envelopes})
         outgoing = [message for envelope in envelopes for message in self._apply(envelope)]
-        self._store()
+        try:
+            self._store()
+        except BaseException:
+            self._take_back_erased()  # the retry will not know what this attempt wrote
+            raise
         erased = self._take_back_erased()
+        self._forget_erased([e for e in envelopes if self.current_of[e.profile_id] is None])
         return [message for message in outgoing if message.key not in erased]
 
     def _load(self, profile_ids: set[str]) -> None:
         found = self.store.load_many(profile_ids)
-        erased = self.store.erased_among(profile_ids - set(found))
+        erased = self.store.erased_among(profile_ids)
         for profile_id in sorted(profile_ids):
             if profile_id in erased:
-                # in flight when the profile was erased: it must not come back
+                # in flight when the profile was erased (or is being): it must not come back
                 self.current_of[profile_id] = None
                 continue
             doc = found.get(profile_id) or projection.new_profile(profile_id)
@@ -296,10 +301,30 @@ class _EventRun:
         if erased:
             docs = [self.profiles[p] for p in sorted(erased) if p in self.profiles]
             _delete_kept_by(self.context, docs, sorted(erased), [])
+            # by this run's own keys too: the erasure may have deleted the pages listing them
+            self.context.history.forget(
+                (profile_id, entry["message_id"], entry["at"])
+                for profile_id, _, entry in self.history if profile_id in erased)
+            self.store.unindex_keys([key for key, profile_id in self.identifiers.items()
+                                     if profile_id in erased], sorted(erased))
             self.store.delete_profiles(erased)
             log.info("events applied to profiles erased meanwhile taken back",
                      extra={"profiles": sorted(erased)})
         return erased
+
+    def _forget_erased(self, envelopes: list[Envelope]) -> None:
+        """Delete what an earlier attempt at these events, interrupted before it could take
+        its writes back, may have stored for their erased profiles: their history, the
+        identifier entries they carry, the memberships."""
+        if not envelopes:
+            return
+        erased = sorted({e.profile_id for e in envelopes})
+        self.context.history.forget(
+            (e.profile_id, e.message_id, projection.event_moment({"occurred_at": e.occurred_at}))
+            for e in envelopes)
+        self.store.unindex_keys(sorted({f"{t}:{v}" for e in envelopes
+                                        for t, v in e.identifiers.items()}), erased)
+        self.context.segments.remove_profiles(erased)
 
 
 def _without_special_traits(context: Context, event: dict) -> tuple[dict, list]:
@@ -334,6 +359,9 @@ def _merge(context: Context, envelope: Envelope) -> list[Outgoing]:
         ids.add(combined_id)
         if not store.erased_among(ids):
             return outgoing
+    current = store.load_current(envelope.payload["survivor"])
+    if current:
+        ids.add(current["_id"])  # the survivor may have been merged on since
     erased = store.erased_among(ids)
     tombstone = store.erased.find_one({"_id": sorted(erased)[0]})
     request = PrivacyRequest(request_id=tombstone["request_id"], kind="erasure",
@@ -595,8 +623,10 @@ def _delete_kept_by(context: Context, docs: list[dict], ids: list[str],
     return {
         "identifier_index_entries": store.unindex_keys(
             [f"{t}:{v}" for t, v in [*identifiers, *held]], ids),
+        # every id over every month any of them lists: a merge may have copied pages
+        # into a profile already deleted
         "history_events": context.history.erase(
-            {d["_id"]: d.get("history_months", []) for d in docs}),
+            dict.fromkeys(ids, sorted({m for d in docs for m in d.get("history_months", [])}))),
         "segment_memberships": context.segments.remove_profiles(ids),
     }
 
@@ -604,13 +634,14 @@ def _delete_kept_by(context: Context, docs: list[dict], ids: list[str],
 def _erase(context: Context, request: PrivacyRequest, envelope: Envelope):
     store, now = context.store, context.clock()
     ids = sorted({*request.profile_ids, *(d["_id"] for d in _subject_profiles(context, request))})
-    store.mark_erased(ids, request.request_id, now)
-    # read after the mark: events stored for these profiles before it are in what is read
-    # now, and an event run storing after it takes its own writes back (_EventRun)
-    docs = _subject_profiles(context, request)
-    if {d["_id"] for d in docs} - set(ids):
-        ids = sorted({*ids, *(d["_id"] for d in docs)})
+    while True:
         store.mark_erased(ids, request.request_id, now)
+        # read after the mark: events stored for these profiles before it are in what is
+        # read now, and an event run storing after it takes its own writes back (_EventRun)
+        docs = _subject_profiles(context, request)
+        if not {d["_id"] for d in docs} - set(ids):
+            break
+        ids = sorted({*ids, *(d["_id"] for d in docs)})
     held = [(t, v) for d in docs for t, values in d["identifiers"].items() for v in values]
     subjects = [*ids, *(f"id:{t}:{v}" for t, v in [*request.identifiers, *held])]
     summary = {

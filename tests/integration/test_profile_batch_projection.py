@@ -124,18 +124,21 @@ def test_events_stored_after_their_profile_was_marked_erased_are_taken_back(cont
     profile_id = f"pe_{unique}"
     project = worker.make_batch_handler(context)
     project(shop_events(profile_id, "first")[:1])
-    load_many = context.store.load_many
+    erased_among = context.store.erased_among
+    checks = []
 
-    def erased_right_after_the_read(profile_ids):
-        found = load_many(profile_ids)
-        context.store.mark_erased([profile_id], f"req-{unique}", datetime.now(UTC))
-        return found
+    def marked_right_after_the_runs_check(profile_ids):
+        erased = erased_among(profile_ids)
+        if not checks:
+            context.store.mark_erased([profile_id], f"req-{unique}", datetime.now(UTC))
+        checks.append(erased)
+        return erased
 
-    context.store.load_many = erased_right_after_the_read
+    context.store.erased_among = marked_right_after_the_runs_check
     try:
         outgoing = project(shop_events(profile_id, "late")[1:])
     finally:
-        context.store.load_many = load_many
+        context.store.erased_among = erased_among
 
     assert [m for m in outgoing if m.key == profile_id] == []
     assert traces(context, profile_id) == {}
@@ -179,3 +182,52 @@ def test_a_merge_of_a_profile_erased_meanwhile_erases_the_other_as_well(
     assert context.store.erased_among([survivor, merged]) == {survivor, merged}
     assert {m.key for m in outgoing} == {survivor, merged}
     assert {m.value.payload["kind"] for m in outgoing} == {"erased"}
+
+
+def test_a_run_takes_back_its_history_even_when_the_erasure_deleted_the_pages_listing_it(
+        context, unique):
+    profile_id = f"ph_{unique}"
+    project = worker.make_batch_handler(context)
+    project(shop_events(profile_id, "first")[:1])
+    record_many = context.history.record_many
+
+    def erased_while_recording(items, now):
+        recorded = record_many(items, now)
+        # the erasure marked the profile and read its pages before this run added to them;
+        # now it deletes the events it found there, and the pages
+        context.store.mark_erased([profile_id], f"req-{unique}", datetime.now(UTC))
+        context.history.events.delete_one({"_id": f"{profile_id}|first-{profile_id}-1"})
+        context.history.months.delete_many({"profile_id": profile_id})
+        return recorded
+
+    context.history.record_many = erased_while_recording
+    try:
+        project(shop_events(profile_id, "late")[1:])
+    finally:
+        context.history.record_many = record_many
+
+    assert traces(context, profile_id) == {}
+
+
+def test_a_run_interrupted_after_storing_for_a_profile_erased_meanwhile_leaves_nothing(
+        context, unique):
+    profile_id = f"pi_{unique}"
+    project = worker.make_batch_handler(context)
+    project(shop_events(profile_id, "first")[:1])
+    late = shop_events(profile_id, "late")[1:]
+    index_entries = context.store.index_entries
+
+    def erased_then_the_store_fails(entries):
+        index_entries(entries)
+        context.store.mark_erased([profile_id], f"req-{unique}", datetime.now(UTC))
+        raise ConnectionError("the store went away")
+
+    context.store.index_entries = erased_then_the_store_fails
+    try:
+        with pytest.raises(ConnectionError):
+            project(late)
+    finally:
+        context.store.index_entries = index_entries
+    project(late)  # delivered again
+
+    assert traces(context, profile_id) == {}
