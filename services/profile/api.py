@@ -30,7 +30,7 @@ from services.common.spool import Spool, SpoolFull
 from services.common.web import Problem, current_principal, require_roles, runtime
 from services.profile import access_log, dashboard, privacy, projection, segments
 from services.profile.history import HistoryStore
-from services.profile.profile_store import NAME_PREFIX_MIN, ProfileStore
+from services.profile.profile_store import NAME_PREFIX_MIN, ProfileStore, normalise_name
 from services.profile.segments_store import SegmentExists, SegmentStore, SegmentVersionConflict
 
 SERVICE = "profile"
@@ -252,6 +252,9 @@ def _profiles_blueprint() -> Blueprint:
         purpose = _purpose()
         if purpose in current_app.extensions["purpose_consents"]:
             raise Problem(403, f"name search is not available for the purpose {purpose}")
+        if len(normalise_name(query["name"])) < NAME_PREFIX_MIN:
+            raise Problem(422, f"name needs {NAME_PREFIX_MIN} letters or more",
+                          errors={"name": ["too short once spaces and punctuation go"]})
         found, more = _profiles().search_names(query["name"], query["limit"])
         names = sorted(found.items(), key=lambda item: (item[1].casefold(), item[0]))
         return {"results": [{"profile_id": pid, "name": name} for pid, name in names],

@@ -162,6 +162,7 @@ def test_agents_find_profiles_by_name_prefix_ignoring_case_and_accents(api, prod
     assert hit[0]["name"] == f"Äijä {last}"
     assert found(f"aija hama{unique[:2]}")
     assert api.get("/v1/profiles/search", params={"name": "a"}).status_code == 422
+    assert api.get("/v1/profiles/search", params={"name": "a. "}).status_code == 422
 
 
 def segment_members(api, segment_id):
