@@ -70,8 +70,10 @@ def handle_profile_changes(store: ExportStore, envelopes: list[Envelope]) -> lis
 
 
 def _store_snapshots(store: ExportStore, envelopes: list[Envelope]) -> None:
+    if not envelopes:
+        return
     # a change made while its profile was being erased may come after the erasure
-    erased = store.erased_among(e.profile_id for e in envelopes) if envelopes else set()
+    erased = store.erased_among(e.profile_id for e in envelopes)
     envelopes = [e for e in envelopes if e.profile_id not in erased]
     if not envelopes:
         return

@@ -129,8 +129,7 @@ class ProfileStore:
         self.legacy_names = db[LEGACY_NAMES]
         self.consents = db[CONSENTS]
         self.erased = db[ERASED]
-        self._legacy_checked = (-LISTED_CHECK_SECONDS, False)  # (when, whether buckets exist)
-        self._listed_checked = (-LISTED_CHECK_SECONDS, False)  # (when, whether lists exist)
+        self._legacy_seen: dict[str, tuple[float, bool]] = {}  # name -> (when, whether there)
 
     def load(self, profile_id: str) -> dict | None:
         return unpack(self.profiles.find_one({"_id": profile_id}))
@@ -229,20 +228,21 @@ class ProfileStore:
         (a profile changed twice ends as its last change says)."""
         wanted: dict[str, dict | None] = {}  # entry _id -> its document, None to delete
         legacy_removals: dict[str, set[str]] = defaultdict(set)
+        legacy = self._still_there(LEGACY_NAMES)
         for profile_id, before, after in changes:
             old = name_entries(profile_id, *before) if before else set()
             new = name_entries(profile_id, *after) if after else set()
             wanted.update(dict.fromkeys(old - new))
             wanted.update({entry: {"profile_id": profile_id, "name": list(after)}
                            for entry in new})
-            if before:
+            if before and legacy:
                 for prefix in legacy_prefixes(*before):
                     legacy_removals[prefix].add(profile_id)
         writes = [DeleteOne({"_id": entry}) if doc is None
                   else ReplaceOne({"_id": entry}, doc, upsert=True)
                   for entry, doc in sorted(wanted.items())]
         raise_write_errors(bulk_write(self.names, writes))
-        if legacy_removals and self._legacy_names_exist():
+        if legacy_removals:
             self._unlist_legacy(legacy_removals)
 
     def _unlist_legacy(self, removals: dict[str, set[str]]) -> None:
@@ -270,7 +270,7 @@ class ProfileStore:
             if _name_matches(entry["name"], wanted):
                 found.setdefault(entry["profile_id"], " ".join(filter(None, entry["name"])))
         more = len(entries) == read
-        if self._legacy_names_exist():
+        if self._still_there(LEGACY_NAMES):
             bucket = self.legacy_names.find_one({"_id": wanted[:LEGACY_PREFIX_MAX]}) or {}
             for profile_id, name in (bucket.get("entries") or {}).items():
                 if _name_matches(name, wanted):
@@ -293,7 +293,7 @@ class ProfileStore:
         their entries set to what they go by now, and are read again, until a read finds
         none changed (at most ``NAME_REBUILD_ROUNDS`` times). An earlier version's worker
         must not run meanwhile: its erasures do not remove these entries."""
-        if not self._legacy_names_exist(refresh=True):
+        if not self._still_there(LEGACY_NAMES, refresh=True):
             return 0
         if self.legacy_names.find_one({}, {"_id": 1}) is None:
             # emptied, or made again by a late removal of a process that had not seen it go
@@ -339,16 +339,17 @@ class ProfileStore:
 
     def _drop_legacy_names(self) -> None:
         self.legacy_names.drop()
-        self._legacy_checked = (time.monotonic(), False)
+        self._legacy_seen[LEGACY_NAMES] = (time.monotonic(), False)
 
-    def _legacy_names_exist(self, refresh: bool = False) -> bool:
-        """Whether earlier versions' buckets are still there, looked up at most once every
-        ``LISTED_CHECK_SECONDS`` (they go once the housekeeping has rebuilt the index)."""
-        checked_at, exist = self._legacy_checked
+    def _still_there(self, collection: str, refresh: bool = False) -> bool:
+        """Whether an earlier version's ``collection`` (LISTED_ACCESSES, LEGACY_NAMES) is
+        still there, looked up at most once every ``LISTED_CHECK_SECONDS``: each goes once,
+        when the housekeeping has taken over what it held."""
+        checked_at, there = self._legacy_seen.get(collection, (-LISTED_CHECK_SECONDS, False))
         if refresh or time.monotonic() - checked_at > LISTED_CHECK_SECONDS:
-            exist = LEGACY_NAMES in self.names.database.list_collection_names()
-            self._legacy_checked = (time.monotonic(), exist)
-        return exist
+            there = collection in self.profiles.database.list_collection_names()
+            self._legacy_seen[collection] = (time.monotonic(), there)
+        return there
 
     def unindex_keys(self, keys: Iterable[str], profile_ids: Iterable[str]) -> int:
         """Remove the identifier index entries ("type:value" keys) that point at one of
@@ -415,7 +416,7 @@ class ProfileStore:
             ranged = [entry["_id"] for entry in self.access_log.find(_accesses_of(profile_id),
                                                                      {"_id": 1})]
             deleted += delete_by_ids(self.access_log, ranged + self._listed_ids(profile_id))
-            if self._listed_accesses_exist():
+            if self._still_there(LISTED_ACCESSES):
                 self.access_log.database[LISTED_ACCESSES].delete_one({"_id": profile_id})
         return deleted
 
@@ -452,7 +453,7 @@ class ProfileStore:
         copied before they and its list are deleted, so a stop or crash midway loses none;
         an erased profile's are deleted, not copied. An earlier version still running writes
         lists again: the next run takes them."""
-        if not self._listed_accesses_exist(refresh=True):
+        if not self._still_there(LISTED_ACCESSES, refresh=True):
             return 0
         listed = self.access_log.database[LISTED_ACCESSES]
         moved = 0
@@ -471,23 +472,14 @@ class ProfileStore:
                 return moved
         if listed.find_one({}, {"_id": 1}) is None:
             listed.drop()
-            self._listed_checked = (time.monotonic(), False)
+            self._legacy_seen[LISTED_ACCESSES] = (time.monotonic(), False)
         return moved
 
     def _listed_ids(self, profile_id: str) -> list[str]:
-        if not self._listed_accesses_exist():
+        if not self._still_there(LISTED_ACCESSES):
             return []
         listed = self.access_log.database[LISTED_ACCESSES].find_one({"_id": profile_id})
         return (listed or {}).get("entries") or []
-
-    def _listed_accesses_exist(self, refresh: bool = False) -> bool:
-        """Whether an earlier version's lists are still there, looked up at most once every
-        ``LISTED_CHECK_SECONDS`` (they go once, when the housekeeping has re-keyed them)."""
-        checked_at, exist = self._listed_checked
-        if refresh or time.monotonic() - checked_at > LISTED_CHECK_SECONDS:
-            exist = LISTED_ACCESSES in self.access_log.database.list_collection_names()
-            self._listed_checked = (time.monotonic(), exist)
-        return exist
 
 
 def _accesses_of(profile_id: str) -> dict:

@@ -301,12 +301,11 @@ class _EventRun:
         if erased:
             docs = [self.profiles[p] for p in sorted(erased) if p in self.profiles]
             _delete_kept_by(self.context, docs, sorted(erased), [])
-            # by this run's own keys too: the erasure may have deleted the pages listing them
+            # its events by their own keys too: the erasure may have deleted the pages listing
+            # them (the identifiers the run indexed are among those its profiles hold)
             self.context.history.forget(
                 (profile_id, entry["message_id"], entry["at"])
                 for profile_id, _, entry in self.history if profile_id in erased)
-            self.store.unindex_keys([key for key, profile_id in self.identifiers.items()
-                                     if profile_id in erased], sorted(erased))
             self.store.delete_profiles(erased)
             log.info("events applied to profiles erased meanwhile taken back",
                      extra={"profiles": sorted(erased)})
