@@ -32,7 +32,14 @@ import pymongo.errors
 from pymongo import ReplaceOne, UpdateOne
 from pymongo.database import Database
 
-from services.common.store import bulk_write, find_by_ids, pack, raise_write_errors, unpack
+from services.common.store import (
+    bulk_write,
+    find_by_ids,
+    insert_new,
+    pack,
+    raise_write_errors,
+    unpack,
+)
 from services.export.contracts import PartnerContract, from_document, to_document
 from services.export.rendering import ConsentState
 from services.export.sealing import SecretBox, SecretUnreadable
@@ -320,11 +327,16 @@ class ExportStore:
             self.db[SUBJECT_INDEX].delete_one({"_id": f"profile:{profile_id}"})
 
     def _index_add(self, additions: Mapping[str, Mapping[str, list[str]]]) -> None:
-        """``$addToSet`` ids to index entries ({entry id: {field: ids}}), in one round trip."""
-        raise_write_errors(bulk_write(self.db[SUBJECT_INDEX], [
-            UpdateOne({"_id": key}, {"$addToSet": {field: {"$each": ids}
-                                                   for field, ids in fields.items()}},
-                      upsert=True) for key, fields in sorted(additions.items())]))
+        """Add ids to index entries ({entry id: {field: ids}}): the entries are mostly new,
+        so one insert, and an ``$addToSet`` for each entry that was stored already."""
+        def add_to_stored(entry: dict[str, Any]) -> UpdateOne:
+            return UpdateOne({"_id": entry["_id"]}, {"$addToSet": {
+                field: {"$each": ids} for field, ids in entry.items() if field != "_id"}},
+                upsert=True)
+
+        insert_new(self.db[SUBJECT_INDEX], [
+            {"_id": key, **{field: list(dict.fromkeys(ids)) for field, ids in fields.items()}}
+            for key, fields in sorted(additions.items())], taken=add_to_stored)
 
     def _index_pull(self, keys: Iterable[str], field: str, ids: list[str]) -> None:
         """Take ``ids`` out of each entry's ``field``; an entry left empty is deleted."""

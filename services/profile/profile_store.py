@@ -204,10 +204,11 @@ class ProfileStore:
                                             {"$set": {"profile_id": profile_id}}, upsert=True)
 
     def index_entries(self, entries: dict[str, str]) -> None:
-        """Point each identifier key ("type:value") at its profile, in one round trip."""
-        raise_write_errors(bulk_write(self.identifiers, [
-            UpdateOne({"_id": key}, {"$set": {"profile_id": profile_id}}, upsert=True)
-            for key, profile_id in sorted(entries.items())]))
+        """Point each identifier key ("type:value") at its profile: one insert (the keys are
+        mostly new), and a replace for each key that was stored already."""
+        insert_new(self.identifiers, [{"_id": key, "profile_id": profile_id}
+                                      for key, profile_id in sorted(entries.items())],
+                   taken=_replacing)
 
     def unindex(self, type_: str, value: str, profile_id: str) -> None:
         self.identifiers.delete_one({"_id": f"{type_}:{value}", "profile_id": profile_id})
@@ -238,10 +239,10 @@ class ProfileStore:
             if before and legacy:
                 for prefix in legacy_prefixes(*before):
                     legacy_removals[prefix].add(profile_id)
-        writes = [DeleteOne({"_id": entry}) if doc is None
-                  else ReplaceOne({"_id": entry}, doc, upsert=True)
-                  for entry, doc in sorted(wanted.items())]
-        raise_write_errors(bulk_write(self.names, writes))
+        raise_write_errors(bulk_write(self.names, [
+            DeleteOne({"_id": entry}) for entry, doc in sorted(wanted.items()) if doc is None]))
+        insert_new(self.names, [{"_id": entry, **doc} for entry, doc in sorted(wanted.items())
+                                if doc is not None], taken=_replacing)
         if legacy_removals:
             self._unlist_legacy(legacy_removals)
 
@@ -490,3 +491,7 @@ def _name_matches(name: list[str], wanted: str) -> bool:
     first, last = (normalise_name(part) for part in name)
     tokens = (first, last, f"{first} {last}".strip(), f"{last} {first}".strip())
     return any(token.startswith(wanted) for token in tokens)
+
+
+def _replacing(doc: dict) -> ReplaceOne:
+    return ReplaceOne({"_id": doc["_id"]}, doc, upsert=True)

@@ -3,11 +3,16 @@
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
+import pymongo.errors
+import pytest
+from pymongo import ReplaceOne, UpdateOne
+
 from services.common.store import (
     ProcessedLedger,
     documents_after,
     find_by_ids,
     id_prefix,
+    insert_new,
     older_than,
 )
 
@@ -134,3 +139,28 @@ def test_a_prefix_the_index_cannot_answer_is_still_answered_whole(db, unique):
     collection.insert_many([{"_id": one} for one in ('a "b', 'a "b|c', 'a "c', "a  b")])
 
     assert sorted(doc["_id"] for doc in collection.find(id_prefix('a "b'))) == ['a "b', 'a "b|c']
+
+
+def test_insert_new_keeps_what_is_stored_unless_told_what_to_write_instead(db, unique):
+    collection = db[f"insert_new_{unique}"]
+    collection.insert_many([{"_id": "a", "n": 1, "tags": ["x"]}, {"_id": "b", "n": 1}])
+    insert_new(collection, [{"_id": "a", "n": 2}, {"_id": "c", "n": 2}])
+    assert sorted(collection.find(), key=lambda d: d["_id"]) == [
+        {"_id": "a", "n": 1, "tags": ["x"]}, {"_id": "b", "n": 1}, {"_id": "c", "n": 2}]
+
+    insert_new(collection, [{"_id": "a", "n": 3, "tags": ["y"]}, {"_id": "b", "n": 3},
+                            {"_id": "d", "n": 3}],
+               taken=lambda doc: UpdateOne({"_id": doc["_id"]}, {
+                   "$set": {"n": doc["n"]}, "$addToSet": {"tags": {"$each": doc.get("tags", [])}}}))
+    assert sorted(collection.find(), key=lambda d: d["_id"]) == [
+        {"_id": "a", "n": 3, "tags": ["x", "y"]}, {"_id": "b", "n": 3, "tags": []},
+        {"_id": "c", "n": 2}, {"_id": "d", "n": 3}]
+
+
+def test_insert_new_raises_a_write_error_other_than_a_taken_id(db, unique):
+    collection = db[f"insert_new_{unique}"]
+    collection.insert_one({"_id": "a", "n": 1})
+    with pytest.raises(pymongo.errors.BulkWriteError):
+        insert_new(collection, [{"_id": "a", "n": 2}, {"_id": "b", "$n": 2}],
+                   taken=lambda doc: ReplaceOne({"_id": doc["_id"]}, doc))
+    assert collection.find_one({"_id": "a"}) == {"_id": "a", "n": 1}
