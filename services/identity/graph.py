@@ -164,6 +164,20 @@ class GraphRepository(GraphReader):
         """Link identifiers to one profile, then list them on its record; raise LinkTaken if
         one is already linked to another profile."""
 
+    def create_linked_profiles(self, profiles: list[tuple[ProfileNode, list[Link]]]) -> set[str]:
+        """Create each profile, then link its identifiers to it (``create_profile`` and
+        ``add_links`` in turn); returns the ids of the profiles all of whose links were
+        stored (another worker may have taken one). A store may do it for all at once."""
+        stored = set()
+        for node, links in profiles:
+            self.create_profile(node)
+            try:
+                self.add_links(links)
+            except LinkTaken:
+                continue
+            stored.add(node.profile_id)
+        return stored
+
     def count_by_type(self, profile_id: str) -> dict[str, int]:
         node = self.profile(profile_id)
         return node.count_by_type() if node else {}
@@ -367,6 +381,66 @@ def profiles_to_lock(reader: GraphReader, identifiers: Iterable[Identifier],
     if _nothing_to_change(ordered, links, owners, involved):
         return []
     return involved or [new_profile_id(message_id)]
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """An event as the graph sees it."""
+
+    message_id: str
+    at: datetime
+    identifiers: tuple[Identifier, ...]
+    unverified: frozenset[Identifier] = frozenset()
+
+
+def first_sightings(reader: GraphReader, events: Iterable[Arrival],
+                    limits: Mapping[str, int] = DEFAULT_LIMITS) -> list[Arrival]:
+    """The events, in order, that only make a new profile: none of their identifiers is
+    linked as ``reader`` sees the graph, none is named by an earlier one of ``events``, and
+    their profile holds no more of a type than its limit. ``resolve`` would give each a
+    profile of its own holding all of its identifiers; since nothing before them in
+    ``events`` touches those, creating them all first (``create_first_sightings``) ends as
+    resolving ``events`` one at a time does."""
+    named: set[Identifier] = set()
+    found = []
+    for event in events:
+        keys = set(event.identifiers)
+        counts: dict[str, int] = {}
+        for identifier in keys:
+            counts[identifier.type] = counts.get(identifier.type, 0) + 1
+        if (keys and not keys & named and not reader.links(keys)
+                and all(n <= limits.get(t, 1) for t, n in counts.items())):
+            found.append(event)
+        named |= keys
+    return found
+
+
+def create_first_sightings(repo: GraphRepository, events: list[Arrival],
+                           first_look: GraphSnapshot | None = None) -> dict[str, Resolution]:
+    """Create the profiles of ``first_sightings`` together (their locks held), as
+    ``resolve`` would one at a time; returns their resolutions by message id. An event
+    missing from the answer had an identifier taken by another worker meanwhile: resolve
+    it as usual, in its turn (``first_look`` has forgotten what it named)."""
+    created = {}
+    for event in events:
+        node = ProfileNode(new_profile_id(event.message_id), event.at)
+        created[event.message_id] = (node, [
+            Link(i, node.profile_id, i not in event.unverified, event.message_id, event.at)
+            for i in priority_order(event.identifiers)])
+    stored = repo.create_linked_profiles(list(created.values()))
+    resolutions = {}
+    for event in events:
+        node, links = created[event.message_id]
+        ordered = [link.identifier for link in links]
+        if node.profile_id not in stored:
+            if first_look is not None:
+                first_look.forget(ordered, {node.profile_id})
+            continue
+        result = Resolution(node.profile_id, created=True, linked=ordered)
+        _tell(first_look, result, ordered, {}, node, set(event.unverified), event.message_id,
+              event.at)
+        resolutions[event.message_id] = result
+    return resolutions
 
 
 def _look(reader: GraphReader, ordered: list[Identifier]

@@ -24,9 +24,17 @@ from datetime import UTC, datetime, timedelta
 
 import pymongo
 import pymongo.errors
+from pymongo import UpdateOne
 from pymongo.database import Database
 
-from services.common.store import Index, delete_by_ids, find_by_ids
+from services.common.store import (
+    Index,
+    bulk_write,
+    delete_by_ids,
+    find_by_ids,
+    insert_new,
+    raise_write_errors,
+)
 from services.identity.graph import (
     Conflict,
     GraphRepository,
@@ -123,13 +131,43 @@ class MongoGraph(GraphRepository):
         )
 
     def add_links(self, links: list[Link]) -> None:
+        taken = self._insert_links(links)
+        # after the links: a crash in between is repaired when the event is re-delivered. The
+        # links stored are listed even when another was taken: a merge moves what is listed
+        held = [link for link in links if link.identifier.key not in taken]
+        for profile_id in {link.profile_id for link in held}:
+            self._add_to_profile(profile_id, [link.identifier for link in held
+                                              if link.profile_id == profile_id])
+        if taken:
+            raise LinkTaken(sorted(taken)[0])
+
+    def create_linked_profiles(self, profiles: list[tuple[ProfileNode, list[Link]]]) -> set[str]:
+        """Three round trips for them all: the profiles, their links, then their records'
+        lists of the links stored (in that order, as one profile at a time)."""
+        if not profiles:
+            return set()
+        insert_new(self.profiles, [{"_id": node.profile_id, "created_at": node.created_at,
+                                    "merged_into": None, "identifiers": {}}
+                                   for node, _ in profiles])
+        links = [link for _, links in profiles for link in links]
+        taken = self._insert_links(links)
+        held: dict[str, list[Identifier]] = {}
+        for link in links:
+            if link.identifier.key not in taken:
+                held.setdefault(link.profile_id, []).append(link.identifier)
+        raise_write_errors(bulk_write(self.profiles, [
+            self._listing(profile_id, identifiers) for profile_id, identifiers in held.items()]))
+        return {node.profile_id for node, links in profiles
+                if not any(link.identifier.key in taken for link in links)}
+
+    def _insert_links(self, links: list[Link]) -> set[str]:
+        """Store the links; returns the keys of those another profile holds already."""
         docs = [{
             "_id": link.identifier.key, "type": link.identifier.type,
             "value": link.identifier.value, "profile_id": link.profile_id,
             "verified": link.verified, "source_message_id": link.source_message_id,
             "linked_at": link.linked_at,
         } for link in links]
-        taken: list[str] = []  # by another profile
         try:
             self.links_.insert_many(docs, ordered=False)
         except pymongo.errors.BulkWriteError as exc:
@@ -139,17 +177,10 @@ class MongoGraph(GraphRepository):
             # linked before: by this event's earlier attempt, or by another worker
             duplicates = [links[error["index"]] for error in errors]
             existing = self.links(link.identifier for link in duplicates)
-            taken = [link.identifier.key for link in duplicates
-                     if link.identifier not in existing
-                     or existing[link.identifier].profile_id != link.profile_id]
-        # after the links: a crash in between is repaired when the event is re-delivered. The
-        # links stored are listed even when another was taken: a merge moves what is listed
-        held = [link for link in links if link.identifier.key not in taken]
-        for profile_id in {link.profile_id for link in held}:
-            self._add_to_profile(profile_id, [link.identifier for link in held
-                                              if link.profile_id == profile_id])
-        if taken:
-            raise LinkTaken(taken[0])
+            return {link.identifier.key for link in duplicates
+                    if link.identifier not in existing
+                    or existing[link.identifier].profile_id != link.profile_id}
+        return set()
 
     def merge(self, merge: Merge) -> None:
         self.log.update_one({"_id": merge.merge_id}, {"$setOnInsert": {
@@ -196,12 +227,17 @@ class MongoGraph(GraphRepository):
         return _listed(self.profiles.find_one({"_id": profile_id}) or {})
 
     def _add_to_profile(self, profile_id: str, identifiers: list[Identifier]) -> None:
+        if identifiers:
+            self.profiles.bulk_write([self._listing(profile_id, identifiers)])
+
+    @staticmethod
+    def _listing(profile_id: str, identifiers: list[Identifier]) -> UpdateOne:
+        """The update listing ``identifiers`` on the profile's record."""
         by_type: dict[str, list[str]] = {}
         for identifier in identifiers:
             by_type.setdefault(identifier.type, []).append(identifier.value)
-        if by_type:
-            self.profiles.update_one({"_id": profile_id}, {"$addToSet": {
-                f"identifiers.{t}": {"$each": values} for t, values in by_type.items()}})
+        return UpdateOne({"_id": profile_id}, {"$addToSet": {
+            f"identifiers.{t}": {"$each": values} for t, values in by_type.items()}})
 
     def _remove_from_profile(self, profile_id: str, identifiers: list[Identifier]) -> None:
         for identifier in identifiers:
@@ -254,6 +290,10 @@ class MongoGraph(GraphRepository):
             yield view
         finally:
             view._ahead.release()
+
+    def holds(self, profile_ids: Iterable[str]) -> bool:
+        """Whether this view holds the locks on ``profile_ids`` (taken by ``locking_ahead``)."""
+        return self._ahead is not None and self._ahead.covers(sorted(set(profile_ids)))
 
     @contextmanager
     def lock(self, profile_ids: Iterable[str]) -> Iterator[None]:

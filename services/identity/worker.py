@@ -24,9 +24,14 @@ from services.common.store import ProcessedLedger, ensure_indexes
 from services.identity import privacy
 from services.identity.channels import protect_hetus
 from services.identity.graph import (
+    Arrival,
     GraphSnapshot,
     Identifier,
+    Resolution,
+    create_first_sightings,
+    first_sightings,
     limits_from,
+    new_profile_id,
     profiles_to_lock,
     resolve,
 )
@@ -95,6 +100,11 @@ class _Event:
     def keys(self) -> list[Identifier]:
         return [Identifier(t, v) for t, v in self.identifiers.items()]
 
+    @property
+    def arrival(self) -> Arrival:
+        return Arrival(self.envelope.message_id, self.envelope.received_at, tuple(self.keys),
+                       frozenset(self.unverified))
+
 
 def make_handlers(graph: MongoGraph, people: SuggestionStore, limits: dict[str, int],
                   suppressions: SuppressionList, hetus: HetuProtector):
@@ -112,18 +122,19 @@ def make_handlers(graph: MongoGraph, people: SuggestionStore, limits: dict[str, 
         return _Event(envelope, identifiers, unverified)
 
     def resolve_event(event: _Event, given: list, snapshot: GraphSnapshot | None = None,
-                      caused: list[dict] | None = None,
-                      repo: MongoGraph = graph) -> list[Outgoing]:
-        """The event's messages; what the customer gave about themselves is added to
-        ``given`` for the suggestion store."""
+                      caused: list[dict] | None = None, repo: MongoGraph = graph,
+                      resolved: Resolution | None = None) -> list[Outgoing]:
+        """The event's messages (``resolved``: its resolution, if the batch found it);
+        what the customer gave about themselves is added to ``given`` for the suggestion
+        store."""
         envelope, identifiers = event.envelope, event.identifiers
         if suppressions.any_suppressed(event.keys):
             # erased on request: dropped, not dead-lettered (that would keep the data)
             metrics.EVENTS_SUPPRESSED.labels(SERVICE, envelope.channel).inc()
             return []
-        result = resolve(repo, event.keys, message_id=envelope.message_id,
-                         at=envelope.received_at, unverified=event.unverified, limits=limits,
-                         first_look=snapshot)
+        result = resolved or resolve(repo, event.keys, message_id=envelope.message_id,
+                                     at=envelope.received_at, unverified=event.unverified,
+                                     limits=limits, first_look=snapshot)
         if result.conflicts:
             repo.record_conflicts(envelope.message_id, result.conflicts, envelope.received_at)
             for conflict in result.conflicts:
@@ -170,10 +181,17 @@ def make_handlers(graph: MongoGraph, people: SuggestionStore, limits: dict[str, 
                        for profile_id in profiles_to_lock(snapshot, event.keys,
                                                           event.envelope.message_id)]
             with graph.locking_ahead(to_lock) as batch_graph:
+                # new customers' profiles made together: three round trips, not three each
+                created = create_first_sightings(batch_graph, [
+                    arrival for arrival in first_sightings(
+                        snapshot, [event.arrival for event in chunk
+                                   if not suppressions.any_suppressed(event.keys)], limits)
+                    if batch_graph.holds([new_profile_id(arrival.message_id)])], snapshot)
                 messages += [message for event in chunk
                              for message in resolve_event(event, given, snapshot,
                                                           caused.get(event.envelope.message_id),
-                                                          batch_graph)]
+                                                          batch_graph,
+                                                          created.get(event.envelope.message_id))]
         # one write for the poll, before its messages go out and its offsets are committed
         people.remember(given)
         return messages

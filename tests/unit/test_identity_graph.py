@@ -10,8 +10,11 @@ from hypothesis import strategies as st
 from services.identity.graph import (
     DEFAULT_LIMITS,
     PRIORITY,
+    Arrival,
     GraphSnapshot,
     Identifier,
+    create_first_sightings,
+    first_sightings,
     new_profile_id,
     priority_order,
     profiles_to_lock,
@@ -235,6 +238,65 @@ def test_a_batch_resolved_from_a_snapshot_ends_as_one_event_at_a_time(event_list
     assert batched.partition() == one_by_one.partition()
     assert [r.profile_id for r in got] == [r.profile_id for r in expected]
     assert [r.merges for r in got] == [r.merges for r in expected]
+
+
+@settings(max_examples=300, deadline=None)
+@given(events, st.integers(min_value=1, max_value=12))
+# a new customer's cookie seen again, with a login, later in the same batch
+@example([[ident("anonymous_id:1")], [ident("email:1")],
+          [ident("anonymous_id:1"), ident("user_id:1")]], 3)
+def test_a_batch_whose_new_customers_are_created_first_ends_as_one_event_at_a_time(
+        event_list, batch_size):
+    one_by_one, batched = InMemoryGraph(), InMemoryGraph()
+    expected = [resolve(one_by_one, event, message_id=f"m{index}",
+                        at=T0 + timedelta(seconds=index), limits=SMALL_LIMITS)
+                for index, event in enumerate(event_list)]
+    got = []
+    for start in range(0, len(event_list), batch_size):
+        batch = event_list[start:start + batch_size]
+        snapshot = snapshot_of(batched, {i for event in batch for i in event})
+        arrivals = [Arrival(f"m{index}", T0 + timedelta(seconds=index), tuple(event))
+                    for index, event in enumerate(batch, start)]
+        created = create_first_sightings(
+            batched, first_sightings(snapshot, arrivals, SMALL_LIMITS), snapshot)
+        for arrival, event in zip(arrivals, batch, strict=True):
+            got.append(created.get(arrival.message_id)
+                       or resolve(batched, event, message_id=arrival.message_id, at=arrival.at,
+                                  limits=SMALL_LIMITS, first_look=snapshot))
+    assert batched.partition() == one_by_one.partition()
+    assert [r.profile_id for r in got] == [r.profile_id for r in expected]
+    assert [r.merges for r in got] == [r.merges for r in expected]
+    assert [r.created for r in got] == [r.created for r in expected]
+
+
+def test_only_events_whose_identifiers_nothing_before_them_names_are_first_sightings():
+    graph = InMemoryGraph()
+    apply(graph, ["email:known@x.fi"])
+    arrivals = [Arrival("m1", T0, (ident("anonymous_id:c1"),)),
+                Arrival("m2", T0, (ident("anonymous_id:c1"), ident("user_id:u1"))),
+                Arrival("m3", T0, (ident("anonymous_id:c3"), ident("email:known@x.fi"))),
+                Arrival("m4", T0, (ident("email:a@x.fi"), ident("email:b@x.fi"))),
+                Arrival("m5", T0, (ident("phone:+358401234567"), ident("anonymous_id:c5")))]
+
+    found = first_sightings(graph, arrivals, {**DEFAULT_LIMITS, "email": 1})
+
+    assert [arrival.message_id for arrival in found] == ["m1", "m5"]
+
+
+def test_a_first_sighting_that_loses_an_identifier_to_another_worker_resolves_again():
+    graph = InMemoryGraph()
+    cookie, email = ident("anonymous_id:c-raced"), ident("email:raced@x.fi")
+    arrival = Arrival("m-raced", T0 + timedelta(days=1), (cookie, email))
+    snapshot = GraphSnapshot(graph, [cookie, email], {}, {})
+    found = first_sightings(snapshot, [arrival])
+    other = apply(graph, ["email:raced@x.fi"]).profile_id  # meanwhile, another worker
+
+    assert create_first_sightings(graph, found, snapshot) == {}
+    result = resolve(graph, [cookie, email], message_id="m-raced", at=arrival.at,
+                     first_look=snapshot)
+
+    assert result.profile_id == other
+    assert {link.profile_id for link in graph.links([cookie, email]).values()} == {other}
 
 
 def test_a_known_customer_resolved_from_a_snapshot_costs_no_read():
