@@ -156,7 +156,8 @@ class MongoGraph(GraphRepository):
             if link.identifier.key not in taken:
                 held.setdefault(link.profile_id, []).append(link.identifier)
         raise_write_errors(bulk_write(self.profiles, [
-            self._listing(profile_id, identifiers) for profile_id, identifiers in held.items()]))
+            UpdateOne({"_id": profile_id}, _listing(identifiers))
+            for profile_id, identifiers in held.items()]))
         return {node.profile_id for node, links in profiles
                 if not any(link.identifier.key in taken for link in links)}
 
@@ -228,16 +229,7 @@ class MongoGraph(GraphRepository):
 
     def _add_to_profile(self, profile_id: str, identifiers: list[Identifier]) -> None:
         if identifiers:
-            self.profiles.bulk_write([self._listing(profile_id, identifiers)])
-
-    @staticmethod
-    def _listing(profile_id: str, identifiers: list[Identifier]) -> UpdateOne:
-        """The update listing ``identifiers`` on the profile's record."""
-        by_type: dict[str, list[str]] = {}
-        for identifier in identifiers:
-            by_type.setdefault(identifier.type, []).append(identifier.value)
-        return UpdateOne({"_id": profile_id}, {"$addToSet": {
-            f"identifiers.{t}": {"$each": values} for t, values in by_type.items()}})
+            self.profiles.update_one({"_id": profile_id}, _listing(identifiers))
 
     def _remove_from_profile(self, profile_id: str, identifiers: list[Identifier]) -> None:
         for identifier in identifiers:
@@ -381,6 +373,15 @@ class _LocksAhead:
     def release(self) -> None:
         tried, self._tried, self.held = self._tried, [], set()
         delete_by_ids(self.locks, tried, where={"owner": self.token})
+
+
+def _listing(identifiers: list[Identifier]) -> dict:
+    """The update listing ``identifiers`` on a profile's record."""
+    by_type: dict[str, list[str]] = {}
+    for identifier in identifiers:
+        by_type.setdefault(identifier.type, []).append(identifier.value)
+    return {"$addToSet": {f"identifiers.{t}": {"$each": values}
+                          for t, values in by_type.items()}}
 
 
 def _node(profile_doc: dict) -> ProfileNode:

@@ -110,7 +110,8 @@ def make_handlers(graph: MongoGraph, people: SuggestionStore, limits: dict[str, 
                   suppressions: SuppressionList, hetus: HetuProtector):
     """The per-event handler and the batch handler. The batch handler reads what the poll's
     events will look at together (the suppression list's version, their links and profiles,
-    their merge outboxes) and still resolves the events one by one, in order."""
+    their merge outboxes), makes the profiles of new customers together, and resolves the
+    other events one by one, in order."""
 
     def prepare(envelope: Envelope) -> _Event:
         # a producer writing to Kafka directly may send a hetu in the clear: from here on
@@ -182,11 +183,14 @@ def make_handlers(graph: MongoGraph, people: SuggestionStore, limits: dict[str, 
                                                           event.envelope.message_id)]
             with graph.locking_ahead(to_lock) as batch_graph:
                 # new customers' profiles made together: three round trips, not three each
-                created = create_first_sightings(batch_graph, [
-                    arrival for arrival in first_sightings(
-                        snapshot, [event.arrival for event in chunk
-                                   if not suppressions.any_suppressed(event.keys)], limits)
-                    if batch_graph.holds([new_profile_id(arrival.message_id)])], snapshot)
+                # (when the chunk holds all of their locks, checked once before writing)
+                new_customers = first_sightings(
+                    snapshot, [event.arrival for event in chunk
+                               if not suppressions.any_suppressed(event.keys)], limits)
+                if not batch_graph.holds(new_profile_id(arrival.message_id)
+                                         for arrival in new_customers):
+                    new_customers = []
+                created = create_first_sightings(batch_graph, new_customers, snapshot)
                 messages += [message for event in chunk
                              for message in resolve_event(event, given, snapshot,
                                                           caused.get(event.envelope.message_id),
