@@ -150,6 +150,11 @@ class GraphReader(ABC):
     def profile(self, profile_id: str) -> ProfileNode | None:
         """The profile with the identifiers its record lists, in one read."""
 
+    def nodes(self, profile_ids: Iterable[str]) -> dict[str, ProfileNode]:
+        """The profiles that exist among ``profile_ids`` (a store reads them at once)."""
+        nodes = {profile_id: self.profile(profile_id) for profile_id in profile_ids}
+        return {profile_id: node for profile_id, node in nodes.items() if node is not None}
+
 
 class GraphRepository(GraphReader):
     """Where the graph is kept. ``lock`` serialises changes to a set of profiles across
@@ -164,19 +169,25 @@ class GraphRepository(GraphReader):
         """Link identifiers to one profile, then list them on its record; raise LinkTaken if
         one is already linked to another profile."""
 
-    def create_linked_profiles(self, profiles: list[tuple[ProfileNode, list[Link]]]) -> set[str]:
-        """Create each profile, then link its identifiers to it (``create_profile`` and
-        ``add_links`` in turn); returns the ids of the profiles all of whose links were
-        stored (another worker may have taken one). A store may do it for all at once."""
-        stored = set()
-        for node, links in profiles:
+    def link_together(self, created: list[ProfileNode], links: list[Link]) -> set[str]:
+        """Create the ``created`` profiles (if absent), then store ``links`` (of several
+        profiles) and list the stored ones on their profiles' records, in that order, as
+        ``create_profile`` and ``add_links`` would; returns the keys of the identifiers
+        another profile holds already. A store may do it for all at once."""
+        for node in created:
             self.create_profile(node)
+        by_profile: dict[str, list[Link]] = {}
+        for link in links:
+            by_profile.setdefault(link.profile_id, []).append(link)
+        taken: set[str] = set()
+        for profile_id, group in by_profile.items():
             try:
-                self.add_links(links)
+                self.add_links(group)
             except LinkTaken:
-                continue
-            stored.add(node.profile_id)
-        return stored
+                now = self.links(link.identifier for link in group)
+                taken |= {link.identifier.key for link in group
+                          if now[link.identifier].profile_id != profile_id}
+        return taken
 
     def count_by_type(self, profile_id: str) -> dict[str, int]:
         node = self.profile(profile_id)
@@ -232,6 +243,11 @@ class GraphSnapshot(GraphReader):
         if profile_id in self._nodes:
             return self._nodes[profile_id]
         return self.repo.profile(profile_id)
+
+    def reread(self, profile_ids: Iterable[str]) -> None:
+        """Read these profiles again from the store (once their locks are held: what is read
+        then stays true until they are released)."""
+        self._nodes.update(self.repo.nodes(profile_ids))
 
     def learn(self, links: Iterable[Link], node: ProfileNode) -> None:
         """What an event of the batch wrote: its links, and its profile as it now stands."""
@@ -393,52 +409,80 @@ class Arrival:
     unverified: frozenset[Identifier] = frozenset()
 
 
-def first_sightings(reader: GraphReader, events: Iterable[Arrival],
-                    limits: Mapping[str, int] = DEFAULT_LIMITS) -> list[Arrival]:
-    """The events, in order, that only make a new profile: none of their identifiers is
-    linked as ``reader`` sees the graph, none is named by an earlier one of ``events``, and
-    their profile holds no more of a type than its limit. ``resolve`` would give each a
-    profile of its own holding all of its identifiers; since nothing before them in
-    ``events`` touches those, creating them all first (``create_first_sightings``) ends as
-    resolving ``events`` one at a time does."""
+@dataclass(frozen=True)
+class Straight:
+    """An event whose resolution only links its unknown identifiers: to ``profile`` (the
+    one live profile holding the others), or to a new profile when ``profile`` is None."""
+
+    event: Arrival
+    profile: ProfileNode | None
+    known: dict[Identifier, Link]
+
+
+def straight_events(reader: GraphReader, events: Iterable[Arrival],
+                    limits: Mapping[str, int] = DEFAULT_LIMITS) -> list[Straight]:
+    """The events, in order, whose resolution only links unknown identifiers to one profile:
+    their known identifiers are all linked to the same live profile and listed on its record
+    (or none is known: a new customer), the profile then holds no more of a type than its
+    limit, and no earlier one of ``events`` names any of their identifiers or any profile
+    their identifiers are linked to. ``resolve`` would link each as said; since nothing
+    before them in ``events`` touches what they touch, linking them all first
+    (``link_straight``) ends as resolving ``events`` one at a time does. ``reader`` must
+    have read the profiles under their locks."""
     named: set[Identifier] = set()
+    touched: set[str] = set()
     found = []
     for event in events:
         keys = set(event.identifiers)
-        counts: dict[str, int] = {}
-        for identifier in keys:
+        known = reader.links(keys)
+        owners = {link.profile_id for link in known.values()}
+        node = reader.profile(next(iter(owners))) if len(owners) == 1 else None
+        counts = node.count_by_type() if node is not None else {}
+        for identifier in keys - set(known):
             counts[identifier.type] = counts.get(identifier.type, 0) + 1
-        if (keys and not keys & named and not reader.links(keys)
+        if (keys and not keys & named and not owners & touched and len(known) < len(keys)
+                and (not owners or (node is not None and node.merged_into is None
+                                    and set(known) <= node.identifiers))
                 and all(n <= limits.get(t, 1) for t, n in counts.items())):
-            found.append(event)
+            found.append(Straight(event, node, known))
         named |= keys
+        # what the event would change: its identifiers' profiles and those they merged into
+        for owner in owners:
+            touched.add(owner)
+            canonical = canonical_node(reader, owner)
+            if canonical is not None:
+                touched.add(canonical.profile_id)
     return found
 
 
-def create_first_sightings(repo: GraphRepository, events: list[Arrival],
-                           first_look: GraphSnapshot | None = None) -> dict[str, Resolution]:
-    """Create the profiles of ``first_sightings`` together (their locks held), as
-    ``resolve`` would one at a time; returns their resolutions by message id. An event
-    missing from the answer had an identifier taken by another worker meanwhile: resolve
-    it as usual, in its turn (``first_look`` has forgotten what it named)."""
-    created = {}
-    for event in events:
-        node = ProfileNode(new_profile_id(event.message_id), event.at)
-        created[event.message_id] = (node, [
+def link_straight(repo: GraphRepository, events: list[Straight],
+                  first_look: GraphSnapshot | None = None) -> dict[str, Resolution]:
+    """Link the ``straight_events`` together (their profiles' locks held), as ``resolve``
+    would one at a time; returns their resolutions by message id. An event missing from the
+    answer had an identifier taken by another worker meanwhile: resolve it as usual, in its
+    turn (``first_look`` has forgotten what it named)."""
+    planned = []
+    for straight in events:
+        event = straight.event
+        node = straight.profile or ProfileNode(new_profile_id(event.message_id), event.at)
+        ordered = priority_order(event.identifiers)
+        planned.append((straight, node, ordered, [
             Link(i, node.profile_id, i not in event.unverified, event.message_id, event.at)
-            for i in priority_order(event.identifiers)])
-    stored = repo.create_linked_profiles(list(created.values()))
+            for i in ordered if i not in straight.known]))
+    taken = repo.link_together([node for straight, node, _, _ in planned
+                                if straight.profile is None],
+                               [link for *_, links in planned for link in links])
     resolutions = {}
-    for event in events:
-        node, links = created[event.message_id]
-        ordered = [link.identifier for link in links]
-        if node.profile_id not in stored:
+    for straight, node, ordered, links in planned:
+        event = straight.event
+        if any(link.identifier.key in taken for link in links):
             if first_look is not None:
                 first_look.forget(ordered, {node.profile_id})
             continue
-        result = Resolution(node.profile_id, created=True, linked=ordered)
-        _tell(first_look, result, ordered, {}, node, set(event.unverified), event.message_id,
-              event.at)
+        result = Resolution(node.profile_id, created=straight.profile is None,
+                            linked=[link.identifier for link in links])
+        _tell(first_look, result, ordered, straight.known, node, set(event.unverified),
+              event.message_id, event.at)
         resolutions[event.message_id] = result
     return resolutions
 

@@ -87,13 +87,15 @@ class MongoGraph(GraphRepository):
         doc = self.profiles.find_one({"_id": profile_id})
         return _node(doc) if doc is not None else None
 
+    def nodes(self, profile_ids: Iterable[str]) -> dict[str, ProfileNode]:
+        return {doc["_id"]: _node(doc) for doc in find_by_ids(self.profiles, list(profile_ids))}
+
     def snapshot(self, identifiers: Iterable[Identifier]) -> GraphSnapshot:
         """The links of ``identifiers`` and the profiles they point to, in two queries."""
         identifiers = set(identifiers)
         links = self.links(identifiers)
-        profile_ids = sorted({link.profile_id for link in links.values()})
-        nodes = {doc["_id"]: _node(doc) for doc in find_by_ids(self.profiles, profile_ids)}
-        return GraphSnapshot(self, identifiers, links, nodes)
+        return GraphSnapshot(self, identifiers, links,
+                             self.nodes(sorted({link.profile_id for link in links.values()})))
 
     def caused_by(self, message_id: str) -> list[dict]:
         """The log entries an event caused, in order (the outbox of cdp.identity.merges)."""
@@ -141,16 +143,13 @@ class MongoGraph(GraphRepository):
         if taken:
             raise LinkTaken(sorted(taken)[0])
 
-    def create_linked_profiles(self, profiles: list[tuple[ProfileNode, list[Link]]]) -> set[str]:
-        """Three round trips for them all: the profiles, their links, then their records'
-        lists of the links stored (in that order, as one profile at a time)."""
-        if not profiles:
-            return set()
+    def link_together(self, created: list[ProfileNode], links: list[Link]) -> set[str]:
+        """Three round trips for them all: the new profiles, the links, then the records'
+        lists of the links stored (in that order, as one event at a time)."""
         insert_new(self.profiles, [{"_id": node.profile_id, "created_at": node.created_at,
                                     "merged_into": None, "identifiers": {}}
-                                   for node, _ in profiles])
-        links = [link for _, links in profiles for link in links]
-        taken = self._insert_links(links)
+                                   for node in created])
+        taken = self._insert_links(links) if links else set()
         held: dict[str, list[Identifier]] = {}
         for link in links:
             if link.identifier.key not in taken:
@@ -158,8 +157,7 @@ class MongoGraph(GraphRepository):
         raise_write_errors(bulk_write(self.profiles, [
             UpdateOne({"_id": profile_id}, _listing(identifiers))
             for profile_id, identifiers in held.items()]))
-        return {node.profile_id for node, links in profiles
-                if not any(link.identifier.key in taken for link in links)}
+        return taken
 
     def _insert_links(self, links: list[Link]) -> set[str]:
         """Store the links; returns the keys of those another profile holds already."""

@@ -28,12 +28,12 @@ from services.identity.graph import (
     GraphSnapshot,
     Identifier,
     Resolution,
-    create_first_sightings,
-    first_sightings,
     limits_from,
+    link_straight,
     new_profile_id,
     profiles_to_lock,
     resolve,
+    straight_events,
 )
 from services.identity.graph_store import INDEXES, MongoGraph
 from services.identity.merges import UnannouncedChanges, log_message
@@ -182,15 +182,19 @@ def make_handlers(graph: MongoGraph, people: SuggestionStore, limits: dict[str, 
                        for profile_id in profiles_to_lock(snapshot, event.keys,
                                                           event.envelope.message_id)]
             with graph.locking_ahead(to_lock) as batch_graph:
-                # new customers' profiles made together: three round trips, not three each
-                # (when the chunk holds all of their locks, checked once before writing)
-                new_customers = first_sightings(
+                # the events that only link new identifiers (to a new customer, or one
+                # known), linked together: four round trips, not two to four each. Their
+                # profiles are read again now that they are locked; the locks are checked
+                # once, before writing
+                snapshot.reread(to_lock)
+                straight = straight_events(
                     snapshot, [event.arrival for event in chunk
                                if not suppressions.any_suppressed(event.keys)], limits)
-                if not batch_graph.holds(new_profile_id(arrival.message_id)
-                                         for arrival in new_customers):
-                    new_customers = []
-                created = create_first_sightings(batch_graph, new_customers, snapshot)
+                if not batch_graph.holds(
+                        s.profile.profile_id if s.profile else new_profile_id(s.event.message_id)
+                        for s in straight):
+                    straight = []
+                created = link_straight(batch_graph, straight, snapshot)
                 messages += [message for event in chunk
                              for message in resolve_event(event, given, snapshot,
                                                           caused.get(event.envelope.message_id),

@@ -9,10 +9,10 @@ from services.identity.graph import (
     Arrival,
     GraphSnapshot,
     Identifier,
-    create_first_sightings,
-    first_sightings,
+    link_straight,
     new_profile_id,
     resolve,
+    straight_events,
 )
 from services.identity.graph_store import INDEXES, MongoGraph
 from services.identity.privacy import PrivacyRequest, expand_subject
@@ -61,29 +61,36 @@ def test_a_new_customer_raced_by_another_worker_ends_with_every_link_on_the_surv
     assert graph.profile(other).identifiers >= {cookie, email}
 
 
-def test_new_customers_made_together_are_stored_as_one_at_a_time_and_a_raced_one_resolves_again(
+def test_plain_links_made_together_are_stored_as_one_at_a_time_and_a_raced_one_resolves_again(
         db, unique):
     ensure_indexes(db, INDEXES)
     graph = MongoGraph(db)
     at = datetime(2026, 11, 1, tzinfo=UTC)
-    cookies = [Identifier("anonymous_id", f"c{n}-{unique}") for n in range(3)]
+    cookies = [Identifier("anonymous_id", f"c{n}-{unique}") for n in range(4)]
     email = Identifier("email", f"raced.{unique}@example.com")
+    login = Identifier("user_id", f"U3-{unique}")
+    known = resolve(graph, [cookies[3]], message_id=f"known-{unique}", at=at).profile_id
     arrivals = [Arrival(f"m0-{unique}", at, (cookies[0],)),
                 Arrival(f"m1-{unique}", at, (cookies[1], Identifier("user_id", f"U-{unique}"))),
-                Arrival(f"m2-{unique}", at, (cookies[2], email))]
-    snapshot = GraphSnapshot(graph, [*cookies, email], {}, {})
-    found = first_sightings(snapshot, arrivals)
+                Arrival(f"m2-{unique}", at, (cookies[2], email)),
+                Arrival(f"m3-{unique}", at, (cookies[3], login))]
+    snapshot = graph.snapshot([*cookies, email, login])
+    found = straight_events(snapshot, arrivals)
     other = resolve(graph, [email], message_id=f"other-{unique}", at=at).profile_id
 
-    created = create_first_sightings(graph, found, snapshot)
+    linked = link_straight(graph, found, snapshot)
 
-    assert sorted(created) == [f"m0-{unique}", f"m1-{unique}"]
+    assert sorted(linked) == [f"m0-{unique}", f"m1-{unique}", f"m3-{unique}"]
+    assert linked[f"m3-{unique}"].profile_id == known and not linked[f"m3-{unique}"].created
+    assert graph.profile(known).identifiers == {cookies[3], login}
     for arrival in arrivals[:2]:
         profile = graph.profile(new_profile_id(arrival.message_id))
         assert profile.created_at == at and profile.merged_into is None
         assert profile.identifiers == set(arrival.identifiers)
+    for arrival in [*arrivals[:2], arrivals[3]]:
+        profile_id = linked[arrival.message_id].profile_id
         assert {link.profile_id for link in graph.links(arrival.identifiers).values()} == {
-            profile.profile_id}
+            profile_id}
     # the third lost its email: resolved as usual, it joins the profile holding it
     raced = resolve(graph, [cookies[2], email], message_id=f"m2-{unique}", at=at,
                     first_look=snapshot)

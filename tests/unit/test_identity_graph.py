@@ -13,12 +13,14 @@ from services.identity.graph import (
     Arrival,
     GraphSnapshot,
     Identifier,
-    create_first_sightings,
-    first_sightings,
+    Link,
+    Merge,
+    link_straight,
     new_profile_id,
     priority_order,
     profiles_to_lock,
     resolve,
+    straight_events,
 )
 from tests.support.identity_fakes import InMemoryGraph
 
@@ -245,7 +247,10 @@ def test_a_batch_resolved_from_a_snapshot_ends_as_one_event_at_a_time(event_list
 # a new customer's cookie seen again, with a login, later in the same batch
 @example([[ident("anonymous_id:1")], [ident("email:1")],
           [ident("anonymous_id:1"), ident("user_id:1")]], 3)
-def test_a_batch_whose_new_customers_are_created_first_ends_as_one_event_at_a_time(
+# a known customer gains an email, then another event merges its profile away
+@example([[ident("anonymous_id:1")], [ident("email:1")], [ident("user_id:1")],
+          [ident("email:1"), ident("user_id:1")], [ident("anonymous_id:1"), ident("email:2")]], 2)
+def test_a_batch_whose_plain_links_are_made_first_ends_as_one_event_at_a_time(
         event_list, batch_size):
     one_by_one, batched = InMemoryGraph(), InMemoryGraph()
     expected = [resolve(one_by_one, event, message_id=f"m{index}",
@@ -257,8 +262,8 @@ def test_a_batch_whose_new_customers_are_created_first_ends_as_one_event_at_a_ti
         snapshot = snapshot_of(batched, {i for event in batch for i in event})
         arrivals = [Arrival(f"m{index}", T0 + timedelta(seconds=index), tuple(event))
                     for index, event in enumerate(batch, start)]
-        created = create_first_sightings(
-            batched, first_sightings(snapshot, arrivals, SMALL_LIMITS), snapshot)
+        created = link_straight(
+            batched, straight_events(snapshot, arrivals, SMALL_LIMITS), snapshot)
         for arrival, event in zip(arrivals, batch, strict=True):
             got.append(created.get(arrival.message_id)
                        or resolve(batched, event, message_id=arrival.message_id, at=arrival.at,
@@ -269,29 +274,51 @@ def test_a_batch_whose_new_customers_are_created_first_ends_as_one_event_at_a_ti
     assert [r.created for r in got] == [r.created for r in expected]
 
 
-def test_only_events_whose_identifiers_nothing_before_them_names_are_first_sightings():
+def test_only_events_that_just_link_what_nothing_before_them_touches_are_straight():
     graph = InMemoryGraph()
-    apply(graph, ["email:known@x.fi"])
+    known = apply(graph, ["email:known@x.fi"]).profile_id
+    apply(graph, ["email:other@x.fi"])
     arrivals = [Arrival("m1", T0, (ident("anonymous_id:c1"),)),
                 Arrival("m2", T0, (ident("anonymous_id:c1"), ident("user_id:u1"))),
                 Arrival("m3", T0, (ident("anonymous_id:c3"), ident("email:known@x.fi"))),
                 Arrival("m4", T0, (ident("email:a@x.fi"), ident("email:b@x.fi"))),
-                Arrival("m5", T0, (ident("phone:+358401234567"), ident("anonymous_id:c5")))]
+                Arrival("m5", T0, (ident("email:known@x.fi"), ident("email:other@x.fi"))),
+                Arrival("m6", T0, (ident("user_id:u6"), ident("email:other@x.fi"))),
+                Arrival("m7", T0, (ident("email:other@x.fi"),)),
+                Arrival("m8", T0, (ident("phone:+358401234567"), ident("anonymous_id:c8")))]
 
-    found = first_sightings(graph, arrivals, {**DEFAULT_LIMITS, "email": 1})
+    found = straight_events(graph, arrivals, {**DEFAULT_LIMITS, "email": 1})
 
-    assert [arrival.message_id for arrival in found] == ["m1", "m5"]
+    # m2 names m1's cookie, m4 is over the email limit, m5 would merge, m6's profile was
+    # touched by m5, m7 links nothing new
+    assert [(s.event.message_id, s.profile and s.profile.profile_id) for s in found] == [
+        ("m1", None), ("m3", known), ("m8", None)]
 
 
-def test_a_first_sighting_that_loses_an_identifier_to_another_worker_resolves_again():
+def test_a_profile_a_crash_left_half_written_is_resolved_as_usual_not_straight():
+    graph = InMemoryGraph()
+    unlisted = apply(graph, ["anonymous_id:c1"]).profile_id
+    graph.listed_on[unlisted].clear()  # its link stored, its record's list not yet
+    survivor = apply(graph, ["user_id:u2"]).profile_id
+    merged = apply(graph, ["anonymous_id:c2"]).profile_id
+    graph.merge(Merge("x", survivor, merged, None, "decision", T0))
+    graph.link_table[ident("anonymous_id:c2")] = Link(ident("anonymous_id:c2"), merged, True,
+                                                      "m", T0)  # a link the merge left behind
+    arrivals = [Arrival("m1", T0, (ident("anonymous_id:c1"), ident("email:a@x.fi"))),
+                Arrival("m2", T0, (ident("anonymous_id:c2"), ident("email:b@x.fi")))]
+
+    assert straight_events(graph, arrivals) == []
+
+
+def test_a_straight_event_that_loses_an_identifier_to_another_worker_resolves_again():
     graph = InMemoryGraph()
     cookie, email = ident("anonymous_id:c-raced"), ident("email:raced@x.fi")
     arrival = Arrival("m-raced", T0 + timedelta(days=1), (cookie, email))
     snapshot = GraphSnapshot(graph, [cookie, email], {}, {})
-    found = first_sightings(snapshot, [arrival])
+    found = straight_events(snapshot, [arrival])
     other = apply(graph, ["email:raced@x.fi"]).profile_id  # meanwhile, another worker
 
-    assert create_first_sightings(graph, found, snapshot) == {}
+    assert link_straight(graph, found, snapshot) == {}
     result = resolve(graph, [cookie, email], message_id="m-raced", at=arrival.at,
                      first_look=snapshot)
 
