@@ -105,7 +105,11 @@ def kafka_libs() -> Path:
 #   ferretdb/handler_update_lock.go.in serialises update and findAndModify per collection;
 # - it tracks the lifetime of every cursor and iterator in a pprof profile, taking a stack
 #   trace each time, to find leaks in its own tests: an eighth of its CPU per read. Tracking
-#   is switched off (small find_one 0.59 -> 0.48 ms of FerretDB CPU; 0.40 with GOGC=400).
+#   is switched off (small find_one 0.59 -> 0.48 ms of FerretDB CPU; 0.40 with GOGC=400);
+# - an update command kept every statement's read open, a pooled SQLite connection each,
+#   until the whole command ended: three commands of 50 statements at once (identity,
+#   profile and export workers) took more than the pool's 100 connections, and all of them
+#   waited for one forever. Each statement's read is closed once its write is done.
 FERRETDB_PATCHES = (
     ("internal/backends/sqlite/metadata/metadata.go",
      'IDColumn = DefaultColumn + "->\'$._id\'"',
@@ -126,6 +130,10 @@ FERRETDB_PATCHES = (
      "*common.UpdateParams) (int32, int32, *types.Array, error) {\n",
      "*common.UpdateParams) (int32, int32, *types.Array, error) {\n"
      "\tdefer lockCollection(params.DB, params.Collection)()\n\n"),
+    ("internal/handler/msg_update.go",
+     '\t\tresult, err := common.UpdateDocument(ctx, c, "update", iter, &u)\n',
+     '\t\tresult, err := common.UpdateDocument(ctx, c, "update", iter, &u)\n'
+     "\t\tcloser.Close() // Muisti: release the read's connection before the next statement\n"),
     ("internal/handler/msg_findandmodify.go",
      "*common.FindAndModifyParams) (*findAndModifyResult, error) {\n",
      "*common.FindAndModifyParams) (*findAndModifyResult, error) {\n"

@@ -164,3 +164,19 @@ def test_insert_new_raises_a_write_error_other_than_a_taken_id(db, unique):
         insert_new(collection, [{"_id": "a", "n": 2}, {"_id": "b", "$n": 2}],
                    taken=lambda doc: ReplaceOne({"_id": doc["_id"]}, doc))
     assert collection.find_one({"_id": "a"}) == {"_id": "a", "n": 1}
+
+
+def test_update_commands_of_many_statements_at_once_never_wait_on_each_other(db, unique):
+    # each FerretDB update statement once held a pooled connection until its whole command
+    # ended: three 50-statement commands at once outnumbered the pool and waited forever
+    collections = [db[f"many_updates_{n}_{unique}"] for n in range(3)]
+    for collection in collections:
+        collection.insert_many([{"_id": i, "n": 0} for i in range(50)])
+
+    def update(collection) -> int:
+        for _ in range(10):
+            collection.bulk_write([UpdateOne({"_id": i}, {"$inc": {"n": 1}}) for i in range(50)])
+        return sum(doc["n"] for doc in collection.find())
+
+    with ThreadPoolExecutor(3) as pool:
+        assert list(pool.map(update, collections)) == [500, 500, 500]
