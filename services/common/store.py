@@ -104,10 +104,10 @@ def bulk_write(collection: pymongo.collection.Collection, writes: list, *,
     many documents were matched, inserted or upserted and the write errors (an ordered
     write stops at the first).
 
-    FerretDB 1.x keeps each update's query open until its whole command ends, one SQLite
-    connection each: an update command of a hundred or more statements that match exhausts
-    its connection pool and hangs the store for every client.
-    """
+    Stock FerretDB 1.x keeps each update's query open until its whole command ends, one
+    SQLite connection each: an update command of a hundred or more statements that match
+    exhausts its connection pool and hangs the store for every client (the deploy/local
+    build closes each query after its statement)."""
     done, errors = 0, []
     for start in range(0, len(writes), BULK_CHUNK):
         try:
