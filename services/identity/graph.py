@@ -150,7 +150,7 @@ class GraphReader(ABC):
     def profile(self, profile_id: str) -> ProfileNode | None:
         """The profile with the identifiers its record lists, in one read."""
 
-    def nodes(self, profile_ids: Iterable[str]) -> dict[str, ProfileNode]:
+    def read_profiles(self, profile_ids: Iterable[str]) -> dict[str, ProfileNode]:
         """The profiles that exist among ``profile_ids`` (a store reads them at once)."""
         nodes = {profile_id: self.profile(profile_id) for profile_id in profile_ids}
         return {profile_id: node for profile_id, node in nodes.items() if node is not None}
@@ -244,10 +244,21 @@ class GraphSnapshot(GraphReader):
             return self._nodes[profile_id]
         return self.repo.profile(profile_id)
 
-    def reread(self, profile_ids: Iterable[str]) -> None:
-        """Read these profiles again from the store (once their locks are held: what is read
-        then stays true until they are released)."""
-        self._nodes.update(self.repo.nodes(profile_ids))
+    def reread(self, identifiers: Iterable[Identifier], profile_ids: Iterable[str]) -> None:
+        """Read the links of ``identifiers`` again, and the profiles ``profile_ids`` and
+        those the links point to: once the locks of the profiles a chunk of events will
+        change are held, nobody else links to or from those until they are released (only
+        an erasure deletes without a lock)."""
+        identifiers = set(identifiers)
+        links = self.repo.links(identifiers)
+        for identifier in identifiers:
+            self._known.add(identifier)
+            self._links.pop(identifier, None)
+        self._links.update(links)
+        wanted = set(profile_ids) | {link.profile_id for link in links.values()}
+        for profile_id in wanted:
+            self._nodes.pop(profile_id, None)  # one gone meanwhile is read as gone
+        self._nodes.update(self.repo.read_profiles(wanted))
 
     def learn(self, links: Iterable[Link], node: ProfileNode) -> None:
         """What an event of the batch wrote: its links, and its profile as it now stands."""
@@ -428,7 +439,8 @@ def straight_events(reader: GraphReader, events: Iterable[Arrival],
     their identifiers are linked to. ``resolve`` would link each as said; since nothing
     before them in ``events`` touches what they touch, linking them all first
     (``link_straight``) ends as resolving ``events`` one at a time does. ``reader`` must
-    have read the profiles under their locks."""
+    have read the events' links and profiles under the locks of the profiles they change
+    (``GraphSnapshot.reread``)."""
     named: set[Identifier] = set()
     touched: set[str] = set()
     found = []

@@ -87,15 +87,15 @@ class MongoGraph(GraphRepository):
         doc = self.profiles.find_one({"_id": profile_id})
         return _node(doc) if doc is not None else None
 
-    def nodes(self, profile_ids: Iterable[str]) -> dict[str, ProfileNode]:
+    def read_profiles(self, profile_ids: Iterable[str]) -> dict[str, ProfileNode]:
         return {doc["_id"]: _node(doc) for doc in find_by_ids(self.profiles, list(profile_ids))}
 
     def snapshot(self, identifiers: Iterable[Identifier]) -> GraphSnapshot:
         """The links of ``identifiers`` and the profiles they point to, in two queries."""
         identifiers = set(identifiers)
         links = self.links(identifiers)
-        return GraphSnapshot(self, identifiers, links,
-                             self.nodes(sorted({link.profile_id for link in links.values()})))
+        return GraphSnapshot(self, identifiers, links, self.read_profiles(
+            sorted({link.profile_id for link in links.values()})))
 
     def caused_by(self, message_id: str) -> list[dict]:
         """The log entries an event caused, in order (the outbox of cdp.identity.merges)."""
@@ -281,9 +281,10 @@ class MongoGraph(GraphRepository):
         finally:
             view._ahead.release()
 
-    def holds(self, profile_ids: Iterable[str]) -> bool:
-        """Whether this view holds the locks on ``profile_ids`` (taken by ``locking_ahead``)."""
-        return self._ahead is not None and self._ahead.covers(sorted(set(profile_ids)))
+    def held_ahead(self) -> set[str]:
+        """The profiles whose locks this view holds (taken by ``locking_ahead``), read once:
+        use them before a third of a lease has passed."""
+        return self._ahead.still_held() if self._ahead is not None else set()
 
     @contextmanager
     def lock(self, profile_ids: Iterable[str]) -> Iterator[None]:
@@ -364,9 +365,12 @@ class _LocksAhead:
         self.held = set(self._tried) - refused
 
     def covers(self, profile_ids: list[str]) -> bool:
+        return set(profile_ids) <= self.still_held()
+
+    def still_held(self) -> set[str]:
         if time.monotonic() >= self._expires:
             self.release()
-        return set(profile_ids) <= self.held
+        return set(self.held)
 
     def release(self) -> None:
         tried, self._tried, self.held = self._tried, [], set()

@@ -183,17 +183,15 @@ def make_handlers(graph: MongoGraph, people: SuggestionStore, limits: dict[str, 
                                                           event.envelope.message_id)]
             with graph.locking_ahead(to_lock) as batch_graph:
                 # the events that only link new identifiers (to a new customer, or one
-                # known), linked together: four round trips, not two to four each. Their
-                # profiles are read again now that they are locked; the locks are checked
-                # once, before writing
-                snapshot.reread(to_lock)
-                straight = straight_events(
+                # known) are linked together: five round trips for the chunk (two reads
+                # under the locks, three writes), not two to four each
+                snapshot.reread([key for event in chunk for key in event.keys], to_lock)
+                held = batch_graph.held_ahead()
+                straight = [s for s in straight_events(
                     snapshot, [event.arrival for event in chunk
                                if not suppressions.any_suppressed(event.keys)], limits)
-                if not batch_graph.holds(
-                        s.profile.profile_id if s.profile else new_profile_id(s.event.message_id)
-                        for s in straight):
-                    straight = []
+                    if (s.profile.profile_id if s.profile
+                        else new_profile_id(s.event.message_id)) in held]
                 created = link_straight(batch_graph, straight, snapshot)
                 messages += [message for event in chunk
                              for message in resolve_event(event, given, snapshot,

@@ -310,6 +310,26 @@ def test_a_profile_a_crash_left_half_written_is_resolved_as_usual_not_straight()
     assert straight_events(graph, arrivals) == []
 
 
+def test_links_and_profiles_changed_before_the_locks_are_read_again_before_linking_together():
+    graph = InMemoryGraph()
+    erased = apply(graph, ["email:x@x.fi"]).profile_id
+    kept = apply(graph, ["email:p@x.fi", "phone:+358401111111"]).profile_id
+    apply(graph, ["email:q@x.fi"])
+    arrivals = [Arrival("m1", T0, (ident("email:x@x.fi"), ident("phone:+358402222222"))),
+                Arrival("m2", T0, (ident("email:q@x.fi"), ident("user_id:z"))),
+                Arrival("m3", T0, (ident("email:p@x.fi"), ident("user_id:y")))]
+    snapshot = snapshot_of(graph, {i for arrival in arrivals for i in arrival.identifiers})
+    # before the chunk's locks: an erasure deletes one profile, another worker links z to
+    # the profile m3 would extend (m2 would now merge it, so m3 must wait its turn)
+    del graph.link_table[ident("email:x@x.fi")], graph.nodes[erased], graph.listed_on[erased]
+    graph.add_links([Link(ident("user_id:z"), kept, True, "elsewhere", T0)])
+
+    snapshot.reread([i for arrival in arrivals for i in arrival.identifiers], [erased, kept])
+    found = straight_events(snapshot, arrivals)
+
+    assert [(s.event.message_id, s.profile) for s in found] == [("m1", None)]
+
+
 def test_a_straight_event_that_loses_an_identifier_to_another_worker_resolves_again():
     graph = InMemoryGraph()
     cookie, email = ident("anonymous_id:c-raced"), ident("email:raced@x.fi")
