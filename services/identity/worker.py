@@ -110,8 +110,8 @@ def make_handlers(graph: MongoGraph, people: SuggestionStore, limits: dict[str, 
                   suppressions: SuppressionList, hetus: HetuProtector):
     """The per-event handler and the batch handler. The batch handler reads what the poll's
     events will look at together (the suppression list's version, their links and profiles,
-    their merge outboxes), makes the profiles of new customers together, and resolves the
-    other events one by one, in order."""
+    their merge outboxes), links the events that only link unknown identifiers together, and
+    resolves the other events one by one, in order."""
 
     def prepare(envelope: Envelope) -> _Event:
         # a producer writing to Kafka directly may send a hetu in the clear: from here on
