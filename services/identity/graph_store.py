@@ -133,19 +133,15 @@ class MongoGraph(GraphRepository):
         )
 
     def add_links(self, links: list[Link]) -> None:
-        taken = self._insert_links(links)
-        # after the links: a crash in between is repaired when the event is re-delivered. The
-        # links stored are listed even when another was taken: a merge moves what is listed
-        held = [link for link in links if link.identifier.key not in taken]
-        for profile_id in {link.profile_id for link in held}:
-            self._add_to_profile(profile_id, [link.identifier for link in held
-                                              if link.profile_id == profile_id])
+        taken = self.link_together([], links)
         if taken:
             raise LinkTaken(sorted(taken)[0])
 
     def link_together(self, created: list[ProfileNode], links: list[Link]) -> set[str]:
         """Three round trips for them all: the new profiles, the links, then the records'
-        lists of the links stored (in that order, as one event at a time)."""
+        lists of the links stored. A crash in between is repaired when the events are
+        re-delivered; the links stored are listed even when another was taken, since a merge
+        moves what is listed."""
         insert_new(self.profiles, [{"_id": node.profile_id, "created_at": node.created_at,
                                     "merged_into": None, "identifiers": {}}
                                    for node in created])
