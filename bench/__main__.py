@@ -93,17 +93,13 @@ class Stack(PlatformStack):
                 for name, process in processes.items()}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--profiles", type=int, default=100_000,
-                        help="profiles in the store for the lookup benchmark (default 100k)")
-    args = parser.parse_args(argv)
+def fresh_platform() -> tuple[Instance, dict[str, str], dict[str, str]]:
+    """The "bench" infrastructure started from empty, the services' environment for it (a
+    fresh database, secrets, an export directory) and an API key per role."""
     instance = Instance.named("bench")
-    step("starting the bench infrastructure (Kafka, store) from empty")
     instance.stop()
     instance.wipe()
     instance.start()
-    export_dir = tempfile.mkdtemp(prefix="muisti-bench-export-")
     keys = {role: f"bench-{role}-{uuid.uuid4().hex}" for role in
             ("collector", "agent", "supervisor", "dpo", "admin")}
     env = {**os.environ, **instance.env(),
@@ -112,9 +108,21 @@ def main(argv: list[str] | None = None) -> int:
            "CDP_SERVICE_API_KEY": keys["dpo"],
            "CDP_PRIVACY_DIGEST_KEY": secrets.token_hex(16),
            "CDP_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
-           "CDP_LOG_LEVEL": "WARNING", "CDP_EXPORT_DIRECTORY_ROOT": export_dir,
+           "CDP_LOG_LEVEL": "WARNING",
+           "CDP_EXPORT_DIRECTORY_ROOT": tempfile.mkdtemp(prefix="muisti-bench-export-"),
            "CDP_SOCIAL_META_APP_SECRET": secrets.token_hex(16),
            "CDP_SOCIAL_X_CONSUMER_SECRET": secrets.token_hex(16)}
+    return instance, env, keys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--profiles", type=int, default=100_000,
+                        help="profiles in the store for the lookup benchmark (default 100k)")
+    args = parser.parse_args(argv)
+    step("starting the bench infrastructure (Kafka, store) from empty")
+    instance, env, keys = fresh_platform()
+    export_dir = env["CDP_EXPORT_DIRECTORY_ROOT"]
     settings = Settings.from_env(env)
     ensure_topics(settings, topics.ALL)
     db = store.database(store.connect(settings), settings)

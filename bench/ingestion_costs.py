@@ -10,16 +10,11 @@ process spent per event (Kafka, the store, each service's API and worker).
 from __future__ import annotations
 
 import argparse
-import base64
-import os
-import secrets
-import tempfile
 import threading
 import time
-import uuid
 
 from bench import pipeline
-from bench.__main__ import Stack
+from bench.__main__ import Stack, fresh_platform
 from bench.baselines import children, cpu_seconds
 from bench.pipeline import LagReader, step
 from deploy.local.infra import Instance
@@ -64,21 +59,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="customers per round, five events each (default 1,200)")
     parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args(argv)
-    instance = Instance.named("bench")
-    instance.stop()
-    instance.wipe()
-    instance.start()
-    keys = {role: f"bench-{role}-{uuid.uuid4().hex}" for role in
-            ("collector", "agent", "supervisor", "dpo", "admin")}
-    env = {**os.environ, **instance.env(),
-           "CDP_MONGO_DB": f"muisti_bench_{uuid.uuid4().hex[:6]}",
-           "CDP_BOOTSTRAP_API_KEYS": ",".join(f"{r}:{k}" for r, k in keys.items()),
-           "CDP_SERVICE_API_KEY": keys["dpo"],
-           "CDP_PRIVACY_DIGEST_KEY": secrets.token_hex(16),
-           "CDP_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
-           "CDP_LOG_LEVEL": "WARNING", "CDP_EXPORT_DIRECTORY_ROOT": tempfile.mkdtemp(),
-           "CDP_SOCIAL_META_APP_SECRET": secrets.token_hex(16),
-           "CDP_SOCIAL_X_CONSUMER_SECRET": secrets.token_hex(16)}
+    instance, env, keys = fresh_platform()
     settings = Settings.from_env(env)
     ensure_topics(settings, topics.ALL)
     stack = Stack(env).start()
