@@ -76,7 +76,9 @@ def test_plain_links_made_together_are_stored_as_one_at_a_time_and_a_raced_one_r
                 Arrival(f"m3-{unique}", at, (cookies[3], login))]
     snapshot = graph.snapshot([*cookies, email, login])
     found = straight_events(snapshot, arrivals)
-    other = resolve(graph, [email], message_id=f"other-{unique}", at=at).profile_id
+    # another worker takes the email meanwhile (a minute earlier, so its profile is the older)
+    other = resolve(graph, [email], message_id=f"other-{unique}",
+                    at=at - timedelta(minutes=1)).profile_id
 
     linked = link_straight(graph, found, snapshot)
 
@@ -91,8 +93,10 @@ def test_plain_links_made_together_are_stored_as_one_at_a_time_and_a_raced_one_r
         profile_id = linked[arrival.message_id].profile_id
         assert {link.profile_id for link in graph.links(arrival.identifiers).values()} == {
             profile_id}
-    # the third lost its email: resolved as usual, it joins the profile holding it
+    # the third lost its email: its cookie stayed linked to its new profile, and resolved as
+    # usual in its turn, that profile merges into the older one holding the email
     raced = resolve(graph, [cookies[2], email], message_id=f"m2-{unique}", at=at,
                     first_look=snapshot)
     assert raced.profile_id == other
+    assert [merge.merged for merge in raced.merges] == [new_profile_id(f"m2-{unique}")]
     assert graph.profile(other).identifiers >= {cookies[2], email}
