@@ -12,7 +12,8 @@ instead of starting a new profile.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +76,26 @@ def expand_subject(repo: GraphRepository, request: PrivacyRequest,
     for profile_id in profiles:
         identifiers |= repo.listed(profile_id)
     return Subject(frozenset(profiles), frozenset(identifiers))
+
+
+@contextmanager
+def locked_subject(repo: GraphRepository, request: PrivacyRequest, merged_into: callable,
+                   max_attempts: int = 10) -> Iterator[Subject]:
+    """The request's subject, read again once its profiles are locked, for the block.
+
+    Every change to the graph locks the profiles it changes, so while the block erases them
+    no event links another identifier to them or merges another profile into them: what the
+    block sees is all there is to erase. Raises TimeoutError (the caller retries) when a lock
+    stays taken or merges keep reaching further."""
+    subject = expand_subject(repo, request, merged_into)
+    for _ in range(max_attempts):
+        with repo.lock(subject.profile_ids):
+            current = expand_subject(repo, request, merged_into)
+            if current.profile_ids <= subject.profile_ids:
+                yield current
+                return
+        subject = current  # a merge reached further meanwhile: lock those profiles too
+    raise TimeoutError("the subject's profiles kept changing")
 
 
 def identifier_view(identifiers: Iterable[Identifier]) -> list[dict[str, str]]:

@@ -214,23 +214,31 @@ def make_privacy_handler(graph: MongoGraph, eraser: GraphEraser, suppressions: S
             request = privacy.parse_request(envelope.payload)
         except privacy.InvalidRequest as error:
             raise InvalidMessage(str(error)) from None
-        subject = privacy.expand_subject(graph, request, graph.merged_into)
-        summary: dict = {"profiles": len(subject.profile_ids),
-                         "identifiers": len(subject.identifiers)}
-        data = None
         if request.kind == "erasure":
-            # suppress first: the identifiers are only known while their links exist
-            summary["suppressed"] = suppressions.add(subject.identifiers, request.request_id,
-                                                     datetime.now(UTC))
-            summary |= eraser.erase(subject.profile_ids, subject.identifiers)
-        elif request.kind == "access":
+            with privacy.locked_subject(graph, request, graph.merged_into) as subject:
+                summary = _subject_summary(subject)
+                # suppress first: the identifiers are only known while their links exist
+                summary["suppressed"] = suppressions.add(subject.identifiers,
+                                                         request.request_id, datetime.now(UTC))
+                summary |= eraser.erase(subject.profile_ids, subject.identifiers)
+            return [_ack(envelope, request, summary, None)]
+        subject = privacy.expand_subject(graph, request, graph.merged_into)
+        summary, data = _subject_summary(subject), None
+        if request.kind == "access":
             data = eraser.access(subject.profile_ids, subject.identifiers)
         else:
             summary["note"] = "the identity graph holds identifiers only; nothing to change"
-        ack = new_envelope("Privacy Request Acknowledged", "system",
-                           payload=ack_payload(request, SERVICE, summary, data),
-                           message_id=derived_message_id(envelope.message_id,
-                                                         f"privacy-ack-{SERVICE}"))
-        return [Outgoing(topics.PRIVACY_ACKS, request.request_id, ack)]
+        return [_ack(envelope, request, summary, data)]
 
     return handle
+
+
+def _subject_summary(subject: privacy.Subject) -> dict:
+    return {"profiles": len(subject.profile_ids), "identifiers": len(subject.identifiers)}
+
+
+def _ack(envelope: Envelope, request: privacy.PrivacyRequest, summary: dict, data) -> Outgoing:
+    ack = new_envelope("Privacy Request Acknowledged", "system",
+                       payload=ack_payload(request, SERVICE, summary, data),
+                       message_id=derived_message_id(envelope.message_id, f"privacy-ack-{SERVICE}"))
+    return Outgoing(topics.PRIVACY_ACKS, request.request_id, ack)

@@ -3,13 +3,19 @@ subject in the graph."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import pytest
 
 from services.common.identifiers import normalise
 from services.identity.graph import Identifier, resolve
-from services.identity.privacy import InvalidRequest, expand_subject, parse_request
+from services.identity.privacy import (
+    InvalidRequest,
+    expand_subject,
+    locked_subject,
+    parse_request,
+)
 from tests.support.identity_fakes import InMemoryGraph
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
@@ -63,3 +69,36 @@ def test_an_unknown_subject_is_just_the_identifiers_the_request_names():
     subject = expand_subject(InMemoryGraph(), request, lambda ids: [])
     assert subject.profile_ids == frozenset()
     assert subject.identifiers == {Identifier("email", "a@example.com")}
+
+
+class MergingOnFirstLock(InMemoryGraph):
+    """A graph where another customer's event merges into the subject just as the erasure
+    reaches for its first lock."""
+
+    def __init__(self):
+        super().__init__()
+        self.merge_first, self.locked = None, []
+
+    @contextmanager
+    def lock(self, profile_ids):
+        if self.merge_first is not None:
+            merge, self.merge_first = self.merge_first, None
+            merge(self)
+        self.locked.append(sorted(profile_ids))
+        yield
+
+
+def test_an_erasure_locks_every_profile_a_merge_added_to_the_subject_before_it_erases():
+    cookie = Identifier("anonymous_id", "c1")
+    graph = MergingOnFirstLock()
+    web = resolve(graph, [cookie], message_id="m1", at=T0)
+    social = resolve(graph, [HANDLE], message_id="m2", at=T0)
+    graph.merge_first = lambda g: resolve(g, [cookie, HANDLE], message_id="m3", at=T0)
+    request = parse_request({"request_id": "r", "kind": "erasure",
+                             "identifiers": [{"type": "twitter_handle", "value": "@maija"}]})
+
+    with locked_subject(graph, request, merged_into(graph)) as subject:
+        assert subject.profile_ids == {web.profile_id, social.profile_id}
+        assert subject.identifiers == {cookie, HANDLE}
+
+    assert graph.locked[-1] == sorted(subject.profile_ids)
