@@ -98,6 +98,27 @@ def locked_subject(repo: GraphRepository, request: PrivacyRequest, merged_into: 
     raise TimeoutError("the subject's profiles kept changing")
 
 
+def unlink_erased(repo: GraphRepository, identifiers: Iterable[Identifier],
+                  max_attempts: int = 10) -> int:
+    """Remove the links of identifiers erased on request, wherever they point, each profile
+    locked as it changes; returns how many were removed. An event linked them after all: it
+    was resolved against a suppression list read before the erasure, or by an attempt a crash
+    cut short. Raises TimeoutError (the caller retries) when a merge keeps moving them."""
+    removed, pending = 0, set(identifiers)
+    for _ in range(max_attempts):
+        links = repo.links(pending)
+        if not links:
+            return removed
+        by_profile: dict[str, list[Identifier]] = {}
+        for identifier, link in links.items():
+            by_profile.setdefault(link.profile_id, []).append(identifier)
+        for profile_id, held in sorted(by_profile.items()):
+            with repo.lock([profile_id]):
+                removed += repo.remove_links(held, profile_id)
+        pending = set(links)  # read again: a merge may have moved one meanwhile
+    raise TimeoutError("the erased identifiers' links kept moving")
+
+
 def identifier_view(identifiers: Iterable[Identifier]) -> list[dict[str, str]]:
     return [{"type": i.type, "value": i.value}
             for i in sorted(identifiers, key=lambda i: (i.type, i.value))]

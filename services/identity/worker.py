@@ -122,12 +122,12 @@ def make_handlers(graph: MongoGraph, people: SuggestionStore, limits: dict[str, 
             raise InvalidMessage("the event carries no valid identifier to resolve")
         return _Event(envelope, identifiers, unverified)
 
-    def resolve_event(event: _Event, given: list, snapshot: GraphSnapshot | None = None,
+    def resolve_event(event: _Event, given: dict, snapshot: GraphSnapshot | None = None,
                       caused: list[dict] | None = None, repo: MongoGraph = graph,
                       resolved: Resolution | None = None) -> list[Outgoing]:
         """The event's messages (``resolved``: its resolution, if the batch found it);
-        what the customer gave about themselves is added to ``given`` for the suggestion
-        store."""
+        what the customer gave about themselves is added to ``given`` (by message id) for
+        the suggestion store."""
         envelope, identifiers = event.envelope, event.identifiers
         if suppressions.any_suppressed(event.keys):
             # erased on request: dropped, not dead-lettered (that would keep the data)
@@ -143,8 +143,8 @@ def make_handlers(graph: MongoGraph, people: SuggestionStore, limits: dict[str, 
         metrics.IDENTITY_MERGES.labels(SERVICE).inc(len(result.merges))
         traits = envelope.payload.get("traits")
         if isinstance(traits, dict):
-            given.append((result.profile_id, person_record(traits, identifiers),
-                          envelope.occurred_at))
+            given[envelope.message_id] = (result.profile_id, person_record(traits, identifiers),
+                                          envelope.occurred_at)
         # what merge protection held back stays off the profile downstream too, or a lookup
         # by it would find this customer instead of the one the graph links it to
         held_back = {conflict.identifier for conflict in result.conflicts}
@@ -159,12 +159,36 @@ def make_handlers(graph: MongoGraph, people: SuggestionStore, limits: dict[str, 
         return [Outgoing(topics.EVENTS_RESOLVED, result.profile_id, resolved),
                 *(log_message(entry) for entry in caused)]
 
+    def without_erased(outcome: list[tuple[_Event, list[Outgoing]]], given: dict
+                       ) -> list[Outgoing]:
+        """The poll's messages, less those of events carrying an identifier erased on
+        request; what links to such an identifier is removed. The list is read again: an
+        erasure finished while the poll resolved finds its events resolved against the list
+        as it was before (and an attempt a crash cut short may have linked them)."""
+        suppressions.refresh()
+        erased = {event.envelope.message_id: event for event, _ in outcome
+                  if suppressions.any_suppressed(event.keys)}
+        if erased:
+            privacy.unlink_erased(graph, {key for event in erased.values() for key in event.keys
+                                          if suppressions.any_suppressed([key])})
+        messages = []
+        for event, event_messages in outcome:
+            if event.envelope.message_id not in erased:
+                messages += event_messages
+                continue
+            given.pop(event.envelope.message_id, None)
+            if event_messages:  # resolved before the list said otherwise
+                metrics.EVENTS_SUPPRESSED.labels(SERVICE, event.envelope.channel).inc()
+            # the merges it caused stand (other identifiers made them): still announced
+            messages += [m for m in event_messages if m.topic != topics.EVENTS_RESOLVED]
+        people.remember(list(given.values()))
+        return messages
+
     def handle(envelope: Envelope) -> list[Outgoing]:
         suppressions.refresh()
-        given: list = []
-        messages = resolve_event(prepare(envelope), given)
-        people.remember(given)
-        return messages
+        given: dict = {}
+        event = prepare(envelope)
+        return without_erased([(event, resolve_event(event, given))], given)
 
     def handle_batch(envelopes: list[Envelope]) -> list[Outgoing]:
         suppressions.refresh()
@@ -172,8 +196,8 @@ def make_handlers(graph: MongoGraph, people: SuggestionStore, limits: dict[str, 
         snapshot = graph.snapshot(key for event in events for key in event.keys)
         caused = graph.caused_by_each([event.envelope.message_id for event in events
                                        if len(event.identifiers) > 1])
-        given: list = []
-        messages: list[Outgoing] = []
+        given: dict = {}
+        outcome: list[tuple[_Event, list[Outgoing]]] = []
         for start in range(0, len(events), LOCK_AHEAD_EVENTS):
             chunk = events[start:start + LOCK_AHEAD_EVENTS]
             # what these events will change, locked in one write: the profiles of customers
@@ -193,14 +217,13 @@ def make_handlers(graph: MongoGraph, people: SuggestionStore, limits: dict[str, 
                     if (s.profile.profile_id if s.profile
                         else new_profile_id(s.event.message_id)) in held]
                 created = link_straight(batch_graph, straight, snapshot)
-                messages += [message for event in chunk
-                             for message in resolve_event(event, given, snapshot,
-                                                          caused.get(event.envelope.message_id),
-                                                          batch_graph,
-                                                          created.get(event.envelope.message_id))]
-        # one write for the poll, before its messages go out and its offsets are committed
-        people.remember(given)
-        return messages
+                outcome += [(event, resolve_event(event, given, snapshot,
+                                                  caused.get(event.envelope.message_id),
+                                                  batch_graph,
+                                                  created.get(event.envelope.message_id)))
+                            for event in chunk]
+        # before the poll's messages go out and its offsets are committed
+        return without_erased(outcome, given)
 
     return handle, handle_batch
 

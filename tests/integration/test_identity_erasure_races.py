@@ -5,12 +5,15 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime
 
+from services.common import topics
 from services.common.envelope import new_envelope
+from services.common.hetu_protection import HetuProtector
 from services.common.store import ensure_indexes
-from services.identity.graph import Identifier, Link, resolve
+from services.identity.graph import DEFAULT_LIMITS, Identifier, Link, resolve
 from services.identity.graph_store import INDEXES, MongoGraph
 from services.identity.privacy_store import GraphEraser, SuppressionList
-from services.identity.worker import make_privacy_handler
+from services.identity.suggestions import RECORDS, SuggestionStore
+from services.identity.worker import make_handlers, make_privacy_handler
 
 AT = datetime(2026, 11, 1, tzinfo=UTC)
 DIGEST_KEY = b"erasure-races-test-key"
@@ -50,3 +53,69 @@ def test_an_erasure_waits_for_a_resolution_holding_the_profile_and_erases_what_i
     assert suppressions.any_suppressed([login])
     summary = acks[0].value.payload["summary"]
     assert (summary["profiles"], summary["links"], summary["suppressed"]) == (1, 2, 2)
+
+
+class ErasedRightAfterReading(SuppressionList):
+    """The worker's list, read just before another worker finishes an erasure."""
+
+    def __init__(self, db, erase_next):
+        super().__init__(db, DIGEST_KEY)
+        self.erase_next = erase_next
+
+    def refresh(self) -> None:
+        super().refresh()
+        if self.erase_next is not None:
+            erase, self.erase_next = self.erase_next, None
+            erase()
+
+
+def registration(unique: str, name: str, email: Identifier, cookie: str):
+    return new_envelope("Identify", "web", message_id=f"{name}-{unique}",
+                        identifiers={"email": email.value, "anonymous_id": cookie},
+                        payload={"traits": {"first_name": name.capitalize()}})
+
+
+def resolved_ids(messages) -> set[str]:
+    return {m.value.message_id for m in messages if m.topic == topics.EVENTS_RESOLVED}
+
+
+def test_an_event_resolved_against_a_list_read_before_an_erasure_is_dropped_and_unlinked(
+        db, settings, unique):
+    ensure_indexes(db, INDEXES)
+    graph = MongoGraph(db)
+    email = Identifier("email", f"late.{unique}@example.com")
+    other = Identifier("email", f"other.{unique}@example.com")
+    resolve(graph, [email], message_id=f"reg-{unique}", at=AT)
+    erase = make_privacy_handler(graph, GraphEraser(db), SuppressionList(db, DIGEST_KEY))
+    worker_list = ErasedRightAfterReading(
+        db, lambda: erase(erasure_request(f"req-{unique}", email)))
+    _, handle_batch = make_handlers(graph, SuggestionStore(db), DEFAULT_LIMITS, worker_list,
+                                    HetuProtector.from_settings(settings, db, "identity"))
+
+    messages = handle_batch([registration(unique, "late", email, f"c1-{unique}"),
+                             registration(unique, "other", other, f"c2-{unique}")])
+
+    assert resolved_ids(messages) == {f"other-{unique}"}
+    assert graph.links([email]) == {}
+    assert graph.links([other])  # the rest of the poll went on as usual
+    remembered = db[RECORDS].find({"email": {"$in": [email.value, other.value]}})
+    assert [doc["email"] for doc in remembered] == [other.value]
+
+
+def test_an_erased_identifier_an_attempt_cut_short_linked_is_unlinked_when_its_event_returns(
+        db, settings, unique):
+    ensure_indexes(db, INDEXES)
+    graph = MongoGraph(db)
+    email = Identifier("email", f"again.{unique}@example.com")
+    suppressions = SuppressionList(db, DIGEST_KEY)
+    resolve(graph, [email], message_id=f"reg-{unique}", at=AT)
+    make_privacy_handler(graph, GraphEraser(db), suppressions)(
+        erasure_request(f"req-{unique}", email))
+    event = registration(unique, "again", email, f"c-{unique}")
+    # the first attempt read the list before the erasure, linked, and its worker died
+    resolve(graph, [email], message_id=event.message_id, at=AT)
+    _, handle_batch = make_handlers(graph, SuggestionStore(db), DEFAULT_LIMITS, suppressions,
+                                    HetuProtector.from_settings(settings, db, "identity"))
+
+    assert handle_batch([event]) == []
+    assert graph.links([email]) == {}
