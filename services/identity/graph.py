@@ -570,7 +570,7 @@ def _resolve_locked(repo, ordered, links, owners, message_id, at, unverified,
                 listed.add(identifier)
             continue
         if identifier in unverified or (not link.verified
-                                        and _holds_a_verified_link(repo, owner)):
+                                        and _holds_a_verified_link(repo, owners, owner)):
             result.conflicts.append(Conflict(identifier, result.profile_id, owner.profile_id,
                                              "unverified link never merges profiles"))
             continue
@@ -601,10 +601,12 @@ def _resolve_locked(repo, ordered, links, owners, message_id, at, unverified,
     return result
 
 
-def _holds_a_verified_link(repo: GraphRepository, owner: ProfileNode) -> bool:
+def _holds_a_verified_link(repo: GraphRepository, owners: _Owners, owner: ProfileNode) -> bool:
     """False for a profile made of caller-id numbers alone (an unknown caller): a verified
-    claim on its number absorbs it, as it would have had the call come after the claim."""
-    return any(link.verified for link in repo.links(owner.identifiers).values())
+    claim on its number absorbs it, as it would have had the call come after the claim. Only
+    links that are the owner's count: a crash may have left a released identifier listed."""
+    return any(link.verified and owners.of(link.profile_id).profile_id == owner.profile_id
+               for link in repo.links(owner.identifiers).values())
 
 
 def _survivor(a: ProfileNode, b: ProfileNode) -> tuple[ProfileNode, ProfileNode]:

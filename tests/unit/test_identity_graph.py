@@ -86,6 +86,20 @@ def test_sixth_email_is_not_linked_but_the_event_still_resolves():
     assert ident("email:e5@example.com") not in graph.link_table
 
 
+def test_a_callers_profile_left_listing_an_identifier_now_verified_elsewhere_still_joins():
+    graph = InMemoryGraph()
+    known = apply(graph, ["user_id:L1"])
+    caller = apply(graph, ["phone:+358401234567", "anonymous_id:c1"],
+                   unverified=["phone:+358401234567"])
+    # the cookie was released, and a crash came between deleting its link and its listing
+    del graph.link_table[ident("anonymous_id:c1")]
+    apply(graph, ["anonymous_id:c1"])  # now another visitor's, verified
+    customer = apply(graph, ["user_id:L1", "phone:+358401234567"])
+    assert [(m.survivor, m.merged) for m in customer.merges] == [
+        (known.profile_id, caller.profile_id)]
+    assert not customer.conflicts
+
+
 def test_caller_id_number_finds_the_profile_but_never_merges_two():
     graph = InMemoryGraph()
     web = apply(graph, ["user_id:L1", "phone:+358401234567"])
