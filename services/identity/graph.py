@@ -247,8 +247,8 @@ class GraphSnapshot(GraphReader):
     def reread(self, identifiers: Iterable[Identifier], profile_ids: Iterable[str]) -> None:
         """Read the links of ``identifiers`` again, and the profiles ``profile_ids`` and
         those the links point to: once the locks of the profiles a chunk of events will
-        change are held, nobody else links to or from those until they are released (only
-        an erasure deletes without a lock)."""
+        change are held, nobody else links to or from those until they are released (an
+        erasure takes them too)."""
         identifiers = set(identifiers)
         links = self.repo.links(identifiers)
         for identifier in identifiers:

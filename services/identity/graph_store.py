@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
@@ -259,6 +259,13 @@ class MongoGraph(GraphRepository):
                     "reason": conflict.reason, "message_id": message_id, "at": at}},
                 upsert=True)
 
+    def drop_conflicts(self, identifiers_by_message: Mapping[str, Iterable[Identifier]]
+                       ) -> None:
+        """Forget the conflicts these events recorded (dropped after all: erased on request)."""
+        delete_by_ids(self.conflicts, [f"{message_id}:{identifier.key}"
+                                       for message_id, identifiers in identifiers_by_message.items()
+                                       for identifier in identifiers])
+
     @contextmanager
     def locking_ahead(self, profile_ids: Iterable[str]) -> Iterator[MongoGraph]:
         """This graph, for the block, with the locks on ``profile_ids`` taken in one write and
@@ -288,8 +295,8 @@ class MongoGraph(GraphRepository):
 
         A lock is a document in ``identity_locks`` whose ``_id`` is the profile id: inserting
         a duplicate ``_id`` is the one check FerretDB 1.x enforces against a concurrent
-        writer (a filtered update is not atomic there). Raises TimeoutError when a lock is
-        not free within ``lock_wait_seconds``; the lease expires by itself if its holder
+        writer (a filtered update is not atomic there). Raises TimeoutError when the locks are
+        not all taken within ``lock_wait_seconds``; the lease expires by itself if its holder
         dies. On a ``locking_ahead`` view, locks the batch holds cost nothing; any other
         first makes the batch give up all of its own."""
         wanted = sorted(set(profile_ids))
@@ -301,17 +308,19 @@ class MongoGraph(GraphRepository):
             self._ahead.release()
         token = uuid.uuid4().hex
         held: list[str] = []
+        # one wait for them all, shorter than a lease: the first is still held when the last
+        # is taken
+        deadline = time.monotonic() + self.lock_wait_seconds
         try:
             for profile_id in wanted:
-                self._acquire(profile_id, token)
+                self._acquire(profile_id, token, deadline)
                 held.append(profile_id)
             yield
         finally:
             for profile_id in held:
                 self.locks.delete_one({"_id": profile_id, "owner": token})
 
-    def _acquire(self, profile_id: str, token: str) -> None:
-        deadline = time.monotonic() + self.lock_wait_seconds
+    def _acquire(self, profile_id: str, token: str, deadline: float) -> None:
         delay = 0.005
         while True:
             now = datetime.now(UTC)

@@ -29,15 +29,24 @@ class GraphEraser:
     def __init__(self, db: Database):
         self.db = db
 
-    def erase(self, profile_ids: Iterable[str], identifiers: Iterable[Identifier]) -> dict:
-        profile_ids, identifiers = sorted(set(profile_ids)), list(identifiers)
+    def erase_graph(self, profile_ids: Iterable[str], identifiers: Iterable[Identifier]) -> dict:
+        """The subject's links and profile nodes: with the profiles locked (see
+        privacy.locked_subject), since a resolution links to them under those locks."""
+        profile_ids = sorted(set(profile_ids))
         ours = {"$in": profile_ids}
-        links = sum(self.db[LINKS].delete_one({"_id": i.key, "profile_id": ours}).deleted_count
-                    for i in identifiers)
-        erased = {
-            "links": links,
+        return {
+            "links": sum(self.db[LINKS].delete_one({"_id": i.key, "profile_id": ours}
+                                                    ).deleted_count for i in identifiers),
             # by _id, one each: FerretDB answers _id equality from its index, $in by a scan
             "profiles": delete_by_ids(self.db[PROFILES], profile_ids),
+        }
+
+    def erase_traces(self, profile_ids: Iterable[str]) -> dict:
+        """What else names the subject's profiles, once their nodes are gone (these are
+        scans on FerretDB, kept out of the locks)."""
+        profile_ids = sorted(set(profile_ids))
+        ours = {"$in": profile_ids}
+        return {
             "person_records": delete_by_ids(self.db[RECORDS], profile_ids),
             "suggestions": self.db[SUGGESTIONS].delete_many(
                 {"$or": [{"a": ours}, {"b": ours}]}).deleted_count,
@@ -48,7 +57,6 @@ class GraphEraser:
                 {"profiles": ours}, {"$set": {"identifier": None, "identifiers": []}}
             ).modified_count,
         }
-        return erased
 
     def access(self, profile_ids: Iterable[str], identifiers: Iterable[Identifier]) -> dict:
         profile_ids = sorted(set(profile_ids))

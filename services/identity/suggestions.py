@@ -79,9 +79,16 @@ class SuggestionStore:
         for profile_id, fields, at in given:
             if fields:
                 latest.setdefault(profile_id, {}).update(fields, updated_at=at)
+        if not latest:
+            return
         store.raise_write_errors(store.bulk_write(self.records, [
             UpdateOne({"_id": profile_id}, {"$set": fields}, upsert=True)
             for profile_id, fields in latest.items()]))
+        # an erasure deletes the profile, then its record: a record written after that is
+        # deleted here (the profile is found gone), one written before, by the erasure
+        alive = {doc["_id"] for doc in store.find_by_ids(self.profiles, list(latest),
+                                                         projection={"_id": 1})}
+        store.delete_by_ids(self.records, sorted(set(latest) - alive))
 
     def live_records(self) -> list[dict]:
         merged = {doc["_id"] for doc in self.profiles.find(

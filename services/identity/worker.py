@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections import Counter
 from datetime import UTC, datetime
 
 from pymongo.database import Database
@@ -47,6 +48,8 @@ INPUT_TOPICS = (topics.EVENTS_WEB, topics.EVENTS_PHONE, topics.EVENTS_SOCIAL)
 # events of a poll whose locks are taken together: another worker or the API waiting on one
 # of them waits at most as long as these events take, not the whole poll
 LOCK_AHEAD_EVENTS = 50
+# an erasure is done again while its request's identifiers reach a profile once it is done
+ERASURE_PASSES = 5
 
 log = logging.getLogger(__name__)
 
@@ -162,25 +165,34 @@ def make_handlers(graph: MongoGraph, people: SuggestionStore, limits: dict[str, 
     def without_erased(outcome: list[tuple[_Event, list[Outgoing]]], given: dict
                        ) -> list[Outgoing]:
         """The poll's messages, less those of events carrying an identifier erased on
-        request; what links to such an identifier is removed. The list is read again: an
-        erasure finished while the poll resolved finds its events resolved against the list
-        as it was before (and an attempt a crash cut short may have linked them)."""
+        request. The list is read again: an erasure finished while the poll resolved finds
+        its events resolved against the list as it was before (and an attempt a crash cut
+        short may have linked them). What such an event left is undone: links to its erased
+        identifiers, its conflicts, what the customer gave; the merges it caused stand
+        (other identifiers made them too) and are announced without an erased identifier."""
         suppressions.refresh()
         erased = {event.envelope.message_id: event for event, _ in outcome
                   if suppressions.any_suppressed(event.keys)}
+        announced: dict[str, list[dict]] = {}
         if erased:
             privacy.unlink_erased(graph, {key for event in erased.values() for key in event.keys
                                           if suppressions.any_suppressed([key])})
+            graph.drop_conflicts({message_id: event.keys for message_id, event in erased.items()})
+            announced = graph.caused_by_each([message_id for message_id, event in erased.items()
+                                              if len(event.identifiers) > 1])
         messages = []
         for event, event_messages in outcome:
-            if event.envelope.message_id not in erased:
+            message_id = event.envelope.message_id
+            if message_id not in erased:
                 messages += event_messages
                 continue
-            given.pop(event.envelope.message_id, None)
+            given.pop(message_id, None)
             if event_messages:  # resolved before the list said otherwise
                 metrics.EVENTS_SUPPRESSED.labels(SERVICE, event.envelope.channel).inc()
-            # the merges it caused stand (other identifiers made them): still announced
-            messages += [m for m in event_messages if m.topic != topics.EVENTS_RESOLVED]
+            messages += [log_message(_without_erased_identifier(entry, suppressions))
+                         for entry in announced.get(message_id, ())]
+        # after the list was read again: an erasure now deletes what this writes, or the
+        # profile is gone already and the store deletes it again
         people.remember(list(given.values()))
         return messages
 
@@ -232,19 +244,30 @@ def make_privacy_handler(graph: MongoGraph, eraser: GraphEraser, suppressions: S
     """Erase or collect what the graph holds about a data subject; acknowledge on
     cdp.privacy.acks. A re-delivered request finds less to do and sends the same ack id."""
 
+    def erase(request: privacy.PrivacyRequest) -> dict:
+        summary: Counter = Counter()
+        for _ in range(ERASURE_PASSES):
+            with privacy.locked_subject(graph, request, graph.merged_into) as subject:
+                summary["identifiers"] += len(subject.identifiers)
+                # suppress first: the identifiers are only known while their links exist
+                summary["suppressed"] += suppressions.add(subject.identifiers,
+                                                          request.request_id, datetime.now(UTC))
+                summary.update(eraser.erase_graph(subject.profile_ids, subject.identifiers))
+            summary.update(eraser.erase_traces(subject.profile_ids))
+            # one of the request's identifiers linked between the locked read and the
+            # suppression is found now; one linked later, its worker unlinks (it reads the
+            # list again before its messages go out)
+            if not privacy.expand_subject(graph, request, graph.merged_into).profile_ids:
+                return dict(summary)
+        raise TimeoutError("the subject kept gaining profiles while it was erased")
+
     def handle(envelope: Envelope) -> list[Outgoing]:
         try:
             request = privacy.parse_request(envelope.payload)
         except privacy.InvalidRequest as error:
             raise InvalidMessage(str(error)) from None
         if request.kind == "erasure":
-            with privacy.locked_subject(graph, request, graph.merged_into) as subject:
-                summary = _subject_summary(subject)
-                # suppress first: the identifiers are only known while their links exist
-                summary["suppressed"] = suppressions.add(subject.identifiers,
-                                                         request.request_id, datetime.now(UTC))
-                summary |= eraser.erase(subject.profile_ids, subject.identifiers)
-            return [_ack(envelope, request, summary, None)]
+            return [_ack(envelope, request, erase(request), None)]
         subject = privacy.expand_subject(graph, request, graph.merged_into)
         summary, data = _subject_summary(subject), None
         if request.kind == "access":
@@ -254,6 +277,14 @@ def make_privacy_handler(graph: MongoGraph, eraser: GraphEraser, suppressions: S
         return [_ack(envelope, request, summary, data)]
 
     return handle
+
+
+def _without_erased_identifier(entry: dict, suppressions: SuppressionList) -> dict:
+    identifier = entry.get("identifier")
+    if identifier and suppressions.any_suppressed([Identifier(identifier["type"],
+                                                              identifier["value"])]):
+        return {**entry, "identifier": None}
+    return entry
 
 
 def _subject_summary(subject: privacy.Subject) -> dict:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from services.common import topics
 from services.common.envelope import new_envelope
 from services.common.hetu_protection import HetuProtector
 from services.common.store import ensure_indexes
-from services.identity.graph import DEFAULT_LIMITS, Identifier, Link, resolve
+from services.identity.graph import DEFAULT_LIMITS, Identifier, Link, new_profile_id, resolve
 from services.identity.graph_store import INDEXES, MongoGraph
 from services.identity.privacy_store import GraphEraser, SuppressionList
 from services.identity.suggestions import RECORDS, SuggestionStore
@@ -119,3 +119,90 @@ def test_an_erased_identifier_an_attempt_cut_short_linked_is_unlinked_when_its_e
 
     assert handle_batch([event]) == []
     assert graph.links([email]) == {}
+
+
+class LinkedJustBeforeSuppressing(SuppressionList):
+    """The erasure's list: another worker links an identifier of the request just before
+    the erasure puts it on the list (after it read the subject)."""
+
+    def __init__(self, db, link_first):
+        super().__init__(db, DIGEST_KEY)
+        self.link_first = link_first
+
+    def add(self, identifiers, request_id, at):
+        if self.link_first is not None:
+            link, self.link_first = self.link_first, None
+            link()
+        return super().add(identifiers, request_id, at)
+
+
+def test_a_profile_linked_to_a_requested_identifier_while_the_erasure_runs_is_erased_too(
+        db, unique):
+    ensure_indexes(db, INDEXES)
+    graph = MongoGraph(db)
+    handle = Identifier("twitter_handle", f"late_{unique}"[:15])
+    first_post = f"post-{unique}"
+    erase = make_privacy_handler(graph, GraphEraser(db), LinkedJustBeforeSuppressing(
+        db, lambda: resolve(graph, [handle], message_id=first_post, at=AT)))
+
+    ack = erase(erasure_request(f"req-{unique}", handle))[0].value.payload
+
+    assert graph.links([handle]) == {}
+    assert graph.profile(new_profile_id(first_post)) is None
+    assert (ack["summary"]["profiles"], ack["summary"]["links"]) == (1, 1)
+
+
+def test_a_person_record_written_after_the_erasure_deleted_its_profile_is_deleted_again(
+        db, unique):
+    ensure_indexes(db, INDEXES)
+    graph = MongoGraph(db)
+    email = Identifier("email", f"record.{unique}@example.com")
+    profile_id = resolve(graph, [email], message_id=f"reg-{unique}", at=AT).profile_id
+    kept = resolve(graph, [Identifier("email", f"kept.{unique}@example.com")],
+                   message_id=f"kept-{unique}", at=AT).profile_id
+    make_privacy_handler(graph, GraphEraser(db), SuppressionList(db, DIGEST_KEY))(
+        erasure_request(f"req-{unique}", email))
+
+    # a known customer's event needs no lock: it may remember what they gave afterwards
+    SuggestionStore(db).remember([(profile_id, {"given_name": "Late"}, AT),
+                                  (kept, {"given_name": "Kept"}, AT)])
+
+    assert db[RECORDS].find_one({"_id": profile_id}) is None
+    assert db[RECORDS].find_one({"_id": kept})["given_name"] == "Kept"
+
+
+def test_a_returning_erased_event_leaves_no_link_conflict_or_announced_identifier_behind(
+        db, settings, unique):
+    ensure_indexes(db, INDEXES)
+    graph = MongoGraph(db)
+    suppressions = SuppressionList(db, DIGEST_KEY)
+    login, email = Identifier("user_id", f"L-{unique}"), Identifier("email", f"c.{unique}@x.fi")
+    erased_login = Identifier("user_id", f"X-{unique}")
+    erased_cookie = Identifier("anonymous_id", f"x-{unique}")
+    make_privacy_handler(graph, GraphEraser(db), suppressions)(
+        erasure_request(f"req-{unique}", erased_login, erased_cookie))
+    event = new_envelope("Identify", "web", message_id=f"late-{unique}", identifiers={
+        "user_id": erased_login.value, "email": email.value, "anonymous_id": erased_cookie.value})
+    # attempts that read the list before the erasure: the cookie started a profile, then the
+    # event merged it into the (older) customer's through the cookie, the login held back
+    cookie_profile = resolve(graph, [erased_cookie], message_id=f"visit-{unique}", at=AT)
+    customer = resolve(graph, [login, email], message_id=f"reg-{unique}",
+                       at=AT - timedelta(days=1))
+    late = resolve(graph, [erased_login, email, erased_cookie], message_id=event.message_id,
+                   at=AT)
+    assert [c.identifier for c in late.conflicts] == [erased_login] and late.merges
+    graph.record_conflicts(event.message_id, late.conflicts, AT)
+    conflict_id = f"{event.message_id}:{erased_login.key}"
+    assert db["identity_conflicts"].find_one({"_id": conflict_id}) is not None
+    _, handle_batch = make_handlers(graph, SuggestionStore(db), DEFAULT_LIMITS, suppressions,
+                                    HetuProtector.from_settings(settings, db, "identity"))
+
+    messages = handle_batch([event])
+
+    assert resolved_ids(messages) == set()
+    merges = [m.value.payload for m in messages if m.topic == topics.IDENTITY_MERGES]
+    assert [(m["survivor"], m["merged"], m["identifier"]) for m in merges] == [
+        (customer.profile_id, cookie_profile.profile_id, None)]
+    assert graph.links([erased_cookie, erased_login]) == {}
+    assert graph.profile(customer.profile_id).identifiers == {login, email}
+    assert db["identity_conflicts"].find_one({"_id": conflict_id}) is None

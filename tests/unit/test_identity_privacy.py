@@ -4,7 +4,7 @@ subject in the graph."""
 from __future__ import annotations
 
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -15,6 +15,7 @@ from services.identity.privacy import (
     expand_subject,
     locked_subject,
     parse_request,
+    unlink_erased,
 )
 from tests.support.identity_fakes import InMemoryGraph
 
@@ -102,3 +103,18 @@ def test_an_erasure_locks_every_profile_a_merge_added_to_the_subject_before_it_e
         assert subject.identifiers == {cookie, HANDLE}
 
     assert graph.locked[-1] == sorted(subject.profile_ids)
+
+
+def test_erased_identifiers_are_unlinked_even_when_a_merge_moves_one_before_its_lock():
+    cookie, login = Identifier("anonymous_id", "c1"), Identifier("user_id", "L1")
+    graph = MergingOnFirstLock()
+    member = resolve(graph, [login], message_id="m1", at=T0)
+    resolve(graph, [cookie], message_id="m2", at=T0 + timedelta(minutes=1))
+    # merged just as the unlinking reaches for the cookie's (newer) profile: the cookie
+    # moves to the member's
+    graph.merge_first = lambda g: resolve(g, [login, cookie], message_id="m3", at=T0)
+
+    assert unlink_erased(graph, [cookie, HANDLE]) == 1
+
+    assert graph.links([cookie]) == {}
+    assert graph.profile(member.profile_id).identifiers == {login}
