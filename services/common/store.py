@@ -132,17 +132,17 @@ def raise_write_errors(outcome: tuple[int, list[dict]]) -> None:
 
 
 def insert_new(collection: pymongo.collection.Collection, docs: list[dict],
-               taken: Callable[[dict], Any] | None = None) -> None:
-    """Insert ``docs`` in one command. A document whose ``_id`` is stored already is left as
-    it is (a re-delivery inserting again what it inserted before) or, given ``taken``, gets
-    the write ``taken`` makes of it (an update or replace) instead. Any other write error
-    is raised.
+               taken: Callable[[dict], Any] | None = None) -> int:
+    """Insert ``docs`` in one command; returns how many were new. A document whose ``_id``
+    is stored already is left as it is (a re-delivery inserting again what it inserted
+    before) or, given ``taken``, gets the write ``taken`` makes of it (an update or replace)
+    instead. Any other write error is raised.
 
     For documents that are mostly new this is far cheaper on FerretDB than upserting each:
     there an upsert is a read and then an insert in a transaction of its own, while one
     insert of many documents is one SQLite statement and one commit."""
     if not docs:
-        return
+        return 0
     try:
         collection.insert_many(docs, ordered=False)
     except pymongo.errors.BulkWriteError as exc:
@@ -152,6 +152,8 @@ def insert_new(collection: pymongo.collection.Collection, docs: list[dict],
         if taken is not None:
             raise_write_errors(bulk_write(collection, [taken(docs[error["index"]])
                                                        for error in errors]))
+        return len(docs) - len(errors)
+    return len(docs)
 
 
 def pages_by_id(read: Callable[[list[str]], list[dict]], ids: list[str], after: str | None,

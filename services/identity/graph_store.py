@@ -266,6 +266,12 @@ class MongoGraph(GraphRepository):
                                        for message_id, identifiers in identifiers_by_message.items()
                                        for identifier in identifiers])
 
+    def anonymise_log(self, entry_ids: list[str]) -> None:
+        """Blank the identifiers of these identity-log entries, as an erasure does."""
+        raise_write_errors(bulk_write(self.log, [
+            UpdateOne({"_id": entry_id}, {"$set": {"identifier": None, "identifiers": []}})
+            for entry_id in entry_ids]))
+
     @contextmanager
     def locking_ahead(self, profile_ids: Iterable[str]) -> Iterator[MongoGraph]:
         """This graph, for the block, with the locks on ``profile_ids`` taken in one write and

@@ -63,19 +63,29 @@ def expand_subject(repo: GraphRepository, request: PrivacyRequest,
     """Follow the request's profiles and identifiers through the graph.
 
     ``merged_into(ids)`` returns the profiles whose ``merged_into`` is one of ``ids`` (the
-    graph keeps merge pointers forward only)."""
+    graph keeps merge pointers forward only). The subject's identifiers are the request's
+    and those its profiles list that are linked to one of them: a profile merged away keeps
+    its list, and an identifier on it may since have been split off or released to someone
+    else."""
     roots = {canonical(repo, p) for p in request.profile_ids if repo.profile(p) is not None}
     roots |= {canonical(repo, link.profile_id)
               for link in repo.links(request.identifiers).values()}
-    profiles = set(roots)
-    frontier = set(roots)
+    profiles = absorbed_closure(roots, merged_into)
+    listed = set().union(*(repo.listed(profile_id) for profile_id in profiles))
+    identifiers = set(request.identifiers) | {
+        identifier for identifier, link in repo.links(listed).items()
+        if link.profile_id in profiles}
+    return Subject(frozenset(profiles), frozenset(identifiers))
+
+
+def absorbed_closure(profile_ids: Iterable[str], merged_into: callable) -> set[str]:
+    """The profiles and every profile merged into them, however long ago."""
+    profiles = set(profile_ids)
+    frontier = set(profiles)
     while frontier:
         frontier = set(merged_into(frontier)) - profiles
         profiles |= frontier
-    identifiers = set(request.identifiers)
-    for profile_id in profiles:
-        identifiers |= repo.listed(profile_id)
-    return Subject(frozenset(profiles), frozenset(identifiers))
+    return profiles
 
 
 @contextmanager
@@ -98,12 +108,14 @@ def locked_subject(repo: GraphRepository, request: PrivacyRequest, merged_into: 
     raise TimeoutError("the subject's profiles kept changing")
 
 
-def unlink_erased(repo: GraphRepository, identifiers: Iterable[Identifier],
+def unlink_erased(repo: GraphRepository, identifiers: Iterable[Identifier], merged_into: callable,
                   max_attempts: int = 10) -> int:
-    """Remove the links of identifiers erased on request, wherever they point, each profile
-    locked as it changes; returns how many were removed. An event linked them after all: it
-    was resolved against a suppression list read before the erasure, or by an attempt a crash
-    cut short. Raises TimeoutError (the caller retries) when a merge keeps moving them."""
+    """Remove the links of identifiers erased on request, wherever they point, and their
+    place on the lists of the profiles holding them and of those merged into these (each
+    profile locked as it changes); returns how many links were removed. An event linked them
+    after all: it was resolved against a suppression list read before the erasure, or by an
+    attempt a crash cut short. Raises TimeoutError (the caller retries) when a merge keeps
+    moving them."""
     removed, pending = 0, set(identifiers)
     for _ in range(max_attempts):
         links = repo.links(pending)
@@ -113,8 +125,11 @@ def unlink_erased(repo: GraphRepository, identifiers: Iterable[Identifier],
         for identifier, link in links.items():
             by_profile.setdefault(link.profile_id, []).append(identifier)
         for profile_id, held in sorted(by_profile.items()):
-            with repo.lock([profile_id]):
+            holder = canonical(repo, profile_id)
+            with repo.lock([holder]):
                 removed += repo.remove_links(held, profile_id)
+                for listing in sorted(absorbed_closure({holder, profile_id}, merged_into)):
+                    repo.remove_links(held, listing)  # unlisted: their links are gone
         pending = set(links)  # read again: a merge may have moved one meanwhile
     raise TimeoutError("the erased identifiers' links kept moving")
 

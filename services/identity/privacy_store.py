@@ -14,7 +14,7 @@ from datetime import datetime
 
 from pymongo.database import Database
 
-from services.common.store import delete_by_ids, find_by_ids
+from services.common.store import delete_by_ids, find_by_ids, insert_new
 from services.identity.graph import Identifier
 from services.identity.graph_store import CONFLICTS, LINKS, LOG, PROFILES
 from services.identity.suggestions import RECORDS, SUGGESTIONS
@@ -35,8 +35,8 @@ class GraphEraser:
         profile_ids = sorted(set(profile_ids))
         ours = {"$in": profile_ids}
         return {
-            "links": sum(self.db[LINKS].delete_one({"_id": i.key, "profile_id": ours}
-                                                    ).deleted_count for i in identifiers),
+            "links": delete_by_ids(self.db[LINKS], [i.key for i in identifiers],
+                                   where={"profile_id": ours}),
             # by _id, one each: FerretDB answers _id equality from its index, $in by a scan
             "profiles": delete_by_ids(self.db[PROFILES], profile_ids),
         }
@@ -93,13 +93,9 @@ class SuppressionList:
         return hmac.new(self.key, identifier.key.encode(), hashlib.sha256).hexdigest()
 
     def add(self, identifiers: Iterable[Identifier], request_id: str, at: datetime) -> int:
-        added = 0
-        for identifier in identifiers:
-            result = self.collection.update_one(
-                {"_id": self.digest(identifier)},
-                {"$setOnInsert": {"type": identifier.type, "request_id": request_id, "at": at}},
-                upsert=True)
-            added += result.upserted_id is not None
+        added = insert_new(self.collection, [
+            {"_id": digest, "type": identifier.type, "request_id": request_id, "at": at}
+            for digest, identifier in {self.digest(i): i for i in identifiers}.items()])
         # bumped even when nothing was new: a crash may have come between the adds and the bump
         self.versions.update_one({"_id": "current"}, {"$inc": {"version": 1}}, upsert=True)
         return added

@@ -176,10 +176,13 @@ def make_handlers(graph: MongoGraph, people: SuggestionStore, limits: dict[str, 
         announced: dict[str, list[dict]] = {}
         if erased:
             privacy.unlink_erased(graph, {key for event in erased.values() for key in event.keys
-                                          if suppressions.any_suppressed([key])})
+                                          if suppressions.any_suppressed([key])},
+                                  graph.merged_into)
             graph.drop_conflicts({message_id: event.keys for message_id, event in erased.items()})
             announced = graph.caused_by_each([message_id for message_id, event in erased.items()
                                               if len(event.identifiers) > 1])
+            graph.anonymise_log([entry["_id"] for entries in announced.values()
+                                 for entry in entries if _names_erased(entry, suppressions)])
         messages = []
         for event, event_messages in outcome:
             message_id = event.envelope.message_id
@@ -189,7 +192,8 @@ def make_handlers(graph: MongoGraph, people: SuggestionStore, limits: dict[str, 
             given.pop(message_id, None)
             if event_messages:  # resolved before the list said otherwise
                 metrics.EVENTS_SUPPRESSED.labels(SERVICE, event.envelope.channel).inc()
-            messages += [log_message(_without_erased_identifier(entry, suppressions))
+            messages += [log_message({**entry, "identifier": None}
+                                     if _names_erased(entry, suppressions) else entry)
                          for entry in announced.get(message_id, ())]
         # after the list was read again: an erasure now deletes what this writes, or the
         # profile is gone already and the store deletes it again
@@ -279,12 +283,11 @@ def make_privacy_handler(graph: MongoGraph, eraser: GraphEraser, suppressions: S
     return handle
 
 
-def _without_erased_identifier(entry: dict, suppressions: SuppressionList) -> dict:
+def _names_erased(entry: dict, suppressions: SuppressionList) -> bool:
+    """Whether an identity-log entry's merge went through an identifier erased on request."""
     identifier = entry.get("identifier")
-    if identifier and suppressions.any_suppressed([Identifier(identifier["type"],
-                                                              identifier["value"])]):
-        return {**entry, "identifier": None}
-    return entry
+    return bool(identifier) and suppressions.any_suppressed(
+        [Identifier(identifier["type"], identifier["value"])])
 
 
 def _subject_summary(subject: privacy.Subject) -> dict:

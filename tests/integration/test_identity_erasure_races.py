@@ -37,11 +37,17 @@ def test_an_erasure_waits_for_a_resolution_holding_the_profile_and_erases_what_i
     profile_id = resolve(graph, [email], message_id=f"reg-{unique}", at=AT).profile_id
     acks = []
 
+    started = threading.Event()
+
+    def erasure():
+        started.set()
+        acks.extend(erase(erasure_request(f"req-{unique}", email)))
+
     # a resolution holds the customer's profile while it links their login
     with graph.lock([profile_id]):
-        eraser = threading.Thread(
-            target=lambda: acks.extend(erase(erasure_request(f"req-{unique}", email))))
+        eraser = threading.Thread(target=erasure)
         eraser.start()
+        started.wait(10)
         eraser.join(timeout=1.0)
         assert eraser.is_alive(), "the erasure did not wait for the profile's lock"
         graph.add_links([Link(login, profile_id, True, f"login-{unique}", AT)])
@@ -55,18 +61,19 @@ def test_an_erasure_waits_for_a_resolution_holding_the_profile_and_erases_what_i
     assert (summary["profiles"], summary["links"], summary["suppressed"]) == (1, 2, 2)
 
 
-class ErasedRightAfterReading(SuppressionList):
-    """The worker's list, read just before another worker finishes an erasure."""
+class ErasedWhileThePollResolves(MongoGraph):
+    """The worker's graph: another worker finishes an erasure once the poll has read its
+    suppression list and its snapshot of the graph."""
 
     def __init__(self, db, erase_next):
-        super().__init__(db, DIGEST_KEY)
+        super().__init__(db)
         self.erase_next = erase_next
 
-    def refresh(self) -> None:
-        super().refresh()
+    def caused_by_each(self, message_ids):
         if self.erase_next is not None:
             erase, self.erase_next = self.erase_next, None
             erase()
+        return super().caused_by_each(message_ids)
 
 
 def registration(unique: str, name: str, email: Identifier, cookie: str):
@@ -87,9 +94,10 @@ def test_an_event_resolved_against_a_list_read_before_an_erasure_is_dropped_and_
     other = Identifier("email", f"other.{unique}@example.com")
     resolve(graph, [email], message_id=f"reg-{unique}", at=AT)
     erase = make_privacy_handler(graph, GraphEraser(db), SuppressionList(db, DIGEST_KEY))
-    worker_list = ErasedRightAfterReading(
+    worker_graph = ErasedWhileThePollResolves(
         db, lambda: erase(erasure_request(f"req-{unique}", email)))
-    _, handle_batch = make_handlers(graph, SuggestionStore(db), DEFAULT_LIMITS, worker_list,
+    _, handle_batch = make_handlers(worker_graph, SuggestionStore(db), DEFAULT_LIMITS,
+                                    SuppressionList(db, DIGEST_KEY),
                                     HetuProtector.from_settings(settings, db, "identity"))
 
     messages = handle_batch([registration(unique, "late", email, f"c1-{unique}"),
@@ -205,4 +213,6 @@ def test_a_returning_erased_event_leaves_no_link_conflict_or_announced_identifie
         (customer.profile_id, cookie_profile.profile_id, None)]
     assert graph.links([erased_cookie, erased_login]) == {}
     assert graph.profile(customer.profile_id).identifiers == {login, email}
+    assert graph.profile(cookie_profile.profile_id).identifiers == set()
+    assert [entry["identifier"] for entry in graph.caused_by(event.message_id)] == [None]
     assert db["identity_conflicts"].find_one({"_id": conflict_id}) is None

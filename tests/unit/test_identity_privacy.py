@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from services.common.identifiers import normalise
-from services.identity.graph import Identifier, resolve
+from services.identity.graph import Identifier, resolve, split
 from services.identity.privacy import (
     InvalidRequest,
     expand_subject,
@@ -64,6 +64,22 @@ def test_one_identifier_leads_to_the_merged_profiles_and_all_their_identifiers()
                                    HANDLE}
 
 
+def test_an_identifier_split_off_a_merged_profile_is_not_part_of_the_subject_any_more():
+    cookie = Identifier("anonymous_id", "c1")
+    graph = InMemoryGraph()
+    resolve(graph, [cookie], message_id="m1", at=T0 + timedelta(minutes=1))
+    customer = resolve(graph, [HANDLE], message_id="m2", at=T0)
+    resolve(graph, [cookie, HANDLE], message_id="m3", at=T0)  # the cookie's profile merged in
+    # a wrong merge, undone: the cookie is another visitor's (the merged profile still lists it)
+    split(graph, customer.profile_id, [cookie], reason="not hers", at=T0, actor="agent")
+    request = parse_request({"request_id": "r", "kind": "erasure",
+                             "identifiers": [{"type": "twitter_handle", "value": "@maija"}]})
+
+    subject = expand_subject(graph, request, merged_into(graph))
+
+    assert subject.identifiers == {HANDLE}
+
+
 def test_an_unknown_subject_is_just_the_identifiers_the_request_names():
     request = parse_request({"request_id": "r", "kind": "erasure", "profile_ids": ["nobody"],
                              "identifiers": [{"type": "email", "value": "a@example.com"}]})
@@ -114,7 +130,22 @@ def test_erased_identifiers_are_unlinked_even_when_a_merge_moves_one_before_its_
     # moves to the member's
     graph.merge_first = lambda g: resolve(g, [login, cookie], message_id="m3", at=T0)
 
-    assert unlink_erased(graph, [cookie, HANDLE]) == 1
+    assert unlink_erased(graph, [cookie, HANDLE], merged_into(graph)) == 1
 
     assert graph.links([cookie]) == {}
+    assert graph.profile(member.profile_id).identifiers == {login}
+
+
+def test_an_unlinked_erased_identifier_is_left_on_no_list_of_a_profile_merged_away():
+    cookie, login = Identifier("anonymous_id", "c1"), Identifier("user_id", "L1")
+    graph = InMemoryGraph()
+    member = resolve(graph, [login], message_id="m1", at=T0)
+    visitor = resolve(graph, [cookie], message_id="m2", at=T0 + timedelta(minutes=1))
+    resolve(graph, [login, cookie], message_id="m3", at=T0)  # the visitor's merged in
+    assert cookie in graph.listed_on[visitor.profile_id]
+
+    unlink_erased(graph, [cookie], merged_into(graph))
+
+    assert graph.links([cookie]) == {}
+    assert [p for p, listed in graph.listed_on.items() if cookie in listed] == []
     assert graph.profile(member.profile_id).identifiers == {login}
