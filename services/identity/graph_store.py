@@ -213,10 +213,12 @@ class MongoGraph(GraphRepository):
 
     def remove_links(self, identifiers: Iterable[Identifier], profile_id: str) -> int:
         identifiers = list(identifiers)
-        removed = sum(self.links_.delete_one({"_id": i.key, "profile_id": profile_id}).deleted_count
-                      for i in identifiers)
+        # off the list first: a crash in between leaves a link the record does not list,
+        # which a retry still finds (and a resolution lists again), not a listed identifier
+        # without a link, which nothing finds
         self._remove_from_profile(profile_id, identifiers)
-        return removed
+        return sum(self.links_.delete_one({"_id": i.key, "profile_id": profile_id}).deleted_count
+                   for i in identifiers)
 
     def _identifiers_of(self, profile_id: str) -> list[Identifier]:
         return _listed(self.profiles.find_one({"_id": profile_id}) or {})

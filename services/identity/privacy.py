@@ -127,11 +127,21 @@ def unlink_erased(repo: GraphRepository, identifiers: Iterable[Identifier], merg
         for profile_id, held in sorted(by_profile.items()):
             holder = canonical(repo, profile_id)
             with repo.lock([holder]):
+                # off every list first, the link last: an attempt cut short still finds it
+                for listing in sorted(absorbed_closure({holder}, merged_into) - {profile_id}):
+                    repo.remove_links(held, listing)
                 removed += repo.remove_links(held, profile_id)
-                for listing in sorted(absorbed_closure({holder, profile_id}, merged_into)):
-                    repo.remove_links(held, listing)  # unlisted: their links are gone
         pending = set(links)  # read again: a merge may have moved one meanwhile
     raise TimeoutError("the erased identifiers' links kept moving")
+
+
+def unlink_orphans(repo: GraphRepository, identifiers: Iterable[Identifier]) -> int:
+    """Remove the links of ``identifiers`` that point at a profile no longer in the graph
+    (erased); returns how many."""
+    orphans = [(identifier, link.profile_id)
+               for identifier, link in repo.links(identifiers).items()
+               if repo.profile(link.profile_id) is None]
+    return sum(repo.remove_links([identifier], profile_id) for identifier, profile_id in orphans)
 
 
 def identifier_view(identifiers: Iterable[Identifier]) -> list[dict[str, str]]:

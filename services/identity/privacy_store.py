@@ -12,6 +12,7 @@ import hmac
 from collections.abc import Iterable
 from datetime import datetime
 
+from pymongo import ReturnDocument
 from pymongo.database import Database
 
 from services.common.store import delete_by_ids, find_by_ids, insert_new
@@ -20,6 +21,7 @@ from services.identity.graph_store import CONFLICTS, LINKS, LOG, PROFILES
 from services.identity.suggestions import RECORDS, SUGGESTIONS
 
 SUPPRESSIONS = "identity_suppressions"
+ERASING = "identity_erasures_in_progress"
 SUPPRESSION_VERSION = "identity_suppression_version"
 
 
@@ -41,17 +43,30 @@ class GraphEraser:
             "profiles": delete_by_ids(self.db[PROFILES], profile_ids),
         }
 
-    def erase_traces(self, profile_ids: Iterable[str]) -> dict:
+    def note_erasing(self, request_id: str, profile_ids: Iterable[str]) -> set[str]:
+        """Note the profiles an erasure is about to delete; returns them and those an
+        earlier attempt of the request noted."""
+        doc = self.db[ERASING].find_one_and_update(
+            {"_id": request_id}, {"$addToSet": {"profile_ids": {"$each": sorted(profile_ids)}}},
+            upsert=True, return_document=ReturnDocument.AFTER)
+        return set(doc.get("profile_ids", []))
+
+    def erased(self, request_id: str) -> None:
+        self.db[ERASING].delete_one({"_id": request_id})
+
+    def erase_traces(self, profile_ids: Iterable[str], identifiers: Iterable[Identifier]) -> dict:
         """What else names the subject's profiles, once their nodes are gone (these are
-        scans on FerretDB, kept out of the locks)."""
+        scans on FerretDB, kept out of the locks), and the conflicts naming its identifiers
+        on other customers' profiles."""
         profile_ids = sorted(set(profile_ids))
         ours = {"$in": profile_ids}
+        named = [{"identifier.type": i.type, "identifier.value": i.value} for i in identifiers]
         return {
             "person_records": delete_by_ids(self.db[RECORDS], profile_ids),
             "suggestions": self.db[SUGGESTIONS].delete_many(
                 {"$or": [{"a": ours}, {"b": ours}]}).deleted_count,
             "conflicts": self.db[CONFLICTS].delete_many(
-                {"$or": [{"profile_id": ours}, {"other_profile": ours}]}).deleted_count,
+                {"$or": [{"profile_id": ours}, {"other_profile": ours}, *named]}).deleted_count,
             # the log keeps that a merge or split happened, not which identifiers it involved
             "log_entries_anonymised": self.db[LOG].update_many(
                 {"profiles": ours}, {"$set": {"identifier": None, "identifiers": []}}

@@ -178,6 +178,10 @@ def make_handlers(graph: MongoGraph, people: SuggestionStore, limits: dict[str, 
             privacy.unlink_erased(graph, {key for event in erased.values() for key in event.keys
                                           if suppressions.any_suppressed([key])},
                                   graph.merged_into)
+            # a link its earlier attempt made but never listed may point at a profile erased
+            # since: later events would resolve to that profile again
+            privacy.unlink_orphans(graph, {key for event in erased.values()
+                                           for key in event.keys})
             graph.drop_conflicts({message_id: event.keys for message_id, event in erased.items()})
             announced = graph.caused_by_each([message_id for message_id, event in erased.items()
                                               if len(event.identifiers) > 1])
@@ -250,19 +254,24 @@ def make_privacy_handler(graph: MongoGraph, eraser: GraphEraser, suppressions: S
 
     def erase(request: privacy.PrivacyRequest) -> dict:
         summary: Counter = Counter()
+        identifiers: set[Identifier] = set()
         for _ in range(ERASURE_PASSES):
             with privacy.locked_subject(graph, request, graph.merged_into) as subject:
-                summary["identifiers"] += len(subject.identifiers)
+                identifiers |= subject.identifiers
+                # noted before anything is deleted: an attempt a crash cut short after the
+                # profiles went still erases their traces when the request comes again
+                profile_ids = eraser.note_erasing(request.request_id, subject.profile_ids)
                 # suppress first: the identifiers are only known while their links exist
                 summary["suppressed"] += suppressions.add(subject.identifiers,
                                                           request.request_id, datetime.now(UTC))
                 summary.update(eraser.erase_graph(subject.profile_ids, subject.identifiers))
-            summary.update(eraser.erase_traces(subject.profile_ids))
+            summary.update(eraser.erase_traces(profile_ids, subject.identifiers))
             # one of the request's identifiers linked between the locked read and the
             # suppression is found now; one linked later, its worker unlinks (it reads the
             # list again before its messages go out)
             if not privacy.expand_subject(graph, request, graph.merged_into).profile_ids:
-                return dict(summary)
+                eraser.erased(request.request_id)
+                return {**summary, "identifiers": len(identifiers)}
         raise TimeoutError("the subject kept gaining profiles while it was erased")
 
     def handle(envelope: Envelope) -> list[Outgoing]:

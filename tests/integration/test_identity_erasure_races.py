@@ -9,7 +9,14 @@ from services.common import topics
 from services.common.envelope import new_envelope
 from services.common.hetu_protection import HetuProtector
 from services.common.store import ensure_indexes
-from services.identity.graph import DEFAULT_LIMITS, Identifier, Link, new_profile_id, resolve
+from services.identity.graph import (
+    DEFAULT_LIMITS,
+    Conflict,
+    Identifier,
+    Link,
+    new_profile_id,
+    resolve,
+)
 from services.identity.graph_store import INDEXES, MongoGraph
 from services.identity.privacy_store import GraphEraser, SuppressionList
 from services.identity.suggestions import RECORDS, SuggestionStore
@@ -157,7 +164,8 @@ def test_a_profile_linked_to_a_requested_identifier_while_the_erasure_runs_is_er
 
     assert graph.links([handle]) == {}
     assert graph.profile(new_profile_id(first_post)) is None
-    assert (ack["summary"]["profiles"], ack["summary"]["links"]) == (1, 1)
+    assert (ack["summary"]["profiles"], ack["summary"]["links"],
+            ack["summary"]["identifiers"]) == (1, 1, 1)
 
 
 def test_a_person_record_written_after_the_erasure_deleted_its_profile_is_deleted_again(
@@ -216,3 +224,72 @@ def test_a_returning_erased_event_leaves_no_link_conflict_or_announced_identifie
     assert graph.profile(cookie_profile.profile_id).identifiers == set()
     assert [entry["identifier"] for entry in graph.caused_by(event.message_id)] == [None]
     assert db["identity_conflicts"].find_one({"_id": conflict_id}) is None
+
+
+class DiesBeforeTheTraces(GraphEraser):
+    def __init__(self, db):
+        super().__init__(db)
+        self.die = True
+
+    def erase_traces(self, profile_ids, identifiers):
+        if self.die:
+            self.die = False
+            raise ConnectionError("the worker died here")
+        return super().erase_traces(profile_ids, identifiers)
+
+
+def test_an_erasure_cut_short_after_the_profiles_went_erases_their_traces_when_it_returns(
+        db, unique):
+    ensure_indexes(db, INDEXES)
+    graph = MongoGraph(db)
+    email = Identifier("email", f"traces.{unique}@example.com")
+    profile_id = resolve(graph, [email], message_id=f"reg-{unique}", at=AT).profile_id
+    SuggestionStore(db).remember([(profile_id, {"given_name": "Traces"}, AT)])
+    erase = make_privacy_handler(graph, DiesBeforeTheTraces(db), SuppressionList(db, DIGEST_KEY))
+    request = erasure_request(f"req-{unique}", email)
+    try:
+        erase(request)
+    except ConnectionError:
+        pass  # not acknowledged: the request is delivered again
+    assert graph.profile(profile_id) is None and db[RECORDS].find_one({"_id": profile_id})
+
+    ack = erase(request)[0].value.payload
+
+    assert db[RECORDS].find_one({"_id": profile_id}) is None
+    assert ack["summary"]["person_records"] == 1
+
+
+def test_an_erased_identifier_held_back_on_another_customers_profile_leaves_no_conflict(
+        db, unique):
+    ensure_indexes(db, INDEXES)
+    graph = MongoGraph(db)
+    login = Identifier("user_id", f"Q-{unique}")
+    erased_login = Identifier("user_id", f"Y-{unique}")
+    other = resolve(graph, [login], message_id=f"reg-{unique}", at=AT).profile_id
+    graph.record_conflicts(f"shared-{unique}", [Conflict(erased_login, other, None, "limit")], AT)
+    make_privacy_handler(graph, GraphEraser(db), SuppressionList(db, DIGEST_KEY))(
+        erasure_request(f"req-{unique}", erased_login))
+    assert db["identity_conflicts"].find_one(
+        {"_id": f"shared-{unique}:{erased_login.key}"}) is None
+    assert graph.profile(other).identifiers == {login}
+
+
+def test_a_returning_erased_event_unlinks_a_link_its_cut_short_attempt_never_listed(
+        db, settings, unique):
+    ensure_indexes(db, INDEXES)
+    graph = MongoGraph(db)
+    suppressions = SuppressionList(db, DIGEST_KEY)
+    email = Identifier("email", f"unlisted.{unique}@example.com")
+    cookie = Identifier("anonymous_id", f"u-{unique}")
+    event = registration(unique, "unlisted", email, cookie.value)
+    profile_id = resolve(graph, [email], message_id=f"reg-{unique}", at=AT).profile_id
+    # the event's first attempt stored the cookie's link and died before listing it
+    graph._insert_links([Link(cookie, profile_id, True, event.message_id, AT)])
+    make_privacy_handler(graph, GraphEraser(db), suppressions)(
+        erasure_request(f"req-{unique}", email))
+    assert graph.links([cookie])  # not on the profile's list, so not part of the subject
+    _, handle_batch = make_handlers(graph, SuggestionStore(db), DEFAULT_LIMITS, suppressions,
+                                    HetuProtector.from_settings(settings, db, "identity"))
+
+    assert handle_batch([event]) == []
+    assert graph.links([cookie, email]) == {}
