@@ -308,12 +308,20 @@ class _Owners:
     def __init__(self, repo: GraphReader):
         self.repo = repo
         self._nodes: dict[str, ProfileNode] = {}
+        self._gone: set[str] = set()
 
     def of(self, profile_id: str) -> ProfileNode:
         if profile_id not in self._nodes:
-            self._nodes[profile_id] = (canonical_node(self.repo, profile_id)
-                                       or ProfileNode(profile_id, _NEVER))
+            node = canonical_node(self.repo, profile_id)
+            if node is None:
+                self._gone.add(profile_id)
+            self._nodes[profile_id] = node or ProfileNode(profile_id, _NEVER)
         return self._nodes[profile_id]
+
+    def gone(self, profile_id: str) -> bool:
+        """Whether ``of`` found no such profile (erased)."""
+        self.of(profile_id)
+        return profile_id in self._gone
 
     def read(self, profile_id: str) -> ProfileNode | None:
         """The profile ``profile_id`` as read in this pass, if it was."""
@@ -383,6 +391,13 @@ def resolve(
                 now_involved = sorted({owners.of(link.profile_id).profile_id
                                        for link in links.values()})
                 if now_involved != involved:
+                    continue
+                gone = {i: link for i, link in links.items() if owners.gone(link.profile_id)}
+                if gone:
+                    # left pointing at a profile erased since (a crash came between the
+                    # writes that list or unlink it): no link at all, and start over
+                    for identifier, link in gone.items():
+                        repo.remove_links([identifier], link.profile_id)
                     continue
             try:
                 result = _resolve_locked(repo, ordered, links, owners, message_id, at,

@@ -43,13 +43,16 @@ class GraphEraser:
             "profiles": delete_by_ids(self.db[PROFILES], profile_ids),
         }
 
-    def note_erasing(self, request_id: str, profile_ids: Iterable[str]) -> set[str]:
-        """Note the profiles an erasure is about to delete; returns them and those an
-        earlier attempt of the request noted."""
-        doc = self.db[ERASING].find_one_and_update(
-            {"_id": request_id}, {"$addToSet": {"profile_ids": {"$each": sorted(profile_ids)}}},
+    def note_erasing(self, request_id: str, profile_ids: Iterable[str],
+                     identifiers: Iterable[Identifier]) -> tuple[set[str], set[Identifier]]:
+        """Note the profiles and identifiers an erasure is about to delete; returns them
+        and those an earlier attempt of the request noted (until ``erased``)."""
+        doc = self.db[ERASING].find_one_and_update({"_id": request_id}, {"$addToSet": {
+            "profile_ids": {"$each": sorted(profile_ids)},
+            "identifiers": {"$each": sorted(i.key for i in identifiers)}}},
             upsert=True, return_document=ReturnDocument.AFTER)
-        return set(doc.get("profile_ids", []))
+        return (set(doc.get("profile_ids", [])),
+                {Identifier.from_key(key) for key in doc.get("identifiers", [])})
 
     def erased(self, request_id: str) -> None:
         self.db[ERASING].delete_one({"_id": request_id})

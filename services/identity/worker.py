@@ -254,18 +254,17 @@ def make_privacy_handler(graph: MongoGraph, eraser: GraphEraser, suppressions: S
 
     def erase(request: privacy.PrivacyRequest) -> dict:
         summary: Counter = Counter()
-        identifiers: set[Identifier] = set()
         for _ in range(ERASURE_PASSES):
             with privacy.locked_subject(graph, request, graph.merged_into) as subject:
-                identifiers |= subject.identifiers
                 # noted before anything is deleted: an attempt a crash cut short after the
-                # profiles went still erases their traces when the request comes again
-                profile_ids = eraser.note_erasing(request.request_id, subject.profile_ids)
+                # links and profiles went still erases their traces when the request returns
+                profile_ids, identifiers = eraser.note_erasing(
+                    request.request_id, subject.profile_ids, subject.identifiers)
                 # suppress first: the identifiers are only known while their links exist
                 summary["suppressed"] += suppressions.add(subject.identifiers,
                                                           request.request_id, datetime.now(UTC))
                 summary.update(eraser.erase_graph(subject.profile_ids, subject.identifiers))
-            summary.update(eraser.erase_traces(profile_ids, subject.identifiers))
+            summary.update(eraser.erase_traces(profile_ids, identifiers))
             # one of the request's identifiers linked between the locked read and the
             # suppression is found now; one linked later, its worker unlinks (it reads the
             # list again before its messages go out)

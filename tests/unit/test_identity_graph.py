@@ -86,6 +86,22 @@ def test_sixth_email_is_not_linked_but_the_event_still_resolves():
     assert ident("email:e5@example.com") not in graph.link_table
 
 
+def test_a_link_left_pointing_at_an_erased_profile_counts_as_no_link():
+    graph = InMemoryGraph()
+    erased = apply(graph, ["email:a@example.com", "anonymous_id:c1"])
+    # erased while a crash had left the cookie's link off the profile's list
+    graph.listed_on[erased.profile_id].discard(ident("anonymous_id:c1"))
+    del graph.link_table[ident("email:a@example.com")]
+    del graph.nodes[erased.profile_id], graph.listed_on[erased.profile_id]
+
+    later = apply(graph, ["anonymous_id:c1", "user_id:L9"])
+
+    assert later.created and later.profile_id != erased.profile_id
+    assert {link.profile_id for link in graph.link_table.values()} == {later.profile_id}
+    assert graph.profile(later.profile_id).identifiers == {ident("anonymous_id:c1"),
+                                                           ident("user_id:L9")}
+
+
 def test_a_callers_profile_left_listing_an_identifier_now_verified_elsewhere_still_joins():
     graph = InMemoryGraph()
     known = apply(graph, ["user_id:L1"])
