@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from services.common import topics
 from services.common.envelope import new_envelope
 from services.common.hetu_protection import HetuProtector
@@ -33,12 +35,29 @@ def erasure_request(request_id: str, *identifiers: Identifier):
         "requested_by": "test"})
 
 
-def test_an_erasure_waits_for_a_resolution_holding_the_profile_and_erases_what_it_linked(
-        db, unique):
+@pytest.fixture
+def graph(db) -> MongoGraph:
     ensure_indexes(db, INDEXES)
-    graph = MongoGraph(db)
+    return MongoGraph(db)
+
+
+def erasure_handler(graph, db, eraser: GraphEraser | None = None,
+                    suppressions: SuppressionList | None = None):
+    """The identity worker's handler of privacy requests."""
+    return make_privacy_handler(graph, eraser or GraphEraser(db),
+                                suppressions or SuppressionList(db, DIGEST_KEY))
+
+
+def batch_handler(graph, db, settings, suppressions: SuppressionList):
+    """The identity worker's handler of a poll of events."""
+    return make_handlers(graph, SuggestionStore(db), DEFAULT_LIMITS, suppressions,
+                         HetuProtector.from_settings(settings, db, "identity"))[1]
+
+
+def test_an_erasure_waits_for_a_resolution_holding_the_profile_and_erases_what_it_linked(
+        graph, db, unique):
     suppressions = SuppressionList(db, DIGEST_KEY)
-    erase = make_privacy_handler(graph, GraphEraser(db), suppressions)
+    erase = erasure_handler(graph, db, suppressions=suppressions)
     email = Identifier("email", f"waits.{unique}@example.com")
     login = Identifier("user_id", f"W-{unique}")
     profile_id = resolve(graph, [email], message_id=f"reg-{unique}", at=AT).profile_id
@@ -94,18 +113,14 @@ def resolved_ids(messages) -> set[str]:
 
 
 def test_an_event_resolved_against_a_list_read_before_an_erasure_is_dropped_and_unlinked(
-        db, settings, unique):
-    ensure_indexes(db, INDEXES)
-    graph = MongoGraph(db)
+        graph, db, settings, unique):
     email = Identifier("email", f"late.{unique}@example.com")
     other = Identifier("email", f"other.{unique}@example.com")
     resolve(graph, [email], message_id=f"reg-{unique}", at=AT)
-    erase = make_privacy_handler(graph, GraphEraser(db), SuppressionList(db, DIGEST_KEY))
+    erase = erasure_handler(graph, db)
     worker_graph = ErasedWhileThePollResolves(
         db, lambda: erase(erasure_request(f"req-{unique}", email)))
-    _, handle_batch = make_handlers(worker_graph, SuggestionStore(db), DEFAULT_LIMITS,
-                                    SuppressionList(db, DIGEST_KEY),
-                                    HetuProtector.from_settings(settings, db, "identity"))
+    handle_batch = batch_handler(worker_graph, db, settings, SuppressionList(db, DIGEST_KEY))
 
     messages = handle_batch([registration(unique, "late", email, f"c1-{unique}"),
                              registration(unique, "other", other, f"c2-{unique}")])
@@ -118,19 +133,16 @@ def test_an_event_resolved_against_a_list_read_before_an_erasure_is_dropped_and_
 
 
 def test_an_erased_identifier_an_attempt_cut_short_linked_is_unlinked_when_its_event_returns(
-        db, settings, unique):
-    ensure_indexes(db, INDEXES)
-    graph = MongoGraph(db)
+        graph, db, settings, unique):
     email = Identifier("email", f"again.{unique}@example.com")
     suppressions = SuppressionList(db, DIGEST_KEY)
     resolve(graph, [email], message_id=f"reg-{unique}", at=AT)
-    make_privacy_handler(graph, GraphEraser(db), suppressions)(
+    erasure_handler(graph, db, suppressions=suppressions)(
         erasure_request(f"req-{unique}", email))
     event = registration(unique, "again", email, f"c-{unique}")
     # the first attempt read the list before the erasure, linked, and its worker died
     resolve(graph, [email], message_id=event.message_id, at=AT)
-    _, handle_batch = make_handlers(graph, SuggestionStore(db), DEFAULT_LIMITS, suppressions,
-                                    HetuProtector.from_settings(settings, db, "identity"))
+    handle_batch = batch_handler(graph, db, settings, suppressions)
 
     assert handle_batch([event]) == []
     assert graph.links([email]) == {}
@@ -152,12 +164,10 @@ class LinkedJustBeforeSuppressing(SuppressionList):
 
 
 def test_a_profile_linked_to_a_requested_identifier_while_the_erasure_runs_is_erased_too(
-        db, unique):
-    ensure_indexes(db, INDEXES)
-    graph = MongoGraph(db)
+        graph, db, unique):
     handle = Identifier("twitter_handle", f"late_{unique}"[:15])
     first_post = f"post-{unique}"
-    erase = make_privacy_handler(graph, GraphEraser(db), LinkedJustBeforeSuppressing(
+    erase = erasure_handler(graph, db, suppressions=LinkedJustBeforeSuppressing(
         db, lambda: resolve(graph, [handle], message_id=first_post, at=AT)))
 
     ack = erase(erasure_request(f"req-{unique}", handle))[0].value.payload
@@ -169,14 +179,12 @@ def test_a_profile_linked_to_a_requested_identifier_while_the_erasure_runs_is_er
 
 
 def test_a_person_record_written_after_the_erasure_deleted_its_profile_is_deleted_again(
-        db, unique):
-    ensure_indexes(db, INDEXES)
-    graph = MongoGraph(db)
+        graph, db, unique):
     email = Identifier("email", f"record.{unique}@example.com")
     profile_id = resolve(graph, [email], message_id=f"reg-{unique}", at=AT).profile_id
     kept = resolve(graph, [Identifier("email", f"kept.{unique}@example.com")],
                    message_id=f"kept-{unique}", at=AT).profile_id
-    make_privacy_handler(graph, GraphEraser(db), SuppressionList(db, DIGEST_KEY))(
+    erasure_handler(graph, db)(
         erasure_request(f"req-{unique}", email))
 
     # a known customer's event needs no lock: it may remember what they gave afterwards
@@ -188,14 +196,12 @@ def test_a_person_record_written_after_the_erasure_deleted_its_profile_is_delete
 
 
 def test_a_returning_erased_event_leaves_no_link_conflict_or_announced_identifier_behind(
-        db, settings, unique):
-    ensure_indexes(db, INDEXES)
-    graph = MongoGraph(db)
+        graph, db, settings, unique):
     suppressions = SuppressionList(db, DIGEST_KEY)
     login, email = Identifier("user_id", f"L-{unique}"), Identifier("email", f"c.{unique}@x.fi")
     erased_login = Identifier("user_id", f"X-{unique}")
     erased_cookie = Identifier("anonymous_id", f"x-{unique}")
-    make_privacy_handler(graph, GraphEraser(db), suppressions)(
+    erasure_handler(graph, db, suppressions=suppressions)(
         erasure_request(f"req-{unique}", erased_login, erased_cookie))
     event = new_envelope("Identify", "web", message_id=f"late-{unique}", identifiers={
         "user_id": erased_login.value, "email": email.value, "anonymous_id": erased_cookie.value})
@@ -210,8 +216,7 @@ def test_a_returning_erased_event_leaves_no_link_conflict_or_announced_identifie
     graph.record_conflicts(event.message_id, late.conflicts, AT)
     conflict_id = f"{event.message_id}:{erased_login.key}"
     assert db["identity_conflicts"].find_one({"_id": conflict_id}) is not None
-    _, handle_batch = make_handlers(graph, SuggestionStore(db), DEFAULT_LIMITS, suppressions,
-                                    HetuProtector.from_settings(settings, db, "identity"))
+    handle_batch = batch_handler(graph, db, settings, suppressions)
 
     messages = handle_batch([event])
 
@@ -239,13 +244,11 @@ class DiesBeforeTheTraces(GraphEraser):
 
 
 def test_an_erasure_cut_short_after_the_profiles_went_erases_their_traces_when_it_returns(
-        db, unique):
-    ensure_indexes(db, INDEXES)
-    graph = MongoGraph(db)
+        graph, db, unique):
     email = Identifier("email", f"traces.{unique}@example.com")
     profile_id = resolve(graph, [email], message_id=f"reg-{unique}", at=AT).profile_id
     SuggestionStore(db).remember([(profile_id, {"given_name": "Traces"}, AT)])
-    erase = make_privacy_handler(graph, DiesBeforeTheTraces(db), SuppressionList(db, DIGEST_KEY))
+    erase = erasure_handler(graph, db, DiesBeforeTheTraces(db))
     request = erasure_request(f"req-{unique}", email)
     try:
         erase(request)
@@ -260,14 +263,12 @@ def test_an_erasure_cut_short_after_the_profiles_went_erases_their_traces_when_i
 
 
 def test_an_erased_identifier_held_back_on_another_customers_profile_leaves_no_conflict(
-        db, unique):
-    ensure_indexes(db, INDEXES)
-    graph = MongoGraph(db)
+        graph, db, unique):
     login = Identifier("user_id", f"Q-{unique}")
     erased_login = Identifier("user_id", f"Y-{unique}")
     other = resolve(graph, [login], message_id=f"reg-{unique}", at=AT).profile_id
     graph.record_conflicts(f"shared-{unique}", [Conflict(erased_login, other, None, "limit")], AT)
-    make_privacy_handler(graph, GraphEraser(db), SuppressionList(db, DIGEST_KEY))(
+    erasure_handler(graph, db)(
         erasure_request(f"req-{unique}", erased_login))
     assert db["identity_conflicts"].find_one(
         {"_id": f"shared-{unique}:{erased_login.key}"}) is None
@@ -275,9 +276,7 @@ def test_an_erased_identifier_held_back_on_another_customers_profile_leaves_no_c
 
 
 def test_a_returning_erased_event_unlinks_a_link_its_cut_short_attempt_never_listed(
-        db, settings, unique):
-    ensure_indexes(db, INDEXES)
-    graph = MongoGraph(db)
+        graph, db, settings, unique):
     suppressions = SuppressionList(db, DIGEST_KEY)
     email = Identifier("email", f"unlisted.{unique}@example.com")
     cookie = Identifier("anonymous_id", f"u-{unique}")
@@ -285,11 +284,10 @@ def test_a_returning_erased_event_unlinks_a_link_its_cut_short_attempt_never_lis
     profile_id = resolve(graph, [email], message_id=f"reg-{unique}", at=AT).profile_id
     # the event's first attempt stored the cookie's link and died before listing it
     graph._insert_links([Link(cookie, profile_id, True, event.message_id, AT)])
-    make_privacy_handler(graph, GraphEraser(db), suppressions)(
+    erasure_handler(graph, db, suppressions=suppressions)(
         erasure_request(f"req-{unique}", email))
     assert graph.links([cookie])  # not on the profile's list, so not part of the subject
-    _, handle_batch = make_handlers(graph, SuggestionStore(db), DEFAULT_LIMITS, suppressions,
-                                    HetuProtector.from_settings(settings, db, "identity"))
+    handle_batch = batch_handler(graph, db, settings, suppressions)
 
     assert handle_batch([event]) == []
     assert graph.links([cookie, email]) == {}
