@@ -308,20 +308,16 @@ class _Owners:
     def __init__(self, repo: GraphReader):
         self.repo = repo
         self._nodes: dict[str, ProfileNode] = {}
-        self._gone: set[str] = set()
 
     def of(self, profile_id: str) -> ProfileNode:
         if profile_id not in self._nodes:
-            node = canonical_node(self.repo, profile_id)
-            if node is None:
-                self._gone.add(profile_id)
-            self._nodes[profile_id] = node or ProfileNode(profile_id, _NEVER)
+            self._nodes[profile_id] = (canonical_node(self.repo, profile_id)
+                                       or ProfileNode(profile_id, _NEVER))
         return self._nodes[profile_id]
 
     def gone(self, profile_id: str) -> bool:
-        """Whether ``of`` found no such profile (erased)."""
-        self.of(profile_id)
-        return profile_id in self._gone
+        """Whether there is no such profile (erased): ``of`` stands in a node never created."""
+        return self.of(profile_id).created_at == _NEVER
 
     def read(self, profile_id: str) -> ProfileNode | None:
         """The profile ``profile_id`` as read in this pass, if it was."""
@@ -444,6 +440,11 @@ class Straight:
     profile: ProfileNode | None
     known: dict[Identifier, Link]
 
+    @property
+    def target_id(self) -> str:
+        """The profile its identifiers are linked to."""
+        return self.profile.profile_id if self.profile else new_profile_id(self.event.message_id)
+
 
 def straight_events(reader: GraphReader, events: Iterable[Arrival],
                     limits: Mapping[str, int] = DEFAULT_LIMITS) -> list[Straight]:
@@ -491,7 +492,7 @@ def link_straight(repo: GraphRepository, events: list[Straight],
     planned = []
     for straight in events:
         event = straight.event
-        node = straight.profile or ProfileNode(new_profile_id(event.message_id), event.at)
+        node = straight.profile or ProfileNode(straight.target_id, event.at)
         ordered = priority_order(event.identifiers)
         planned.append((straight, node, ordered, [
             Link(i, node.profile_id, i not in event.unverified, event.message_id, event.at)

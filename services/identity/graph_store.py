@@ -53,6 +53,8 @@ LOG = "identity_log"
 OUTBOX = "identity_outbox"
 CONFLICTS = "identity_conflicts"
 LOCKS = "identity_locks"
+# what an erasure leaves of a log entry: that a merge or split happened, not with what
+LOG_ANONYMISED = {"$set": {"identifier": None, "identifiers": []}}
 
 INDEXES = [
     Index(LOG, [("profiles", 1)]),
@@ -271,8 +273,7 @@ class MongoGraph(GraphRepository):
     def anonymise_log(self, entry_ids: list[str]) -> None:
         """Blank the identifiers of these identity-log entries, as an erasure does."""
         raise_write_errors(bulk_write(self.log, [
-            UpdateOne({"_id": entry_id}, {"$set": {"identifier": None, "identifiers": []}})
-            for entry_id in entry_ids]))
+            UpdateOne({"_id": entry_id}, LOG_ANONYMISED) for entry_id in entry_ids]))
 
     @contextmanager
     def locking_ahead(self, profile_ids: Iterable[str]) -> Iterator[MongoGraph]:

@@ -71,7 +71,7 @@ def expand_subject(repo: GraphRepository, request: PrivacyRequest,
     roots |= {canonical(repo, link.profile_id)
               for link in repo.links(request.identifiers).values()}
     profiles = absorbed_closure(roots, merged_into)
-    listed = set().union(*(repo.listed(profile_id) for profile_id in profiles))
+    listed = set().union(*(node.identifiers for node in repo.read_profiles(profiles).values()))
     identifiers = set(request.identifiers) | {
         identifier for identifier, link in repo.links(listed).items()
         if link.profile_id in profiles}
@@ -138,10 +138,10 @@ def unlink_erased(repo: GraphRepository, identifiers: Iterable[Identifier], merg
 def unlink_orphans(repo: GraphRepository, identifiers: Iterable[Identifier]) -> int:
     """Remove the links of ``identifiers`` that point at a profile no longer in the graph
     (erased); returns how many."""
-    orphans = [(identifier, link.profile_id)
-               for identifier, link in repo.links(identifiers).items()
-               if repo.profile(link.profile_id) is None]
-    return sum(repo.remove_links([identifier], profile_id) for identifier, profile_id in orphans)
+    links = repo.links(identifiers)
+    alive = repo.read_profiles({link.profile_id for link in links.values()})
+    return sum(repo.remove_links([identifier], link.profile_id)
+               for identifier, link in links.items() if link.profile_id not in alive)
 
 
 def identifier_view(identifiers: Iterable[Identifier]) -> list[dict[str, str]]:

@@ -17,7 +17,7 @@ from pymongo.database import Database
 
 from services.common.store import delete_by_ids, find_by_ids, insert_new
 from services.identity.graph import Identifier
-from services.identity.graph_store import CONFLICTS, LINKS, LOG, PROFILES
+from services.identity.graph_store import CONFLICTS, LINKS, LOG, LOG_ANONYMISED, PROFILES
 from services.identity.suggestions import RECORDS, SUGGESTIONS
 
 SUPPRESSIONS = "identity_suppressions"
@@ -72,8 +72,7 @@ class GraphEraser:
                 {"$or": [{"profile_id": ours}, {"other_profile": ours}, *named]}).deleted_count,
             # the log keeps that a merge or split happened, not which identifiers it involved
             "log_entries_anonymised": self.db[LOG].update_many(
-                {"profiles": ours}, {"$set": {"identifier": None, "identifiers": []}}
-            ).modified_count,
+                {"profiles": ours}, LOG_ANONYMISED).modified_count,
         }
 
     def access(self, profile_ids: Iterable[str], identifiers: Iterable[Identifier]) -> dict:

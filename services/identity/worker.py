@@ -31,7 +31,6 @@ from services.identity.graph import (
     Resolution,
     limits_from,
     link_straight,
-    new_profile_id,
     profiles_to_lock,
     resolve,
     straight_events,
@@ -174,6 +173,7 @@ def make_handlers(graph: MongoGraph, people: SuggestionStore, limits: dict[str, 
         erased = {event.envelope.message_id: event for event, _ in outcome
                   if suppressions.any_suppressed(event.keys)}
         announced: dict[str, list[dict]] = {}
+        naming_erased: set[str] = set()
         if erased:
             privacy.unlink_erased(graph, {key for event in erased.values() for key in event.keys
                                           if suppressions.any_suppressed([key])},
@@ -185,8 +185,9 @@ def make_handlers(graph: MongoGraph, people: SuggestionStore, limits: dict[str, 
             graph.drop_conflicts({message_id: event.keys for message_id, event in erased.items()})
             announced = graph.caused_by_each([message_id for message_id, event in erased.items()
                                               if len(event.identifiers) > 1])
-            graph.anonymise_log([entry["_id"] for entries in announced.values()
-                                 for entry in entries if _names_erased(entry, suppressions)])
+            naming_erased = {entry["_id"] for entries in announced.values()
+                             for entry in entries if _names_erased(entry, suppressions)}
+            graph.anonymise_log(sorted(naming_erased))
         messages = []
         for event, event_messages in outcome:
             message_id = event.envelope.message_id
@@ -197,7 +198,7 @@ def make_handlers(graph: MongoGraph, people: SuggestionStore, limits: dict[str, 
             if event_messages:  # resolved before the list said otherwise
                 metrics.EVENTS_SUPPRESSED.labels(SERVICE, event.envelope.channel).inc()
             messages += [log_message({**entry, "identifier": None}
-                                     if _names_erased(entry, suppressions) else entry)
+                                     if entry["_id"] in naming_erased else entry)
                          for entry in announced.get(message_id, ())]
         # after the list was read again: an erasure now deletes what this writes, or the
         # profile is gone already and the store deletes it again
@@ -228,15 +229,17 @@ def make_handlers(graph: MongoGraph, people: SuggestionStore, limits: dict[str, 
             with graph.locking_ahead(to_lock) as batch_graph:
                 # the events that only link new identifiers (to a new customer, or one
                 # known) are linked together: five round trips for the chunk (two reads
-                # under the locks, three writes), not two to four each
-                snapshot.reread([key for event in chunk for key in event.keys], to_lock)
+                # under the locks, three writes), not two to four each; with no lock held
+                # (known customers only) there is nothing to link
                 held = batch_graph.held_ahead()
-                straight = [s for s in straight_events(
-                    snapshot, [event.arrival for event in chunk
-                               if not suppressions.any_suppressed(event.keys)], limits)
-                    if (s.profile.profile_id if s.profile
-                        else new_profile_id(s.event.message_id)) in held]
-                created = link_straight(batch_graph, straight, snapshot)
+                created = {}
+                if held:
+                    snapshot.reread([key for event in chunk for key in event.keys], to_lock)
+                    straight = [s for s in straight_events(
+                        snapshot, [event.arrival for event in chunk
+                                   if not suppressions.any_suppressed(event.keys)], limits)
+                        if s.target_id in held]
+                    created = link_straight(batch_graph, straight, snapshot)
                 outcome += [(event, resolve_event(event, given, snapshot,
                                                   caused.get(event.envelope.message_id),
                                                   batch_graph,
