@@ -231,6 +231,35 @@ def documents_after(collection: pymongo.collection.Collection, after: str | None
                            ids, after, page_size)
 
 
+class EarlierCollection:
+    """A collection an earlier version kept, which the housekeeping empties into what this
+    version keeps and then drops: whether it is still there, looked up at most once every
+    ``CHECK_SECONDS`` (readers consult it until then)."""
+
+    CHECK_SECONDS = 60.0
+
+    def __init__(self, db: Database, name: str):
+        self.collection = db[name]
+        self._checked_at, self._there = -self.CHECK_SECONDS, False
+
+    def there(self, refresh: bool = False) -> bool:
+        if refresh or time.monotonic() - self._checked_at > self.CHECK_SECONDS:
+            self._there = self.collection.name in self.collection.database.list_collection_names()
+            self._checked_at = time.monotonic()
+        return self._there
+
+    def drop(self) -> None:
+        self.collection.drop()
+        self._checked_at, self._there = time.monotonic(), False
+
+    def drop_if_empty(self) -> bool:
+        """Drop it once nothing is left in it; returns whether it is gone."""
+        if self.collection.find_one({}, {"_id": 1}) is not None:
+            return False
+        self.drop()
+        return True
+
+
 def ping(client: pymongo.MongoClient) -> None:
     """Raise ConnectionFailure unless the store answers."""
     client.admin.command("ping")

@@ -1,13 +1,21 @@
 """The full event history of every profile, kept for a retention period.
 
-Two collections:
+Two collections, each written by inserts alone (a replay inserts what is there already and
+adds nothing):
 
-* ``profile_events``: one document per applied event, ``_id = "<profile_id>|<message_id>"``
-  (a replay finds it there and adds nothing), with the event's payload and ``expires_at``;
-* ``profile_event_months``: per profile and month (``_id = "<profile_id>|<YYYY-MM>"``) the
-  month's timeline entries, so a page of history is read by ``_id`` alone (FerretDB 1.x on
-  SQLite pushes nothing else down) and the timeline pages beyond the profile's capped recent
-  list. The profile document lists its months (``history_months``).
+* ``profile_events``: one document per applied event, ``_id = "<profile_id>|<message_id>"``,
+  with the event's payload and ``expires_at``;
+* ``profile_timeline``: the event's timeline entry under the profile and its moment,
+  ``_id = "<profile_id>|<UTC time, ISO>|<message_id>"``, so that a month of a profile's
+  timeline is one ``_id`` prefix range (``store.id_prefix``), read from the ``_id`` index. A
+  merge copies the merged profile's entries under the survivor's id; its events stay under
+  the merged profile's. The profile document lists the months it has entries in
+  (``history_months``), so a page reads only the months it needs.
+
+Earlier versions kept a page per profile and month (``profile_event_months``), an upsert per
+event that rewrote the whole month; the profile worker's housekeeping moves those pages into
+the timeline and drops them (``migrate_month_pages``). Until then every read consults them
+first and then the timeline: a page moved meanwhile is found in one or the other.
 
 Retention: ``expires_at = occurred_at + retention``. Where the store honours TTL indexes
 (MongoDB) it expires documents itself; FerretDB refuses them, and the worker then calls
@@ -17,19 +25,19 @@ Retention: ``expires_at = occurred_at + retention``. Where the store honours TTL
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pymongo.errors
-from pymongo import UpdateOne
 from pymongo.database import Database
 
 from services.common.documents import unstorable
 from services.common.store import (
+    EarlierCollection,
     Index,
-    bulk_write,
     delete_by_ids,
+    documents_after,
     ensure_indexes,
+    id_prefix,
     insert_new,
     older_than,
     paced,
@@ -37,22 +45,32 @@ from services.common.store import (
 from services.profile.projection import month_of
 
 EVENTS = "profile_events"
-MONTHS = "profile_event_months"
-TTL_INDEX_NAMES = ("profile_events_expiry", "profile_event_months_expiry")
+TIMELINE = "profile_timeline"
+MONTH_PAGES = "profile_event_months"  # earlier versions' pages, until migrated
+TTL_INDEX_NAMES = ("profile_events_expiry", "profile_timeline_expiry")
 SWEEP_CHUNK = 500  # deletes between two pauses of a sweep
+MIGRATION_CHUNK = 50  # month pages moved between two pauses of the migration
+ENTRY_HIDDEN = {"_id": 0, "profile_id": 0, "expires_at": 0}  # a timeline doc less: its entry
 
 
 def history_indexes() -> list[Index]:
     return [Index(EVENTS, [("expires_at", 1)], ttl_seconds=0, name=TTL_INDEX_NAMES[0]),
-            Index(MONTHS, [("expires_at", 1)], ttl_seconds=0, name=TTL_INDEX_NAMES[1]),
-            Index(EVENTS, [("profile_id", 1), ("at", -1)]),
-            Index(MONTHS, [("profile_id", 1)])]
+            Index(TIMELINE, [("expires_at", 1)], ttl_seconds=0, name=TTL_INDEX_NAMES[1]),
+            Index(EVENTS, [("profile_id", 1), ("at", -1)])]
+
+
+def timeline_id(profile_id: str, at: datetime, message_id: str) -> str:
+    """Sorts as the moments do: UTC, fixed width, to the millisecond the store keeps."""
+    moment = (at if at.tzinfo else at.replace(tzinfo=UTC)).astimezone(UTC)
+    return (f"{profile_id}|{moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}Z"
+            f"|{message_id}")
 
 
 class HistoryStore:
     def __init__(self, db: Database, retention: timedelta):
         self.events = db[EVENTS]
-        self.months = db[MONTHS]
+        self.timeline = db[TIMELINE]
+        self.month_pages = EarlierCollection(db, MONTH_PAGES)
         self.retention = retention
 
     def prepare(self) -> bool:
@@ -69,28 +87,18 @@ class HistoryStore:
 
     def record_many(self, items: Iterable[tuple[str, dict[str, Any], dict[str, Any]]],
                     now: datetime) -> int:
-        """``record`` for several (profile_id, event, entry): the events in one insert, each
-        profile's month pages in one upsert. Idempotent. Returns how many were within
-        retention."""
-        documents, pages = [], {}
+        """``record`` for several (profile_id, event, entry): one insert of the events and one
+        of their entries. Idempotent. Returns how many were within retention."""
+        events, entries = [], []
         for profile_id, event, entry in items:
             expires_at = entry["at"] + self.retention
             if expires_at <= now:
                 continue
-            documents.append(self._document(profile_id, event, entry, expires_at))
-            page = pages.setdefault((profile_id, month_of(entry["at"])),
-                                    {"entries": [], "expires_at": expires_at})
-            page["entries"].append(entry)
-            page["expires_at"] = max(page["expires_at"], expires_at)
-        if not documents:
-            return 0
-        insert_new(self.events, documents)  # replays: those events are already kept
-        _, errors = bulk_write(self.months, [
-            self._add_entries_write(profile_id, month, page["entries"], page["expires_at"])
-            for (profile_id, month), page in pages.items()])
-        if errors:
-            raise pymongo.errors.BulkWriteError({"writeErrors": errors})
-        return len(documents)
+            events.append(self._document(profile_id, event, entry, expires_at))
+            entries.append(self._timeline_document(profile_id, entry, expires_at))
+        insert_new(self.events, events)
+        insert_new(self.timeline, entries)
+        return len(events)
 
     @staticmethod
     def _document(profile_id: str, event: dict[str, Any], entry: dict[str, Any],
@@ -104,24 +112,31 @@ class HistoryStore:
                 "expires_at": expires_at}
 
     @staticmethod
-    def _add_entries_write(profile_id: str, month: str, entries: list[dict],
-                           expires_at: datetime) -> UpdateOne:
-        return UpdateOne(
-            {"_id": f"{profile_id}|{month}"},
-            {"$addToSet": {"entries": {"$each": entries}}, "$max": {"expires_at": expires_at},
-             "$setOnInsert": {"profile_id": profile_id, "month": month}}, upsert=True)
-
-    def _add_entries(self, profile_id: str, month: str, entries: list[dict],
-                     expires_at: datetime) -> None:
-        self.months.bulk_write([self._add_entries_write(profile_id, month, entries,
-                                                        expires_at)])
+    def _timeline_document(profile_id: str, entry: dict[str, Any],
+                           expires_at: datetime) -> dict[str, Any]:
+        return {**entry, "_id": timeline_id(profile_id, entry["at"], entry["message_id"]),
+                "profile_id": profile_id, "expires_at": expires_at}
 
     def copy(self, from_profile: str, to_profile: str, months: Iterable[str]) -> None:
-        """Add one profile's history pages to another's (a merge). Idempotent."""
+        """Add one profile's timeline (its ``history_months``) to another's (a merge).
+        Idempotent."""
+        entries = self._entries(from_profile, sorted(set(months)), ENTRY_HIDDEN)
+        insert_new(self.timeline, [
+            self._timeline_document(to_profile, entry, entry["at"] + self.retention)
+            for entry in entries])
+
+    def _entries(self, profile_id: str, months: list[str],
+                 projection: dict | None = None) -> list[dict]:
+        """The profile's timeline entries of ``months``, unordered, perhaps some twice
+        (earlier versions' pages first: a page moved meanwhile is in the timeline then)."""
+        found: list[dict] = []
+        if self.month_pages.there():
+            for page in self.month_pages.collection.find(
+                    {"_id": {"$in": [f"{profile_id}|{month}" for month in months]}}):
+                found.extend(page.get("entries", ()))
         for month in months:
-            page = self.months.find_one({"_id": f"{from_profile}|{month}"})
-            if page and page.get("entries"):
-                self._add_entries(to_profile, month, page["entries"], page["expires_at"])
+            found.extend(self.timeline.find(id_prefix(f"{profile_id}|{month}"), projection))
+        return found
 
     def page(self, profile_id: str, months: Iterable[str], now: datetime, *,
              before: tuple[datetime, str] | None = None, channel: str | None = None,
@@ -129,67 +144,115 @@ class HistoryStore:
         """Up to ``limit`` entries newest first, older than ``before`` (at, message_id), and
         the cursor of the next page (None at the end)."""
         oldest = now - self.retention
-        found: list[dict] = []
-        for month in sorted(months, reverse=True):
+        found: dict[str, dict] = {}
+        for month in sorted(set(months), reverse=True):
             if before is not None and month > month_of(before[0]):
                 continue
-            page = self.months.find_one({"_id": f"{profile_id}|{month}"}) or {}
-            found.extend(e for e in page.get("entries", ())
+            found.update((e["message_id"], e) for e in self._entries(profile_id, [month],
+                                                                     ENTRY_HIDDEN)
                          if e["at"] > oldest and (channel is None or e["channel"] == channel)
                          and (before is None or (e["at"], e["message_id"]) < before))
             if len(found) > limit:
                 break
-        found.sort(key=lambda e: (e["at"], e["message_id"]), reverse=True)
-        unique = list({e["message_id"]: e for e in reversed(found)}.values())[::-1]
-        more = len(unique) > limit
-        entries = unique[:limit]
+        newest = sorted(found.values(), key=lambda e: (e["at"], e["message_id"]), reverse=True)
+        entries = newest[:limit]
+        more = len(newest) > limit
         return entries, ((entries[-1]["at"], entries[-1]["message_id"]) if more else None)
 
     def count(self, profile_id: str, months: Iterable[str], now: datetime) -> int:
         oldest = now - self.retention
-        ids = set()
-        for month in months:
-            page = self.months.find_one({"_id": f"{profile_id}|{month}"}) or {}
-            ids.update(e["message_id"] for e in page.get("entries", ()) if e["at"] > oldest)
-        return len(ids)
+        return len({e["message_id"] for e in self._entries(
+            profile_id, sorted(set(months)), {"message_id": 1, "at": 1}) if e["at"] > oldest})
 
     def forget(self, items: Iterable[tuple[str, str, datetime]]) -> None:
-        """Delete the events given as (profile_id, message_id, at) and their profiles'
-        pages of those months (profiles erased while the events were stored: whatever the
-        erasure found of them, these are found by their own keys)."""
+        """Delete the events given as (profile_id, message_id, at) and their timeline entries
+        (profiles erased while the events were stored: whatever the erasure found of them,
+        these are found by their own keys)."""
         items = list(items)
         delete_by_ids(self.events, sorted({f"{p}|{m}" for p, m, _ in items}))
-        delete_by_ids(self.months, sorted({f"{p}|{month_of(at)}" for p, _, at in items}))
+        delete_by_ids(self.timeline, sorted({timeline_id(p, at, m) for p, m, at in items}))
+        if self.month_pages.there():
+            delete_by_ids(self.month_pages.collection,
+                          sorted({f"{p}|{month_of(at)}" for p, _, at in items}))
 
     def erase(self, months_of: Mapping[str, Iterable[str]]) -> int:
         """Delete everything kept for the profiles ({profile id: its ``history_months``});
         returns how many events were deleted.
 
-        By ``_id`` only: each month page lists its events' message ids, and an event's
-        ``_id`` is "<profile_id>|<message_id>". A page also holds the entries copied from
-        profiles merged into it, whose events are kept under the merged profile's id, so
-        each message id is tried under every erased profile (they are erased together)."""
-        pages, message_ids = [], set()
-        for profile_id, months in sorted(months_of.items()):
-            for month in sorted(set(months)):
-                page = self.months.find_one({"_id": f"{profile_id}|{month}"},
-                                            {"entries.message_id": 1})
-                if page is not None:
+        By ``_id`` only: each timeline entry names its event's message id, and an event's
+        ``_id`` is "<profile_id>|<message_id>". A profile's timeline also holds the entries
+        copied from profiles merged into it, whose events are kept under the merged profile's
+        id, so each message id is tried under every erased profile (they are erased
+        together)."""
+        pages, entries, message_ids = [], [], set()
+        months = sorted({month for listed in months_of.values() for month in listed})
+        for profile_id in sorted(months_of):
+            if self.month_pages.there():
+                for page in self.month_pages.collection.find(
+                        {"_id": {"$in": [f"{profile_id}|{month}" for month in months]}},
+                        {"entries.message_id": 1}):
                     pages.append(page["_id"])
                     message_ids.update(e["message_id"] for e in page.get("entries", ()))
+            # the whole profile, not only the months it lists: a merge may have copied
+            # entries into it after the profile was read
+            for entry in self.timeline.find(id_prefix(f"{profile_id}|"), {"message_id": 1}):
+                entries.append(entry["_id"])
+                message_ids.add(entry["message_id"])
         deleted = delete_by_ids(self.events, [f"{profile_id}|{message_id}"
                                               for profile_id in months_of
                                               for message_id in message_ids])
-        delete_by_ids(self.months, pages)
+        delete_by_ids(self.timeline, entries)
+        if pages:
+            delete_by_ids(self.month_pages.collection, pages)
         return deleted
 
     def sweep(self, now: datetime, pause: Callable[[float], bool] | None = None) -> int:
         """Delete history past retention (for stores without TTL). Returns events deleted.
 
         Found by a streamed read (``store.older_than``) and deleted by ``_id`` a chunk at a
-        time, ``pause`` called between chunks (``store.paced``)."""
-        _delete_expired(self.months, now, pause)
-        return _delete_expired(self.events, now, pause)
+        time, ``pause`` called between chunks (``store.paced``); once it says stop, the sweep
+        stops."""
+        stopped = False
+
+        def pausing(took: float) -> bool:
+            nonlocal stopped
+            stopped = stopped or (pause is not None and pause(took))
+            return stopped
+
+        deleted = {}
+        earlier = [self.month_pages.collection] if self.month_pages.there() else []
+        for collection in (*earlier, self.timeline, self.events):
+            if not stopped:
+                deleted[collection.name] = _delete_expired(collection, now, pausing)
+        return deleted.get(EVENTS, 0)
+
+    def migrate_month_pages(self, erased_among: Callable[[list[str]], set[str]],
+                            pause: Callable[[float], bool] | None = None) -> int:
+        """Move earlier versions' month pages into the timeline, ``MIGRATION_CHUNK`` pages at
+        a time with ``pause`` between chunks, then drop them; returns how many entries moved.
+
+        A page's entries are inserted before the page is deleted, so a stop or crash midway
+        loses none. The erasure marks a profile erased before it reads what to delete: the
+        entries moved here for a profile found marked after they were inserted are deleted
+        again (``erased_among`` says which of the profile ids given are)."""
+        if not self.month_pages.there(refresh=True):
+            return 0
+        moved = 0
+        for batch in documents_after(self.month_pages.collection, None):
+            for chunk in paced(batch, MIGRATION_CHUNK, pause):
+                documents = [self._timeline_document(page["profile_id"], entry,
+                                                     entry["at"] + self.retention)
+                             for page in chunk for entry in page.get("entries", ())]
+                insert_new(self.timeline, documents)
+                erased = erased_among(sorted({page["profile_id"] for page in chunk}))
+                delete_by_ids(self.timeline, [doc["_id"] for doc in documents
+                                              if doc["profile_id"] in erased])
+                delete_by_ids(self.month_pages.collection, [page["_id"] for page in chunk])
+                moved += sum(1 for doc in documents if doc["profile_id"] not in erased)
+            if pause is not None and pause(0):
+                return moved
+        self.month_pages.drop_if_empty()
+        return moved
 
 
 def _delete_expired(collection, now: datetime, pause: Callable[[float], bool] | None) -> int:

@@ -26,7 +26,6 @@ and erasures consult both.)
 from __future__ import annotations
 
 import string
-import time
 import unicodedata
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
@@ -37,6 +36,7 @@ from pymongo import DeleteOne, InsertOne, ReplaceOne, UpdateOne
 from pymongo.database import Database
 
 from services.common.store import (
+    EarlierCollection,
     Index,
     bulk_write,
     delete_by_ids,
@@ -72,7 +72,6 @@ NAME_REBUILD_ROUNDS = 5  # re-reads of a chunk's profiles while the projection c
 KEY_CHARACTERS = frozenset(string.ascii_lowercase + string.digits + "-'")
 EXPIRY_CHUNK = 500  # expired access-log entries deleted between two pauses of a sweep
 ADOPTION_CHUNK = 50  # profiles whose listed access-log entries are re-keyed between pauses
-LISTED_CHECK_SECONDS = 60.0
 
 
 def normalise_name(text: str) -> str:
@@ -126,10 +125,11 @@ class ProfileStore:
         self.identifiers = db[IDENTIFIERS]
         self.access_log = db[ACCESS_LOG]
         self.names = db[NAMES]
-        self.legacy_names = db[LEGACY_NAMES]
+        self.earlier_names = EarlierCollection(db, LEGACY_NAMES)
+        self.legacy_names = self.earlier_names.collection
+        self.listed_accesses = EarlierCollection(db, LISTED_ACCESSES)
         self.consents = db[CONSENTS]
         self.erased = db[ERASED]
-        self._legacy_seen: dict[str, tuple[float, bool]] = {}  # name -> (when, whether there)
 
     def load(self, profile_id: str) -> dict | None:
         return unpack(self.profiles.find_one({"_id": profile_id}))
@@ -229,7 +229,7 @@ class ProfileStore:
         (a profile changed twice ends as its last change says)."""
         wanted: dict[str, dict | None] = {}  # entry _id -> its document, None to delete
         legacy_removals: dict[str, set[str]] = defaultdict(set)
-        legacy = self._still_there(LEGACY_NAMES)
+        legacy = self.earlier_names.there()
         for profile_id, before, after in changes:
             old = name_entries(profile_id, *before) if before else set()
             new = name_entries(profile_id, *after) if after else set()
@@ -271,7 +271,7 @@ class ProfileStore:
             if _name_matches(entry["name"], wanted):
                 found.setdefault(entry["profile_id"], " ".join(filter(None, entry["name"])))
         more = len(entries) == read
-        if self._still_there(LEGACY_NAMES):
+        if self.earlier_names.there():
             bucket = self.legacy_names.find_one({"_id": wanted[:LEGACY_PREFIX_MAX]}) or {}
             for profile_id, name in (bucket.get("entries") or {}).items():
                 if _name_matches(name, wanted):
@@ -294,11 +294,10 @@ class ProfileStore:
         their entries set to what they go by now, and are read again, until a read finds
         none changed (at most ``NAME_REBUILD_ROUNDS`` times). An earlier version's worker
         must not run meanwhile: its erasures do not remove these entries."""
-        if not self._still_there(LEGACY_NAMES, refresh=True):
+        if not self.earlier_names.there(refresh=True):
             return 0
-        if self.legacy_names.find_one({}, {"_id": 1}) is None:
-            # emptied, or made again by a late removal of a process that had not seen it go
-            self._drop_legacy_names()
+        # emptied, or made again by a late removal of a process that had not seen it go
+        if self.earlier_names.drop_if_empty():
             return 0
         listed = 0
         for page in self.pages_after(None):
@@ -312,7 +311,7 @@ class ProfileStore:
                 self._settle_names(names, seen, erased, listed_name)
             if pause is not None and pause(0):
                 return listed
-        self._drop_legacy_names()
+        self.earlier_names.drop()
         return listed
 
     def _settle_names(self, names: dict[str, tuple[str, str] | None],
@@ -337,20 +336,6 @@ class ProfileStore:
                 names[pid], seen[pid] = now, None if gone else docs[pid].get("version")
             erased = now_erased
             self.index_names(moves)
-
-    def _drop_legacy_names(self) -> None:
-        self.legacy_names.drop()
-        self._legacy_seen[LEGACY_NAMES] = (time.monotonic(), False)
-
-    def _still_there(self, collection: str, refresh: bool = False) -> bool:
-        """Whether an earlier version's ``collection`` (LISTED_ACCESSES, LEGACY_NAMES) is
-        still there, looked up at most once every ``LISTED_CHECK_SECONDS``: each goes once,
-        when the housekeeping has taken over what it held."""
-        checked_at, there = self._legacy_seen.get(collection, (-LISTED_CHECK_SECONDS, False))
-        if refresh or time.monotonic() - checked_at > LISTED_CHECK_SECONDS:
-            there = collection in self.profiles.database.list_collection_names()
-            self._legacy_seen[collection] = (time.monotonic(), there)
-        return there
 
     def unindex_keys(self, keys: Iterable[str], profile_ids: Iterable[str]) -> int:
         """Remove the identifier index entries ("type:value" keys) that point at one of
@@ -417,8 +402,8 @@ class ProfileStore:
             ranged = [entry["_id"] for entry in self.access_log.find(_accesses_of(profile_id),
                                                                      {"_id": 1})]
             deleted += delete_by_ids(self.access_log, ranged + self._listed_ids(profile_id))
-            if self._still_there(LISTED_ACCESSES):
-                self.access_log.database[LISTED_ACCESSES].delete_one({"_id": profile_id})
+            if self.listed_accesses.there():
+                self.listed_accesses.collection.delete_one({"_id": profile_id})
         return deleted
 
     def add_accesses(self, entries: list[dict]) -> None:
@@ -454,9 +439,9 @@ class ProfileStore:
         copied before they and its list are deleted, so a stop or crash midway loses none;
         an erased profile's are deleted, not copied. An earlier version still running writes
         lists again: the next run takes them."""
-        if not self._still_there(LISTED_ACCESSES, refresh=True):
+        if not self.listed_accesses.there(refresh=True):
             return 0
-        listed = self.access_log.database[LISTED_ACCESSES]
+        listed = self.listed_accesses.collection
         moved = 0
         for page in documents_after(listed, None):
             for chunk in paced(page, ADOPTION_CHUNK, pause):
@@ -471,15 +456,13 @@ class ProfileStore:
                     listed.delete_one({"_id": profile_list["_id"]})
             if pause is not None and pause(0):
                 return moved
-        if listed.find_one({}, {"_id": 1}) is None:
-            listed.drop()
-            self._legacy_seen[LISTED_ACCESSES] = (time.monotonic(), False)
+        self.listed_accesses.drop_if_empty()
         return moved
 
     def _listed_ids(self, profile_id: str) -> list[str]:
-        if not self._still_there(LISTED_ACCESSES):
+        if not self.listed_accesses.there():
             return []
-        listed = self.access_log.database[LISTED_ACCESSES].find_one({"_id": profile_id})
+        listed = self.listed_accesses.collection.find_one({"_id": profile_id})
         return (listed or {}).get("entries") or []
 
 

@@ -13,7 +13,8 @@ Four consumer groups and one background loop:
   log (access_log.py);
 * housekeeping: the resumable segment-membership pass over all profiles (whenever a
   definition changes, and daily, since rules over time windows and recency drift), history
-  past retention where the store has no TTL index, and the access log's retention.
+  past retention where the store has no TTL index, the access log's retention, and the move
+  of what earlier versions kept (name buckets, access lists, history month pages).
 
 Every change is announced on cdp.profile.changes keyed by profile_id, carrying the profile's
 snapshot (docs/EVENTS.md).
@@ -827,9 +828,9 @@ class Housekeeping:
         accesses = (self.context.store.expire_accesses(now - keep_accesses, pause)
                     if keep_accesses is not None else 0)
         names = self.context.store.rebuild_name_index(_listed_name, pause)
-        log.info("housekeeping sweep", extra={"history_events": deleted,
-                                               "access_log": accesses,
-                                               "access_log_rekeyed": adopted,
-                                               "names_indexed": names})
-        return {"history_events": deleted, "access_log": accesses,
-                "access_log_rekeyed": adopted, "names_indexed": names}
+        moved = self.context.history.migrate_month_pages(self.context.store.erased_among, pause)
+        summary = {"history_events": deleted, "access_log": accesses,
+                   "access_log_rekeyed": adopted, "names_indexed": names,
+                   "timeline_entries_moved": moved}
+        log.info("housekeeping sweep", extra=summary)
+        return summary

@@ -114,7 +114,7 @@ def traces(context, profile_id: str) -> dict:
         "names": db.profile_names.count_documents({"profile_id": profile_id}),
         "identifiers": db.profile_identifiers.count_documents({"profile_id": profile_id}),
         "history": db.profile_events.count_documents({"profile_id": profile_id}),
-        "months": db.profile_event_months.count_documents({"profile_id": profile_id}),
+        "timeline": db.profile_timeline.count_documents({"profile_id": profile_id}),
     }.items() if count}
 
 
@@ -184,7 +184,7 @@ def test_a_merge_of_a_profile_erased_meanwhile_erases_the_other_as_well(
     assert {m.value.payload["kind"] for m in outgoing} == {"erased"}
 
 
-def test_a_run_takes_back_its_history_even_when_the_erasure_deleted_the_pages_listing_it(
+def test_a_run_takes_back_its_history_written_after_the_erasure_read_the_timeline(
         context, unique):
     profile_id = f"ph_{unique}"
     project = worker.make_batch_handler(context)
@@ -193,11 +193,12 @@ def test_a_run_takes_back_its_history_even_when_the_erasure_deleted_the_pages_li
 
     def erased_while_recording(items, now):
         recorded = record_many(items, now)
-        # the erasure marked the profile and read its pages before this run added to them;
-        # now it deletes the events it found there, and the pages
+        # the erasure marked the profile and read its timeline before this run added to it;
+        # now it deletes the events it found there, and those entries
         context.store.mark_erased([profile_id], f"req-{unique}", datetime.now(UTC))
         context.history.events.delete_one({"_id": f"{profile_id}|first-{profile_id}-1"})
-        context.history.months.delete_many({"profile_id": profile_id})
+        context.history.timeline.delete_many(
+            {"profile_id": profile_id, "message_id": f"first-{profile_id}-1"})
         return recorded
 
     context.history.record_many = erased_while_recording

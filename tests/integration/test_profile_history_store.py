@@ -1,18 +1,37 @@
-"""The full history's store on the real store: idempotent recording, paging, retention."""
+"""The full history's store on the real store: idempotent recording, paging, merges,
+erasure, retention, and the move of earlier versions' month pages into the timeline."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from services.profile import history as history_module
-from services.profile.history import HistoryStore
+from services.profile.history import MONTH_PAGES, HistoryStore
 from services.profile.projection import timeline_entry
 
 
-def recorded(history, profile_id, n, at, now):
-    event = {"message_id": f"{profile_id}-{n}", "type": "Page Viewed", "channel": "web",
-             "occurred_at": at, "payload": {"name": f"page {n}"}, "identifiers": {}}
-    return history.record(profile_id, event, timeline_entry(event), now)
+def event(profile_id, n, at, channel="web"):
+    return {"message_id": f"{profile_id}-{n}", "type": "Page Viewed", "channel": channel,
+            "occurred_at": at, "payload": {"name": f"page {n}"}, "identifiers": {}}
+
+
+def recorded(history, profile_id, n, at, now, channel="web"):
+    happened = event(profile_id, n, at, channel)
+    return history.record(profile_id, happened, timeline_entry(happened), now)
+
+
+def ids(entries):
+    return [e["message_id"].rsplit("-", 1)[1] for e in entries]
+
+
+@pytest.fixture
+def own_db(db, unique):
+    """A database of the test's own: the move of month pages takes every page there is."""
+    database = db.client[f"muisti_history_{unique}"]
+    yield database
+    db.client.drop_database(database.name)
 
 
 def test_history_past_retention_is_hidden_and_swept_where_the_store_has_no_ttl(db, unique):
@@ -33,9 +52,10 @@ def test_history_past_retention_is_hidden_and_swept_where_the_store_has_no_ttl(d
     if not expires_by_itself:
         history.sweep(later)
         assert db.profile_events.count_documents({"profile_id": profile_id}) == 1
+        assert db.profile_timeline.count_documents({"profile_id": profile_id}) == 1
         history.sweep(now + timedelta(days=2))
         assert db.profile_events.count_documents({"profile_id": profile_id}) == 0
-        assert db.profile_event_months.count_documents({"profile_id": profile_id}) == 0
+        assert db.profile_timeline.count_documents({"profile_id": profile_id}) == 0
 
 
 def test_a_sweep_told_to_stop_leaves_the_rest_for_the_next_one(db, unique, monkeypatch):
@@ -53,10 +73,131 @@ def test_a_sweep_told_to_stop_leaves_the_rest_for_the_next_one(db, unique, monke
         pauses.append(took)
         return len(pauses) == 2
 
-    # the month page first, then one event, then told to stop
+    # two timeline entries, then told to stop: no event is deleted
     history.sweep(then + timedelta(days=2), stop_at_the_second_pause)
     assert len(pauses) == 2 and all(took >= 0 for took in pauses)
-    assert db.profile_event_months.count_documents({"profile_id": profile_id}) == 0
-    assert db.profile_events.count_documents({"profile_id": profile_id}) == 2
-    assert history.sweep(then + timedelta(days=2)) == 2
+    assert db.profile_timeline.count_documents({"profile_id": profile_id}) == 1
+    assert db.profile_events.count_documents({"profile_id": profile_id}) == 3
+    assert history.sweep(then + timedelta(days=2)) == 3
     assert db.profile_events.count_documents({"profile_id": profile_id}) == 0
+    assert db.profile_timeline.count_documents({"profile_id": profile_id}) == 0
+
+
+def test_a_timeline_pages_newest_first_across_months_by_channel_with_a_cursor(db, unique):
+    history = HistoryStore(db, timedelta(days=400))
+    history.prepare()
+    now = datetime(2026, 3, 10, 12, tzinfo=UTC)
+    profile_id = f"p-pages-{unique}"
+    moments = {1: datetime(2026, 1, 31, 23, 59, 59, 999999, tzinfo=UTC),
+               2: datetime(2026, 2, 1, tzinfo=UTC),
+               3: datetime(2026, 2, 1, tzinfo=UTC),  # the same moment: by message id
+               4: datetime(2026, 3, 9, tzinfo=UTC),
+               5: datetime(2025, 12, 24, tzinfo=UTC)}
+    for n, at in moments.items():
+        recorded(history, profile_id, n, at, now, channel="phone" if n == 2 else "web")
+    recorded(history, f"{profile_id}x", 9, moments[4], now)  # another profile, a longer id
+    months = ["2026-03", "2026-02", "2026-01", "2025-12"]
+
+    first, cursor = history.page(profile_id, months, now, limit=2)
+    assert ids(first) == ["4", "3"]
+    second, cursor = history.page(profile_id, months, now, before=cursor, limit=2)
+    assert ids(second) == ["2", "1"]
+    last, cursor = history.page(profile_id, months, now, before=cursor, limit=2)
+    assert ids(last) == ["5"] and cursor is None
+    assert ids(history.page(profile_id, months, now, channel="phone")[0]) == ["2"]
+    assert history.count(profile_id, months, now) == 5
+    assert history.count(profile_id, ["2026-02"], now) == 2
+
+
+def test_a_merge_copies_the_timeline_and_an_erasure_of_both_deletes_every_event(db, unique):
+    history = HistoryStore(db, timedelta(days=30))
+    history.prepare()
+    now = datetime.now(UTC)
+    survivor, merged = f"p-surv-{unique}", f"p-merged-{unique}"
+    recorded(history, survivor, 1, now - timedelta(hours=2), now)
+    recorded(history, merged, 2, now - timedelta(hours=1), now)
+    months = [(now - timedelta(hours=h)).strftime("%Y-%m") for h in (1, 2)]
+
+    history.copy(merged, survivor, months)
+    history.copy(merged, survivor, months)  # a replayed merge adds nothing
+
+    assert ids(history.page(survivor, months, now)[0]) == ["2", "1"]
+    assert db.profile_timeline.count_documents({"profile_id": survivor}) == 2
+    # the merged profile's event is kept under its own id, found through the survivor's entry
+    assert history.erase({survivor: months, merged: months}) == 2
+    for collection in ("profile_events", "profile_timeline"):
+        assert db[collection].count_documents(
+            {"profile_id": {"$in": [survivor, merged]}}) == 0, collection
+
+
+def test_an_events_own_keys_forget_it(db, unique):
+    history = HistoryStore(db, timedelta(days=30))
+    history.prepare()
+    now = datetime.now(UTC)
+    profile_id = f"p-forget-{unique}"
+    recorded(history, profile_id, 1, now - timedelta(hours=1), now)
+    recorded(history, profile_id, 2, now - timedelta(hours=1), now)
+
+    history.forget([(profile_id, f"{profile_id}-1", now - timedelta(hours=1))])
+
+    assert ids(history.page(profile_id, [now.strftime("%Y-%m")], now)[0]) == ["2"]
+    assert [e["message_id"] for e in db.profile_events.find({"profile_id": profile_id})] == [
+        f"{profile_id}-2"]
+
+
+def month_page(database, profile_id, month, entries):
+    """A page as earlier versions kept it: a profile's month of timeline entries."""
+    database[MONTH_PAGES].insert_one({
+        "_id": f"{profile_id}|{month}", "profile_id": profile_id, "month": month,
+        "entries": entries, "expires_at": max(e["at"] for e in entries) + timedelta(days=30)})
+
+
+def entries_of(profile_id, moments):
+    return [timeline_entry(event(profile_id, n, at)) for n, at in moments.items()]
+
+
+def test_month_pages_of_earlier_versions_are_read_until_moved_into_the_timeline(own_db,
+                                                                                unique):
+    history = HistoryStore(own_db, timedelta(days=30))
+    history.prepare()
+    now = datetime.now(UTC).replace(microsecond=0)
+    month = now.strftime("%Y-%m")
+    kept, erased, merged = f"p-kept-{unique}", f"p-erased-{unique}", f"p-into-{unique}"
+    old = {1: now - timedelta(minutes=3), 2: now - timedelta(minutes=2)}
+    month_page(own_db, kept, month, entries_of(kept, old))
+    month_page(own_db, erased, month, entries_of(erased, old))
+    month_page(own_db, merged, month, entries_of(merged, {5: now - timedelta(minutes=5)}))
+    recorded(history, kept, 3, now - timedelta(minutes=1), now)  # after the upgrade
+
+    # before the move: a page reads both, a merge copies both, a count counts both
+    assert ids(history.page(kept, [month], now)[0]) == ["3", "2", "1"]
+    assert history.count(kept, [month], now) == 3
+    history.copy(merged, kept, [month])
+    assert ids(history.page(kept, [month], now)[0]) == ["3", "2", "1", "5"]
+
+    # the erasure marks its profile before it reads; this one is erased while the move runs
+    moved = history.migrate_month_pages(lambda profile_ids: {erased} & set(profile_ids))
+
+    assert moved == 3
+    assert MONTH_PAGES not in own_db.list_collection_names()
+    assert ids(history.page(kept, [month], now)[0]) == ["3", "2", "1", "5"]
+    assert own_db.profile_timeline.count_documents({"profile_id": erased}) == 0
+    assert history.migrate_month_pages(lambda profile_ids: set()) == 0
+
+
+def test_an_erasure_before_the_move_deletes_the_month_pages_and_their_events(own_db, unique):
+    history = HistoryStore(own_db, timedelta(days=30))
+    history.prepare()
+    now = datetime.now(UTC)
+    month = now.strftime("%Y-%m")
+    profile_id = f"p-gone-{unique}"
+    moments = {1: now - timedelta(minutes=2)}
+    own_db.profile_events.insert_one({"_id": f"{profile_id}|{profile_id}-1",
+                                      "profile_id": profile_id})
+    month_page(own_db, profile_id, month, entries_of(profile_id, moments))
+    recorded(history, profile_id, 2, now - timedelta(minutes=1), now)
+
+    assert history.erase({profile_id: [month]}) == 2
+
+    for collection in (MONTH_PAGES, "profile_timeline", "profile_events"):
+        assert own_db[collection].count_documents({"profile_id": profile_id}) == 0, collection

@@ -300,7 +300,7 @@ def test_erasure_removes_everything_held_for_the_subject_and_acks_once(
         assert api.get(f"/v1/profiles/{profile_id}").status_code == 404
         for collection, field in (("profiles", "_id"), ("profile_identifiers", "profile_id"),
                                   ("profile_events", "profile_id"),
-                                  ("profile_event_months", "profile_id"),
+                                  ("profile_timeline", "profile_id"),
                                   ("profile_segment_members", "profile_id"),
                                   ("profile_access_log", "profile_id"),
                                   ("profile_names", "profile_id"),
@@ -326,7 +326,7 @@ def test_erasing_a_survivor_erases_what_is_kept_under_the_profiles_merged_into_i
                                          "identifier": None, "cause_message_id": "x"},
                                 ).resolved_to(survivor), topic=topics.IDENTITY_MERGES)
     profile_when(api, survivor, lambda p: p["computed"]["purchase_count"] == 2, "the merge")
-    held = [("profile_events", "profile_id"), ("profile_event_months", "profile_id"),
+    held = [("profile_events", "profile_id"), ("profile_timeline", "profile_id"),
             ("profile_identifiers", "profile_id"), ("profile_access_log", "profile_id"),
             ("profiles", "_id")]
     assert db.profile_events.count_documents({"profile_id": absorbed}) == 1
