@@ -387,8 +387,9 @@ def test_social_worker_killed_while_privacy_requests_flow_acknowledges_each_once
     filed: list[str] = []
 
     def file_requests(load: Load, stop: threading.Event) -> None:
-        profile_ids = wait_until(lambda: [d["_id"] for docs in profiles_of(
-            db, load.customers).values() for d in docs][:8] or None, 120, interval=0.5,
+        # eight at once: a scan during the first profiles' bulk write may see only some
+        profile_ids = wait_until(lambda: ids[:8] if len(ids := [d["_id"] for docs in profiles_of(
+            db, load.customers).values() for d in docs]) >= 8 else None, 120, interval=0.5,
             what="the first profiles")
         for profile_id in profile_ids:
             if stop.is_set():

@@ -133,7 +133,8 @@ def test_a_profile_change_reaches_the_stream_showing_that_profile_and_no_other(
     mine, other = f"p-{unique}", f"p-other-{unique}"
     stream = open_stream(profile_api, api_keys, profile_id=mine, tab_id=f"t-{unique}")
     try:
-        producer.send([Outgoing(topics.PROFILE_CHANGES, other, profile_changed(other)),
+        # one partition, the other profile's change first: seeing mine proves it was read
+        producer.send([Outgoing(topics.PROFILE_CHANGES, mine, profile_changed(other)),
                        Outgoing(topics.PROFILE_CHANGES, mine, profile_changed(mine))])
         change = stream.wait_for("profile-changed", profile_id=mine)
         assert change["kind"] == "event_applied" and change["event_type"] == "Order Completed"

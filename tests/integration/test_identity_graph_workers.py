@@ -323,7 +323,9 @@ def test_a_stored_split_that_kafka_never_heard_of_is_announced_by_the_worker(
 
     message = wait_until(announced, 90, interval=1, what="the relay to announce the split")
     assert message["type"] == "Identifier Released"
-    assert MongoGraph(db).entry(f"split-{unique}")["announced"] is True
+    # marked after the send: the message may be read before the mark is written
+    wait_until(lambda: MongoGraph(db).entry(f"split-{unique}")["announced"] is True, 30,
+               what="the split marked announced")
 
 
 def _privacy_request(kind: str, request_id: str, **subject) -> Outgoing:
