@@ -51,6 +51,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     # fail at start-up without the keys, not on the first hetu lookup
     app.extensions["hetu_protector"] = HetuProtector.from_settings(rt.settings, rt.db, SERVICE)
     app.extensions["profile_store"] = ProfileStore(rt.db)
+    policy = retention.parse_policy(rt.settings.retention_days)
+    app.extensions["history"] = HistoryStore(rt.db, policy.get(
+        "event_history", timedelta(days=DEFAULT_HISTORY_DAYS)))
     # a read is answered once its access-log entry is spooled; Kafka has it moments later
     spool = Spool(rt.settings.spool_directory(SERVICE),
                   lambda reads: rt.producer.send(access_log.bundled(reads)), name="access_log")
@@ -188,9 +191,7 @@ def _denied_identifier_values(store: ProfileStore, doc: dict) -> dict[str, set[s
 
 
 def _history() -> HistoryStore:
-    policy = retention.parse_policy(runtime().settings.retention_days)
-    return HistoryStore(runtime().db, policy.get("event_history",
-                                                 timedelta(days=DEFAULT_HISTORY_DAYS)))
+    return current_app.extensions["history"]
 
 
 def _cursor(query: dict) -> tuple[datetime, str] | None:

@@ -28,19 +28,23 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from pymongo import DeleteOne
 from pymongo.database import Database
 
 from services.common.documents import unstorable
 from services.common.store import (
+    LISTING_BATCH,
     EarlierCollection,
     Index,
+    bulk_write,
     delete_by_ids,
-    documents_after,
     ensure_indexes,
+    find_by_ids,
     id_prefix,
     insert_new,
     older_than,
     paced,
+    raise_write_errors,
 )
 from services.profile.projection import month_of
 
@@ -96,8 +100,10 @@ class HistoryStore:
                 continue
             events.append(self._document(profile_id, event, entry, expires_at))
             entries.append(self._timeline_document(profile_id, entry, expires_at))
-        insert_new(self.events, events)
+        # entries first: an erasure finds events through them, and an entry whose event a
+        # crash kept from being stored names nothing
         insert_new(self.timeline, entries)
+        insert_new(self.events, events)
         return len(events)
 
     @staticmethod
@@ -130,13 +136,20 @@ class HistoryStore:
         """The profile's timeline entries of ``months``, unordered, perhaps some twice
         (earlier versions' pages first: a page moved meanwhile is in the timeline then)."""
         found: list[dict] = []
-        if self.month_pages.there():
-            for page in self.month_pages.collection.find(
-                    {"_id": {"$in": [f"{profile_id}|{month}" for month in months]}}):
-                found.extend(page.get("entries", ()))
+        for page in self._month_pages([profile_id], months):
+            found.extend(page.get("entries", ()))
         for month in months:
             found.extend(self.timeline.find(id_prefix(f"{profile_id}|{month}"), projection))
         return found
+
+    def _month_pages(self, profile_ids: list[str], months: list[str],
+                     projection: dict | None = None) -> list[dict]:
+        """Earlier versions' pages of these profiles and months, while there are any."""
+        wanted = [f"{profile_id}|{month}" for profile_id in profile_ids for month in months]
+        # an empty $in would read every page
+        if not wanted or not self.month_pages.there():
+            return []
+        return find_by_ids(self.month_pages.collection, wanted, projection)
 
     def page(self, profile_id: str, months: Iterable[str], now: datetime, *,
              before: tuple[datetime, str] | None = None, channel: str | None = None,
@@ -186,13 +199,10 @@ class HistoryStore:
         together)."""
         pages, entries, message_ids = [], [], set()
         months = sorted({month for listed in months_of.values() for month in listed})
+        for page in self._month_pages(sorted(months_of), months, {"entries.message_id": 1}):
+            pages.append(page["_id"])
+            message_ids.update(e["message_id"] for e in page.get("entries", ()))
         for profile_id in sorted(months_of):
-            if self.month_pages.there():
-                for page in self.month_pages.collection.find(
-                        {"_id": {"$in": [f"{profile_id}|{month}" for month in months]}},
-                        {"entries.message_id": 1}):
-                    pages.append(page["_id"])
-                    message_ids.update(e["message_id"] for e in page.get("entries", ()))
             # the whole profile, not only the months it lists: a merge may have copied
             # entries into it after the profile was read
             for entry in self.timeline.find(id_prefix(f"{profile_id}|"), {"message_id": 1}):
@@ -226,33 +236,47 @@ class HistoryStore:
                 deleted[collection.name] = _delete_expired(collection, now, pausing)
         return deleted.get(EVENTS, 0)
 
-    def migrate_month_pages(self, erased_among: Callable[[list[str]], set[str]],
+    def migrate_month_pages(self, erased_among: Callable[[list[str]], set[str]], now: datetime,
                             pause: Callable[[float], bool] | None = None) -> int:
         """Move earlier versions' month pages into the timeline, ``MIGRATION_CHUNK`` pages at
         a time with ``pause`` between chunks, then drop them; returns how many entries moved.
+        ``erased_among`` says which of the profile ids given are erased.
 
         A page's entries are inserted before the page is deleted, so a stop or crash midway
-        loses none. The erasure marks a profile erased before it reads what to delete: the
-        entries moved here for a profile found marked after they were inserted are deleted
-        again (``erased_among`` says which of the profile ids given are)."""
+        loses none, and the page is deleted only as it was read (an earlier version's worker
+        still running may have added to it: the next run moves it again). An erased
+        profile's page is deleted with the events it names, not moved; and the erasure marks
+        a profile before it reads what to delete, so the entries moved for a profile found
+        marked after the insert are deleted again."""
         if not self.month_pages.there(refresh=True):
             return 0
+        pages = self.month_pages.collection
+        listing = pages.find({}, {"_id": 1}).batch_size(LISTING_BATCH)
         moved = 0
-        for batch in documents_after(self.month_pages.collection, None):
-            for chunk in paced(batch, MIGRATION_CHUNK, pause):
-                documents = [self._timeline_document(page["profile_id"], entry,
-                                                     entry["at"] + self.retention)
-                             for page in chunk for entry in page.get("entries", ())]
-                insert_new(self.timeline, documents)
-                erased = erased_among(sorted({page["profile_id"] for page in chunk}))
-                delete_by_ids(self.timeline, [doc["_id"] for doc in documents
-                                              if doc["profile_id"] in erased])
-                delete_by_ids(self.month_pages.collection, [page["_id"] for page in chunk])
-                moved += sum(1 for doc in documents if doc["profile_id"] not in erased)
-            if pause is not None and pause(0):
-                return moved
+        for chunk in paced(sorted(doc["_id"] for doc in listing), MIGRATION_CHUNK, pause):
+            moved += self._move_pages(find_by_ids(pages, chunk), erased_among, now)
         self.month_pages.drop_if_empty()
         return moved
+
+    def _move_pages(self, pages: list[dict], erased_among: Callable[[list[str]], set[str]],
+                    now: datetime) -> int:
+        erased = erased_among(sorted({page["profile_id"] for page in pages}))
+        documents = [self._timeline_document(page["profile_id"], entry, expires_at)
+                     for page in pages if page["profile_id"] not in erased
+                     for entry in page.get("entries", ())
+                     if (expires_at := entry["at"] + self.retention) > now]
+        insert_new(self.timeline, documents)
+        erased |= erased_among(sorted({doc["profile_id"] for doc in documents}))
+        delete_by_ids(self.timeline, [doc["_id"] for doc in documents
+                                      if doc["profile_id"] in erased])
+        gone = [page for page in pages if page["profile_id"] in erased]
+        delete_by_ids(self.events, [f"{page['profile_id']}|{entry['message_id']}"
+                                    for page in gone for entry in page.get("entries", ())])
+        raise_write_errors(bulk_write(self.month_pages.collection, [
+            DeleteOne({"_id": page["_id"]} if page["profile_id"] in erased else
+                      {"_id": page["_id"], "entries": {"$size": len(page.get("entries", ()))}})
+            for page in pages]))
+        return sum(1 for doc in documents if doc["profile_id"] not in erased)
 
 
 def _delete_expired(collection, now: datetime, pause: Callable[[float], bool] | None) -> int:

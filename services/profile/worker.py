@@ -828,7 +828,8 @@ class Housekeeping:
         accesses = (self.context.store.expire_accesses(now - keep_accesses, pause)
                     if keep_accesses is not None else 0)
         names = self.context.store.rebuild_name_index(_listed_name, pause)
-        moved = self.context.history.migrate_month_pages(self.context.store.erased_among, pause)
+        moved = self.context.history.migrate_month_pages(self.context.store.erased_among, now,
+                                                         pause)
         summary = {"history_events": deleted, "access_log": accesses,
                    "access_log_rekeyed": adopted, "names_indexed": names,
                    "timeline_entries_moved": moved}

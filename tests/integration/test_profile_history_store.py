@@ -176,13 +176,49 @@ def test_month_pages_of_earlier_versions_are_read_until_moved_into_the_timeline(
     assert ids(history.page(kept, [month], now)[0]) == ["3", "2", "1", "5"]
 
     # the erasure marks its profile before it reads; this one is erased while the move runs
-    moved = history.migrate_month_pages(lambda profile_ids: {erased} & set(profile_ids))
+    marks = []
+
+    def erased_among(profile_ids):
+        marks.append(sorted(profile_ids))
+        return {erased} & set(profile_ids) if len(marks) > 1 else set()
+
+    moved = history.migrate_month_pages(erased_among, now)
 
     assert moved == 3
     assert MONTH_PAGES not in own_db.list_collection_names()
     assert ids(history.page(kept, [month], now)[0]) == ["3", "2", "1", "5"]
     assert own_db.profile_timeline.count_documents({"profile_id": erased}) == 0
-    assert history.migrate_month_pages(lambda profile_ids: set()) == 0
+    assert history.migrate_month_pages(lambda profile_ids: set(), now) == 0
+
+
+def test_the_move_deletes_an_erased_profiles_page_with_its_events_and_keeps_a_page_grown_meanwhile(
+        own_db, unique, monkeypatch):
+    history = HistoryStore(own_db, timedelta(days=30))
+    history.prepare()
+    now = datetime.now(UTC).replace(microsecond=0)
+    month = now.strftime("%Y-%m")
+    erased, growing = f"p-erased-{unique}", f"p-growing-{unique}"
+    # an erased profile's page an earlier version wrote after the erasure, and its event
+    month_page(own_db, erased, month, entries_of(erased, {1: now - timedelta(minutes=1)}))
+    own_db.profile_events.insert_one({"_id": f"{erased}|{erased}-1", "profile_id": erased})
+    month_page(own_db, growing, month, entries_of(growing, {1: now - timedelta(minutes=2)}))
+    insert_new = history_module.insert_new
+
+    def while_an_earlier_version_adds_to_the_page(collection, docs, *args):
+        own_db[MONTH_PAGES].update_one({"_id": f"{growing}|{month}"}, {"$push": {
+            "entries": timeline_entry(event(growing, 2, now - timedelta(minutes=1)))}})
+        return insert_new(collection, docs, *args)
+
+    monkeypatch.setattr(history_module, "insert_new", while_an_earlier_version_adds_to_the_page)
+    assert history.migrate_month_pages(lambda profile_ids: {erased} & set(profile_ids), now) == 1
+    monkeypatch.setattr(history_module, "insert_new", insert_new)
+
+    for collection in (MONTH_PAGES, "profile_timeline", "profile_events"):
+        assert own_db[collection].count_documents({"profile_id": erased}) == 0, collection
+    assert own_db[MONTH_PAGES].count_documents({"profile_id": growing}) == 1  # kept to move
+    assert history.migrate_month_pages(lambda profile_ids: set(), now) == 2
+    assert ids(history.page(growing, [month], now)[0]) == ["2", "1"]
+    assert MONTH_PAGES not in own_db.list_collection_names()
 
 
 def test_an_erasure_before_the_move_deletes_the_month_pages_and_their_events(own_db, unique):
