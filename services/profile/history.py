@@ -51,6 +51,7 @@ from services.profile.projection import month_of
 EVENTS = "profile_events"
 TIMELINE = "profile_timeline"
 MONTH_PAGES = "profile_event_months"  # earlier versions' pages, until migrated
+MOVING = "profile_event_months_moving"  # the profiles of the chunk of pages being moved
 TTL_INDEX_NAMES = ("profile_events_expiry", "profile_timeline_expiry")
 SWEEP_CHUNK = 500  # deletes between two pauses of a sweep
 MIGRATION_CHUNK = 50  # month pages moved between two pauses of the migration
@@ -75,6 +76,7 @@ class HistoryStore:
         self.events = db[EVENTS]
         self.timeline = db[TIMELINE]
         self.month_pages = EarlierCollection(db, MONTH_PAGES)
+        self.moving = db[MOVING]
         self.retention = retention
 
     def prepare(self) -> bool:
@@ -247,20 +249,33 @@ class HistoryStore:
         still running may have added to it: the next run moves it again). An erased
         profile's page is deleted with the events it names, not moved; and the erasure marks
         a profile before it reads what to delete, so the entries moved for a profile found
-        marked after the insert are deleted again."""
+        marked after the insert are deleted again. The chunk's profiles are noted before the
+        insert: a run cut short before that check makes it for them first."""
         if not self.month_pages.there(refresh=True):
             return 0
+        self._take_back_interrupted(erased_among)
         pages = self.month_pages.collection
         listing = pages.find({}, {"_id": 1}).batch_size(LISTING_BATCH)
         moved = 0
         for chunk in paced(sorted(doc["_id"] for doc in listing), MIGRATION_CHUNK, pause):
             moved += self._move_pages(find_by_ids(pages, chunk), erased_among, now)
-        self.month_pages.drop_if_empty()
+        if self.month_pages.drop_if_empty():
+            self.moving.drop()
         return moved
+
+    def _take_back_interrupted(self, erased_among: Callable[[list[str]], set[str]]) -> None:
+        """Delete the entries an interrupted move inserted for profiles erased meanwhile: the
+        erasure may have read their timeline before the insert and deleted the page."""
+        noted = self.moving.find_one({"_id": "chunk"})
+        for profile_id in sorted(erased_among(noted["profile_ids"]) if noted else ()):
+            delete_by_ids(self.timeline, [doc["_id"] for doc in self.timeline.find(
+                id_prefix(f"{profile_id}|"), {"_id": 1})])
 
     def _move_pages(self, pages: list[dict], erased_among: Callable[[list[str]], set[str]],
                     now: datetime) -> int:
-        erased = erased_among(sorted({page["profile_id"] for page in pages}))
+        profile_ids = sorted({page["profile_id"] for page in pages})
+        self.moving.replace_one({"_id": "chunk"}, {"profile_ids": profile_ids}, upsert=True)
+        erased = erased_among(profile_ids)
         documents = [self._timeline_document(page["profile_id"], entry, expires_at)
                      for page in pages if page["profile_id"] not in erased
                      for entry in page.get("entries", ())

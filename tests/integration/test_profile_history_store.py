@@ -237,3 +237,32 @@ def test_an_erasure_before_the_move_deletes_the_month_pages_and_their_events(own
 
     for collection in (MONTH_PAGES, "profile_timeline", "profile_events"):
         assert own_db[collection].count_documents({"profile_id": profile_id}) == 0, collection
+
+
+def test_a_move_cut_short_after_its_insert_is_settled_by_the_next_one(own_db, unique):
+    history = HistoryStore(own_db, timedelta(days=30))
+    history.prepare()
+    now = datetime.now(UTC).replace(microsecond=0)
+    month = now.strftime("%Y-%m")
+    profile_id = f"p-cut-{unique}"
+    month_page(own_db, profile_id, month, entries_of(profile_id, {1: now - timedelta(minutes=1)}))
+    checks = []
+
+    def erased_while_moving(profile_ids):
+        checks.append(profile_ids)
+        if len(checks) == 1:
+            return set()
+        # the erasure marked the profile, read its timeline before the insert and deleted the
+        # page; then the move lost the store before its second check
+        own_db[MONTH_PAGES].delete_one({"_id": f"{profile_id}|{month}"})
+        raise ConnectionError("the store went away")
+
+    with pytest.raises(ConnectionError):
+        history.migrate_month_pages(erased_while_moving, now)
+    assert own_db.profile_timeline.count_documents({"profile_id": profile_id}) == 1
+
+    assert history.migrate_month_pages(lambda profile_ids: {profile_id} & set(profile_ids),
+                                       now) == 0
+    assert own_db.profile_timeline.count_documents({"profile_id": profile_id}) == 0
+    assert not {MONTH_PAGES, "profile_event_months_moving"} & set(
+        own_db.list_collection_names())
