@@ -33,11 +33,11 @@ from pymongo.database import Database
 
 from services.common.documents import unstorable
 from services.common.store import (
-    LISTING_BATCH,
     EarlierCollection,
     Index,
     bulk_write,
     delete_by_ids,
+    documents_after,
     ensure_indexes,
     find_by_ids,
     id_prefix,
@@ -254,11 +254,13 @@ class HistoryStore:
         if not self.month_pages.there(refresh=True):
             return 0
         self._take_back_interrupted(erased_among)
-        pages = self.month_pages.collection
-        listing = pages.find({}, {"_id": 1}).batch_size(LISTING_BATCH)
         moved = 0
-        for chunk in paced(sorted(doc["_id"] for doc in listing), MIGRATION_CHUNK, pause):
-            moved += self._move_pages(find_by_ids(pages, chunk), erased_among, now)
+        # each chunk read just before it is moved
+        for page in documents_after(self.month_pages.collection, None, MIGRATION_CHUNK):
+            for chunk in paced(page, MIGRATION_CHUNK, pause):
+                moved += self._move_pages(chunk, erased_among, now)
+            if pause is not None and pause(0):
+                return moved
         if self.month_pages.drop_if_empty():
             self.moving.drop()
         return moved

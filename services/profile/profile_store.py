@@ -126,7 +126,6 @@ class ProfileStore:
         self.access_log = db[ACCESS_LOG]
         self.names = db[NAMES]
         self.earlier_names = EarlierCollection(db, LEGACY_NAMES)
-        self.legacy_names = self.earlier_names.collection
         self.listed_accesses = EarlierCollection(db, LISTED_ACCESSES)
         self.consents = db[CONSENTS]
         self.erased = db[ERASED]
@@ -254,7 +253,7 @@ class ProfileStore:
             writes.append(UpdateOne({"_id": prefix}, {"$unset": {
                 f"entries.{profile_id}": "" for profile_id in sorted(profile_ids)}}))
             writes.append(DeleteOne({"_id": prefix, "entries": {}}))
-        raise_write_errors(bulk_write(self.legacy_names, writes, ordered=True))
+        raise_write_errors(bulk_write(self.earlier_names.collection, writes, ordered=True))
 
     def search_names(self, query: str, limit: int) -> tuple[dict[str, str], bool]:
         """Up to ``limit`` profiles whose name starts with ``query`` (normalised), in name
@@ -272,7 +271,8 @@ class ProfileStore:
                 found.setdefault(entry["profile_id"], " ".join(filter(None, entry["name"])))
         more = len(entries) == read
         if self.earlier_names.there():
-            bucket = self.legacy_names.find_one({"_id": wanted[:LEGACY_PREFIX_MAX]}) or {}
+            bucket = self.earlier_names.collection.find_one(
+                {"_id": wanted[:LEGACY_PREFIX_MAX]}) or {}
             for profile_id, name in (bucket.get("entries") or {}).items():
                 if _name_matches(name, wanted):
                     found.setdefault(profile_id, " ".join(filter(None, name)))
