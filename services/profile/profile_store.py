@@ -381,11 +381,21 @@ class ProfileStore:
 
     def mark_erased(self, profile_ids: Iterable[str], request_id: str, at: datetime) -> None:
         """Tombstones, so an event still in flight for an erased profile does not recreate
-        it (they hold no personal data)."""
+        it (they hold no personal data). Each names the profiles erased with it: an event of
+        a profile merged away was stored under the one absorbing it."""
+        profile_ids = sorted(set(profile_ids))
         for profile_id in profile_ids:
             self.erased.update_one({"_id": profile_id},
-                                   {"$setOnInsert": {"request_id": request_id, "at": at}},
+                                   {"$setOnInsert": {"request_id": request_id, "at": at},
+                                    "$addToSet": {"together": {"$each": profile_ids}}},
                                    upsert=True)
+
+    def erased_together(self, profile_ids: Iterable[str]) -> dict[str, set[str]]:
+        """{erased profile id: it and the profiles erased with it} for those of
+        ``profile_ids`` erased."""
+        return {doc["_id"]: {doc["_id"], *doc.get("together", ())}
+                for doc in find_by_ids(self.erased, sorted(set(profile_ids)),
+                                       {"together": 1})}
 
     def is_erased(self, profile_id: str) -> bool:
         return self.erased.find_one({"_id": profile_id}) is not None

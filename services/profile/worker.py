@@ -315,16 +315,31 @@ class _EventRun:
     def _forget_erased(self, envelopes: list[Envelope]) -> None:
         """Delete what an earlier attempt at these events, interrupted before it could take
         its writes back, may have stored for their erased profiles: their history, the
-        identifier entries they carry, the memberships."""
+        identifier entries they carry, the name they give, the memberships. The attempt
+        stored under whichever profile held the event's then, which the erasure took too."""
         if not envelopes:
             return
-        erased = sorted({e.profile_id for e in envelopes})
+        together = self.store.erased_together({e.profile_id for e in envelopes})
+        holders = {e.message_id: sorted(together.get(e.profile_id, {e.profile_id}))
+                   for e in envelopes}
+        erased = sorted({p for ids in holders.values() for p in ids})
         self.context.history.forget(
-            (e.profile_id, e.message_id, projection.event_moment({"occurred_at": e.occurred_at}))
-            for e in envelopes)
+            (holder, e.message_id, projection.event_moment({"occurred_at": e.occurred_at}))
+            for e in envelopes for holder in holders[e.message_id])
         self.store.unindex_keys(sorted({f"{t}:{v}" for e in envelopes
                                         for t, v in e.identifiers.items()}), erased)
+        self.store.index_names([(holder, name, None) for e in envelopes
+                                if (name := _name_given(e, self.now, self.context.thresholds))
+                                for holder in holders[e.message_id]])
         self.context.segments.remove_profiles(erased)
+
+
+def _name_given(envelope: Envelope, now: datetime, thresholds: RfmThresholds
+                ) -> tuple[str, str] | None:
+    """The name an event alone gives its profile (None: it gives none)."""
+    event = {**envelope.to_dict(), "occurred_at": envelope.occurred_at}
+    return projection.name_of(projection.apply_event(
+        projection.new_profile(envelope.profile_id), event, now, thresholds))
 
 
 def _without_special_traits(context: Context, event: dict) -> tuple[dict, list]:

@@ -232,3 +232,32 @@ def test_a_run_interrupted_after_storing_for_a_profile_erased_meanwhile_leaves_n
     project(late)  # delivered again
 
     assert traces(context, profile_id) == {}
+
+
+def test_a_run_cut_short_under_the_survivor_leaves_nothing_once_both_are_erased(
+        context, unique, monkeypatch):
+    survivor, merged = f"pks_{unique}", f"pkm_{unique}"
+    project = worker.make_batch_handler(context)
+    merge = new_envelope("Profiles Merged", "system", message_id=f"merge-{unique}",
+                         payload={"survivor": survivor, "merged": merged, "identifier": None,
+                                  "cause_message_id": "x"}).resolved_to(survivor)
+    project([shop_events(survivor, "s")[1], shop_events(merged, "m")[1], merge])
+    late = shop_events(merged, "late")  # the merged profile's: stored under the survivor
+    index_names = context.store.index_names
+
+    def erased_after_the_save(changes):
+        # the erasure read the saved survivor; what this run writes next it does not see
+        monkeypatch.setattr(context.store, "index_names", index_names)
+        worker.make_privacy_handler(context)(erasure(survivor, unique))
+        index_names(changes)
+
+    monkeypatch.setattr(context.store, "index_names", erased_after_the_save)
+    # killed before it could take anything back
+    monkeypatch.setattr(worker._EventRun, "_take_back_erased", lambda run: set())
+    project(late)
+    assert traces(context, survivor)  # what the erasure could not have seen
+    monkeypatch.undo()
+
+    project(late)  # delivered again: the merged profile is erased
+
+    assert traces(context, survivor) == {} and traces(context, merged) == {}
