@@ -4,7 +4,8 @@
 CDP_MONGO_URI point at (a fresh database and fresh topics each run). Shop traffic as in
 bench/pipeline.py goes through the identity graph's ConsumerLoop, then the same events,
 resolved, through the profile projection's ConsumerLoop; pymongo command monitoring counts
-every command either sends, by command and collection.
+every command either sends, by command and collection. With ``--earlier-events N`` each
+profile the projection meets already holds N events, as a returning customer's would.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from pymongo import monitoring
 
@@ -29,7 +30,9 @@ from services.common.config import Settings
 from services.common.envelope import Envelope, new_envelope
 from services.identity import worker as identity_worker
 from services.identity.graph import new_profile_id
+from services.profile import projection
 from services.profile import worker as profile_worker
+from services.profile.profile_store import PROFILES, pack
 
 
 class CommandCounter(monitoring.CommandListener):
@@ -94,6 +97,25 @@ def envelopes(run: str, customers: int) -> tuple[list[Envelope], list[Envelope]]
     return web, resolved
 
 
+def seed_profiles(db, profile_ids: list[str], earlier_events: int) -> None:
+    """Store each of ``profile_ids`` as one profile that took ``earlier_events`` page views
+    and orders over the past weeks (one profile built, then stored under every id)."""
+    now = datetime.now(UTC)
+    template = projection.new_profile("template")
+    for n in range(earlier_events):
+        kind = "Order Completed" if n % 10 == 0 else "Product Viewed"
+        template = projection.apply_event(template, {
+            "message_id": f"earlier-{n}", "type": kind, "channel": "web", "source": "bench",
+            "occurred_at": now - timedelta(minutes=30 * (earlier_events - n)),
+            "profile_id": "template", "identifiers": {},
+            "payload": {"properties": {"sku": f"S-{n % 60}", "category": "kahvi",
+                                       "price": 8.9, "total": 8.9, "order_id": f"e-{n}"}}},
+            now)
+    docs = [pack({**template, "_id": profile_id, "version": 1}) for profile_id in profile_ids]
+    for start in range(0, len(docs), 500):
+        db[PROFILES].insert_many(docs[start:start + 500])
+
+
 def run_loop(settings: Settings, db, counter: CommandCounter, name: str,
              worker_loop: ConsumerLoop, messages: list[Envelope], key) -> dict:
     """Produce ``messages`` to a fresh topic, consume them with a ConsumerLoop running
@@ -137,6 +159,8 @@ def run_loop(settings: Settings, db, counter: CommandCounter, name: str,
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.worker_costs", description=__doc__)
     parser.add_argument("--customers", type=int, default=200)
+    parser.add_argument("--earlier-events", type=int, default=0,
+                        help="events each profile held before the run")
     args = parser.parse_args()
     counter = CommandCounter()
     monitoring.register(counter)
@@ -153,6 +177,9 @@ def main() -> None:
                                    identity_loops[0], web,
                                    lambda m: "anonymous_id:" + m.identifiers["anonymous_id"])}
     print(report["identity"], flush=True)
+    if args.earlier_events:
+        step(f"profiles holding {args.earlier_events} earlier events each")
+        seed_profiles(db, sorted({m.profile_id for m in resolved}), args.earlier_events)
     step("profile projection alone")
     report["profile"] = run_loop(settings, db, counter, "profile", profile_loops[0],
                                  resolved, lambda m: m.profile_id)
