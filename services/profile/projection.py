@@ -17,8 +17,11 @@ A profile holds:
   campaign reactions), recomputed after every event and merge;
 * ``history_months``: the months (``YYYY-MM``, newest first) the full history holds events in;
 * ``segments``: the ids of the segments the profile belongs to (kept by the worker);
-* ``recent_message_ids``: the last ``REMEMBERED_IDS`` events applied, so an event re-delivered
-  after a crash is not counted twice.
+* ``applied_digests``: the last ``REMEMBERED_IDS`` events applied, so an event re-delivered
+  after a crash is not counted twice: 8-byte BLAKE2b digests of their message ids, oldest
+  first, in one byte string (a long-lived customer's list of ids was four fifths of the
+  profile, read and written again on every event). Profiles written by earlier versions hold
+  the ids themselves (``recent_message_ids``) until their next change.
 
 A trait given by the data subject (a rectification, source ``data_subject``) outranks every
 other source under every rule: only another rectification replaces it.
@@ -26,6 +29,7 @@ other source under every rule: only another rectification replaces it.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -37,6 +41,7 @@ from services.profile.computed import DEFAULT_THRESHOLDS, RfmThresholds
 
 TIMELINE_LIMIT = 50
 REMEMBERED_IDS = 1000
+DIGEST_SIZE = 8
 
 SURVIVORSHIP = {
     "birthday": "first_seen",
@@ -62,7 +67,7 @@ def new_profile(profile_id: str) -> dict[str, Any]:
     return {"_id": profile_id, "traits": {}, "identifiers": {}, "timeline": [],
             "aggregates": aggregates,
             "computed": computed_traits.derive(aggregates, datetime.now(UTC)),
-            "history_months": [], "segments": [], "recent_message_ids": [],
+            "history_months": [], "segments": [], "applied_digests": b"",
             "merged_into": None}
 
 
@@ -73,7 +78,7 @@ def apply_event(profile: Mapping[str, Any] | None, event: Mapping[str, Any],
     derived as of ``as_of`` (default now). Returns the profile unchanged (a copy) if the event
     was already applied."""
     result = copied(dict(profile)) if profile else new_profile(event["profile_id"])
-    if event["message_id"] in result["recent_message_ids"]:
+    if applied(result, event["message_id"]):
         return result
     at = event_moment(event)
     payload = event.get("payload") or {}
@@ -95,8 +100,7 @@ def apply_event(profile: Mapping[str, Any] | None, event: Mapping[str, Any],
     result["computed"] = computed_traits.derive(aggregates, as_of, thresholds)
     result["history_months"] = sorted({*result.get("history_months", []), month_of(at)},
                                       reverse=True)
-    result["recent_message_ids"] = (result["recent_message_ids"] + [event["message_id"]])[
-        -REMEMBERED_IDS:]
+    _remember(result, digest(event["message_id"]))
     return result
 
 
@@ -125,8 +129,7 @@ def merge(survivor: Mapping[str, Any], merged: Mapping[str, Any],
     result["computed"] = computed_traits.derive(aggregates, as_of or datetime.now(UTC), thresholds)
     result["history_months"] = sorted({*result.get("history_months", []),
                                        *merged.get("history_months", [])}, reverse=True)
-    result["recent_message_ids"] = (result["recent_message_ids"]
-                                    + merged["recent_message_ids"])[-REMEMBERED_IDS:]
+    _remember(result, _applied_digests(merged))
     result["absorbed"] = [*result.get("absorbed", []), merged["_id"]]
     return result
 
@@ -192,17 +195,42 @@ def rectify(profile: Mapping[str, Any], fields: Mapping[str, Any], message_id: s
     """The profile with ``fields`` set as traits given by the data subject (outranking every
     other source). Idempotent on ``message_id``."""
     result = copied(dict(profile))
-    if message_id in result["recent_message_ids"]:
+    if applied(result, message_id):
         return result
     provenance = {"source": DATA_SUBJECT, "channel": "system", "at": at,
                   "message_id": message_id}
     for name, value in _flatten_traits(fields).items():
         _offer_trait(result["traits"], name, value, provenance)
-    result["recent_message_ids"] = (result["recent_message_ids"] + [message_id])[
-        -REMEMBERED_IDS:]
+    _remember(result, digest(message_id))
     result["computed"] = computed_traits.derive(_aggregates(result), as_of or datetime.now(UTC),
                                                 thresholds)
     return result
+
+
+def digest(message_id: str) -> bytes:
+    return hashlib.blake2b(message_id.encode(), digest_size=DIGEST_SIZE).digest()
+
+
+def applied(profile: Mapping[str, Any], message_id: str) -> bool:
+    """Whether the event (or rectification) ``message_id`` is among the last
+    ``REMEMBERED_IDS`` the profile took."""
+    # a match across two digests is as unlikely as two ids with one digest (about 2**-51
+    # for a full list), so the byte string is searched as it is
+    return (message_id in profile.get("recent_message_ids", ())
+            or digest(message_id) in profile.get("applied_digests", b""))
+
+
+def _applied_digests(profile: Mapping[str, Any]) -> bytes:
+    return (b"".join(map(digest, profile.get("recent_message_ids", ())))
+            + profile.get("applied_digests", b""))
+
+
+def _remember(profile: dict[str, Any], digests: bytes) -> None:
+    """Add ``digests`` to what the profile remembers applying, its ids of an earlier version
+    turned into digests."""
+    remembered = _applied_digests(profile) + digests
+    profile.pop("recent_message_ids", None)
+    profile["applied_digests"] = remembered[-REMEMBERED_IDS * DIGEST_SIZE:]
 
 
 def refresh_computed(profile: Mapping[str, Any], as_of: datetime,

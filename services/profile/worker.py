@@ -252,10 +252,11 @@ class _EventRun:
         event = {**envelope.to_dict(), "profile_id": profile_id,
                  "occurred_at": envelope.occurred_at}
         event, refused = _without_special_traits(self.context, event)
-        updated = projection.apply_event(current, event, self.now, self.context.thresholds)
         cause = envelope.message_id
+        fresh = not projection.applied(current, cause)
+        updated = projection.apply_event(current, event, self.now, self.context.thresholds)
         keys = {f"{t}:{v}" for t, v in envelope.identifiers.items()}
-        if updated["recent_message_ids"] != current["recent_message_ids"]:
+        if fresh:
             _note_refusals(updated, refused, cause, self.now)
             entered, left = _reevaluate_segments(self.context, updated, self.now, cause,
                                                  self.definitions)
@@ -708,7 +709,7 @@ def _rectify(context: Context, request: PrivacyRequest, envelope: Envelope):
     if target is None:
         return [], {"profiles": 0, "fields": sorted(request.fields)}, None
     updated = projection.rectify(target, request.fields, cause, now, now, context.thresholds)
-    if updated["recent_message_ids"] != target["recent_message_ids"]:
+    if not projection.applied(target, cause):
         entered, left = _reevaluate_segments(context, updated, now, cause)
         store.save(updated)
         _index_name(store, updated["_id"], target, updated)

@@ -7,7 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 from services.profile.profile_store import name_entries, name_key, normalise_name
 from services.profile.projection import (
+    REMEMBERED_IDS,
     TIMELINE_LIMIT,
+    applied,
     apply_event,
     merge,
     name_of,
@@ -64,6 +66,40 @@ def test_replaying_the_same_events_gives_the_same_profile():
               event(3, "Call Started", channel="phone")]
     once = replay(events)
     assert replay(events, once) == once
+
+
+def order(n, profile="p1"):
+    return event(n, "Order Completed", properties={"total": 10.0}, profile=profile)
+
+
+def test_a_profile_remembers_the_last_events_it_applied_and_counts_none_twice():
+    profile = replay([order(n) for n in range(REMEMBERED_IDS + 5)])
+    assert [applied(profile, f"m{n}") for n in (0, 4, 5, REMEMBERED_IDS + 4)] == [
+        False, False, True, True]
+    assert not applied(profile, "m-never")
+    assert replay([order(5), order(REMEMBERED_IDS + 4)], profile) == profile
+    assert len(profile["applied_digests"]) == REMEMBERED_IDS * 8
+
+
+def test_a_profile_an_earlier_version_stored_keeps_the_events_it_applied():
+    earlier = replay([order(1), order(2)])
+    earlier.pop("applied_digests")
+    earlier["recent_message_ids"] = ["m1", "m2"]
+    assert apply_event(earlier, order(2)) == earlier
+    changed = apply_event(earlier, order(3))
+    assert "recent_message_ids" not in changed
+    assert [applied(changed, f"m{n}") for n in (1, 2, 3)] == [True, True, True]
+    assert changed["computed"]["purchase_count"] == 3
+
+
+def test_a_merge_remembers_what_both_profiles_applied():
+    survivor = replay([order(1, "a")], new_profile("a"))
+    absorbed = replay([order(2, "b")], new_profile("b"))
+    absorbed.pop("applied_digests")  # stored by an earlier version
+    absorbed["recent_message_ids"] = ["m2"]
+    combined = merge(survivor, absorbed)
+    assert [applied(combined, f"m{n}") for n in (1, 2, 3)] == [True, True, False]
+    assert apply_event(combined, order(2, "a")) == combined
 
 
 def test_purchases_add_up_to_count_total_and_average():
