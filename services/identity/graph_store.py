@@ -28,6 +28,7 @@ from pymongo import UpdateOne
 from pymongo.database import Database
 
 from services.common.store import (
+    LISTING_BATCH,
     Index,
     bulk_write,
     delete_by_ids,
@@ -81,6 +82,18 @@ class MongoGraph(GraphRepository):
     def links(self, identifiers: Iterable[Identifier]) -> dict[Identifier, Link]:
         docs = find_by_ids(self.links_, [identifier.key for identifier in identifiers])
         return {link.identifier: link for link in map(_link, docs)}
+
+    def identifier_pages(self, size: int = 1000) -> Iterator[list[Identifier]]:
+        """Every linked identifier, ``size`` at a time, from one streamed read in no order
+        (FerretDB would load the whole collection to sort it)."""
+        page: list[Identifier] = []
+        for doc in self.links_.find({}, {"type": 1, "value": 1}).batch_size(LISTING_BATCH):
+            page.append(Identifier(doc["type"], doc["value"]))
+            if len(page) == size:
+                yield page
+                page = []
+        if page:
+            yield page
 
     def links_of(self, profile_id: str) -> list[Link]:
         return list(self.links(sorted(self.listed(profile_id))).values())

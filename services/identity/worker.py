@@ -2,7 +2,9 @@
 
 Consumes cdp.events.web / .phone / .social, resolves each event's identifiers to a profile,
 emits the event stamped with its profile_id on cdp.events.resolved (keyed by profile_id, same
-message_id) and every merge it caused on cdp.identity.merges.
+message_id) and every merge it caused on cdp.identity.merges. Beside it: the privacy
+consumer (cdp.privacy.requests) and the daily sweep of links to erased profiles
+(housekeeping.py).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from services.identity.graph import (
     straight_events,
 )
 from services.identity.graph_store import INDEXES, MongoGraph
+from services.identity.housekeeping import OrphanLinkSweep
 from services.identity.merges import UnannouncedChanges, log_message
 from services.identity.privacy_store import GraphEraser, SuppressionList
 from services.identity.suggestions import SuggestionStore, person_record
@@ -53,7 +56,7 @@ ERASURE_PASSES = 5
 log = logging.getLogger(__name__)
 
 
-def build_consumers(settings: Settings, producer: Producer, db: Database) -> list[ConsumerLoop]:
+def build_consumers(settings: Settings, producer: Producer, db: Database) -> list:
     if not settings.privacy_digest_key:
         raise ConfigError(["CDP_PRIVACY_DIGEST_KEY: the identity worker keeps the suppression "
                            "list of erased identifiers and needs this secret"])
@@ -75,6 +78,7 @@ def build_consumers(settings: Settings, producer: Producer, db: Database) -> lis
         loops.append(ConsumerLoop(settings=settings, service=SERVICE, group=group,
                                   topics=input_topics, producer=producer, ledger=ledger,
                                   relay=relay, **handlers))
+    loops.append(OrphanLinkSweep(graph))
     return loops
 
 

@@ -23,7 +23,6 @@ snapshot (docs/EVENTS.md).
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,7 +33,8 @@ from typing import Any
 from pymongo.database import Database
 
 from services.common import metrics, retention, topics
-from services.common.bus import TRANSIENT_ERRORS, ConsumerLoop, InvalidMessage, Outgoing, Producer
+from services.common.background import BackgroundLoop
+from services.common.bus import ConsumerLoop, InvalidMessage, Outgoing, Producer
 from services.common.config import Settings
 from services.common.consent_changes import parse_consent_change
 from services.common.envelope import Envelope, derived_message_id, new_envelope
@@ -746,40 +746,25 @@ def _restrict(context: Context, request: PrivacyRequest, envelope: Envelope):
 # --- housekeeping --------------------------------------------------------------------------
 
 
-class Housekeeping:
-    """The background loop beside the consumers (the runner treats it as one): the segment
-    membership pass, history sweeps where the store has no TTL, access-log retention.
-
-    ``run()`` blocks until ``stop()``; store or broker outages are logged and retried."""
+class Housekeeping(BackgroundLoop):
+    """The background loop beside the consumers: the segment membership pass, history sweeps
+    where the store has no TTL, access-log retention."""
 
     group = "profile-housekeeping"
-    CHECK_SECONDS = 2.0
     SWEEP_SECONDS = 3600.0
 
     def __init__(self, context: Context, producer: Producer, *, sweep_history: bool):
+        super().__init__()
         self.context = context
         self.producer = producer
         self.sweep_history = sweep_history
-        self._stopping = threading.Event()
         self._sweep_due = 0.0
 
-    @property
-    def stopping(self) -> bool:
-        return self._stopping.is_set()
-
-    def stop(self) -> None:
-        self._stopping.set()
-
-    def run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                self.membership_pass()
-                if time.monotonic() >= self._sweep_due:
-                    self._sweep_due = time.monotonic() + self.SWEEP_SECONDS
-                    self.sweep()
-            except TRANSIENT_ERRORS as exc:
-                log.warning("housekeeping failed; will retry", extra={"error": repr(exc)})
-            self._stopping.wait(self.CHECK_SECONDS)
+    def step(self) -> None:
+        self.membership_pass()
+        if time.monotonic() >= self._sweep_due:
+            self._sweep_due = time.monotonic() + self.SWEEP_SECONDS
+            self.sweep()
 
     def membership_pass(self) -> int:
         """Bring every profile's segments up to date with the definitions and today's date,
@@ -801,7 +786,7 @@ class Housekeeping:
             segments.save_pass_state(key, after, False)
             # a pass reads every profile: leave the store at least half its time for lookups
             # and the projection
-            if self._stopping.wait(time.monotonic() - started):
+            if self.pause(time.monotonic() - started):
                 return seen
             started = time.monotonic()
         segments.save_pass_state(key, after, True)
@@ -837,7 +822,7 @@ class Housekeeping:
     def sweep(self) -> dict[str, Any]:
         now = self.context.clock()
         # deletes take turns with pauses as long, leaving the store at least half its time
-        pause = self._stopping.wait
+        pause = self.pause
         deleted = self.context.history.sweep(now, pause) if self.sweep_history else 0
         adopted = self.context.store.adopt_listed_accesses(pause)
         keep_accesses = self.context.policy.get("access_log")
