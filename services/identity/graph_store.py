@@ -83,12 +83,12 @@ class MongoGraph(GraphRepository):
         docs = find_by_ids(self.links_, [identifier.key for identifier in identifiers])
         return {link.identifier: link for link in map(_link, docs)}
 
-    def identifier_pages(self, size: int = 1000) -> Iterator[list[Identifier]]:
-        """Every linked identifier, ``size`` at a time, from one streamed read in no order
-        (FerretDB would load the whole collection to sort it)."""
-        page: list[Identifier] = []
-        for doc in self.links_.find({}, {"type": 1, "value": 1}).batch_size(LISTING_BATCH):
-            page.append(Identifier(doc["type"], doc["value"]))
+    def link_pages(self, size: int = 1000) -> Iterator[list[Link]]:
+        """Every link, ``size`` at a time, from one streamed read in no order (FerretDB would
+        load the whole collection to sort it)."""
+        page: list[Link] = []
+        for doc in self.links_.find({}).batch_size(LISTING_BATCH):
+            page.append(_link(doc))
             if len(page) == size:
                 yield page
                 page = []

@@ -42,9 +42,9 @@ class OrphanLinkSweep(BackgroundLoop):
     def sweep(self) -> int:
         """Remove the links pointing at a profile no longer in the graph; returns how many."""
         removed = 0
-        for page in self.graph.identifier_pages():
+        for page in self.graph.link_pages():
             began = time.monotonic()
-            removed += privacy.unlink_orphans(self.graph, page)
+            removed += privacy.unlink_orphaned(self.graph, page)
             if self.pause(time.monotonic() - began):
                 break
         return removed

@@ -20,7 +20,7 @@ from typing import Any
 from services.common import privacy_requests
 from services.common.identifiers import IDENTIFIER_TYPES, InvalidIdentifier, normalise
 from services.common.privacy_requests import InvalidRequest
-from services.identity.graph import GraphRepository, Identifier, canonical
+from services.identity.graph import GraphRepository, Identifier, Link, canonical
 
 
 @dataclass(frozen=True)
@@ -138,10 +138,16 @@ def unlink_erased(repo: GraphRepository, identifiers: Iterable[Identifier], merg
 def unlink_orphans(repo: GraphRepository, identifiers: Iterable[Identifier]) -> int:
     """Remove the links of ``identifiers`` that point at a profile no longer in the graph
     (erased); returns how many."""
-    links = repo.links(identifiers)
-    alive = repo.read_profiles({link.profile_id for link in links.values()})
-    return sum(repo.remove_links([identifier], link.profile_id)
-               for identifier, link in links.items() if link.profile_id not in alive)
+    return unlink_orphaned(repo, repo.links(identifiers).values())
+
+
+def unlink_orphaned(repo: GraphRepository, links: Iterable[Link]) -> int:
+    """Remove those of ``links`` that point at a profile no longer in the graph (each only
+    if it still points there); returns how many."""
+    links = list(links)
+    alive = repo.read_profiles({link.profile_id for link in links})
+    return sum(repo.remove_links([link.identifier], link.profile_id)
+               for link in links if link.profile_id not in alive)
 
 
 def identifier_view(identifiers: Iterable[Identifier]) -> list[dict[str, str]]:
