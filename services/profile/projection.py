@@ -21,7 +21,8 @@ A profile holds:
   after a crash is not counted twice: 8-byte BLAKE2b digests of their message ids, oldest
   first, in one byte string (a long-lived customer's list of ids was four fifths of the
   profile, read and written again on every event). Profiles written by earlier versions hold
-  the ids themselves (``recent_message_ids``) until their next change.
+  the ids themselves in ``recent_message_ids`` until their next change; the list stays, empty,
+  so an earlier version rolled back to reads every profile (its ids add to the digests).
 
 A trait given by the data subject (a rectification, source ``data_subject``) outranks every
 other source under every rule: only another rectification replaces it.
@@ -67,7 +68,7 @@ def new_profile(profile_id: str) -> dict[str, Any]:
     return {"_id": profile_id, "traits": {}, "identifiers": {}, "timeline": [],
             "aggregates": aggregates,
             "computed": computed_traits.derive(aggregates, datetime.now(UTC)),
-            "history_months": [], "segments": [], "applied_digests": b"",
+            "history_months": [], "segments": [], "applied_digests": b"", "recent_message_ids": [],
             "merged_into": None}
 
 
@@ -221,15 +222,16 @@ def applied(profile: Mapping[str, Any], message_id: str) -> bool:
 
 
 def _applied_digests(profile: Mapping[str, Any]) -> bytes:
-    return (b"".join(map(digest, profile.get("recent_message_ids", ())))
-            + profile.get("applied_digests", b""))
+    # the ids came after the digests when an earlier version rolled back to added them
+    return (profile.get("applied_digests", b"")
+            + b"".join(map(digest, profile.get("recent_message_ids", ()))))
 
 
 def _remember(profile: dict[str, Any], digests: bytes) -> None:
     """Add ``digests`` to what the profile remembers applying, its ids of an earlier version
     turned into digests."""
     remembered = _applied_digests(profile) + digests
-    profile.pop("recent_message_ids", None)
+    profile["recent_message_ids"] = []
     profile["applied_digests"] = remembered[-REMEMBERED_IDS * DIGEST_SIZE:]
 
 

@@ -10,8 +10,8 @@ import pytest
 
 from services.common.envelope import new_envelope
 from services.common.store import ensure_indexes
-from services.profile import worker
-from services.profile.profile_store import INDEXES
+from services.profile import projection, worker
+from services.profile.profile_store import INDEXES, pack
 from services.profile.segments_store import SEGMENT_INDEXES
 
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
@@ -180,6 +180,9 @@ def test_a_merge_of_a_profile_erased_meanwhile_erases_the_other_as_well(
     # the identity graph had found them one person: that person's erasure takes both
     assert traces(context, survivor) == {} and traces(context, merged) == {}
     assert context.store.erased_among([survivor, merged]) == {survivor, merged}
+    # the first erasure's tombstone now names the profile the merge erased with it too
+    both = {survivor, merged}
+    assert context.store.erased_together([survivor, merged]) == {survivor: both, merged: both}
     assert {m.key for m in outgoing} == {survivor, merged}
     assert {m.value.payload["kind"] for m in outgoing} == {"erased"}
 
@@ -261,3 +264,23 @@ def test_a_run_cut_short_under_the_survivor_leaves_nothing_once_both_are_erased(
     project(late)  # delivered again: the merged profile is erased
 
     assert traces(context, survivor) == {} and traces(context, merged) == {}
+
+
+def test_a_profile_an_earlier_version_stored_takes_a_redelivered_event_once(context, unique):
+    profile_id = f"pv_{unique}"
+    project = worker.make_batch_handler(context)
+    events = shop_events(profile_id, "v")
+    project(events[:2])
+    earlier = context.store.load(profile_id)  # as an earlier version kept it: the ids
+    earlier.pop("applied_digests")
+    earlier["recent_message_ids"] = [e.message_id for e in events[:2]]
+    context.store.profiles.replace_one({"_id": profile_id}, pack(earlier))
+
+    project(events[1:2])  # delivered again
+    assert context.store.load(profile_id)["version"] == earlier["version"]
+    project(events[2:])
+
+    stored = context.store.load(profile_id)
+    assert stored["computed"]["purchase_count"] == 1
+    assert stored["recent_message_ids"] == []
+    assert all(projection.applied(stored, e.message_id) for e in events)

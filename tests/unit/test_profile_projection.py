@@ -87,9 +87,17 @@ def test_a_profile_an_earlier_version_stored_keeps_the_events_it_applied():
     earlier["recent_message_ids"] = ["m1", "m2"]
     assert apply_event(earlier, order(2)) == earlier
     changed = apply_event(earlier, order(3))
-    assert "recent_message_ids" not in changed
+    assert changed["recent_message_ids"] == []  # empty: an earlier version still reads it
     assert [applied(changed, f"m{n}") for n in (1, 2, 3)] == [True, True, True]
     assert changed["computed"]["purchase_count"] == 3
+
+
+def test_ids_an_earlier_version_added_after_the_digests_are_remembered_as_the_newest():
+    profile = replay([order(n) for n in range(REMEMBERED_IDS)])
+    profile["recent_message_ids"] = ["rolled-back-1"]  # an earlier version rolled back to
+    changed = apply_event(profile, order(REMEMBERED_IDS))
+    assert applied(changed, "rolled-back-1") and applied(changed, f"m{REMEMBERED_IDS}")
+    assert not applied(changed, "m0") and not applied(changed, "m1")
 
 
 def test_a_merge_remembers_what_both_profiles_applied():
