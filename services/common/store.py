@@ -206,7 +206,7 @@ def older_than(collection: pymongo.collection.Collection, field_name: str, befor
     ``fields``.
 
     FerretDB 1.x answers a range filter by loading and filtering the whole collection inside
-    one command, which outlasts the socket timeout once a collection is large (the hourly
+    one command, which outlasts the socket timeout once a collection is large (the
     history sweep would fail every time, keeping the store busy). One streamed read of the
     field, a batch at a time, compared here, keeps each command short."""
     projection = {field_name: 1, **{name: 1 for name in fields}}

@@ -748,23 +748,32 @@ def _restrict(context: Context, request: PrivacyRequest, envelope: Envelope):
 
 class Housekeeping(BackgroundLoop):
     """The background loop beside the consumers: the segment membership pass, history sweeps
-    where the store has no TTL, access-log retention."""
+    where the store has no TTL, access-log retention, the move of what earlier versions
+    kept."""
 
     group = "profile-housekeeping"
     SWEEP_SECONDS = 3600.0
+    # a retention sweep reads every event, timeline entry and access-log entry (the store
+    # cannot find the expired ones by an index): once a day, so it costs the store a
+    # twenty-fourth of what it did hourly, and nothing is kept more than a day too long
+    RETENTION_SECONDS = 86400.0
 
     def __init__(self, context: Context, producer: Producer, *, sweep_history: bool):
         super().__init__()
         self.context = context
         self.producer = producer
         self.sweep_history = sweep_history
-        self._sweep_due = 0.0
+        self._sweep_due = self._retention_due = 0.0
 
     def step(self) -> None:
         self.membership_pass()
-        if time.monotonic() >= self._sweep_due:
-            self._sweep_due = time.monotonic() + self.SWEEP_SECONDS
-            self.sweep()
+        now = time.monotonic()
+        if now >= self._sweep_due:
+            self._sweep_due = now + self.SWEEP_SECONDS
+            retention = now >= self._retention_due
+            if retention:
+                self._retention_due = now + self.RETENTION_SECONDS
+            self.sweep(retention=retention)
 
     def membership_pass(self) -> int:
         """Bring every profile's segments up to date with the definitions and today's date,
@@ -819,15 +828,17 @@ class Housekeeping(BackgroundLoop):
             _sync_members(self.context, profile["_id"], entered, left, now)
             return
 
-    def sweep(self) -> dict[str, Any]:
+    def sweep(self, retention: bool = True) -> dict[str, Any]:
+        """One round of the hourly work; with ``retention``, what expired is deleted too."""
         now = self.context.clock()
         # deletes take turns with pauses as long, leaving the store at least half its time
         pause = self.pause
-        deleted = self.context.history.sweep(now, pause) if self.sweep_history else 0
+        deleted = (self.context.history.sweep(now, pause)
+                   if self.sweep_history and retention else 0)
         adopted = self.context.store.adopt_listed_accesses(pause)
         keep_accesses = self.context.policy.get("access_log")
         accesses = (self.context.store.expire_accesses(now - keep_accesses, pause)
-                    if keep_accesses is not None else 0)
+                    if keep_accesses is not None and retention else 0)
         names = self.context.store.rebuild_name_index(_listed_name, pause)
         moved = self.context.history.migrate_month_pages(self.context.store.erased_among, now,
                                                          pause)
