@@ -10,7 +10,8 @@ A profile holds:
   (default: a late event older than the current value does not overwrite it), ``first_seen``,
   or ``most_trusted`` (by ``SOURCE_TRUST``, then most recent);
 * ``identifiers`` by type;
-* ``timeline``: the ``TIMELINE_LIMIT`` most recent events, newest first, summarised;
+* ``timeline``: the ``TIMELINE_LIMIT`` most recent events, newest first, summarised (what a
+  lookup shows; the full history pages through services/profile/history.py);
 * ``aggregates``: running, commutative aggregates of every event (services/profile/computed.py),
   and ``computed``: the traits derived from them (purchases, RFM, favourite product groups,
   preferred store and channel, last contact per channel, open complaints, satisfaction,
@@ -40,7 +41,7 @@ from services.common.identifiers import SENSITIVE_TYPES
 from services.profile import computed as computed_traits
 from services.profile.computed import DEFAULT_THRESHOLDS, RfmThresholds
 
-TIMELINE_LIMIT = 50
+TIMELINE_LIMIT = 10
 REMEMBERED_IDS = 1000
 DIGEST_SIZE = 8
 
@@ -253,7 +254,8 @@ def snapshot(profile: Mapping[str, Any]) -> dict[str, Any]:
             "merged_into": profile.get("merged_into")}
 
 
-def view(profile: Mapping[str, Any], unmasked: bool, recent: int = 10) -> dict[str, Any]:
+def view(profile: Mapping[str, Any], unmasked: bool,
+         recent: int = TIMELINE_LIMIT) -> dict[str, Any]:
     """The profile as a reader sees it: plain JSON, provenance per trait, sensitive
     identifiers masked unless ``unmasked``."""
     identifiers = {t: (list(values) if unmasked or t not in SENSITIVE_TYPES
