@@ -24,7 +24,14 @@ from pathlib import Path
 import orjson
 from kafka import KafkaConsumer, KafkaProducer
 
-from bench import identity_scale, lookup_costs, matching_quality, pipeline, social_latency
+from bench import (
+    identity_scale,
+    lookup_costs,
+    matching_quality,
+    pipeline,
+    social_latency,
+    worker_costs,
+)
 from bench.baselines import children, cpu_speed_ms, idle_cpu_ms_per_s, peak_rss_mb, raw_upserts
 from bench.pipeline import step
 from deploy.local.infra import Instance
@@ -171,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         stack.stop()
     step("identity service at scale: its worker vs raw upserts, 1M identifiers, 100k matched")
     results.update(identity_scale.run(env, bulk_upsert_per_s=results["raw_upsert_per_s"]))
+    step("profile projection alone over returning customers (1,000 earlier events each)")
+    results.update(worker_costs.returning_customers(env))
     step("identity match quality on 10k generated Finnish records (no national id)")
     quality = matching_quality.run_one(10_000, matching_quality.DEFAULT_SEED, "without_id_number",
                                        0.99, 0.95)
@@ -220,6 +229,8 @@ def print_table(results: dict) -> None:
         ("lookup: store commands, 8 callers", results["lookup_commands_8_callers"]),
         ("lookup: API CPU (ms/lookup)", results["lookup_api_cpu_ms"]),
         ("lookup: store CPU (ms/lookup)", results["lookup_store_cpu_ms"]),
+        ("profile projection, returning (ev/s)", results["returning_projection_events_per_s"]),
+        ("  its store time per event (ms)", results["returning_projection_store_ms_per_event"]),
         ("match precision, 10k, no national id", results["match_precision"]),
         ("match recall", results["match_recall"]),
         ("match F1", results["match_f1"]),

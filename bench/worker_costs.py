@@ -156,6 +156,31 @@ def run_loop(settings: Settings, db, counter: CommandCounter, name: str,
                     for (c, coll), n in counter.counts.most_common(12)}}
 
 
+def returning_customers(base_env: Mapping[str, str], customers: int = 1000,
+                        earlier_events: int = 1000) -> dict:
+    """For `make bench`: the profile projection alone (fresh database and topic) over
+    ``customers`` shop customers whose profiles already hold ``earlier_events`` each."""
+    counter = CommandCounter()
+    monitoring.register(counter)  # before the client below: it applies to clients made after
+    settings = Settings.from_env(fresh_env(base_env, "muisti_returning"))
+    client = store.connect(settings)
+    db = store.database(client, settings)
+    _, resolved = envelopes(uuid.uuid4().hex[:8], customers)
+    producer = Producer(settings, "bench")
+    try:
+        ensure_topics(settings)
+        projection_loop = profile_worker.build_consumers(settings, producer, db)[0]
+        seed_profiles(db, sorted({m.profile_id for m in resolved}), earlier_events)
+        report = run_loop(settings, db, counter, "returning", projection_loop, resolved,
+                          lambda m: m.profile_id)
+    finally:
+        producer.close()
+        client.drop_database(settings.mongo_db)
+    return {"returning_projection_events_per_s": report["events_per_s"],
+            "returning_projection_store_ms_per_event": report["store_ms_per_event"],
+            "returning_earlier_events": earlier_events}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.worker_costs", description=__doc__)
     parser.add_argument("--customers", type=int, default=200)
