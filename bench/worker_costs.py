@@ -176,6 +176,7 @@ def returning_customers(base_env: Mapping[str, str], customers: int = 1000,
     finally:
         producer.close()
         client.drop_database(settings.mongo_db)
+        client.close()
     return {"returning_projection_events_per_s": report["events_per_s"],
             "returning_projection_store_ms_per_event": report["store_ms_per_event"],
             "returning_earlier_events": earlier_events}

@@ -12,8 +12,9 @@ log = logging.getLogger(__name__)
 
 
 class BackgroundLoop:
-    """``step`` until stopped, waiting ``idle_seconds`` after each; a store or broker outage
-    is logged and the step tried again after the wait."""
+    """``step`` until stopped, waiting ``idle_seconds`` after each. A store or broker outage
+    is logged and the step tried again after the wait; so is any other failure (logged as an
+    error): background work must not stop the consumers beside it."""
 
     group = "background"
     idle_seconds = 2.0
@@ -40,6 +41,8 @@ class BackgroundLoop:
             except TRANSIENT_ERRORS as exc:
                 log.warning("background work failed; will retry",
                             extra={"group": self.group, "error": repr(exc)})
+            except Exception:  # noqa: BLE001 - a fault of its own: logged, retried, contained
+                log.exception("background work failed; will retry", extra={"group": self.group})
             self._stopping.wait(self.idle_seconds)
 
     def step(self) -> None:

@@ -20,12 +20,13 @@ log = logging.getLogger(__name__)
 
 
 class OrphanLinkSweep(BackgroundLoop):
-    """Once a day (the first an hour after start, not on every restart), every link read
-    once, a page at a time with pauses as long as the page took."""
+    """Once a day (the first an hour after start, not on every restart; one that failed
+    again an hour later), every link read once, a page at a time with pauses as long as the
+    page took."""
 
     group = "identity-housekeeping"
     idle_seconds = 60.0
-    FIRST_AFTER_SECONDS = 3600.0
+    FIRST_AFTER_SECONDS = RETRY_SECONDS = 3600.0
     EVERY_SECONDS = 86400.0
 
     def __init__(self, graph: MongoGraph):
@@ -34,10 +35,12 @@ class OrphanLinkSweep(BackgroundLoop):
         self._due = time.monotonic() + self.FIRST_AFTER_SECONDS
 
     def step(self) -> None:
-        if time.monotonic() < self._due:
+        began = time.monotonic()
+        if began < self._due:
             return
-        self._due = time.monotonic() + self.EVERY_SECONDS
+        self._due = began + self.RETRY_SECONDS
         log.info("orphan links swept", extra={"links_removed": self.sweep()})
+        self._due = began + self.EVERY_SECONDS
 
     def sweep(self) -> int:
         """Remove the links pointing at a profile no longer in the graph; returns how many."""

@@ -42,6 +42,9 @@ from services.profile import computed as computed_traits
 from services.profile.computed import DEFAULT_THRESHOLDS, RfmThresholds
 
 TIMELINE_LIMIT = 10
+# a profile stored before the full history existed has only these (its timeline is read from
+# them), so a merge of two such keeps as many as those versions did
+PRE_HISTORY_TIMELINE_LIMIT = 50
 REMEMBERED_IDS = 1000
 DIGEST_SIZE = 8
 
@@ -124,8 +127,9 @@ def merge(survivor: Mapping[str, Any], merged: Mapping[str, Any],
                                                               if k not in ("value", "rule")})
     seen = {entry["message_id"] for entry in result["timeline"]}
     joined = result["timeline"] + [e for e in merged["timeline"] if e["message_id"] not in seen]
-    result["timeline"] = sorted(joined, key=lambda e: (e["at"], e["message_id"]),
-                                reverse=True)[:TIMELINE_LIMIT]
+    before_history = not result.get("history_months") and not merged.get("history_months")
+    result["timeline"] = sorted(joined, key=lambda e: (e["at"], e["message_id"]), reverse=True)[
+        :PRE_HISTORY_TIMELINE_LIMIT if before_history else TIMELINE_LIMIT]
     aggregates = computed_traits.combine(_aggregates(result), _aggregates(merged))
     result["aggregates"] = aggregates
     result["computed"] = computed_traits.derive(aggregates, as_of or datetime.now(UTC), thresholds)

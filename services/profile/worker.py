@@ -771,9 +771,9 @@ class Housekeeping(BackgroundLoop):
         if now >= self._sweep_due:
             self._sweep_due = now + self.SWEEP_SECONDS
             retention = now >= self._retention_due
-            if retention:
-                self._retention_due = now + self.RETENTION_SECONDS
             self.sweep(retention=retention)
+            if retention:  # once done: a sweep that failed is tried again within the hour
+                self._retention_due = now + self.RETENTION_SECONDS
 
     def membership_pass(self) -> int:
         """Bring every profile's segments up to date with the definitions and today's date,

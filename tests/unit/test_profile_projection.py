@@ -17,6 +17,7 @@ from services.profile.projection import (
     rectify,
     refresh_computed,
     snapshot,
+    timeline_entry,
 )
 
 T0 = datetime(2026, 11, 1, 12, tzinfo=UTC)
@@ -143,6 +144,21 @@ def test_merge_joins_timelines_and_adds_purchases_once():
     assert {e["message_id"] for e in merged["timeline"]} == {"m1", "m2"}
     assert merged["identifiers"] == {"email": ["a@example.com"], "phone": ["+358401234567"]}
     assert merge(merged, b) == merged
+
+
+def test_a_merge_of_profiles_stored_before_the_history_keeps_their_older_timeline():
+    def before_history(profile_id, first):
+        profile = replay([event(n, "Page Viewed", profile=profile_id)
+                          for n in range(first, first + 30)], new_profile(profile_id))
+        profile["timeline"] = sorted(  # as those versions kept it, up to 50, no months
+            [timeline_entry(event(n, "Page Viewed", profile=profile_id))
+             for n in range(first, first + 30)], key=lambda e: e["at"], reverse=True)
+        profile["history_months"] = []
+        return profile
+
+    merged = merge(before_history("a", 0), before_history("b", 100))
+    assert len(merged["timeline"]) == 50
+    assert len(merge(replay([event(1)]), before_history("b", 100))["timeline"]) == TIMELINE_LIMIT
 
 
 def test_merge_recomputes_computed_traits_as_if_one_profile_had_all_events():

@@ -1,0 +1,52 @@
+"""Background loops beside a worker's consumers: failures contained, sweeps scheduled."""
+
+from __future__ import annotations
+
+from services.common.background import BackgroundLoop
+from services.identity import housekeeping
+
+
+class Failing(BackgroundLoop):
+    idle_seconds = 0.0
+
+    def __init__(self, failures):
+        super().__init__()
+        self.failures = list(failures)
+
+    def step(self):
+        if not self.failures:
+            self.stop()
+            return
+        raise self.failures.pop(0)
+
+
+def test_a_failing_step_is_logged_and_tried_again_without_stopping_the_worker(caplog):
+    loop = Failing([ConnectionError("store away"), KeyError("a fault of its own")])
+    loop.run()  # returns once stopped, having raised nothing
+    assert loop.failures == [] and loop.stopping
+    assert [r.levelname for r in caplog.records] == ["WARNING", "ERROR"]
+
+
+def test_the_orphan_link_sweep_runs_daily_and_an_hour_after_one_that_failed(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(housekeeping.time, "monotonic", lambda: clock[0])
+    sweep = housekeeping.OrphanLinkSweep(graph=None)
+    outcomes = [ConnectionError("store away"), 0, 0]
+    ran = []
+
+    def attempt():
+        ran.append(clock[0] // 3600)
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    monkeypatch.setattr(sweep, "sweep", attempt)
+    for hour in range(0, 50):
+        clock[0] = hour * 3600.0
+        try:
+            sweep.step()
+        except ConnectionError:
+            pass
+
+    assert ran == [1, 2, 26]
