@@ -7,6 +7,7 @@ Code here runs on both FerretDB 1.x (SQLite) and MongoDB. Where MongoDB does mor
 from __future__ import annotations
 
 import bisect
+import itertools
 import logging
 import random
 import time
@@ -186,13 +187,14 @@ def delete_by_ids(collection: pymongo.collection.Collection, ids: Iterable[str],
     return deleted
 
 
-def paced(items: list, size: int, pause: Callable[[float], bool] | None) -> Iterator[list]:
-    """``items`` ``size`` at a time for background work: after each chunk, ``pause`` is called
-    with the seconds the caller spent on it (to wait as long, leaving the store to others);
-    it returns True to stop."""
-    for start in range(0, len(items), size):
+def paced(items: Iterable, size: int, pause: Callable[[float], bool] | None) -> Iterator[list]:
+    """``items`` (a list, or a stream such as a cursor) ``size`` at a time for background
+    work: after each chunk, ``pause`` is called with the seconds the caller spent on it (to
+    wait as long, leaving the store to others); it returns True to stop."""
+    items = iter(items)
+    while chunk := list(itertools.islice(items, size)):
         began = time.monotonic()
-        yield items[start:start + size]
+        yield chunk
         if pause is not None and pause(time.monotonic() - began):
             return
 

@@ -83,17 +83,10 @@ class MongoGraph(GraphRepository):
         docs = find_by_ids(self.links_, [identifier.key for identifier in identifiers])
         return {link.identifier: link for link in map(_link, docs)}
 
-    def link_pages(self, size: int = 1000) -> Iterator[list[Link]]:
-        """Every link, ``size`` at a time, from one streamed read in no order (FerretDB would
-        load the whole collection to sort it)."""
-        page: list[Link] = []
-        for doc in self.links_.find({}).batch_size(LISTING_BATCH):
-            page.append(_link(doc))
-            if len(page) == size:
-                yield page
-                page = []
-        if page:
-            yield page
+    def all_links(self) -> Iterator[Link]:
+        """Every link, from one streamed read in no order (FerretDB would load the whole
+        collection to sort it)."""
+        return map(_link, self.links_.find({}).batch_size(LISTING_BATCH))
 
     def links_of(self, profile_id: str) -> list[Link]:
         return list(self.links(sorted(self.listed(profile_id))).values())

@@ -13,10 +13,13 @@ import logging
 import time
 
 from services.common.background import BackgroundLoop
+from services.common.store import paced
 from services.identity import privacy
 from services.identity.graph_store import MongoGraph
 
 log = logging.getLogger(__name__)
+
+PAGE = 1000  # links whose profiles are looked up in one read
 
 
 class OrphanLinkSweep(BackgroundLoop):
@@ -44,10 +47,5 @@ class OrphanLinkSweep(BackgroundLoop):
 
     def sweep(self) -> int:
         """Remove the links pointing at a profile no longer in the graph; returns how many."""
-        removed = 0
-        for page in self.graph.link_pages():
-            began = time.monotonic()
-            removed += privacy.unlink_orphaned(self.graph, page)
-            if self.pause(time.monotonic() - began):
-                break
-        return removed
+        return sum(privacy.unlink_orphaned(self.graph, page)
+                   for page in paced(self.graph.all_links(), PAGE, self.pause))

@@ -254,7 +254,8 @@ class _EventRun:
         event, refused = _without_special_traits(self.context, event)
         cause = envelope.message_id
         fresh = not projection.applied(current, cause)
-        updated = projection.apply_event(current, event, self.now, self.context.thresholds)
+        updated = (projection.apply_event(current, event, self.now, self.context.thresholds)
+                   if fresh else current)
         keys = {f"{t}:{v}" for t, v in envelope.identifiers.items()}
         if fresh:
             _note_refusals(updated, refused, cause, self.now)
