@@ -36,6 +36,7 @@ from pymongo import DeleteOne, InsertOne, ReplaceOne, UpdateOne
 from pymongo.database import Database
 
 from services.common.store import (
+    LISTING_BATCH,
     EarlierCollection,
     Index,
     bulk_write,
@@ -72,6 +73,7 @@ NAME_REBUILD_ROUNDS = 5  # re-reads of a chunk's profiles while the projection c
 KEY_CHARACTERS = frozenset(string.ascii_lowercase + string.digits + "-'")
 EXPIRY_CHUNK = 500  # expired access-log entries deleted between two pauses of a sweep
 ADOPTION_CHUNK = 50  # profiles whose listed access-log entries are re-keyed between pauses
+ERASED_SWEEP_PAGE = 1000  # index entries whose profiles are checked for tombstones in one read
 
 
 def normalise_name(text: str) -> str:
@@ -396,6 +398,27 @@ class ProfileStore:
         return {doc["_id"]: {doc["_id"], *doc.get("together", ())}
                 for doc in find_by_ids(self.erased, sorted(set(profile_ids)),
                                        {"together": 1})}
+
+    def unindex_erased(self, pause: Callable[[float], bool] | None = None) -> dict[str, int]:
+        """Remove the name and identifier index entries still pointing at an erased profile;
+        returns how many of each. The daily backstop of the erasure's own deletes: a crash
+        that cuts short both an event run and its clean-up leaves the entries only the stored
+        profile knew (a name the event completed). Every entry is read once,
+        ``ERASED_SWEEP_PAGE`` at a time with ``pause`` between pages (``store.paced``)."""
+        return {"names": self._unindex_erased(self.names, pause),
+                "identifiers": self._unindex_erased(self.identifiers, pause)}
+
+    def _unindex_erased(self, index, pause: Callable[[float], bool] | None) -> int:
+        listing = index.find({}, {"profile_id": 1}).batch_size(LISTING_BATCH)
+        removed = 0
+        for page in paced(listing, ERASED_SWEEP_PAGE, pause):
+            erased = self.erased_among(entry["profile_id"] for entry in page)
+            for profile_id in sorted(erased):
+                # only while it still points there: an identifier may have moved on since
+                removed += delete_by_ids(index, [entry["_id"] for entry in page
+                                                 if entry["profile_id"] == profile_id],
+                                         {"profile_id": profile_id})
+        return removed
 
     def is_erased(self, profile_id: str) -> bool:
         return self.erased.find_one({"_id": profile_id}) is not None

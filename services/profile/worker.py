@@ -749,8 +749,8 @@ def _restrict(context: Context, request: PrivacyRequest, envelope: Envelope):
 
 class Housekeeping(BackgroundLoop):
     """The background loop beside the consumers: the segment membership pass, history sweeps
-    where the store has no TTL, access-log retention, the move of what earlier versions
-    kept."""
+    where the store has no TTL, access-log retention, index entries left to erased profiles,
+    the move of what earlier versions kept."""
 
     group = "profile-housekeeping"
     SWEEP_SECONDS = 3600.0
@@ -830,7 +830,8 @@ class Housekeeping(BackgroundLoop):
             return
 
     def sweep(self, retention: bool = True) -> dict[str, Any]:
-        """One round of the hourly work; with ``retention``, what expired is deleted too."""
+        """One round of the hourly work; with ``retention`` (daily), what expired is deleted
+        too, and so are the index entries left pointing at erased profiles."""
         now = self.context.clock()
         # deletes take turns with pauses as long, leaving the store at least half its time
         pause = self.pause
@@ -843,8 +844,12 @@ class Housekeeping(BackgroundLoop):
         names = self.context.store.rebuild_name_index(_listed_name, pause)
         moved = self.context.history.migrate_month_pages(self.context.store.erased_among, now,
                                                          pause)
+        unindexed = (self.context.store.unindex_erased(pause) if retention
+                     else {"names": 0, "identifiers": 0})
         summary = {"history_events": deleted, "access_log": accesses,
                    "access_log_rekeyed": adopted, "names_indexed": names,
-                   "timeline_entries_moved": moved}
+                   "timeline_entries_moved": moved,
+                   "erased_names_unindexed": unindexed["names"],
+                   "erased_identifiers_unindexed": unindexed["identifiers"]}
         log.info("housekeeping sweep", extra=summary)
         return summary

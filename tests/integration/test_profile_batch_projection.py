@@ -284,3 +284,45 @@ def test_a_profile_an_earlier_version_stored_takes_a_redelivered_event_once(cont
     assert stored["computed"]["purchase_count"] == 1
     assert stored["recent_message_ids"] == []
     assert all(projection.applied(stored, e.message_id) for e in events)
+
+
+def test_a_name_the_event_only_completed_leaves_the_index_at_the_daily_sweep(
+        settings, db, unique, monkeypatch):
+    database = db.client[f"muisti_completed_{unique}"]  # the sweep reads every entry there
+    ensure_indexes(database, INDEXES + SEGMENT_INDEXES)
+    context = worker.Context.build(settings, database)
+    context.history.prepare()
+    survivor, merged, bystander = "pcs", "pcm", "pcb"
+    project = worker.make_batch_handler(context)
+
+    def identify(profile_id, n, **traits):
+        return new_envelope("Identify", "web", identifiers={"email": f"{profile_id}{n}@x.fi"},
+                            payload={"traits": traits}, message_id=f"{profile_id}-{n}",
+                            occurred_at=T0 + timedelta(minutes=n)).resolved_to(profile_id)
+
+    merge = new_envelope("Profiles Merged", "system", message_id=f"merge-{unique}",
+                         payload={"survivor": survivor, "merged": merged, "identifier": None,
+                                  "cause_message_id": "x"}).resolved_to(survivor)
+    project([identify(survivor, 1, lastName="Täydennetty"), identify(merged, 2),
+             identify(bystander, 3, firstName="Sivu", lastName="Kulkija"), merge])
+    late = [identify(merged, 4, firstName="Vasta")]  # completes the survivor's name
+    index_names = context.store.index_names
+
+    def erased_after_the_save(changes):
+        monkeypatch.setattr(context.store, "index_names", index_names)
+        worker.make_privacy_handler(context)(erasure(survivor, unique))
+        index_names(changes)
+
+    monkeypatch.setattr(context.store, "index_names", erased_after_the_save)
+    monkeypatch.setattr(worker._EventRun, "_take_back_erased", lambda run: set())
+    project(late)
+    monkeypatch.undo()
+    project(late)  # delivered again: it knows the first name alone
+    assert traces(context, survivor) == {"names": 2}
+
+    swept = worker.Housekeeping(context, producer=None, sweep_history=False).sweep()
+
+    assert traces(context, survivor) == {} and traces(context, merged) == {}
+    assert swept["erased_names_unindexed"] == 2
+    assert context.store.search_names("kulkija", 5)[0] == {bystander: "Sivu Kulkija"}
+    assert context.store.find_by_identifier("email", f"{bystander}3@x.fi")["_id"] == bystander

@@ -143,3 +143,29 @@ def test_a_rebuild_leaves_no_entry_of_a_name_changed_while_it_ran(settings, db, 
 
     assert sorted(e["_id"] for e in database[NAMES].find()) == [
         "after+ilona|p_renamed", "ilona+after|p_renamed"]
+
+
+def test_the_erased_sweep_keeps_an_identifier_that_moved_on_while_it_read(db, unique):
+    database = db.client[f"muisti_unindex_{unique}"]  # the sweep reads every entry there
+    store = ProfileStore(database)
+    store.index_entries({"email:gone@x.fi": "p_gone", "email:moving@x.fi": "p_gone",
+                         "email:kept@x.fi": "p_kept"})
+    store.index_names([("p_gone", None, ("Mennyt", "Pois")), ("p_kept", None, ("Pysyy", "Tässä"))])
+    store.mark_erased(["p_gone"], "req", datetime.now(UTC))
+    erased_among = store.erased_among
+    reads = []
+
+    def the_identifier_moves_meanwhile(profile_ids):
+        erased = erased_among(profile_ids)
+        reads.append(erased)
+        if len(reads) == 2:  # the identifiers' page is read: one of them moves on now
+            store.index_entries({"email:moving@x.fi": "p_kept"})
+        return erased
+
+    store.erased_among = the_identifier_moves_meanwhile
+    assert store.unindex_erased() == {"names": 2, "identifiers": 1}
+
+    assert {e["_id"]: e["profile_id"] for e in database["profile_identifiers"].find()} == {
+        "email:moving@x.fi": "p_kept", "email:kept@x.fi": "p_kept"}
+    assert sorted(e["_id"] for e in database[NAMES].find()) == [
+        "pysyy+tassa|p_kept", "tassa+pysyy|p_kept"]
