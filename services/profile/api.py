@@ -284,7 +284,8 @@ def _profiles_blueprint() -> Blueprint:
                     "withheld": view["withheld"]}
         entries, more = _history().page(
             doc["_id"], doc.get("history_months", []), datetime.now(UTC),
-            before=_cursor(query), channel=query["channel"], limit=query["limit"])
+            before=_cursor(query), channel=query["channel"], limit=query["limit"],
+            reach=projection.timeline_reach(doc, query["limit"] + 1))
         if not doc.get("history_months"):  # a profile stored before the history existed
             entries = [e for e in doc["timeline"]
                        if (query["channel"] is None or e["channel"] == query["channel"])

@@ -6,8 +6,9 @@ adds nothing):
 * ``profile_events``: one document per applied event, ``_id = "<profile_id>|<message_id>"``,
   with the event's payload and ``expires_at``;
 * ``profile_timeline``: the event's timeline entry under the profile and its moment,
-  ``_id = "<profile_id>|<UTC time, ISO>|<message_id>"``, so that a month of a profile's
-  timeline is one ``_id`` prefix range (``store.id_prefix``), read from the ``_id`` index. A
+  ``_id = "<profile_id>|<UTC time, ISO>|<message_id>"``, so that a month or a day of a
+  profile's timeline is one ``_id`` prefix range (``store.id_prefix``), read from the ``_id``
+  index. A
   merge copies the merged profile's entries under the survivor's id; its events stay under
   the merged profile's. The profile document lists the months it has entries in
   (``history_months``), so a page reads only the months it needs.
@@ -24,7 +25,8 @@ Retention: ``expires_at = occurred_at + retention``. Where the store honours TTL
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -55,6 +57,8 @@ MOVING = "profile_event_months_moving"  # the profiles of the chunk of pages bei
 TTL_INDEX_NAMES = ("profile_events_expiry", "profile_timeline_expiry")
 SWEEP_CHUNK = 500  # deletes between two pauses of a sweep
 MIGRATION_CHUNK = 50  # month pages moved between two pauses of the migration
+# a page whose entries probably reach further back than this reads whole months, not days
+MAX_DAYS_READ = 4
 ENTRY_HIDDEN = {"_id": 0, "profile_id": 0, "expires_at": 0}  # a timeline doc less: its entry
 
 
@@ -66,9 +70,17 @@ def history_indexes() -> list[Index]:
 
 def timeline_id(profile_id: str, at: datetime, message_id: str) -> str:
     """Sorts as the moments do: UTC, fixed width, to the millisecond the store keeps."""
-    moment = (at if at.tzinfo else at.replace(tzinfo=UTC)).astimezone(UTC)
+    moment = _utc(at)
     return (f"{profile_id}|{moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}Z"
             f"|{message_id}")
+
+
+def _utc(at: datetime) -> datetime:
+    return (at if at.tzinfo else at.replace(tzinfo=UTC)).astimezone(UTC)
+
+
+def _month_start(month: str) -> datetime:
+    return datetime(int(month[:4]), int(month[5:7]), 1, tzinfo=UTC)
 
 
 class HistoryStore:
@@ -155,24 +167,56 @@ class HistoryStore:
 
     def page(self, profile_id: str, months: Iterable[str], now: datetime, *,
              before: tuple[datetime, str] | None = None, channel: str | None = None,
-             limit: int = 20) -> tuple[list[dict], tuple[datetime, str] | None]:
+             limit: int = 20, reach: tuple[datetime, timedelta] | None = None,
+             ) -> tuple[list[dict], tuple[datetime, str] | None]:
         """Up to ``limit`` entries newest first, older than ``before`` (at, message_id), and
-        the cursor of the next page (None at the end)."""
+        the cursor of the next page (None at the end).
+
+        ``reach``: the moment of the profile's newest entry and how far back ``limit`` entries
+        probably reach from it (``projection.timeline_reach``). When that is a few days, the
+        months are read a day at a time from there (one ``_id`` prefix each, twice as many
+        days each round), instead of whole: a page of a profile with a thousand events this
+        month reads a day or two of them. The store reads a range only forwards, so a whole
+        month costs every entry in it."""
         oldest = now - self.retention
         found: dict[str, dict] = {}
-        for month in sorted(set(months), reverse=True):
-            if before is not None and month > month_of(before[0]):
-                continue
-            found.update((e["message_id"], e) for e in self._entries(profile_id, [month],
-                                                                     ENTRY_HIDDEN)
+        for entries in self._newest_first(profile_id, months, before, reach):
+            found.update((e["message_id"], e) for e in entries
                          if e["at"] > oldest and (channel is None or e["channel"] == channel)
                          and (before is None or (e["at"], e["message_id"]) < before))
-            if len(found) > limit:
+            if len(found) > limit:  # every entry still unread is older than these
                 break
         newest = sorted(found.values(), key=lambda e: (e["at"], e["message_id"]), reverse=True)
         entries = newest[:limit]
         more = len(newest) > limit
         return entries, ((entries[-1]["at"], entries[-1]["message_id"]) if more else None)
+
+    def _newest_first(self, profile_id: str, months: Iterable[str],
+                      before: tuple[datetime, str] | None,
+                      reach: tuple[datetime, timedelta] | None) -> Iterator[list[dict]]:
+        """The entries of ``months``, a batch at a time, each batch holding every entry
+        newer than the next batch's (a batch may repeat some of the one before)."""
+        days = max(1, math.ceil(reach[1] / timedelta(days=1))) if reach else MAX_DAYS_READ + 1
+        bound = _utc(before[0] if before else reach[0]) if reach else None
+        for month in sorted(set(months), reverse=True):
+            if before is not None and month > month_of(before[0]):
+                continue
+            if days > MAX_DAYS_READ or self.month_pages.there():
+                yield self._entries(profile_id, [month], ENTRY_HIDDEN)
+                continue
+            first = _month_start(month)
+            day = min(bound.replace(hour=0, minute=0, second=0, microsecond=0),
+                      _month_start(month_of(first + timedelta(days=31))) - timedelta(days=1))
+            while day >= first:
+                if days > MAX_DAYS_READ or first + timedelta(days=days) > day:
+                    # the rest of the month in one read (its days read already again)
+                    yield self._entries(profile_id, [month], ENTRY_HIDDEN)
+                    break
+                for _ in range(days):
+                    yield list(self.timeline.find(id_prefix(f"{profile_id}|{day:%Y-%m-%d}"),
+                                                  ENTRY_HIDDEN))
+                    day -= timedelta(days=1)
+                days *= 2
 
     def count(self, profile_id: str, months: Iterable[str], now: datetime) -> int:
         oldest = now - self.retention

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from services.common.documents import copied
@@ -187,6 +187,17 @@ def timeline_entry(event: Mapping[str, Any]) -> dict[str, Any]:
             "channel": event["channel"], "at": event_moment(event),
             "summary": {k: details[k] for k in TIMELINE_FIELDS
                         if k in details and not isinstance(details[k], Mapping | list)}}
+
+
+def timeline_reach(profile: Mapping[str, Any], entries: int
+                   ) -> tuple[datetime, timedelta] | None:
+    """The moment of the profile's newest timeline entry, and how far back ``entries``
+    entries probably reach from it: twice what the spacing of its most recent ones says.
+    None when it keeps fewer than ``TIMELINE_LIMIT``: all its events are these few."""
+    moments = [entry["at"] for entry in profile.get("timeline", ())]
+    if len(moments) < TIMELINE_LIMIT:
+        return None
+    return max(moments), 2 * (max(moments) - min(moments)) * entries / (len(moments) - 1)
 
 
 def _add_to_timeline(timeline: list, entry: dict[str, Any]) -> None:

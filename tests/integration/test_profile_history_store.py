@@ -266,3 +266,69 @@ def test_a_move_cut_short_after_its_insert_is_settled_by_the_next_one(own_db, un
     assert own_db.profile_timeline.count_documents({"profile_id": profile_id}) == 0
     assert not {MONTH_PAGES, "profile_event_months_moving"} & set(
         own_db.list_collection_names())
+
+
+def page_through(history, profile_id, months, now, **options):
+    pages, cursor = [], None
+    while True:
+        entries, cursor = history.page(profile_id, months, now, before=cursor, limit=7,
+                                       **options)
+        pages.append(ids(entries))
+        if cursor is None:
+            return pages
+
+
+def test_pages_read_a_day_at_a_time_are_the_pages_read_a_month_at_a_time(db, unique):
+    history = HistoryStore(db, timedelta(days=400))
+    now = datetime(2026, 3, 15, 12, tzinfo=UTC)
+    profile_id = f"p-windows-{unique}"
+    moments = {n: datetime(2026, 3, 14, 23, tzinfo=UTC) - timedelta(minutes=20 * n * n)
+               for n in range(1, 60)}  # ever sparser back to January
+    moments[60] = moments[61] = moments[5]  # one millisecond: by message id
+    moments[62] = datetime(2026, 3, 20, tzinfo=UTC)  # dated ahead of the clock
+    moments[63] = datetime(2026, 3, 1, tzinfo=UTC)  # a month's first moment
+    for n, at in moments.items():
+        recorded(history, profile_id, n, at, now, channel="phone" if n % 3 == 0 else "web")
+    recorded(history, f"{profile_id}x", 99, moments[2], now)  # another profile, a longer id
+    months = sorted({at.strftime("%Y-%m") for at in moments.values()}, reverse=True)
+    newest = sorted(moments, key=lambda n: (moments[n], f"{profile_id}-{n}"), reverse=True)
+    expected = [[str(n) for n in newest[start:start + 7]] for start in range(0, 63, 7)]
+
+    assert ids(history.page(profile_id, months, now, limit=7)[0]) == expected[0]
+    for window in (None, timedelta(0), timedelta(hours=2), timedelta(days=3),
+                   timedelta(days=5)):
+        reach = (moments[62], window) if window is not None else None
+        assert page_through(history, profile_id, months, now, reach=reach) == expected
+        phone = [str(n) for n in newest if n % 3 == 0]
+        assert page_through(history, profile_id, months, now, reach=reach,
+                            channel="phone") == [phone[:7], phone[7:14], phone[14:]]
+
+
+class CountingReads:
+    """A collection that counts the documents its finds return."""
+
+    def __init__(self, collection):
+        self.collection, self.read = collection, 0
+
+    def find(self, *args, **kwargs):
+        found = list(self.collection.find(*args, **kwargs))
+        self.read += len(found)
+        return found
+
+
+def test_a_page_of_a_busy_month_reads_the_days_it_reaches_not_the_month(db, unique):
+    history = HistoryStore(db, timedelta(days=400))
+    now = datetime(2026, 3, 31, 12, tzinfo=UTC)
+    profile_id = f"p-busy-{unique}"
+    for n in range(300):  # ten a day
+        recorded(history, profile_id, n, now - timedelta(hours=2.4 * n + 1), now)
+    history.timeline = CountingReads(history.timeline)
+
+    first, _ = history.page(profile_id, ["2026-03"], now,
+                            reach=(now - timedelta(hours=1), timedelta(days=3)))
+    assert ids(first) == [str(n) for n in range(20)]
+    assert history.timeline.read <= 40
+
+    history.timeline.read = 0
+    history.page(profile_id, ["2026-03"], now)
+    assert history.timeline.read == 300

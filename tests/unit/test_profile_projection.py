@@ -18,6 +18,7 @@ from services.profile.projection import (
     refresh_computed,
     snapshot,
     timeline_entry,
+    timeline_reach,
 )
 
 T0 = datetime(2026, 11, 1, 12, tzinfo=UTC)
@@ -220,3 +221,13 @@ def test_a_name_is_listed_in_both_orders_normalised_with_a_plus_for_each_space()
     assert normalise_name("  Hämäläinen  Öhman ") == "hamalainen ohman"
     assert name_of({"traits": {"name": {"value": "Aino Maria Korhonen"}}}) == (
         "Aino", "Maria Korhonen")
+
+
+def test_a_timeline_reaches_twice_as_far_back_as_the_recent_spacing_says():
+    profile = new_profile("p1")
+    for n in range(TIMELINE_LIMIT - 1):
+        profile = apply_event(profile, event(n, "Page Viewed", at=T0 - timedelta(hours=n)))
+    assert timeline_reach(profile, 21) is None  # all its events are these
+    profile = apply_event(profile, event(99, "Page Viewed", at=T0 - timedelta(hours=9)))
+    # ten entries an hour apart: 21 more reach back about 21 hours
+    assert timeline_reach(profile, 21) == (T0, timedelta(hours=42))
