@@ -306,11 +306,16 @@ def name_of(profile: Mapping[str, Any]) -> tuple[str, str] | None:
     return (first, last.strip()) if first or last else None
 
 
+_LEAVES = (str, int, float, type(None))  # most of a profile: returned before any other check
+
+
 def plain(value: Any) -> Any:
     """``value`` with datetimes as ISO-8601 strings, all the way down."""
+    if isinstance(value, _LEAVES):
+        return value
     if isinstance(value, datetime):
         return _utc(value).isoformat()
-    if isinstance(value, Mapping):
+    if isinstance(value, dict | Mapping):  # a dict spares the abstract class's slow check
         return {k: plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [plain(v) for v in value]
