@@ -174,13 +174,14 @@ class HistoryStore:
 
         ``reach``: the moment of the profile's newest entry and how far back ``limit`` entries
         probably reach from it (``projection.timeline_reach``). When that is a few days, the
-        months are read a day at a time from there (one ``_id`` prefix each, twice as many
-        days each round), instead of whole: a page of a profile with a thousand events this
-        month reads a day or two of them. The store reads a range only forwards, so a whole
-        month costs every entry in it."""
+        months are read a day at a time from there or now, whichever is later (one ``_id``
+        prefix each, twice as many days each round), instead of whole: a page of a profile
+        with a thousand events this month reads a day or two of them. The store reads a range
+        only forwards, so a whole month costs every entry in it. An entry dated later than
+        both, which the profile as read did not have, shows once the profile has it."""
         oldest = now - self.retention
         found: dict[str, dict] = {}
-        for entries in self._newest_first(profile_id, months, before, reach):
+        for entries in self._newest_first(profile_id, months, before, now, reach):
             found.update((e["message_id"], e) for e in entries
                          if e["at"] > oldest and (channel is None or e["channel"] == channel)
                          and (before is None or (e["at"], e["message_id"]) < before))
@@ -192,19 +193,21 @@ class HistoryStore:
         return entries, ((entries[-1]["at"], entries[-1]["message_id"]) if more else None)
 
     def _newest_first(self, profile_id: str, months: Iterable[str],
-                      before: tuple[datetime, str] | None,
+                      before: tuple[datetime, str] | None, now: datetime,
                       reach: tuple[datetime, timedelta] | None) -> Iterator[list[dict]]:
         """The entries of ``months``, a batch at a time, each batch holding every entry
         newer than the next batch's (a batch may repeat some of the one before)."""
         days = max(1, math.ceil(reach[1] / timedelta(days=1))) if reach else MAX_DAYS_READ + 1
-        bound = _utc(before[0] if before else reach[0]) if reach else None
+        # the newest day a page may show: an entry the profile as read did not have yet (an
+        # event applied, a merge copying entries, since) is dated up to now
+        bound = _utc(before[0] if before else max(reach[0], now)) if reach else None
         for month in sorted(set(months), reverse=True):
             if before is not None and month > month_of(before[0]):
                 continue
-            if days > MAX_DAYS_READ or self.month_pages.there():
+            first = _month_start(month)
+            if days > MAX_DAYS_READ or self.month_pages.there() or bound < first:
                 yield self._entries(profile_id, [month], ENTRY_HIDDEN)
                 continue
-            first = _month_start(month)
             day = min(bound.replace(hour=0, minute=0, second=0, microsecond=0),
                       _month_start(month_of(first + timedelta(days=31))) - timedelta(days=1))
             while day >= first:

@@ -304,6 +304,26 @@ def test_pages_read_a_day_at_a_time_are_the_pages_read_a_month_at_a_time(db, uni
                             channel="phone") == [phone[:7], phone[7:14], phone[14:]]
 
 
+def test_a_page_shows_entries_the_profile_as_read_did_not_have_yet(db, unique):
+    # an event applied, or a merge copying entries, after the profile was read: dated up to
+    # now, or in a month after the newest the profile knew
+    history = HistoryStore(db, timedelta(days=400))
+    now = datetime(2026, 3, 15, 12, tzinfo=UTC)
+    profile_id = f"p-stale-{unique}"
+    moments = {1: datetime(2026, 2, 10, tzinfo=UTC),
+               **{n: datetime(2026, 3, 10, 6 + n, tzinfo=UTC) for n in range(2, 6)},
+               6: datetime(2026, 3, 14, 9, tzinfo=UTC), 7: datetime(2026, 3, 15, 8, tzinfo=UTC),
+               8: datetime(2026, 4, 2, tzinfo=UTC)}
+    for n, at in moments.items():
+        recorded(history, profile_id, n, at, now)
+    known = (moments[5], timedelta(hours=3))  # the profile as read knew up to March 10th
+
+    entries, _ = history.page(profile_id, ["2026-04", "2026-03", "2026-02"], now, limit=3,
+                              reach=known)
+
+    assert ids(entries) == ["8", "7", "6"]
+
+
 class CountingReads:
     """A collection that counts the documents its finds return."""
 
