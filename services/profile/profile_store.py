@@ -404,16 +404,28 @@ class ProfileStore:
         returns how many of each. The daily backstop of the erasure's own deletes: a crash
         that cuts short both an event run and its clean-up leaves the entries only the stored
         profile knew (a name the event completed). Every entry is read once,
-        ``ERASED_SWEEP_PAGE`` at a time with ``pause`` between pages (``store.paced``)."""
-        return {"names": self._unindex_erased(self.names, pause),
-                "identifiers": self._unindex_erased(self.identifiers, pause)}
+        ``ERASED_SWEEP_PAGE`` at a time with ``pause`` between pages (``store.paced``). The
+        entries of a profile still stored are left to its erasure, in progress or to be
+        retried: a retry finds the profile through them."""
+        stopped = False
 
-    def _unindex_erased(self, index, pause: Callable[[float], bool] | None) -> int:
+        def pausing(took: float) -> bool:
+            nonlocal stopped
+            stopped = pause is not None and pause(took)
+            return stopped
+
+        names = self._unindex_erased(self.names, pausing)
+        return {"names": names,
+                "identifiers": 0 if stopped else self._unindex_erased(self.identifiers, pausing)}
+
+    def _unindex_erased(self, index, pause: Callable[[float], bool]) -> int:
         listing = index.find({}, {"profile_id": 1}).batch_size(LISTING_BATCH)
         removed = 0
         for page in paced(listing, ERASED_SWEEP_PAGE, pause):
             erased = self.erased_among(entry["profile_id"] for entry in page)
-            for profile_id in sorted(erased):
+            erasing = {doc["_id"] for doc in find_by_ids(self.profiles, sorted(erased),
+                                                         {"_id": 1})}
+            for profile_id in sorted(erased - erasing):
                 # only while it still points there: an identifier may have moved on since
                 removed += delete_by_ids(index, [entry["_id"] for entry in page
                                                  if entry["profile_id"] == profile_id],

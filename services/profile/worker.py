@@ -303,7 +303,8 @@ class _EventRun:
         erased = self.store.erased_among(written)
         if erased:
             docs = [self.profiles[p] for p in sorted(erased) if p in self.profiles]
-            _delete_kept_by(self.context, docs, sorted(erased), [])
+            _delete_kept_by(self.context, docs, sorted(erased))
+            self.store.unindex_keys(_held_keys(docs), erased)
             # its events by their own keys too: the erasure may have deleted the pages listing
             # them (the identifiers the run indexed are among those its profiles hold)
             self.context.history.forget(
@@ -605,15 +606,22 @@ def make_privacy_handler(context: Context):
     return _retrying(handle)
 
 
+def _identified(context: Context, request: PrivacyRequest) -> list[str]:
+    """The profiles a request names, and those its identifiers' index entries point at
+    (stored or not)."""
+    ids = list(request.profile_ids)
+    for type_, value in request.identifiers:
+        entry = context.store.identifiers.find_one({"_id": f"{type_}:{value}"})
+        if entry:
+            ids.append(entry["profile_id"])
+    return ids
+
+
 def _subject_profiles(context: Context, request: PrivacyRequest) -> list[dict]:
     """The stored profiles a request is about: those named, those its identifiers lead to,
     and those merged into any of them."""
     store = context.store
-    ids = list(request.profile_ids)
-    for type_, value in request.identifiers:
-        entry = store.identifiers.find_one({"_id": f"{type_}:{value}"})
-        if entry:
-            ids.append(entry["profile_id"])
+    ids = _identified(context, request)
     found: dict[str, dict] = {}
     while ids:
         profile_id = ids.pop()
@@ -626,20 +634,14 @@ def _subject_profiles(context: Context, request: PrivacyRequest) -> list[dict]:
     return [found[k] for k in sorted(found)]
 
 
-def _delete_kept_by(context: Context, docs: list[dict], ids: list[str],
-                    identifiers: list[tuple[str, str]]) -> dict[str, int]:
+def _delete_kept_by(context: Context, docs: list[dict], ids: list[str]) -> dict[str, int]:
     """Delete what is kept by the profiles ``ids`` (stored as ``docs``) beside them: name
-    entries, identifier index entries (theirs and ``identifiers``), history, segment
-    memberships. By ``_id`` only (no scan of a big collection), through what the profile
-    documents list: the caller deletes those last, so a repeated deletion still finds what a
-    crash left."""
-    store = context.store
+    entries, history, segment memberships. By ``_id`` only (no scan of a big collection),
+    through what the profile documents list: the caller deletes those after, so a repeated
+    deletion still finds what a crash left."""
     for doc in docs:
-        store.index_name(doc["_id"], projection.name_of(doc), None)
-    held = [(t, v) for d in docs for t, values in d["identifiers"].items() for v in values]
+        context.store.index_name(doc["_id"], projection.name_of(doc), None)
     return {
-        "identifier_index_entries": store.unindex_keys(
-            [f"{t}:{v}" for t, v in [*identifiers, *held]], ids),
         # every id over every month any of them lists: a merge may have copied pages
         # into a profile already deleted
         "history_events": context.history.erase(
@@ -648,9 +650,17 @@ def _delete_kept_by(context: Context, docs: list[dict], ids: list[str],
     }
 
 
+def _held_keys(docs: list[dict]) -> set[str]:
+    """The identifier index keys ("type:value") of the identifiers the profiles hold."""
+    return {f"{t}:{v}" for d in docs for t, values in d["identifiers"].items() for v in values}
+
+
 def _erase(context: Context, request: PrivacyRequest, envelope: Envelope):
     store, now = context.store, context.clock()
-    ids = sorted({*request.profile_ids, *(d["_id"] for d in _subject_profiles(context, request))})
+    # the profiles identified but no longer stored too: an erasure cut short after deleting
+    # them, delivered again
+    ids = sorted({*_identified(context, request),
+                  *(d["_id"] for d in _subject_profiles(context, request))})
     while True:
         store.mark_erased(ids, request.request_id, now)
         # read after the mark: events stored for these profiles before it are in what is
@@ -659,14 +669,18 @@ def _erase(context: Context, request: PrivacyRequest, envelope: Envelope):
         if not {d["_id"] for d in docs} - set(ids):
             break
         ids = sorted({*ids, *(d["_id"] for d in docs)})
-    held = [(t, v) for d in docs for t, values in d["identifiers"].items() for v in values]
-    subjects = [*ids, *(f"id:{t}:{v}" for t, v in [*request.identifiers, *held])]
+    named = {f"{t}:{v}" for t, v in request.identifiers}
+    subjects = [*ids, *(f"id:{key}" for key in sorted(named | _held_keys(docs)))]
     summary = {
-        **_delete_kept_by(context, docs, ids, list(request.identifiers)),
+        **_delete_kept_by(context, docs, ids),
         "access_log_entries": store.delete_accesses(ids),
         "consent_states": store.delete_consents(subjects),
+        "identifier_index_entries": store.unindex_keys(_held_keys(docs) - named, ids),
         "profiles": store.delete_profiles(ids),
     }
+    # last: an erasure cut short before this is delivered again and finds its profiles
+    # through the identifiers the request names
+    summary["identifier_index_entries"] += store.unindex_keys(named, ids)
     outgoing = []
     for profile_id in ids:
         change = new_envelope(

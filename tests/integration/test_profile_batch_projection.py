@@ -326,3 +326,30 @@ def test_a_name_the_event_only_completed_leaves_the_index_at_the_daily_sweep(
     assert swept["erased_names_unindexed"] == 2
     assert context.store.search_names("kulkija", 5)[0] == {bystander: "Sivu Kulkija"}
     assert context.store.find_by_identifier("email", f"{bystander}3@x.fi")["_id"] == bystander
+
+
+def test_an_erasure_by_identifier_cut_short_after_deleting_the_profile_finishes_when_retried(
+        context, unique, monkeypatch):
+    profile_id = f"pr_{unique}"
+    worker.make_batch_handler(context)(shop_events(profile_id, "r"))
+    request = new_envelope("Erasure Requested", "system", message_id=f"erase-id-{unique}",
+                           payload={"request_id": f"req-id-{unique}", "kind": "erasure",
+                                    "profile_ids": [], "requested_by": "dpo-key",
+                                    "identifiers": [{"type": "email",
+                                                     "value": f"{profile_id}@x.fi"}]})
+
+    delete_profiles = context.store.delete_profiles
+
+    def deleted_then_the_worker_dies(profile_ids):
+        delete_profiles(profile_ids)
+        raise SystemExit("killed")
+
+    monkeypatch.setattr(context.store, "delete_profiles", deleted_then_the_worker_dies)
+    with pytest.raises(SystemExit):
+        worker.make_privacy_handler(context)(request)
+    assert traces(context, profile_id) == {"identifiers": 1}  # the one it is found by
+    monkeypatch.undo()
+
+    worker.make_privacy_handler(context)(request)  # delivered again
+
+    assert traces(context, profile_id) == {}
