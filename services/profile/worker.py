@@ -772,17 +772,13 @@ class Housekeeping(BackgroundLoop):
     # cannot find the expired ones by an index): once a day, so it costs the store a
     # twenty-fourth of what it did hourly, and nothing is kept more than a day too long
     RETENTION_SECONDS = 86400.0
-    # the first an hour after start: a worker restarted often would otherwise read it all
-    # each time
-    FIRST_RETENTION_AFTER_SECONDS = 3600.0
 
     def __init__(self, context: Context, producer: Producer, *, sweep_history: bool):
         super().__init__()
         self.context = context
         self.producer = producer
         self.sweep_history = sweep_history
-        self._sweep_due = 0.0
-        self._retention_due = time.monotonic() + self.FIRST_RETENTION_AFTER_SECONDS
+        self._sweep_due = self._retention_due = 0.0
 
     def step(self) -> None:
         self.membership_pass()
