@@ -29,7 +29,7 @@ import string
 import unicodedata
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pymongo.errors
 from pymongo import DeleteOne, InsertOne, ReplaceOne, UpdateOne
@@ -74,6 +74,8 @@ KEY_CHARACTERS = frozenset(string.ascii_lowercase + string.digits + "-'")
 EXPIRY_CHUNK = 500  # expired access-log entries deleted between two pauses of a sweep
 ADOPTION_CHUNK = 50  # profiles whose listed access-log entries are re-keyed between pauses
 ERASED_SWEEP_PAGE = 1000  # index entries whose profiles are checked for tombstones in one read
+# how long an erased profile still stored is left to its erasure (a retry of one cut short)
+ERASING_GRACE = timedelta(days=1)
 
 
 def normalise_name(text: str) -> str:
@@ -158,6 +160,15 @@ class ProfileStore:
             if doc.get("merged_into"):
                 found[profile_id] = self.load_current(profile_id) or doc
         return found
+
+    def stored(self, profile_ids: Iterable[str]) -> list[dict]:
+        """The profiles stored under these ids, as stored (merges not followed)."""
+        return [unpack(doc) for doc in find_by_ids(self.profiles, sorted(set(profile_ids)))]
+
+    def erased_at(self, profile_ids: Iterable[str]) -> dict[str, datetime | None]:
+        """{erased profile id: when it was marked} for those of ``profile_ids`` erased."""
+        return {doc["_id"]: doc.get("at") for doc in find_by_ids(
+            self.erased, sorted(set(profile_ids)), {"at": 1})}
 
     def erased_among(self, profile_ids: Iterable[str]) -> set[str]:
         return {doc["_id"] for doc in find_by_ids(self.erased, sorted(set(profile_ids)),
@@ -399,14 +410,15 @@ class ProfileStore:
                 for doc in find_by_ids(self.erased, sorted(set(profile_ids)),
                                        {"together": 1})}
 
-    def unindex_erased(self, pause: Callable[[float], bool] | None = None) -> dict[str, int]:
+    def unindex_erased(self, now: datetime,
+                       pause: Callable[[float], bool] | None = None) -> dict[str, int]:
         """Remove the name and identifier index entries still pointing at an erased profile;
         returns how many of each. The daily backstop of the erasure's own deletes: a crash
         that cuts short both an event run and its clean-up leaves the entries only the stored
         profile knew (a name the event completed). Every entry is read once,
         ``ERASED_SWEEP_PAGE`` at a time with ``pause`` between pages (``store.paced``). The
-        entries of a profile still stored are left to its erasure, in progress or to be
-        retried: a retry finds the profile through them."""
+        entries of a profile still stored are left to its erasure for ``ERASING_GRACE``
+        after its tombstone: a retry of one cut short finds the profile through them."""
         stopped = False
 
         def pausing(took: float) -> bool:
@@ -414,18 +426,20 @@ class ProfileStore:
             stopped = pause is not None and pause(took)
             return stopped
 
-        names = self._unindex_erased(self.names, pausing)
-        return {"names": names,
-                "identifiers": 0 if stopped else self._unindex_erased(self.identifiers, pausing)}
+        names = self._unindex_erased(self.names, now - ERASING_GRACE, pausing)
+        return {"names": names, "identifiers": 0 if stopped else self._unindex_erased(
+            self.identifiers, now - ERASING_GRACE, pausing)}
 
-    def _unindex_erased(self, index, pause: Callable[[float], bool]) -> int:
+    def _unindex_erased(self, index, erasing_since: datetime,
+                        pause: Callable[[float], bool]) -> int:
         listing = index.find({}, {"profile_id": 1}).batch_size(LISTING_BATCH)
         removed = 0
         for page in paced(listing, ERASED_SWEEP_PAGE, pause):
-            erased = self.erased_among(entry["profile_id"] for entry in page)
-            erasing = {doc["_id"] for doc in find_by_ids(self.profiles, sorted(erased),
-                                                         {"_id": 1})}
-            for profile_id in sorted(erased - erasing):
+            erased = self.erased_at(entry["profile_id"] for entry in page)
+            stored = {doc["_id"] for doc in find_by_ids(self.profiles, sorted(erased),
+                                                        {"_id": 1})}
+            erasing = {p for p in stored if erased[p] is None or erased[p] > erasing_since}
+            for profile_id in sorted(set(erased) - erasing):
                 # only while it still points there: an identifier may have moved on since
                 removed += delete_by_ids(index, [entry["_id"] for entry in page
                                                  if entry["profile_id"] == profile_id],

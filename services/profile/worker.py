@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -335,6 +335,13 @@ class _EventRun:
                                 if (name := _name_given(e, self.now, self.context.thresholds))
                                 for holder in holders[e.message_id]])
         self.context.segments.remove_profiles(erased)
+        # a document the attempt stored after the erasure had deleted what it found
+        left = self.store.stored(erased)
+        if left:
+            kept = [doc["_id"] for doc in left]
+            _delete_kept_by(self.context, left, kept)
+            self.store.unindex_keys(_held_keys(left), kept)
+            self.store.delete_profiles(kept)
 
 
 def _name_given(envelope: Envelope, now: datetime, thresholds: RfmThresholds
@@ -617,11 +624,12 @@ def _identified(context: Context, request: PrivacyRequest) -> list[str]:
     return ids
 
 
-def _subject_profiles(context: Context, request: PrivacyRequest) -> list[dict]:
+def _subject_profiles(context: Context, request: PrivacyRequest,
+                      also: Iterable[str] = ()) -> list[dict]:
     """The stored profiles a request is about: those named, those its identifiers lead to,
-    and those merged into any of them."""
+    ``also``, and those merged into any of them."""
     store = context.store
-    ids = _identified(context, request)
+    ids = [*_identified(context, request), *also]
     found: dict[str, dict] = {}
     while ids:
         profile_id = ids.pop()
@@ -659,13 +667,17 @@ def _erase(context: Context, request: PrivacyRequest, envelope: Envelope):
     store, now = context.store, context.clock()
     # the profiles identified but no longer stored too: an erasure cut short after deleting
     # them, delivered again
-    ids = sorted({*_identified(context, request),
-                  *(d["_id"] for d in _subject_profiles(context, request))})
+    ids = {*_identified(context, request),
+           *(d["_id"] for d in _subject_profiles(context, request))}
+    # and those it erased with them: a profile merged into one it deleted is listed by no
+    # profile stored
+    ids = sorted({*ids, *(p for together in store.erased_together(ids).values()
+                          for p in together)})
     while True:
         store.mark_erased(ids, request.request_id, now)
         # read after the mark: events stored for these profiles before it are in what is
         # read now, and an event run storing after it takes its own writes back (_EventRun)
-        docs = _subject_profiles(context, request)
+        docs = _subject_profiles(context, request, ids)
         if not {d["_id"] for d in docs} - set(ids):
             break
         ids = sorted({*ids, *(d["_id"] for d in docs)})
@@ -858,7 +870,7 @@ class Housekeeping(BackgroundLoop):
         names = self.context.store.rebuild_name_index(_listed_name, pause)
         moved = self.context.history.migrate_month_pages(self.context.store.erased_among, now,
                                                          pause)
-        unindexed = (self.context.store.unindex_erased(pause) if retention
+        unindexed = (self.context.store.unindex_erased(now, pause) if retention
                      else {"names": 0, "identifiers": 0})
         summary = {"history_events": deleted, "access_log": accesses,
                    "access_log_rekeyed": adopted, "names_indexed": names,

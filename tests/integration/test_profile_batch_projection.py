@@ -353,3 +353,55 @@ def test_an_erasure_by_identifier_cut_short_after_deleting_the_profile_finishes_
     worker.make_privacy_handler(context)(request)  # delivered again
 
     assert traces(context, profile_id) == {}
+
+
+def test_an_erasure_cut_short_between_a_survivor_and_its_merged_profile_takes_both_when_retried(
+        context, unique, monkeypatch):
+    survivor, merged = f"pms_{unique}", f"pmm_{unique}"
+    merge = new_envelope("Profiles Merged", "system", message_id=f"merge-r-{unique}",
+                         payload={"survivor": survivor, "merged": merged, "identifier": None,
+                                  "cause_message_id": "x"}).resolved_to(survivor)
+    worker.make_batch_handler(context)([*shop_events(survivor, "s"),
+                                        *shop_events(merged, "m"), merge])
+    request = new_envelope("Erasure Requested", "system", message_id=f"erase-m-{unique}",
+                           payload={"request_id": f"req-m-{unique}", "kind": "erasure",
+                                    "profile_ids": [], "requested_by": "dpo-key",
+                                    "identifiers": [{"type": "email",
+                                                     "value": f"{survivor}@x.fi"}]})
+    delete_profiles = context.store.delete_profiles
+
+    def the_survivor_deleted_then_the_worker_dies(profile_ids):
+        delete_profiles([survivor])
+        raise SystemExit("killed")
+
+    monkeypatch.setattr(context.store, "delete_profiles",
+                        the_survivor_deleted_then_the_worker_dies)
+    with pytest.raises(SystemExit):
+        worker.make_privacy_handler(context)(request)
+    monkeypatch.undo()
+    assert traces(context, merged) == {"profile": 1}  # listed by no profile stored
+
+    worker.make_privacy_handler(context)(request)  # delivered again
+
+    assert traces(context, survivor) == {} and traces(context, merged) == {}
+
+
+def test_a_profile_a_run_stored_after_its_erasure_goes_when_the_run_is_delivered_again(
+        context, unique, monkeypatch):
+    profile_id = f"pz_{unique}"
+    save_many = context.store.save_many
+
+    def erased_just_before_the_save(docs):
+        monkeypatch.setattr(context.store, "save_many", save_many)
+        worker.make_privacy_handler(context)(erasure(profile_id, unique))  # nothing stored yet
+        save_many(docs)
+
+    monkeypatch.setattr(context.store, "save_many", erased_just_before_the_save)
+    monkeypatch.setattr(worker._EventRun, "_take_back_erased", lambda run: set())  # killed
+    worker.make_batch_handler(context)(shop_events(profile_id, "z"))
+    assert traces(context, profile_id)["profile"] == 1
+    monkeypatch.undo()
+
+    worker.make_batch_handler(context)(shop_events(profile_id, "z"))  # delivered again
+
+    assert traces(context, profile_id) == {}

@@ -4,7 +4,7 @@ are replaced by the housekeeping and consulted (and cleaned) until then."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from services.common.envelope import new_envelope
 from services.profile import projection
@@ -152,26 +152,32 @@ def test_the_erased_sweep_keeps_an_identifier_that_moved_on_while_it_read(db, un
                          "email:kept@x.fi": "p_kept"})
     store.index_names([("p_gone", None, ("Mennyt", "Pois")), ("p_kept", None, ("Pysyy", "Tässä"))])
     store.mark_erased(["p_gone"], "req", datetime.now(UTC))
+    now = datetime.now(UTC)
     # an erasure that marked its profile and has yet to delete it: a retry finds it by these
     named(store, "p_erasing", "Kesken", "Jäänyt")
     store.index_names([("p_erasing", None, ("Kesken", "Jäänyt"))])
     store.index_entries({"email:erasing@x.fi": "p_erasing"})
-    store.mark_erased(["p_erasing"], "req-2", datetime.now(UTC))
+    store.mark_erased(["p_erasing"], "req-2", now)
+    # one marked two days ago and still stored: no erasure is coming back to it
+    named(store, "p_stuck", "Jumissa", "Yhä")
+    store.index_names([("p_stuck", None, ("Jumissa", "Yhä"))])
+    store.index_entries({"email:stuck@x.fi": "p_stuck"})
+    store.mark_erased(["p_stuck"], "req-3", now - timedelta(days=2))
     # told to stop after the names' first page: the identifiers wait for the next sweep
-    assert store.unindex_erased(lambda took: True) == {"names": 2, "identifiers": 0}
+    assert store.unindex_erased(now, lambda took: True) == {"names": 4, "identifiers": 0}
     store.index_names([("p_gone", None, ("Mennyt", "Pois"))])
-    erased_among = store.erased_among
+    erased_at = store.erased_at
     reads = []
 
     def the_identifier_moves_meanwhile(profile_ids):
-        erased = erased_among(profile_ids)
+        erased = erased_at(profile_ids)
         reads.append(erased)
         if len(reads) == 2:  # the identifiers' page is read: one of them moves on now
             store.index_entries({"email:moving@x.fi": "p_kept"})
         return erased
 
-    store.erased_among = the_identifier_moves_meanwhile
-    assert store.unindex_erased() == {"names": 2, "identifiers": 1}
+    store.erased_at = the_identifier_moves_meanwhile
+    assert store.unindex_erased(now) == {"names": 2, "identifiers": 2}
 
     assert {e["_id"]: e["profile_id"] for e in database["profile_identifiers"].find()} == {
         "email:moving@x.fi": "p_kept", "email:kept@x.fi": "p_kept",
