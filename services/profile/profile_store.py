@@ -30,6 +30,7 @@ import unicodedata
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
+from typing import Any
 
 import pymongo.errors
 from pymongo import DeleteOne, InsertOne, ReplaceOne, UpdateOne
@@ -410,15 +411,17 @@ class ProfileStore:
                 for doc in find_by_ids(self.erased, sorted(set(profile_ids)),
                                        {"together": 1})}
 
-    def unindex_erased(self, now: datetime,
+    def unindex_erased(self, now: datetime, erase_left: Callable[[list[str]], Any],
                        pause: Callable[[float], bool] | None = None) -> dict[str, int]:
         """Remove the name and identifier index entries still pointing at an erased profile;
         returns how many of each. The daily backstop of the erasure's own deletes: a crash
         that cuts short both an event run and its clean-up leaves the entries only the stored
         profile knew (a name the event completed). Every entry is read once,
-        ``ERASED_SWEEP_PAGE`` at a time with ``pause`` between pages (``store.paced``). The
-        entries of a profile still stored are left to its erasure for ``ERASING_GRACE``
-        after its tombstone: a retry of one cut short finds the profile through them."""
+        ``ERASED_SWEEP_PAGE`` at a time with ``pause`` between pages (``store.paced``).
+
+        An erased profile still stored is its erasure's, in progress or to be retried (the
+        retry finds it through these entries), for ``ERASING_GRACE`` after its tombstone;
+        after that ``erase_left`` is called with its id, to erase it and all it keeps."""
         stopped = False
 
         def pausing(took: float) -> bool:
@@ -426,11 +429,13 @@ class ProfileStore:
             stopped = pause is not None and pause(took)
             return stopped
 
-        names = self._unindex_erased(self.names, now - ERASING_GRACE, pausing)
+        since = now - ERASING_GRACE
+        names = self._unindex_erased(self.names, since, erase_left, pausing)
         return {"names": names, "identifiers": 0 if stopped else self._unindex_erased(
-            self.identifiers, now - ERASING_GRACE, pausing)}
+            self.identifiers, since, erase_left, pausing)}
 
     def _unindex_erased(self, index, erasing_since: datetime,
+                        erase_left: Callable[[list[str]], Any],
                         pause: Callable[[float], bool]) -> int:
         listing = index.find({}, {"profile_id": 1}).batch_size(LISTING_BATCH)
         removed = 0
@@ -438,8 +443,10 @@ class ProfileStore:
             erased = self.erased_at(entry["profile_id"] for entry in page)
             stored = {doc["_id"] for doc in find_by_ids(self.profiles, sorted(erased),
                                                         {"_id": 1})}
-            erasing = {p for p in stored if erased[p] is None or erased[p] > erasing_since}
-            for profile_id in sorted(set(erased) - erasing):
+            left = sorted(p for p in stored if erased[p] is None or erased[p] <= erasing_since)
+            if left:
+                erase_left(left)
+            for profile_id in sorted(set(erased) - stored):
                 # only while it still points there: an identifier may have moved on since
                 removed += delete_by_ids(index, [entry["_id"] for entry in page
                                                  if entry["profile_id"] == profile_id],

@@ -336,12 +336,7 @@ class _EventRun:
                                 for holder in holders[e.message_id]])
         self.context.segments.remove_profiles(erased)
         # a document the attempt stored after the erasure had deleted what it found
-        left = self.store.stored(erased)
-        if left:
-            kept = [doc["_id"] for doc in left]
-            _delete_kept_by(self.context, left, kept)
-            self.store.unindex_keys(_held_keys(left), kept)
-            self.store.delete_profiles(kept)
+        _erase_stored(self.context, erased)
 
 
 def _name_given(envelope: Envelope, now: datetime, thresholds: RfmThresholds
@@ -663,6 +658,35 @@ def _held_keys(docs: list[dict]) -> set[str]:
     return {f"{t}:{v}" for d in docs for t, values in d["identifiers"].items() for v in values}
 
 
+def _delete_erased(context: Context, docs: list[dict], ids: list[str],
+                   named: set[str]) -> dict[str, int]:
+    """Delete the erased profiles ``ids`` (those stored, as ``docs``) and all they keep;
+    returns how much of each. ``named``: the identifier keys an erasure request names, whose
+    index entries go last: an erasure cut short before is delivered again and finds its
+    profiles through them."""
+    store = context.store
+    subjects = [*ids, *(f"id:{key}" for key in sorted(named | _held_keys(docs)))]
+    summary = {
+        **_delete_kept_by(context, docs, ids),
+        "access_log_entries": store.delete_accesses(ids),
+        "consent_states": store.delete_consents(subjects),
+        "identifier_index_entries": store.unindex_keys(_held_keys(docs) - named, ids),
+        "profiles": store.delete_profiles(ids),
+    }
+    summary["identifier_index_entries"] += store.unindex_keys(named, ids)
+    return summary
+
+
+def _erase_stored(context: Context, profile_ids: list[str]) -> None:
+    """Erase what is still stored under these erased profiles: a document written after
+    the erasure had deleted what it found, or one an erasure cut short left."""
+    docs = context.store.stored(profile_ids)
+    if docs:
+        ids = [doc["_id"] for doc in docs]
+        log.warning("erased profiles still stored, erased again", extra={"profiles": ids})
+        _delete_erased(context, docs, ids, set())
+
+
 def _erase(context: Context, request: PrivacyRequest, envelope: Envelope):
     store, now = context.store, context.clock()
     # the profiles identified but no longer stored too: an erasure cut short after deleting
@@ -681,18 +705,7 @@ def _erase(context: Context, request: PrivacyRequest, envelope: Envelope):
         if not {d["_id"] for d in docs} - set(ids):
             break
         ids = sorted({*ids, *(d["_id"] for d in docs)})
-    named = {f"{t}:{v}" for t, v in request.identifiers}
-    subjects = [*ids, *(f"id:{key}" for key in sorted(named | _held_keys(docs)))]
-    summary = {
-        **_delete_kept_by(context, docs, ids),
-        "access_log_entries": store.delete_accesses(ids),
-        "consent_states": store.delete_consents(subjects),
-        "identifier_index_entries": store.unindex_keys(_held_keys(docs) - named, ids),
-        "profiles": store.delete_profiles(ids),
-    }
-    # last: an erasure cut short before this is delivered again and finds its profiles
-    # through the identifiers the request names
-    summary["identifier_index_entries"] += store.unindex_keys(named, ids)
+    summary = _delete_erased(context, docs, ids, {f"{t}:{v}" for t, v in request.identifiers})
     outgoing = []
     for profile_id in ids:
         change = new_envelope(
@@ -870,7 +883,8 @@ class Housekeeping(BackgroundLoop):
         names = self.context.store.rebuild_name_index(_listed_name, pause)
         moved = self.context.history.migrate_month_pages(self.context.store.erased_among, now,
                                                          pause)
-        unindexed = (self.context.store.unindex_erased(now, pause) if retention
+        unindexed = (self.context.store.unindex_erased(
+            now, lambda left: _erase_stored(self.context, left), pause) if retention
                      else {"names": 0, "identifiers": 0})
         summary = {"history_events": deleted, "access_log": accesses,
                    "access_log_rekeyed": adopted, "names_indexed": names,

@@ -405,3 +405,33 @@ def test_a_profile_a_run_stored_after_its_erasure_goes_when_the_run_is_delivered
     worker.make_batch_handler(context)(shop_events(profile_id, "z"))  # delivered again
 
     assert traces(context, profile_id) == {}
+
+
+def test_an_event_arriving_while_an_erasure_waits_for_its_retry_leaves_nothing_of_the_profile(
+        context, unique, monkeypatch):
+    profile_id = f"pw_{unique}"
+    project = worker.make_batch_handler(context)
+    project(shop_events(profile_id, "w")[:2])
+    consents = context.store.consents
+    consents.insert_many([{"_id": profile_id, "states": {}},
+                          {"_id": f"id:anonymous_id:a-{profile_id}", "states": {}}])
+    request = new_envelope("Erasure Requested", "system", message_id=f"erase-w-{unique}",
+                           payload={"request_id": f"req-w-{unique}", "kind": "erasure",
+                                    "profile_ids": [], "requested_by": "dpo-key",
+                                    "identifiers": [{"type": "email",
+                                                     "value": f"{profile_id}@x.fi"}]})
+
+    def the_worker_dies(*args):
+        raise SystemExit("killed")
+
+    # killed right after marking the profile erased, before deleting anything
+    monkeypatch.setattr(worker, "_delete_erased", the_worker_dies)
+    with pytest.raises(SystemExit):
+        worker.make_privacy_handler(context)(request)
+    monkeypatch.undo()
+    project(shop_events(profile_id, "w")[2:])  # the customer's next event, before the retry
+    worker.make_privacy_handler(context)(request)  # delivered again
+
+    assert traces(context, profile_id) == {}
+    assert consents.count_documents({"_id": {"$in": [
+        profile_id, f"id:anonymous_id:a-{profile_id}"]}}) == 0

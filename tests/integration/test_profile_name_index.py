@@ -158,13 +158,17 @@ def test_the_erased_sweep_keeps_an_identifier_that_moved_on_while_it_read(db, un
     store.index_names([("p_erasing", None, ("Kesken", "Jäänyt"))])
     store.index_entries({"email:erasing@x.fi": "p_erasing"})
     store.mark_erased(["p_erasing"], "req-2", now)
-    # one marked two days ago and still stored: no erasure is coming back to it
+    # one marked two days ago and still stored: no erasure is coming back to it, the sweep
+    # hands it to be erased
     named(store, "p_stuck", "Jumissa", "Yhä")
     store.index_names([("p_stuck", None, ("Jumissa", "Yhä"))])
     store.index_entries({"email:stuck@x.fi": "p_stuck"})
     store.mark_erased(["p_stuck"], "req-3", now - timedelta(days=2))
+    left = []
     # told to stop after the names' first page: the identifiers wait for the next sweep
-    assert store.unindex_erased(now, lambda took: True) == {"names": 4, "identifiers": 0}
+    assert store.unindex_erased(now, left.append, lambda took: True) == {
+        "names": 2, "identifiers": 0}
+    assert left == [["p_stuck"]]
     store.index_names([("p_gone", None, ("Mennyt", "Pois"))])
     erased_at = store.erased_at
     reads = []
@@ -177,11 +181,31 @@ def test_the_erased_sweep_keeps_an_identifier_that_moved_on_while_it_read(db, un
         return erased
 
     store.erased_at = the_identifier_moves_meanwhile
-    assert store.unindex_erased(now) == {"names": 2, "identifiers": 2}
+    assert store.unindex_erased(now, left.append) == {"names": 2, "identifiers": 1}
 
+    assert left == [["p_stuck"]] * 3
     assert {e["_id"]: e["profile_id"] for e in database["profile_identifiers"].find()} == {
         "email:moving@x.fi": "p_kept", "email:kept@x.fi": "p_kept",
-        "email:erasing@x.fi": "p_erasing"}
+        "email:erasing@x.fi": "p_erasing", "email:stuck@x.fi": "p_stuck"}
     assert sorted(e["_id"] for e in database[NAMES].find()) == [
-        "jaanyt+kesken|p_erasing", "kesken+jaanyt|p_erasing",
-        "pysyy+tassa|p_kept", "tassa+pysyy|p_kept"]
+        "jaanyt+kesken|p_erasing", "jumissa+yha|p_stuck", "kesken+jaanyt|p_erasing",
+        "pysyy+tassa|p_kept", "tassa+pysyy|p_kept", "yha+jumissa|p_stuck"]
+
+
+def test_the_housekeeping_erases_a_profile_its_erasure_left_stored_for_a_day(
+        settings, db, unique):
+    database = db.client[f"muisti_left_{unique}"]  # the sweep reads every entry there
+    context = Context.build(settings, database)
+    store = context.store
+    named(store, "p_left", "Jäänyt", "Kesken")
+    store.index_names([("p_left", None, ("Jäänyt", "Kesken"))])
+    store.index_entries({"email:left@x.fi": "p_left"})
+    store.consents.insert_one({"_id": "p_left", "states": {}})
+    store.mark_erased(["p_left"], "req", datetime.now(UTC) - timedelta(days=2))
+
+    Housekeeping(context, producer=None, sweep_history=False).sweep()
+
+    assert store.stored(["p_left"]) == []
+    assert database[NAMES].count_documents({}) == 0
+    assert database["profile_identifiers"].count_documents({}) == 0
+    assert store.consents.count_documents({}) == 0
