@@ -87,9 +87,7 @@ def test_a_poll_gives_the_profiles_event_by_event_would_and_a_replay_changes_not
 def test_a_merge_inside_a_poll_takes_effect_between_the_events_around_it(context, unique):
     survivor, absorbed = f"pm1_{unique}", f"pm2_{unique}"
     before = shop_events(absorbed, "m")[:2]
-    merge = new_envelope("Profiles Merged", "system", message_id=f"merge-{unique}",
-                         payload={"survivor": survivor, "merged": absorbed, "identifier": None,
-                                  "cause_message_id": "x"}).resolved_to(survivor)
+    merge = merging(survivor, absorbed, unique)
     after = shop_events(absorbed, "m")[2:]
     worker.make_batch_handler(context)([*before, merge, *after])
 
@@ -100,10 +98,34 @@ def test_a_merge_inside_a_poll_takes_effect_between_the_events_around_it(context
     assert stored(context, absorbed)["purchases"] == 0
 
 
-def erasure(profile_id: str, tag: str):
+def erasure(profile_id: str, tag: str, by_email: bool = False):
+    """The erasure of a profile, named by its id or (``by_email``) by its email alone."""
+    subject = ({"profile_ids": [], "identifiers": [{"type": "email",
+                                                    "value": f"{profile_id}@x.fi"}]}
+               if by_email else {"profile_ids": [profile_id], "identifiers": []})
     return new_envelope("Erasure Requested", "system", message_id=f"erase-{tag}", payload={
-        "request_id": f"req-{tag}", "kind": "erasure", "profile_ids": [profile_id],
-        "identifiers": [], "requested_by": "dpo-key"})
+        "request_id": f"req-{tag}", "kind": "erasure", "requested_by": "dpo-key", **subject})
+
+
+def merging(survivor: str, merged: str, tag: str):
+    return new_envelope("Profiles Merged", "system", message_id=f"merge-{tag}",
+                        payload={"survivor": survivor, "merged": merged, "identifier": None,
+                                 "cause_message_id": "x"}).resolved_to(survivor)
+
+
+def erased_after_the_next_save_then_killed(context, monkeypatch, profile_id: str, tag: str):
+    """The next run: the profile is erased between its save and its name entries (the
+    erasure reads the saved profile, not what the run writes next), and the run is killed
+    before it can take anything back."""
+    index_names = context.store.index_names
+
+    def erased_after_the_save(changes):
+        monkeypatch.setattr(context.store, "index_names", index_names)
+        worker.make_privacy_handler(context)(erasure(profile_id, tag))
+        index_names(changes)
+
+    monkeypatch.setattr(context.store, "index_names", erased_after_the_save)
+    monkeypatch.setattr(worker._EventRun, "_take_back_erased", lambda run: set())
 
 
 def traces(context, profile_id: str) -> dict:
@@ -171,9 +193,7 @@ def test_a_merge_of_a_profile_erased_meanwhile_erases_the_other_as_well(
     project([*shop_events(survivor, "s"), *shop_events(merged, "m")])
     gone = survivor if erased_side == "survivor" else merged
     worker.make_privacy_handler(context)(erasure(gone, unique))
-    merge = new_envelope("Profiles Merged", "system", message_id=f"merge-{unique}",
-                         payload={"survivor": survivor, "merged": merged, "identifier": None,
-                                  "cause_message_id": "x"}).resolved_to(survivor)
+    merge = merging(survivor, merged, unique)
 
     outgoing = project([merge])
 
@@ -241,22 +261,10 @@ def test_a_run_cut_short_under_the_survivor_leaves_nothing_once_both_are_erased(
         context, unique, monkeypatch):
     survivor, merged = f"pks_{unique}", f"pkm_{unique}"
     project = worker.make_batch_handler(context)
-    merge = new_envelope("Profiles Merged", "system", message_id=f"merge-{unique}",
-                         payload={"survivor": survivor, "merged": merged, "identifier": None,
-                                  "cause_message_id": "x"}).resolved_to(survivor)
+    merge = merging(survivor, merged, unique)
     project([shop_events(survivor, "s")[1], shop_events(merged, "m")[1], merge])
     late = shop_events(merged, "late")  # the merged profile's: stored under the survivor
-    index_names = context.store.index_names
-
-    def erased_after_the_save(changes):
-        # the erasure read the saved survivor; what this run writes next it does not see
-        monkeypatch.setattr(context.store, "index_names", index_names)
-        worker.make_privacy_handler(context)(erasure(survivor, unique))
-        index_names(changes)
-
-    monkeypatch.setattr(context.store, "index_names", erased_after_the_save)
-    # killed before it could take anything back
-    monkeypatch.setattr(worker._EventRun, "_take_back_erased", lambda run: set())
+    erased_after_the_next_save_then_killed(context, monkeypatch, survivor, unique)
     project(late)
     assert traces(context, survivor)  # what the erasure could not have seen
     monkeypatch.undo()
@@ -300,21 +308,11 @@ def test_a_name_the_event_only_completed_leaves_the_index_at_the_daily_sweep(
                             payload={"traits": traits}, message_id=f"{profile_id}-{n}",
                             occurred_at=T0 + timedelta(minutes=n)).resolved_to(profile_id)
 
-    merge = new_envelope("Profiles Merged", "system", message_id=f"merge-{unique}",
-                         payload={"survivor": survivor, "merged": merged, "identifier": None,
-                                  "cause_message_id": "x"}).resolved_to(survivor)
+    merge = merging(survivor, merged, unique)
     project([identify(survivor, 1, lastName="Täydennetty"), identify(merged, 2),
              identify(bystander, 3, firstName="Sivu", lastName="Kulkija"), merge])
     late = [identify(merged, 4, firstName="Vasta")]  # completes the survivor's name
-    index_names = context.store.index_names
-
-    def erased_after_the_save(changes):
-        monkeypatch.setattr(context.store, "index_names", index_names)
-        worker.make_privacy_handler(context)(erasure(survivor, unique))
-        index_names(changes)
-
-    monkeypatch.setattr(context.store, "index_names", erased_after_the_save)
-    monkeypatch.setattr(worker._EventRun, "_take_back_erased", lambda run: set())
+    erased_after_the_next_save_then_killed(context, monkeypatch, survivor, unique)
     project(late)
     monkeypatch.undo()
     project(late)  # delivered again: it knows the first name alone
@@ -332,11 +330,7 @@ def test_an_erasure_by_identifier_cut_short_after_deleting_the_profile_finishes_
         context, unique, monkeypatch):
     profile_id = f"pr_{unique}"
     worker.make_batch_handler(context)(shop_events(profile_id, "r"))
-    request = new_envelope("Erasure Requested", "system", message_id=f"erase-id-{unique}",
-                           payload={"request_id": f"req-id-{unique}", "kind": "erasure",
-                                    "profile_ids": [], "requested_by": "dpo-key",
-                                    "identifiers": [{"type": "email",
-                                                     "value": f"{profile_id}@x.fi"}]})
+    request = erasure(profile_id, f"id-{unique}", by_email=True)
 
     delete_profiles = context.store.delete_profiles
 
@@ -358,16 +352,10 @@ def test_an_erasure_by_identifier_cut_short_after_deleting_the_profile_finishes_
 def test_an_erasure_cut_short_between_a_survivor_and_its_merged_profile_takes_both_when_retried(
         context, unique, monkeypatch):
     survivor, merged = f"pms_{unique}", f"pmm_{unique}"
-    merge = new_envelope("Profiles Merged", "system", message_id=f"merge-r-{unique}",
-                         payload={"survivor": survivor, "merged": merged, "identifier": None,
-                                  "cause_message_id": "x"}).resolved_to(survivor)
+    merge = merging(survivor, merged, f"r-{unique}")
     worker.make_batch_handler(context)([*shop_events(survivor, "s"),
                                         *shop_events(merged, "m"), merge])
-    request = new_envelope("Erasure Requested", "system", message_id=f"erase-m-{unique}",
-                           payload={"request_id": f"req-m-{unique}", "kind": "erasure",
-                                    "profile_ids": [], "requested_by": "dpo-key",
-                                    "identifiers": [{"type": "email",
-                                                     "value": f"{survivor}@x.fi"}]})
+    request = erasure(survivor, f"m-{unique}", by_email=True)
     delete_profiles = context.store.delete_profiles
 
     def the_survivor_deleted_then_the_worker_dies(profile_ids):
@@ -415,11 +403,7 @@ def test_an_event_arriving_while_an_erasure_waits_for_its_retry_leaves_nothing_o
     consents = context.store.consents
     consents.insert_many([{"_id": profile_id, "states": {}},
                           {"_id": f"id:anonymous_id:a-{profile_id}", "states": {}}])
-    request = new_envelope("Erasure Requested", "system", message_id=f"erase-w-{unique}",
-                           payload={"request_id": f"req-w-{unique}", "kind": "erasure",
-                                    "profile_ids": [], "requested_by": "dpo-key",
-                                    "identifiers": [{"type": "email",
-                                                     "value": f"{profile_id}@x.fi"}]})
+    request = erasure(profile_id, f"w-{unique}", by_email=True)
 
     def the_worker_dies(*args):
         raise SystemExit("killed")
