@@ -451,7 +451,9 @@ def _split(context: Context, envelope: Envelope) -> list[Outgoing]:
     _sync_members(context, profile["_id"], entered, left, now)
     outgoing = [_change(profile["_id"], cause, "split", envelope, profile),
                 *_segment_changes(profile, cause, entered, left, envelope)]
-    if new_id:
+    # the split-off profile is another person's: an erasure of it (the graph had split it
+    # before the erasure resolved its subject) must not be undone by the split arriving after
+    if new_id and not store.erased_among([new_id]):
         fresh = store.load(new_id) or projection.new_profile(new_id)
         for identifier in moved:
             values = fresh["identifiers"].setdefault(identifier["type"], [])
@@ -459,7 +461,10 @@ def _split(context: Context, envelope: Envelope) -> list[Outgoing]:
                 values.append(identifier["value"])
         store.save(fresh)
         store.index(new_id, fresh["identifiers"])
-        outgoing.append(_change(new_id, cause, "split", envelope, fresh, step="split-new"))
+        if store.erased_among([new_id]):  # erased while this wrote it, after its read
+            _erase_stored(context, [new_id])
+        else:
+            outgoing.append(_change(new_id, cause, "split", envelope, fresh, step="split-new"))
     return outgoing
 
 

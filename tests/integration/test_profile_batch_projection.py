@@ -419,3 +419,34 @@ def test_an_event_arriving_while_an_erasure_waits_for_its_retry_leaves_nothing_o
     assert traces(context, profile_id) == {}
     assert consents.count_documents({"_id": {"$in": [
         profile_id, f"id:anonymous_id:a-{profile_id}"]}}) == 0
+
+
+def splitting(profile_id: str, new_id: str, tag: str):
+    return new_envelope("Profile Split", "system", message_id=f"split-{tag}", payload={
+        "kind": "unmerge", "profile_id": profile_id, "new_profile_id": new_id,
+        "identifiers": [{"type": "user_id", "value": f"u-{profile_id}"}],
+        "reason": "two people", "actor": "agent"}).resolved_to(profile_id)
+
+
+@pytest.mark.parametrize("erased", ["before the split", "while the split writes it"])
+def test_a_split_off_profile_erased_before_its_split_arrives_is_not_created(
+        context, unique, monkeypatch, erased):
+    profile_id, new_id = f"psp_{unique}", f"psn_{unique}"
+    worker.make_batch_handler(context)(shop_events(profile_id, "sp"))
+    if erased == "before the split":
+        worker.make_privacy_handler(context)(erasure(new_id, unique))
+    else:
+        index = context.store.index
+
+        def erased_after_its_read(profile_id_, identifiers):
+            index(profile_id_, identifiers)
+            if profile_id_ == new_id:  # the erasure read nothing stored under it yet
+                context.store.mark_erased([new_id], f"req-{unique}", datetime.now(UTC))
+
+        monkeypatch.setattr(context.store, "index", erased_after_its_read)
+
+    outgoing = worker.make_batch_handler(context)([splitting(profile_id, new_id, unique)])
+
+    assert traces(context, new_id) == {}
+    assert {m.key for m in outgoing} == {profile_id}  # nothing announced for the erased one
+    assert context.store.load(profile_id)["identifiers"].get("user_id") in (None, [])
