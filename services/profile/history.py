@@ -48,7 +48,7 @@ from services.common.store import (
     paced,
     raise_write_errors,
 )
-from services.profile.projection import month_of
+from services.profile.projection import in_utc, month_of
 
 EVENTS = "profile_events"
 TIMELINE = "profile_timeline"
@@ -70,13 +70,9 @@ def history_indexes() -> list[Index]:
 
 def timeline_id(profile_id: str, at: datetime, message_id: str) -> str:
     """Sorts as the moments do: UTC, fixed width, to the millisecond the store keeps."""
-    moment = _utc(at)
+    moment = in_utc(at)
     return (f"{profile_id}|{moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}Z"
             f"|{message_id}")
-
-
-def _utc(at: datetime) -> datetime:
-    return (at if at.tzinfo else at.replace(tzinfo=UTC)).astimezone(UTC)
 
 
 def _month_start(month: str) -> datetime:
@@ -200,7 +196,7 @@ class HistoryStore:
         days = max(1, math.ceil(reach[1] / timedelta(days=1))) if reach else MAX_DAYS_READ + 1
         # the newest day a page may show: an entry the profile as read did not have yet (an
         # event applied, a merge copying entries, since) is dated up to now
-        bound = _utc(before[0] if before else max(reach[0], now)) if reach else None
+        bound = in_utc(before[0] if before else max(reach[0], now)) if reach else None
         for month in sorted(set(months), reverse=True):
             if before is not None and month > month_of(before[0]):
                 continue

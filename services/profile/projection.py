@@ -322,8 +322,13 @@ def plain(value: Any) -> Any:
     return value
 
 
+def in_utc(at: datetime) -> datetime:
+    """``at`` in UTC (a naive datetime taken as UTC)."""
+    return _utc(at).astimezone(UTC)
+
+
 def month_of(at: datetime) -> str:
-    return _utc(at).astimezone(UTC).strftime("%Y-%m")
+    return in_utc(at).strftime("%Y-%m")
 
 
 def event_moment(event: Mapping[str, Any]) -> datetime:

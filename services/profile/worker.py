@@ -302,15 +302,14 @@ class _EventRun:
                    *(profile_id for profile_id, _, _ in self.memberships)}
         erased = self.store.erased_among(written)
         if erased:
-            docs = [self.profiles[p] for p in sorted(erased) if p in self.profiles]
-            _delete_kept_by(self.context, docs, sorted(erased))
-            self.store.unindex_keys(_held_keys(docs), erased)
-            # its events by their own keys too: the erasure may have deleted the pages listing
+            # its events by their own keys: the erasure may have deleted the pages listing
             # them (the identifiers the run indexed are among those its profiles hold)
             self.context.history.forget(
                 (profile_id, entry["message_id"], entry["at"])
                 for profile_id, _, entry in self.history if profile_id in erased)
-            self.store.delete_profiles(erased)
+            _delete_erased(self.context,
+                           [self.profiles[p] for p in sorted(erased) if p in self.profiles],
+                           sorted(erased), set())
             log.info("events applied to profiles erased meanwhile taken back",
                      extra={"profiles": sorted(erased)})
         return erased
@@ -642,40 +641,28 @@ def _subject_profiles(context: Context, request: PrivacyRequest,
     return [found[k] for k in sorted(found)]
 
 
-def _delete_kept_by(context: Context, docs: list[dict], ids: list[str]) -> dict[str, int]:
-    """Delete what is kept by the profiles ``ids`` (stored as ``docs``) beside them: name
-    entries, history, segment memberships. By ``_id`` only (no scan of a big collection),
-    through what the profile documents list: the caller deletes those after, so a repeated
-    deletion still finds what a crash left."""
+def _delete_erased(context: Context, docs: list[dict], ids: list[str],
+                   named: set[str]) -> dict[str, int]:
+    """Delete the erased profiles ``ids`` (those stored, as ``docs``) and all they keep;
+    returns how much of each. By ``_id`` only (no scan of a big collection), through what
+    the profile documents list: they are deleted after what they list, so a repeated
+    deletion still finds what a crash left. ``named``: the identifier keys an erasure
+    request names, whose index entries go last: an erasure cut short before is delivered
+    again and finds its profiles through them."""
+    store = context.store
     for doc in docs:
-        context.store.index_name(doc["_id"], projection.name_of(doc), None)
-    return {
+        store.index_name(doc["_id"], projection.name_of(doc), None)
+    held = {f"{t}:{v}" for d in docs for t, values in d["identifiers"].items() for v in values}
+    summary = {
         # every id over every month any of them lists: a merge may have copied pages
         # into a profile already deleted
         "history_events": context.history.erase(
             dict.fromkeys(ids, sorted({m for d in docs for m in d.get("history_months", [])}))),
         "segment_memberships": context.segments.remove_profiles(ids),
-    }
-
-
-def _held_keys(docs: list[dict]) -> set[str]:
-    """The identifier index keys ("type:value") of the identifiers the profiles hold."""
-    return {f"{t}:{v}" for d in docs for t, values in d["identifiers"].items() for v in values}
-
-
-def _delete_erased(context: Context, docs: list[dict], ids: list[str],
-                   named: set[str]) -> dict[str, int]:
-    """Delete the erased profiles ``ids`` (those stored, as ``docs``) and all they keep;
-    returns how much of each. ``named``: the identifier keys an erasure request names, whose
-    index entries go last: an erasure cut short before is delivered again and finds its
-    profiles through them."""
-    store = context.store
-    subjects = [*ids, *(f"id:{key}" for key in sorted(named | _held_keys(docs)))]
-    summary = {
-        **_delete_kept_by(context, docs, ids),
         "access_log_entries": store.delete_accesses(ids),
-        "consent_states": store.delete_consents(subjects),
-        "identifier_index_entries": store.unindex_keys(_held_keys(docs) - named, ids),
+        "consent_states": store.delete_consents(
+            [*ids, *(f"id:{key}" for key in sorted(named | held))]),
+        "identifier_index_entries": store.unindex_keys(held - named, ids),
         "profiles": store.delete_profiles(ids),
     }
     summary["identifier_index_entries"] += store.unindex_keys(named, ids)
@@ -694,14 +681,11 @@ def _erase_stored(context: Context, profile_ids: list[str]) -> None:
 
 def _erase(context: Context, request: PrivacyRequest, envelope: Envelope):
     store, now = context.store, context.clock()
-    # the profiles identified but no longer stored too: an erasure cut short after deleting
-    # them, delivered again
-    ids = {*_identified(context, request),
-           *(d["_id"] for d in _subject_profiles(context, request))}
-    # and those it erased with them: a profile merged into one it deleted is listed by no
-    # profile stored
-    ids = sorted({*ids, *(p for together in store.erased_together(ids).values()
-                          for p in together)})
+    # those identified whether stored or not (an erasure cut short after deleting them,
+    # delivered again), and those an earlier attempt erased with them: a profile merged into
+    # one it deleted is listed by no profile stored
+    identified = set(_identified(context, request))
+    ids = sorted(identified.union(*store.erased_together(identified).values()))
     while True:
         store.mark_erased(ids, request.request_id, now)
         # read after the mark: events stored for these profiles before it are in what is
@@ -889,7 +873,7 @@ class Housekeeping(BackgroundLoop):
         moved = self.context.history.migrate_month_pages(self.context.store.erased_among, now,
                                                          pause)
         unindexed = (self.context.store.unindex_erased(
-            now, lambda left: _erase_stored(self.context, left), pause) if retention
+            now, partial(_erase_stored, self.context), pause) if retention
                      else {"names": 0, "identifiers": 0})
         summary = {"history_events": deleted, "access_log": accesses,
                    "access_log_rekeyed": adopted, "names_indexed": names,

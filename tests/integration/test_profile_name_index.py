@@ -6,10 +6,20 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from services.common.envelope import new_envelope
 from services.profile import projection
 from services.profile.profile_store import LEGACY_NAMES, NAMES, ProfileStore
 from services.profile.worker import Context, Housekeeping
+
+
+@pytest.fixture
+def database(db, unique):
+    """A database of the test's own: the housekeeping reads every profile and entry there."""
+    own = db.client[f"muisti_names_{unique}"]
+    yield own
+    db.client.drop_database(own.name)
 
 
 def named(store: ProfileStore, profile_id: str, first: str, last: str, **fields) -> dict:
@@ -76,8 +86,7 @@ def test_a_renamed_or_unlisted_profile_is_found_by_its_old_name_no_more(db, uniq
 
 
 def test_the_housekeeping_builds_the_index_from_the_profiles_and_drops_the_old_buckets(
-        settings, db, unique):
-    database = db.client[f"muisti_names_{unique}"]  # the rebuild lists every profile there
+        settings, database):
     context = Context.build(settings, database)
     store = context.store
     named(store, "p_kept", "Kaisa", "Korhonen")
@@ -111,8 +120,7 @@ def test_the_housekeeping_builds_the_index_from_the_profiles_and_drops_the_old_b
         "names_indexed"] == 0
 
 
-def test_a_rebuild_leaves_no_entry_of_a_name_changed_while_it_ran(settings, db, unique):
-    database = db.client[f"muisti_names_race_{unique}"]
+def test_a_rebuild_leaves_no_entry_of_a_name_changed_while_it_ran(settings, database):
     store = Context.build(settings, database).store
     database[LEGACY_NAMES].insert_one({"_id": "zz", "entries": {}})
     renamed = named(store, "p_renamed", "Ilona", "Before")
@@ -145,8 +153,7 @@ def test_a_rebuild_leaves_no_entry_of_a_name_changed_while_it_ran(settings, db, 
         "after+ilona|p_renamed", "ilona+after|p_renamed"]
 
 
-def test_the_erased_sweep_keeps_an_identifier_that_moved_on_while_it_read(db, unique):
-    database = db.client[f"muisti_unindex_{unique}"]  # the sweep reads every entry there
+def test_the_erased_sweep_keeps_an_identifier_that_moved_on_while_it_read(database):
     store = ProfileStore(database)
     store.index_entries({"email:gone@x.fi": "p_gone", "email:moving@x.fi": "p_gone",
                          "email:kept@x.fi": "p_kept"})
@@ -193,8 +200,7 @@ def test_the_erased_sweep_keeps_an_identifier_that_moved_on_while_it_read(db, un
 
 
 def test_the_housekeeping_erases_a_profile_its_erasure_left_stored_for_a_day(
-        settings, db, unique):
-    database = db.client[f"muisti_left_{unique}"]  # the sweep reads every entry there
+        settings, database):
     context = Context.build(settings, database)
     store = context.store
     named(store, "p_left", "Jäänyt", "Kesken")
