@@ -17,6 +17,8 @@ Rules, for one event carrying a set of normalised identifiers:
 * The survivor of a merge is the older profile (creation time, then id): deterministic
   whichever worker performs it.
 * Every link remembers the event that made it, so any merge can be explained and undone.
+* A link a crash left off its profile's list (a resolution or a release cut short) is listed
+  by the next event carrying it, within the limit like a new link; past the limit it goes.
 """
 
 from __future__ import annotations
@@ -567,9 +569,7 @@ def _resolve_locked(repo, ordered, links, owners, message_id, at, unverified,
         if link is None:
             limit = limits.get(identifier.type, 1)
             if counts.get(identifier.type, 0) >= limit:
-                result.conflicts.append(Conflict(identifier, result.profile_id, None,
-                                                 f"profile already has {limit} "
-                                                 f"{identifier.type} (limit)"))
+                result.conflicts.append(_at_limit(identifier, result.profile_id, limit))
                 continue
             new_links.append(Link(identifier, result.profile_id, identifier not in unverified,
                                   message_id, at))
@@ -579,6 +579,15 @@ def _resolve_locked(repo, ordered, links, owners, message_id, at, unverified,
             continue
         owner = owners.of(link.profile_id)
         if owner.profile_id == result.profile_id:
+            if identifier not in listed:
+                limit = limits.get(identifier.type, 1)
+                if counts.get(identifier.type, 0) >= limit:
+                    # a release cut short, or a link whose listing came after the profile
+                    # filled up: the profile cannot list it, so it goes
+                    repo.remove_links([identifier], link.profile_id)
+                    result.conflicts.append(_at_limit(identifier, result.profile_id, limit))
+                    continue
+                counts[identifier.type] = counts.get(identifier.type, 0) + 1
             if link.profile_id != owner.profile_id or identifier not in listed:
                 # finish what a crash interrupted: a merge that did not move this link, or a
                 # link the profile's record does not list yet
@@ -615,6 +624,11 @@ def _resolve_locked(repo, ordered, links, owners, message_id, at, unverified,
     if new_links:
         repo.add_links(new_links)
     return result
+
+
+def _at_limit(identifier: Identifier, profile_id: str, limit: int) -> Conflict:
+    return Conflict(identifier, profile_id, None,
+                    f"profile already has {limit} {identifier.type} (limit)")
 
 
 def _holds_a_verified_link(repo: GraphRepository, owners: _Owners, owner: ProfileNode) -> bool:

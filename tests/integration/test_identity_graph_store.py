@@ -125,3 +125,21 @@ def test_the_daily_sweep_removes_links_left_to_an_erased_profile_and_no_other(db
             other: kept}
     finally:
         db.client.drop_database(own.name)
+
+
+def test_a_release_cut_short_stays_released_once_the_profile_holds_another(db, unique):
+    graph = MongoGraph(db)
+    at = datetime(2026, 11, 1, tzinfo=UTC)
+    old_login = Identifier("user_id", f"U1-{unique}")
+    new_login = Identifier("user_id", f"U2-{unique}")
+    email = Identifier("email", f"release.{unique}@example.fi")
+    customer = resolve(graph, [old_login, email], message_id=f"join-{unique}", at=at).profile_id
+    # the release took the old login off the profile's list; a crash came before its link went
+    db[PROFILES].update_one({"_id": customer}, {"$pull": {"identifiers.user_id": old_login.value}})
+    resolve(graph, [new_login, email], message_id=f"new-{unique}", at=at)
+
+    later = resolve(graph, [old_login, email], message_id=f"old-{unique}", at=at)
+
+    assert later.profile_id == customer and [c.identifier for c in later.conflicts] == [old_login]
+    assert graph.listed(customer) == {new_login, email}
+    assert set(graph.links([old_login, new_login, email])) == {new_login, email}

@@ -116,6 +116,36 @@ def test_a_callers_profile_left_listing_an_identifier_now_verified_elsewhere_sti
     assert not customer.conflicts
 
 
+def test_a_release_cut_short_is_not_listed_again_once_the_profile_holds_another():
+    graph = InMemoryGraph()
+    customer = apply(graph, ["user_id:L1", "email:a@example.com"]).profile_id
+    # L1 released: taken off the profile's list, and a crash came before its link went
+    graph.listed_on[customer].discard(ident("user_id:L1"))
+    apply(graph, ["email:a@example.com", "user_id:L2"])  # the customer's new login
+
+    later = apply(graph, ["user_id:L1", "email:a@example.com"])
+
+    assert later.profile_id == customer
+    assert [(c.identifier, c.reason) for c in later.conflicts] == [
+        (ident("user_id:L1"), "profile already has 1 user_id (limit)")]
+    assert graph.profile(customer).identifiers == {ident("user_id:L2"),
+                                                   ident("email:a@example.com")}
+    assert ident("user_id:L1") not in graph.link_table
+
+
+def test_a_link_listed_again_counts_toward_the_limit_of_the_event_that_lists_it():
+    graph = InMemoryGraph()
+    emails = [f"email:e{n}@example.com" for n in range(5)]
+    customer = apply(graph, emails).profile_id
+    graph.listed_on[customer].discard(ident(emails[4]))  # its listing cut short
+
+    later = apply(graph, [emails[4], "email:e5@example.com"])
+
+    assert later.profile_id == customer
+    assert [c.identifier for c in later.conflicts] == [ident("email:e5@example.com")]
+    assert graph.profile(customer).identifiers == {ident(e) for e in emails}
+
+
 def test_caller_id_number_finds_the_profile_but_never_merges_two():
     graph = InMemoryGraph()
     web = apply(graph, ["user_id:L1", "phone:+358401234567"])
