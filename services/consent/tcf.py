@@ -35,6 +35,9 @@ from datetime import UTC, datetime
 ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 _VALUES = {ch: i for i, ch in enumerate(ALPHABET)}
 MAX_LENGTH = 64 * 1024  # a string with every vendor of the list in a bitfield is ~2 KB
+# range entries expand to every id they span: a few KB of entries ("1-65535" over and over)
+# would otherwise become hundreds of millions of ids. The whole vendor list is under 2,000.
+MAX_IDS_PER_SEGMENT = 200_000
 
 SEGMENT_DISCLOSED_VENDORS = 1
 SEGMENT_ALLOWED_VENDORS = 2
@@ -137,6 +140,7 @@ class _Bits:
         self._value = value
         self._length = 6 * len(segment)
         self._position = 0
+        self._ids_left = MAX_IDS_PER_SEGMENT
         self.name = name
 
     def int(self, bits: int, what: str) -> int:
@@ -178,6 +182,10 @@ class _Bits:
             if max_id is not None and end > max_id:
                 raise InvalidTCString(f"{what}: range entry {index + 1} ends at {end}, above "
                                       f"the declared maximum id {max_id}")
+            self._ids_left -= end - start + 1
+            if self._ids_left < 0:
+                raise InvalidTCString(f"{self.name}: its range entries span more than "
+                                      f"{MAX_IDS_PER_SEGMENT:,} ids")
             ids.update(range(start, end + 1))
         return sorted(ids)
 

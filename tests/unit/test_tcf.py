@@ -187,3 +187,16 @@ def test_every_encoded_model_decodes_to_itself(model):
     assert [(r.purpose_id, r.restriction_type, r.vendor_ids)
             for r in decoded.publisher_restrictions] == model["restrictions"]
     assert decoded.disclosed_vendors == model["disclosed"]
+
+
+def test_range_entries_spanning_too_many_ids_are_refused_before_they_are_expanded():
+    model = {"created": 1, "updated": 1, "cmp_id": 1, "cmp_version": 1, "screen": 1,
+             "language": "FI", "vendor_list": 1, "policy": 4, "service_specific": 0,
+             "non_standard": 0, "features": [], "purposes": [1], "li": [], "p1": 0,
+             "country": "FI", "vendors": [], "vendors_li": [], "ranges": True,
+             "restrictions": [(1, 1, list(range(1, 65536)))] * 4, "disclosed": None}
+    tc_string = encode(model)
+    assert len(tc_string) < 100
+
+    with pytest.raises(tcf.InvalidTCString, match="span more than 200,000 ids"):
+        tcf.decode(tc_string)
