@@ -51,6 +51,10 @@ class Problem(Exception):
         self.errors = errors
         self.headers = headers or {}
 
+    def response(self) -> flask.Response:
+        """The problem document (for an error handler of a blueprint's own)."""
+        return _problem(self.status, self.detail, errors=self.errors, headers=self.headers)
+
 
 @dataclass
 class Runtime:
@@ -258,7 +262,7 @@ def _install_request_hooks(app: flask.Flask, service: str) -> None:
 def _install_error_handlers(app: flask.Flask) -> None:
     @app.errorhandler(Problem)
     def on_problem(error: Problem):
-        return _problem(error.status, error.detail, errors=error.errors, headers=error.headers)
+        return error.response()
 
     @app.errorhandler(pymongo.errors.ConnectionFailure)
     @app.errorhandler(KafkaError)

@@ -74,6 +74,13 @@ def test_an_erasure_deletes_the_subjects_challenges_and_sessions_but_the_filing_
     page = post(erasing, stack, "/erasure/confirm", csrf_token=token,
                 code=read_code(stack["outbox"], customer["email"]))
     assert 'id="erasure-status"' in page.text
+    # nothing more is recorded for the customer once the erasure is filed
+    assert 'name="purpose"' not in page.text
+    switched = erasing.post(stack["consent"] + "/preferences/consents", timeout=10, data={
+        "csrf_token": token, "purpose": "marketing_email", "state": "granted"})
+    assert switched.status_code == 409, switched.text
+    assert erasing.get(stack["consent"] + "/preferences/access/download",
+                       timeout=10).status_code == 409
 
     def completed() -> bool:
         page = erasing.get(stack["consent"] + "/preferences", timeout=10).text

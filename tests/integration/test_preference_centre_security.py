@@ -157,3 +157,41 @@ def test_a_switch_records_a_ledger_decision_by_the_customers_session(stack, api_
                          params={"purpose": "marketing_email"}, timeout=10,
                          headers={"Authorization": f"Bearer {api_keys['dpo']}"})
     assert check.json()["allowed"] is True
+
+
+def test_a_signed_in_session_cannot_send_the_erasure_code_to_another_address(
+        stack, api_keys, unique):
+    customer = add_customer(stack, api_keys, unique)
+    client, token = sign_in(stack, customer)  # say, a session cookie someone stole
+    thief = f"thief.{unique}@example.fi"
+
+    assert post(client, stack, "/code", csrf_token=token, identifier=thief).status_code == 403
+    assert post(client, stack, "/erasure", csrf_token=token).status_code == 200
+
+    read_code(stack["outbox"], customer["email"])
+    assert not [p for p in stack["outbox"].glob("*.json") if thief in p.read_text()]
+
+
+def test_erasure_codes_are_limited_like_sign_in_codes(stack, api_keys, unique):
+    customer = add_customer(stack, api_keys, unique)
+    client, token = sign_in(stack, customer)  # the identifier's first code of four
+    for _ in range(3):
+        post(client, stack, "/erasure", csrf_token=token)
+        read_code(stack["outbox"], customer["email"])
+
+    limited = post(client, stack, "/erasure", csrf_token=token)
+
+    assert limited.status_code == 200 and "Too many attempts" in limited.text
+    assert not [p for p in stack["outbox"].glob("*.json")
+                if customer["email"] in p.read_text()]
+
+
+def test_a_switch_to_an_unknown_state_is_refused_with_a_problem_not_a_500(
+        stack, api_keys, unique):
+    client, token = sign_in(stack, add_customer(stack, api_keys, unique))
+
+    refused = post(client, stack, "/consents", csrf_token=token, purpose="marketing_email",
+                   state="maybe")
+
+    assert refused.status_code == 400
+    assert refused.json()["detail"] == "state must be granted or denied"

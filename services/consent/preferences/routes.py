@@ -141,15 +141,31 @@ def _back(session: Session | None = None, notice: tuple[str, dict] | None = None
     return flask.redirect(PATH, code=303)
 
 
-def _posted(*, signed_in: bool = True) -> Session:
-    """The session of a form POST; raises 403 without the session or its CSRF token."""
+def _posted(*, signed_in: bool | None = True) -> Session:
+    """The session of a form POST; raises 403 without the session or its CSRF token, or
+    when it is not signed in (``signed_in`` True) or is (False). A signed-in session keeps
+    the identifier it signed in with: the erasure's second code goes there, so a stolen
+    session cannot point it at an address of the thief's."""
     session = _centre().sessions.current(flask.request.cookies.get(COOKIE), _now())
     if not csrf_ok(session, flask.request.form.get("csrf_token")):
         raise Problem(403, "this form needs the page's session and CSRF token")
     if signed_in and not session.signed_in:
         raise Problem(403, "sign in first")
+    if signed_in is False and session.signed_in:
+        raise Problem(403, "already signed in: sign out first to use another email address "
+                           "or phone number")
+    if signed_in:
+        _refuse_after_erasure(session)
     flask.g.preference_session = session
     return session
+
+
+def _refuse_after_erasure(session: Session) -> None:
+    """Once the customer confirmed their erasure, nothing more is recorded or handed out
+    for them: a decision now would store new personal data after the erasure."""
+    if session.pending.get("erasure"):
+        raise Problem(409, "your erasure request has been filed: nothing more can be changed "
+                           "or downloaded here")
 
 
 def _as_customer(session: Session) -> None:
@@ -273,7 +289,7 @@ def _blueprint() -> flask.Blueprint:
     @blueprint.errorhandler(Problem)
     def on_problem(problem: Problem):
         if problem.status not in (403, 503):
-            raise problem
+            return problem.response()
         session = flask.g.get("preference_session")
         key = "error.forbidden" if problem.status == 403 else "error.unavailable"
         return _render("message.html", session, status=problem.status, message=key)
@@ -356,14 +372,14 @@ def _blueprint() -> flask.Blueprint:
     @authenticated_by_platform(PROOF)
     def restart():
         """Forget the awaited code (to ask for a new one or use another identifier)."""
-        session = _posted(signed_in=False)
+        session = _posted(signed_in=None)
         _centre().sessions.update(session, challenge_id=None)
         return _back()
 
     @blueprint.route("/sign-out", methods=["POST"])
     @authenticated_by_platform(PROOF)
     def sign_out():
-        session = _posted(signed_in=False)
+        session = _posted(signed_in=None)
         _centre().sessions.end(session)
         response = flask.redirect(PATH, code=303)
         response.delete_cookie(COOKIE, path=PATH)
@@ -407,6 +423,7 @@ def _blueprint() -> flask.Blueprint:
         session = centre.sessions.current(flask.request.cookies.get(COOKIE), _now())
         if session is None or not session.signed_in:
             raise Problem(403, "sign in first")
+        _refuse_after_erasure(session)
         flask.g.preference_session = session
         request_id = session.pending.get("access")
         request = _flow().repository.get(request_id) if request_id else None
@@ -439,6 +456,9 @@ def _blueprint() -> flask.Blueprint:
         centre, now = _centre(), _now()
         digest = identifier_digest(flask.current_app.extensions["consent_digest_key"],
                                    session.identifier_type, session.identifier_value)
+        if not centre.limits.allows(centre.counters, identifier_digest=digest,
+                                    ip=flask.request.remote_addr or "unknown", now=now):
+            return _back(session, ("limited", {}))
         challenge, code = centre.codes.issue(
             identifier_type=session.identifier_type, identifier_digest=digest,
             profile_id=session.profile_id, now=now, purpose="erasure")
