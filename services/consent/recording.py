@@ -49,7 +49,9 @@ def record_decision(body: dict, *, objection: bool) -> tuple[dict, int]:
     proof = {k: (str(v) if v is not None else None) for k, v in body["proof"].items()}
     request = DecisionRequest(
         subject=subject, channel=body["channel"], source=body["source"],
-        collected_at=body["collected_at"] or now, purpose=body.get("purpose"),
+        # a decision "collected" after it reached us is a client clock running fast (within
+        # the skew allowed): ordered as of now, or a later objection would not win over it
+        collected_at=min(body["collected_at"] or now, now), purpose=body.get("purpose"),
         state=body.get("state"), notice_version=body["notice_version"], proof=proof,
         actor=principal.key_id)
     kind = "objection" if objection else "decision"

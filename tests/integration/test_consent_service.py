@@ -5,6 +5,7 @@ state wins, and bad input answered with 4xx."""
 from __future__ import annotations
 
 import base64
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import requests
@@ -165,3 +166,22 @@ def test_on_a_merge_the_stricter_state_wins_and_the_merged_profile_follows(
     decide(consent_api, api_keys, {"profile_id": merged, "purpose": "marketing_sms",
                                    "state": "granted"})
     assert check(consent_api, api_keys, survivor, "marketing_sms")["allowed"] is True
+
+
+def test_an_objection_wins_over_a_grant_from_a_clock_running_fast(
+        consent_api, api_keys, unique):
+    profile = f"fast-{unique}"
+    ahead = (datetime.now(UTC) + timedelta(minutes=4)).isoformat()
+    assert decide(consent_api, api_keys, {"profile_id": profile, "purpose": "marketing_email",
+                                          "state": "granted", "collected_at": ahead}
+                  ).status_code == 201
+
+    objected = requests.post(f"{consent_api.url}/v1/objections", timeout=10,
+                             headers=as_role(api_keys, "agent"),
+                             json={"profile_id": profile, "channel": "phone",
+                                   "source": "contact centre"})
+
+    assert objected.status_code == 201, objected.text
+    for purpose in MARKETING:
+        answer = check(consent_api, api_keys, profile, purpose)
+        assert (answer["allowed"], answer["reason"]) == (False, "objection"), answer
