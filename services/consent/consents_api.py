@@ -237,8 +237,7 @@ def _identifier_checked(query: dict) -> dict:
 
 def _identifier_key(query: dict) -> str:
     try:
-        return ledger.identifier_subject(query["type"], query["value"],
-                                         query["region"].upper()).key
+        return recording.identifier_subject(query["type"], query["value"], query["region"]).key
     except InvalidIdentifier as exc:
         raise Problem(422, f"invalid {query['type']}: {exc.reason}",
                       errors={"value": [exc.reason]}) from None

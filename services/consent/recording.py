@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 import flask
 
 from services.common.envelope import derived_message_id
+from services.common.hetu_protection import HETU, hetu_digest
 from services.common.identifiers import InvalidIdentifier
 from services.common.shredding import identifier_key_id, profile_key_id
 from services.common.web import Problem, current_principal, runtime
@@ -81,11 +82,20 @@ def record_decision(body: dict, *, objection: bool) -> tuple[dict, int]:
     return {"decision_id": change.id, "subject": subject.key, "receipts": receipts}, status
 
 
+def identifier_subject(type_: str, value: str, region: str) -> ledger.Subject:
+    """A bare identifier's subject. A hetu is keyed by its keyed digest, as every service
+    keys it (events, the graph, erasure requests), and never stored in the clear. Raises
+    InvalidIdentifier."""
+    if type_ == HETU:
+        value = hetu_digest(flask.current_app.extensions["consent_digest_key"], value)
+    return ledger.identifier_subject(type_, value, region.upper())
+
+
 def _subject(body: dict) -> ledger.Subject:
     if "identifier" in body:
         raw = body["identifier"]
         try:
-            return ledger.identifier_subject(raw["type"], raw["value"], raw["region"].upper())
+            return identifier_subject(raw["type"], raw["value"], raw["region"])
         except InvalidIdentifier as exc:
             raise Problem(422, f"invalid {raw['type']}: {exc.reason}",
                           errors={"identifier": {"value": [exc.reason]}}) from None

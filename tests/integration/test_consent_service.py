@@ -13,6 +13,7 @@ import requests
 from services.common import topics
 from services.common.bus import ensure_topics
 from services.common.envelope import new_envelope
+from services.consent.consent_store import CHANGES, LEDGER, STATE
 from services.consent.receipts import verify
 from tests.support.kafka import produce, read_all
 from tests.support.processes import ServiceApi, ServiceWorker, wait_until
@@ -185,3 +186,20 @@ def test_an_objection_wins_over_a_grant_from_a_clock_running_fast(
     for purpose in MARKETING:
         answer = check(consent_api, api_keys, profile, purpose)
         assert (answer["allowed"], answer["reason"]) == (False, "objection"), answer
+
+
+def test_a_decision_on_a_hetu_is_kept_under_its_keyed_digest_never_in_the_clear(
+        consent_api, api_keys, db, unique):
+    code = "131052-308T"  # the tax administration's example code
+    subject = {"type": "hetu", "value": code}
+    recorded = decide(consent_api, api_keys, {"identifier": subject, "purpose": "marketing_sms",
+                                              "state": "denied", "source": f"ivr-{unique}"})
+    assert recorded.status_code == 201, recorded.text
+
+    answer = requests.get(f"{consent_api.url}/v1/consents/by-identifier", timeout=10,
+                          headers=as_role(api_keys, "agent"), params=subject).json()
+
+    assert answer["subject"].startswith("id:hetu:hmac:")
+    assert {c["purpose"]: c["state"] for c in answer["consents"]}["marketing_sms"] == "denied"
+    for collection in (LEDGER, STATE, CHANGES):
+        assert code not in repr(list(db[collection].find())), collection
