@@ -27,14 +27,16 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 from services.common.envelope import CHANNELS
 from services.common.identifiers import IDENTIFIER_TYPES, InvalidIdentifier
 from services.common.shredding import FieldCipher
-from services.common.web import Problem, require_roles
+from services.common.web import Problem, require_roles, runtime
 from services.consent import ledger, recording
 from services.consent.catalogue import load_catalogue
 from services.consent.decisions import (
     identifier_check,
     special_category_answers,
 )
+from services.consent.privacy import Identifier
 from services.consent.privacy_flow import digest_key, subject_keys
+from services.consent.privacy_handlers import DoNotContactList
 from services.consent.receipts import ReceiptSigner
 from services.consent.recording import current_catalogue, current_store
 
@@ -221,6 +223,10 @@ def _identifier_checked(query: dict) -> dict:
     key = _identifier_key(query)
     _, identifier_state = store.current_state(key)
     subject = ledger.subject_from_key(key)
+    extensions = flask.current_app.extensions
+    objected_then_erased = DoNotContactList(runtime().db, extensions["consent_digest_key"])
+    do_not_contact_since = objected_then_erased.listed_since(
+        Identifier(subject.identifier_type, subject.identifier_value))
     try:
         profile_id = flask.current_app.extensions["consent_profiles"].profile_of(
             subject.identifier_type, subject.identifier_value, identifier_state)
@@ -231,7 +237,7 @@ def _identifier_checked(query: dict) -> dict:
         known = True
     profile_state = store.current_state(profile_id)[1] if profile_id else None
     answer = identifier_check(catalogue, identifier_state, profile_state, query["purpose"],
-                              profile_known=known)
+                              profile_known=known, do_not_contact_since=do_not_contact_since)
     return {**_answer(key, answer, False), "resolved_profile_id": profile_id}
 
 

@@ -156,17 +156,24 @@ PROFILE_UNRESOLVED = "profile_unresolved"
 
 def identifier_check(catalogue: Catalogue, identifier_state: SubjectState | None,
                      profile_state: SubjectState | None, purpose: str, *,
-                     profile_known: bool = True) -> ledger.CheckAnswer:
+                     profile_known: bool = True,
+                     do_not_contact_since: datetime | None = None) -> ledger.CheckAnswer:
     """A bare identifier's answer, considering the profile the identifier resolves to
     (``profile_state``): the latest decision of either wins — a customer's decision on their
     profile after a do-not-call entry for the number decides again, a later objection on the
     number denies again — and a purpose neither decided takes the catalogue default. With
     ``profile_known`` False (the identity graph could not be asked) the answer is never
-    "allowed": the profile may have refused."""
-    if catalogue.purpose(purpose) is None:
+    "allowed": the profile may have refused. ``do_not_contact_since``: when the identifier's
+    owner, having objected to direct marketing, was erased; the objection outlives the
+    erasure, as a denial of every direct-marketing purpose from then on."""
+    spec = catalogue.purpose(purpose)
+    if spec is None:
         return ledger.check(catalogue, None, purpose)
     records = [state.purposes[purpose] for state in (identifier_state, profile_state)
                if state is not None and purpose in state.purposes]
+    if do_not_contact_since is not None and spec.direct_marketing:
+        records.append(ledger.Record("denied", ledger.OBJECTION, do_not_contact_since,
+                                     "do-not-contact", "erasure"))
     if records:
         latest = max(records, key=lambda record: record.order())
         answer = ledger.CheckAnswer(purpose, latest.allowed, latest.state, latest.reason,

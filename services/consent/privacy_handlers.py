@@ -141,7 +141,8 @@ class ConsentHolding:
 
 class DoNotContactList:
     """Keyed digests of identifiers whose owner objected to direct marketing and was then
-    erased. ``contains`` is what a consent check asks about a bare identifier."""
+    erased: a check of a bare identifier asks ``listed_since``, and denies direct marketing
+    from then on unless a later decision allows it."""
 
     def __init__(self, db: Database, digest_key: bytes):
         self.collection = db[DO_NOT_CONTACT]
@@ -157,6 +158,13 @@ class DoNotContactList:
                 upsert=True)
             added += result.upserted_id is not None
         return added
+
+    def listed_since(self, identifier: Identifier) -> datetime | None:
+        """When the identifier was put on the list (None when it is not on it)."""
+        doc = self.collection.find_one(
+            {"_id": identifier_digest(self.digest_key, identifier.type, identifier.value)},
+            {"at": 1})
+        return doc and doc["at"]
 
     def contains(self, identifiers: Sequence[Identifier]) -> bool:
         digests = [identifier_digest(self.digest_key, i.type, i.value) for i in identifiers]

@@ -14,6 +14,8 @@ from services.common import topics
 from services.common.bus import ensure_topics
 from services.common.envelope import new_envelope
 from services.consent.consent_store import CHANGES, LEDGER, STATE
+from services.consent.privacy import Identifier
+from services.consent.privacy_handlers import DoNotContactList
 from services.consent.receipts import verify
 from tests.support.kafka import produce, read_all
 from tests.support.processes import ServiceApi, ServiceWorker, wait_until
@@ -203,3 +205,20 @@ def test_a_decision_on_a_hetu_is_kept_under_its_keyed_digest_never_in_the_clear(
     assert {c["purpose"]: c["state"] for c in answer["consents"]}["marketing_sms"] == "denied"
     for collection in (LEDGER, STATE, CHANGES):
         assert code not in repr(list(db[collection].find())), collection
+
+
+def test_a_number_whose_objecting_owner_was_erased_is_still_not_called_for_marketing(
+        consent_api, api_keys, settings, db, unique):
+    number = f"+35845{int(unique, 16) % 10**7:07d}"
+    # what the erasure of a customer who had objected leaves behind
+    DoNotContactList(db, settings.privacy_digest_key.encode()).add(
+        [Identifier("phone", number)], f"req-{unique}", datetime.now(UTC))
+
+    def answer(purpose):
+        return requests.get(f"{consent_api.url}/v1/consents/by-identifier/check", timeout=10,
+                            headers=as_role(api_keys, "collector"),
+                            params={"type": "phone", "value": number, "purpose": purpose}).json()
+
+    assert (answer("marketing_phone")["allowed"], answer("marketing_phone")["reason"]) == (
+        False, "objection")
+    assert answer("analytics")["reason"] == "default_by_legal_basis"  # not direct marketing

@@ -206,6 +206,19 @@ def test_between_the_identifier_and_its_profile_the_latest_decision_wins(
     assert identifier_check(CATALOGUE, number, profile, "marketing_phone").allowed is allowed
 
 
+def test_an_objection_outliving_its_owners_erasure_denies_direct_marketing_until_a_new_grant():
+    erased_at = T0 + timedelta(days=1)
+    denied = identifier_check(CATALOGUE, None, None, "marketing_phone",
+                              do_not_contact_since=erased_at)
+    assert (denied.allowed, denied.reason, denied.decided_at) == (False, "objection", erased_at)
+    assert identifier_check(CATALOGUE, None, None, "analytics",  # not direct marketing
+                            do_not_contact_since=erased_at).reason == "default_by_legal_basis"
+    returned = state_of("p", decide(ledger.profile_subject("p"), "marketing_phone", "granted",
+                                    erased_at + timedelta(days=30), "g"))
+    assert identifier_check(CATALOGUE, None, returned, "marketing_phone",
+                            do_not_contact_since=erased_at).allowed
+
+
 def test_an_identifier_whose_profile_cannot_be_resolved_is_never_allowed():
     assert identifier_check(CATALOGUE, None, None, "marketing_phone").allowed  # by default
     answer = identifier_check(CATALOGUE, None, None, "marketing_phone", profile_known=False)
