@@ -101,8 +101,11 @@ def make_ack_handler(repository: PrivacyRequests, signer: ReceiptSigner):
         except InvalidAck as exc:
             raise InvalidMessage(f"privacy ack: {exc}") from None
         if request.kind == "erasure" and request.state == COMPLETED:
-            repository.update(request.request_id, lambda r: r.forget_personal_data(now))
-            repository.forget(request.request_id)
+            # the person's other requests too: an access export would otherwise stay
+            # downloadable, and their identifiers and corrected values readable
+            for request_id in [*repository.others_about(request), request.request_id]:
+                repository.update(request_id, lambda r: r.forget_personal_data(now))
+                repository.forget(request_id)
             issue_receipt(repository, signer, request.request_id, now)
         return []
 

@@ -87,6 +87,11 @@ class PrivacyRequests:
         """Make the request's sealed personal data unreadable for good."""
         raise NotImplementedError
 
+    def others_about(self, request: PrivacyRequest) -> list[str]:
+        """The ids of the other requests naming one of ``request``'s profiles or identifier
+        digests (the same person's earlier access export, say)."""
+        raise NotImplementedError
+
 
 class MongoPrivacyRequests(PrivacyRequests):
     LOCK_WAIT_SECONDS = 10.0
@@ -191,6 +196,13 @@ class MongoPrivacyRequests(PrivacyRequests):
 
     def forget(self, request_id: str) -> None:
         self.keys.destroy([_request_key(request_id)])
+
+    def others_about(self, request: PrivacyRequest) -> list[str]:
+        digests = [d["digest"] for d in request.identifier_digests]
+        return [doc["_id"] for doc in self.requests.find({
+            "_id": {"$ne": request.request_id},
+            "$or": [{"profile_ids": {"$in": list(request.profile_ids)}},
+                    {"identifier_digests.digest": {"$in": digests}}]}, {"_id": 1})]
 
     # --- documents -------------------------------------------------------------------------
 

@@ -248,6 +248,30 @@ def test_access_export_combines_the_data_of_every_service(consent, api_keys, set
     assert profile_id not in str(stored)  # sealed at rest
 
 
+def test_an_erasure_makes_the_persons_earlier_access_export_unreadable(
+        consent, api_keys, settings, unique):
+    profile_id = f"profile-{unique}"
+    access_id = file_request(consent, api_keys, {
+        "kind": "access", "subject": {"profile_id": profile_id}, "reason": "ticket 4714"})
+    acknowledge(settings, wait_for_fan_out(settings, access_id), OTHER_SERVICES,
+                data=lambda service: {"email": f"aino.{unique}@example.com"})
+    wait_for(consent, api_keys, access_id, lambda s: s["state"] == "completed",
+             "the access request completed")
+    export_url = f"{consent.url}/v1/privacy/requests/{access_id}/export"
+    assert f"aino.{unique}" in requests.get(export_url, headers=headers(api_keys),
+                                            timeout=10).text
+
+    erasure_id = file_request(consent, api_keys, {
+        "kind": "erasure", "subject": {"profile_id": profile_id}, "reason": "ticket 4715"})
+    acknowledge(settings, wait_for_fan_out(settings, erasure_id), OTHER_SERVICES)
+    wait_for(consent, api_keys, erasure_id, lambda s: s["proof"]["personal_data_forgotten"],
+             "the erasure completed")
+
+    export = requests.get(export_url, headers=headers(api_keys), timeout=10)
+    assert export.status_code == 200 and f"aino.{unique}" not in export.text
+    assert status(consent, api_keys, access_id)["proof"]["personal_data_forgotten"]
+
+
 @pytest.mark.parametrize("body", [
     {"kind": "forget", "subject": {"profile_id": "p"}, "reason": "r"},
     {"kind": "erasure", "subject": {}, "reason": "r"},
