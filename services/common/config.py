@@ -279,7 +279,8 @@ class Settings:
         check=_service_names,
     )
     privacy_deadline_days: int = _setting(
-        30, "Days a data-subject request may take before it shows as overdue (GDPR: one month)",
+        30, "Days a data-subject request may take before it shows as overdue; never later "
+        "than one calendar month after receipt (GDPR art. 12(3): 31 January → 28 February)",
         check=_positive,
     )
     identity_url: str = _setting(

@@ -23,6 +23,7 @@ Acks are idempotent: a service's first ack counts; a repeat changes nothing, exc
 
 from __future__ import annotations
 
+import calendar
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,6 +63,15 @@ class NotRetryable(ValueError):
 class InvalidAck(ValueError):
     """An acknowledgement that cannot be recorded; the message says why."""
 
+
+
+def one_month_after(moment: datetime) -> datetime:
+    """GDPR's "one month" (art. 12(3), counted as Regulation 1182/71 does): the same date
+    next month, or that month's last day when it has no such date (31 January → 28 or 29
+    February)."""
+    year, month = (moment.year + 1, 1) if moment.month == 12 else (moment.year, moment.month + 1)
+    return moment.replace(year=year, month=month,
+                          day=min(moment.day, calendar.monthrange(year, month)[1]))
 
 @dataclass(frozen=True)
 class Identifier:
@@ -140,7 +150,8 @@ class PrivacyRequest:
             subject = {"profile_id": profile_id}
         request = cls(
             request_id=request_id or str(uuid.uuid4()), kind=kind, requested_by=requested_by,
-            reason=reason, received_at=now, deadline=now + timedelta(days=deadline_days),
+            reason=reason, received_at=now,
+            deadline=min(one_month_after(now), now + timedelta(days=deadline_days)),
             expected=tuple(sorted(set(expected))), subject=subject,
             profile_ids=[profile_id] if profile_id else [],
             identifiers=[identifier] if identifier else [],

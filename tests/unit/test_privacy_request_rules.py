@@ -56,6 +56,17 @@ def test_a_new_request_is_received_with_a_one_month_deadline():
     assert request.audit[0]["event"] == "received"
 
 
+@pytest.mark.parametrize("received, deadline", [
+    (datetime(2025, 1, 31, 9, 0, tzinfo=UTC), datetime(2025, 2, 28, 9, 0, tzinfo=UTC)),
+    (datetime(2024, 1, 31, 9, 0, tzinfo=UTC), datetime(2024, 2, 29, 9, 0, tzinfo=UTC)),
+    (datetime(2025, 2, 1, 9, 0, tzinfo=UTC), datetime(2025, 3, 1, 9, 0, tzinfo=UTC)),
+    (datetime(2025, 12, 15, 9, 0, tzinfo=UTC), datetime(2026, 1, 14, 9, 0, tzinfo=UTC)),
+])
+def test_the_deadline_is_one_calendar_month_when_that_comes_before_the_configured_days(
+        received, deadline):
+    assert erasure(now=received).deadline == deadline  # 30 days unless the month is shorter
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"kind": "forget"}, "kind must be one of"),
     ({"profile_id": "p-1"}, "either a profile_id or an identifier"),
