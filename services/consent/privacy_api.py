@@ -132,6 +132,15 @@ def _accepted(request: PrivacyRequest) -> dict:
             "status_url": f"/v1/privacy/requests/{request.request_id}"}
 
 
+def _filed_before(existing: PrivacyRequest, retried: PrivacyRequest) -> dict:
+    """A retry of a request filed under the same ``request_id`` gets the stored request; a
+    different request reusing the id is refused, not silently answered with the other."""
+    if (existing.kind, existing.subject) != (retried.kind, retried.subject):
+        raise Problem(409, f"request_id {existing.request_id!r} was used for another request "
+                           f"(a {existing.kind} of another subject or kind)")
+    return _accepted(existing)
+
+
 def privacy_blueprint() -> Blueprint:
     blueprint = Blueprint("privacy", __name__, url_prefix="/v1/privacy",
                           description="Data-subject requests (access, erasure, restriction, "
@@ -141,14 +150,11 @@ def privacy_blueprint() -> Blueprint:
     @require_roles("dpo")
     @blueprint.arguments(NewRequestSchema)
     @blueprint.response(202, AcceptedSchema)
+    @blueprint.alt_response(409, description="request_id already used for another request")
     def file_request(body):
         """File a request. It is stored at once (202), then the subject is expanded through
         the identity graph and the request fanned out on cdp.privacy.requests."""
         flow = _flow()
-        if body.get("request_id"):
-            existing = flow.repository.get(body["request_id"])
-            if existing is not None:
-                return _accepted(existing)
         subject = body["subject"]
         identifier = _identifier(subject["identifier"]) if "identifier" in subject else None
         if body["kind"] == "rectification":
@@ -162,10 +168,14 @@ def privacy_blueprint() -> Blueprint:
                 digest=flow.digest, request_id=body.get("request_id"))
         except InvalidPrivacyRequest as exc:
             raise Problem(422, str(exc)) from None
+        if body.get("request_id"):
+            existing = flow.repository.get(body["request_id"])
+            if existing is not None:
+                return _filed_before(existing, request)
         try:
             flow.repository.add(request)
         except pymongo.errors.DuplicateKeyError:  # the same id filed at the same moment
-            return _accepted(flow.repository.get(request.request_id))
+            return _filed_before(flow.repository.get(request.request_id), request)
         flow.send_now(request.request_id, lambda messages: runtime().producer.send(
             messages, timeout=5))
         return _accepted(flow.repository.get(request.request_id))

@@ -272,6 +272,21 @@ def test_an_erasure_makes_the_persons_earlier_access_export_unreadable(
     assert status(consent, api_keys, access_id)["proof"]["personal_data_forgotten"]
 
 
+def test_a_request_id_filed_again_answers_the_same_request_and_refuses_another(
+        consent, api_keys, unique):
+    body = {"kind": "erasure", "subject": {"profile_id": f"profile-{unique}"},
+            "reason": "ticket 4716", "request_id": f"req-{unique}"}
+    assert file_request(consent, api_keys, body) == f"req-{unique}"
+    assert file_request(consent, api_keys, body) == f"req-{unique}"  # a retry
+
+    for other in ({**body, "kind": "access"},
+                  {**body, "subject": {"profile_id": f"other-{unique}"}}):
+        reused = requests.post(f"{consent.url}/v1/privacy/requests", json=other,
+                               headers=headers(api_keys), timeout=30)
+        assert reused.status_code == 409 and "was used for another request" in reused.text
+    assert status(consent, api_keys, f"req-{unique}")["kind"] == "erasure"
+
+
 @pytest.mark.parametrize("body", [
     {"kind": "forget", "subject": {"profile_id": "p"}, "reason": "r"},
     {"kind": "erasure", "subject": {}, "reason": "r"},
