@@ -268,6 +268,8 @@ def consents_blueprint() -> Blueprint:
     @require_roles(*WRITERS)
     @blueprint.arguments(SubjectRequestSchema)
     @blueprint.response(201)
+    @blueprint.alt_response(200, description="a retry of a recorded decision_id")
+    @blueprint.alt_response(409, description="decision_id reused for another decision")
     def record_objection(body):
         """Object to direct marketing: every direct-marketing purpose denied on every
         channel, for a profile or a bare identifier (a do-not-call number)."""
