@@ -212,7 +212,7 @@ class PrivacyRequest:
             detail["error"] = ack.error
         self._log(ack.at, "acknowledged", ack.service, detail)
         if not self.missing():
-            failed = [s for s in self.expected if self.acks[s].status != "done"]
+            failed = self.failed()
             self.state = PARTIALLY_FAILED if failed else COMPLETED
             self.closed_at = now
             self._log(now, self.state, "consent", {"failed": failed} if failed else {})
@@ -271,6 +271,11 @@ class PrivacyRequest:
     def missing(self) -> list[str]:
         """Expected services that have not acknowledged yet."""
         return [service for service in self.expected if service not in self.acks]
+
+    def failed(self) -> list[str]:
+        """Services whose latest acknowledgement says they could not do it."""
+        return [service for service in self.expected
+                if service in self.acks and self.acks[service].status != "done"]
 
     def fan_out_payload(self) -> dict[str, Any]:
         """The cdp.privacy.requests payload (CONTRACTS.md)."""
@@ -347,7 +352,7 @@ def access_export(request: PrivacyRequest, data: dict[str, Any], now: datetime) 
                         "identifiers": [i.as_dict() for i in request.identifiers]},
             "services": {service: data.get(service) for service in request.expected
                          if service in request.acks},
-            "missing": request.missing()}
+            "missing": request.missing(), "failed": request.failed()}
 
 
 def _iso(moment: datetime | None) -> str | None:

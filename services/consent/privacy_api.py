@@ -206,7 +206,8 @@ def privacy_blueprint() -> Blueprint:
     @require_roles("dpo")
     @blueprint.arguments(ExportQuerySchema, location="query")
     @blueprint.response(200, content_type="application/json")
-    @blueprint.alt_response(409, description="not an access request, or services still missing")
+    @blueprint.alt_response(409, description="not an access request, or services still "
+                                             "missing or failed")
     def export(query, request_id):
         """An access request's combined export: every service's data about the subject, as a
         JSON download."""
@@ -216,6 +217,10 @@ def privacy_blueprint() -> Blueprint:
         if request.missing() and not query["partial"]:
             raise Problem(409, "services have not answered yet: " + ", ".join(request.missing())
                           + " (partial=true downloads what there is)")
+        if request.failed() and not query["partial"]:
+            raise Problem(409, "services could not collect their part: "
+                          + ", ".join(request.failed()) + " (retry the request, or partial=true "
+                          "downloads what there is)")
         document = access_export(request, _flow().repository.access_data(request_id),
                                  datetime.now(UTC))
         return flask.Response(

@@ -287,6 +287,25 @@ def test_a_request_id_filed_again_answers_the_same_request_and_refuses_another(
     assert status(consent, api_keys, f"req-{unique}")["kind"] == "erasure"
 
 
+def test_an_access_export_with_a_failed_part_downloads_only_when_asked_for_partial(
+        consent, api_keys, settings, unique):
+    request_id = file_request(consent, api_keys, {
+        "kind": "access", "subject": {"profile_id": f"profile-{unique}"}, "reason": "t 4717"})
+    request = wait_for_fan_out(settings, request_id)
+    acknowledge(settings, request, OTHER_SERVICES[1:], data=lambda service: {"s": service})
+    acknowledge(settings, request, OTHER_SERVICES[:1], status="failed")
+    wait_for(consent, api_keys, request_id, lambda s: s["state"] == "partially_failed",
+             "the access request partially failed")
+    url = f"{consent.url}/v1/privacy/requests/{request_id}/export"
+
+    refused = requests.get(url, headers=headers(api_keys), timeout=10)
+    partial = requests.get(url, params={"partial": "true"}, headers=headers(api_keys),
+                           timeout=10)
+
+    assert refused.status_code == 409 and OTHER_SERVICES[0] in refused.json()["detail"]
+    assert partial.status_code == 200 and partial.json()["failed"] == [OTHER_SERVICES[0]]
+
+
 @pytest.mark.parametrize("body", [
     {"kind": "forget", "subject": {"profile_id": "p"}, "reason": "r"},
     {"kind": "erasure", "subject": {}, "reason": "r"},

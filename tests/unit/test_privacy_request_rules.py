@@ -189,6 +189,18 @@ def test_an_access_export_combines_every_services_data():
     assert export["missing"] == []
 
 
+def test_an_access_export_names_the_services_that_failed_to_collect_their_part():
+    request = erasure(kind="access")
+    request.mark_fanned_out(NOW)
+    for service in SERVICES:
+        if service == "social":
+            request.record_ack(ack(request, service, "failed", error="store away"), NOW)
+        else:
+            request.record_ack(ack(request, service, data={"from": service}), NOW)
+    export = access_export(request, {s: {"from": s} for s in SERVICES if s != "social"}, NOW)
+    assert (export["missing"], export["failed"]) == ([], ["social"])
+
+
 # --- the flow, over in-memory adapters -----------------------------------------------------
 
 
