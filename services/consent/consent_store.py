@@ -70,14 +70,15 @@ def _state_from_doc(doc: dict) -> SubjectState:
         purposes={p: Record(**r) for p, r in (doc.get("purposes") or {}).items()},
         merged_into=doc.get("merged_into"), absorbed=list(doc.get("absorbed") or []),
         linked=list(doc.get("linked") or []), applied=list(doc.get("applied") or []),
-        version=doc.get("version", 0))
+        joined=list(doc.get("joined") or []), version=doc.get("version", 0))
 
 
 def _state_to_doc(state: SubjectState) -> dict:
     return {"_id": state.key,
             "purposes": {p: vars(r) for p, r in state.purposes.items()},
             "merged_into": state.merged_into, "absorbed": state.absorbed,
-            "linked": state.linked, "applied": state.applied, "version": state.version}
+            "linked": state.linked, "applied": state.applied, "joined": state.joined,
+            "version": state.version}
 
 
 @dataclass
@@ -166,15 +167,25 @@ class ConsentStore:
                 done.states.append(self.update(survivor, lambda s, m=moved: s.apply(m)))
         return done
 
-    def erase(self, key: str, entry_ids: list[str], change_ids: list[str]) -> int:
+    def erase(self, state: SubjectState, entry_ids: list[str], change_ids: list[str]) -> int:
         """Delete a subject's state, ledger entries and changes (data-subject erasure, the
-        one exception to the append-only ledger). Returns how many entries went."""
-        deleted = sum(self.ledger.delete_one({"_id": i}).deleted_count for i in entry_ids)
-        for change_id in change_ids:
+        one exception to the append-only ledger). Returns how many entries went.
+
+        The changes go first, then the entries, the state last: each is found through the
+        next, so an erasure cut short and delivered again still finds what is left. Changes
+        the API committed but nobody finished yet are found in the outbox (kept short by the
+        relay), or the relay would finish one and bring the subject back."""
+        unfinished = [change.id for change in map(self.change, self._outbox_ids())
+                      if change and _names(change, state.key)]
+        for change_id in dict.fromkeys([*change_ids, *state.joined, *unfinished]):
             self.changes.delete_one({"_id": change_id})
             self.outbox.delete_one({"_id": change_id})
-        self.states.delete_one({"_id": key})
+        deleted = sum(self.ledger.delete_one({"_id": i}).deleted_count for i in entry_ids)
+        self.states.delete_one({"_id": state.key})
         return deleted
+
+    def _outbox_ids(self) -> list[str]:
+        return [doc["_id"] for doc in self.outbox.find({}, {"_id": 1})]
 
     def announced(self, change_ids: list[str]) -> None:
         for change_id in change_ids:
@@ -227,8 +238,18 @@ def set_merged_into(state: SubjectState, survivor: str) -> bool:
     return True
 
 
+def _names(change: Change, key: str) -> bool:
+    merge, link = change.merge or {}, change.link or {}
+    return (any(entry.subject.key == key for entry in change.entries)
+            or key in (merge.get("survivor"), merge.get("merged"), *merge.get("linked", []))
+            or key in link.values())
+
+
 def _apply_change(state: SubjectState, entries: list[Entry], change: Change) -> bool:
     changed = state.apply(entries)
+    if (change.merge or change.link) and change.id not in state.joined:
+        state.joined.append(change.id)  # it names the subject's key, with or without entries
+        changed = True
     if change.merge and state.key == change.merge["survivor"]:
         merged = change.merge["merged"]
         if merged not in state.absorbed:

@@ -198,7 +198,7 @@ class LedgerHolding(ConsentHolding):
         for state in self._states(profile_ids, identifiers):
             entries = self.store.entries(state.applied)
             counts["consent_entries_deleted"] += self.store.erase(
-                state.key, [e.id for e in entries], sorted({e.cause_id for e in entries}))
+                state, [e.id for e in entries], sorted({e.cause_id for e in entries}))
             counts["consent_states_deleted"] += 1
         return counts
 

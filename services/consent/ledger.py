@@ -153,7 +153,8 @@ class SubjectState:
     ``merged_into``: the profile this one was merged into (its checks follow it);
     ``linked``: for a profile, the bare-identifier subjects found to be its; for a bare
     identifier, the profiles it belongs to; ``applied``: ids of the entries applied, oldest
-    first (the history); ``version`` guards concurrent writes."""
+    first (the history); ``joined``: ids of the merge and link changes that named it (an
+    erasure deletes them with the entries); ``version`` guards concurrent writes."""
 
     key: str
     purposes: dict[str, Record] = field(default_factory=dict)
@@ -161,6 +162,7 @@ class SubjectState:
     absorbed: list[str] = field(default_factory=list)
     linked: list[str] = field(default_factory=list)
     applied: list[str] = field(default_factory=list)
+    joined: list[str] = field(default_factory=list)
     version: int = 0
 
     def apply(self, entries: Iterable[Entry]) -> bool:
