@@ -3,7 +3,7 @@ on the export API): request bodies, reading a job document's state, following it
 
 A request document has ``request_id``, ``state`` (received, fanned_out, overdue, completed,
 partially_failed) and the services ``acknowledged`` of those ``expected``; a run document has
-``run_id``, ``status`` (queued, running, succeeded, failed) and ``progress`` counts.
+``run_id``, ``status`` (queued, running, succeeded, failed, cancelled) and ``progress`` counts.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import requests
 
 FINISHED_WELL = frozenset({"completed", "succeeded"})
-FINISHED_BADLY = frozenset({"partially_failed", "failed"})
+FINISHED_BADLY = frozenset({"partially_failed", "failed", "cancelled"})
 
 
 class JobError(RuntimeError):

@@ -195,7 +195,8 @@ def _partners_blueprint() -> Blueprint:
     @blueprint.response(204)
     @blueprint.alt_response(404, description="no such partner")
     def delete_partner(partner_id):
-        """Retire a contract: no new runs; deletion notices still reach the partner."""
+        """Retire a contract: no new runs, and a queued or running one ends `cancelled` at its
+        next batch; deletion notices still reach the partner."""
         if not _store().delete_partner(partner_id):
             raise Problem(404, f"no partner {partner_id}")
         return "", 204

@@ -22,14 +22,19 @@ individuals, only segment-level statistics by ``aggregate.dimensions`` (services
 Secrets (``destination.signing_secret``, ``destination.authorization`` — the endpoint's
 credentials, sent as the Authorization header — and ``pseudonym_key``) are sealed by the store
 (services.export.sealing) and never shown back.
+
+A destination is checked as strictly as the HTTP client will use it, and ``phone_region``
+against the regions phone numbers are parsed for: a contract accepted here can always be
+attempted, and its hashed phone numbers can match.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urlsplit
 
 from services.export import hashing
 
@@ -45,6 +50,10 @@ MAX_DIMENSIONS = 4
 MIN_K = 2
 FIELD_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
 MIN_SECRET_LENGTH = 16
+MAX_URL_LENGTH = 2048
+HOST_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+# an HTTP field value the client sends as it is: visible ASCII, spaces only inside
+HEADER_VALUE = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
 
 
 class InvalidContract(ValueError):
@@ -147,8 +156,10 @@ def parse_contract(partner_id: str, data: dict[str, Any], *,
     if segment is not None and (not isinstance(segment, str) or not segment):
         problems["segment"] = "a segment id or null"
     region = data.get("phone_region", hashing.DEFAULT_REGION)
-    if not isinstance(region, str) or not re.fullmatch(r"[A-Z]{2}", region):
-        problems["phone_region"] = "a two-letter region such as FI"
+    if not hashing.is_phone_region(region):
+        # a region the phone library does not know makes every hashed value unmatchable
+        problems["phone_region"] = ("a region code phone numbers are known for, upper case, "
+                                    "such as FI (the United Kingdom is GB)")
     pseudonym_key = data.get("pseudonym_key")
     aggregate = None
     if mode == "aggregate":
@@ -208,7 +219,8 @@ def _parse_columns(raw: Any, path: str, problems: dict[str, str]) -> list[Column
 
 
 def _secret_ok(value: Any) -> bool:
-    return isinstance(value, str) and len(value) >= MIN_SECRET_LENGTH
+    # printable: a control character or a lone surrogate could not be encoded to sign with
+    return isinstance(value, str) and len(value) >= MIN_SECRET_LENGTH and value.isprintable()
 
 
 def _parse_fields(raw: Any, problems: dict[str, str]) -> list[FieldRule]:
@@ -254,28 +266,68 @@ def _parse_destination(raw: Any, problems: dict[str, str], allow_http: bool) -> 
     kind = raw.get("kind")
     if kind == "https":
         url = raw.get("url")
-        scheme = urlparse(url).scheme if isinstance(url, str) else ""
-        if scheme != "https" and not (allow_http and scheme == "http"):
-            problems["destination.url"] = "an https:// URL"
+        if (problem := _url_problem(url, allow_http)) is not None:
+            problems["destination.url"] = problem
         if not _secret_ok(raw.get("signing_secret")):
             problems["destination.signing_secret"] = (
-                f"a secret of {MIN_SECRET_LENGTH}+ characters (bodies are signed with it)")
+                f"a secret of {MIN_SECRET_LENGTH}+ printable characters (bodies are signed "
+                f"with it)")
         authorization = raw.get("authorization")
         if authorization is not None and not (
                 isinstance(authorization, str) and 8 <= len(authorization) <= 4096
-                and authorization.isprintable()):
+                and HEADER_VALUE.fullmatch(authorization)):
             problems["destination.authorization"] = (
-                "the Authorization header value the endpoint expects (8+ printable characters)")
+                "the Authorization header value the endpoint expects: 8-4096 visible ASCII "
+                "characters, spaces only between them")
         return Destination(kind="https", url=url, signing_secret=raw.get("signing_secret"),
                            authorization=authorization)
     if kind == "directory":
         path = raw.get("path")
-        if (not isinstance(path, str) or not path or path.startswith("/")
-                or ".." in path.split("/")):
+        if (not isinstance(path, str) or not path or not path.isprintable()
+                or path.startswith("/") or ".." in path.split("/")):
             problems["destination.path"] = "a relative path inside the export directory root"
         return Destination(kind="directory", path=path)
     problems["destination.kind"] = "https or directory"
     return Destination(kind="invalid")
+
+
+def _url_problem(url: Any, allow_http: bool) -> str | None:
+    """What makes ``url`` unusable as a partner's endpoint, or None. At least as strict as
+    the HTTP client, so that every delivery to an accepted contract can be attempted."""
+    scheme = "an http:// or https:// URL" if allow_http else "an https:// URL"
+    if not isinstance(url, str) or not 0 < len(url) <= MAX_URL_LENGTH:
+        return f"{scheme} of at most {MAX_URL_LENGTH} characters"
+    if not all("\x21" <= ch <= "\x7e" for ch in url):
+        return ("no spaces, control or non-ASCII characters (an international host name in "
+                "its xn-- form, other characters percent-encoded)")
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises for a port out of range or not a number
+    except ValueError as exc:
+        return f"not a valid URL ({exc})"
+    if parts.scheme not in (("http", "https") if allow_http else ("https",)):
+        return scheme
+    if parts.username is not None or parts.password is not None:
+        # the URL is stored and shown in the clear; credentials are sealed apart
+        return "no credentials in the URL: put them in destination.authorization"
+    if not _host_ok(parts.hostname):
+        return "a host name (letters, digits, - and .) or an IP address after the scheme"
+    if port == 0:
+        return "a port from 1 to 65535"
+    return None
+
+
+def _host_ok(host: str | None) -> bool:
+    if not host:
+        return False
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    name = host.removesuffix(".")
+    return 0 < len(name) <= 253 and all(HOST_LABEL.fullmatch(label)
+                                        for label in name.split("."))
 
 
 def to_document(contract: PartnerContract) -> dict[str, Any]:

@@ -5,8 +5,12 @@ under the partner's signing secret) and carries an ``Idempotency-Key`` that stay
 every attempt and after a resume, and the endpoint's credentials (``Authorization``) when the
 contract has them. Timeouts, connection failures, 429 and 5xx are retried with
 exponential backoff and full jitter (honouring a short ``Retry-After``); any other 4xx is a
-permanent failure. Directory: the file is written to a temporary name, synced and renamed, so
-a reader never sees half a batch and a re-sent batch simply replaces an identical file.
+permanent failure, and so is a request the HTTP client refuses to make (a URL or Authorization
+value a contract stored before its validation was strict may hold): delivery never raises for
+the destination's sake, so one bad destination cannot stop the executor.
+
+Directory: the file is written to a temporary name, synced and renamed, so a reader never sees
+half a batch and a re-sent batch simply replaces an identical file.
 """
 
 from __future__ import annotations
@@ -108,7 +112,12 @@ class Deliverer:
             try:
                 response = self.session.post(destination.url, data=parcel.body, headers=headers,
                                              timeout=self.policy.timeout_seconds)
-            except (requests.Timeout, requests.ConnectionError) as exc:
+            except ValueError as exc:
+                # requests' InvalidURL and InvalidHeader, http.client's refusal of a control
+                # or non-Latin-1 character: the request cannot be made, so no retry helps
+                return Outcome(ok=False, permanent=True, attempts=attempt - 1,
+                               error=_unusable(exc))
+            except requests.RequestException as exc:  # timeouts, refused connections, ...
                 error = f"{exc.__class__.__name__}: {exc}"[:300]
             else:
                 receipt = {"status": response.status_code,
@@ -127,7 +136,10 @@ class Deliverer:
 
     def _write_file(self, destination: Destination, parcel: Parcel) -> Outcome:
         root = self.directory_root.resolve()
-        target = (root / destination.path / parcel.file_name).resolve()
+        try:
+            target = (root / destination.path / parcel.file_name).resolve()
+        except ValueError as exc:  # a NUL in a path stored before contracts refused it
+            return Outcome(ok=False, permanent=True, error=f"unusable path: {exc}"[:300])
         if root not in target.parents:
             return Outcome(ok=False, permanent=True, error="the path leaves the export root")
         try:
@@ -146,6 +158,16 @@ class Deliverer:
             return Outcome(ok=False, attempts=1, error=f"{exc.__class__.__name__}: {exc}"[:300])
         return Outcome(ok=True, attempts=1, receipt={"file": str(target),
                                                      "bytes": len(parcel.body)})
+
+
+def _unusable(exc: ValueError) -> str:
+    """Why a request could not be made, naming the part of the destination at fault but not
+    quoting it: the header holds the endpoint's credentials."""
+    if isinstance(exc, requests.exceptions.InvalidHeader | UnicodeEncodeError):
+        return ("cannot send: destination.authorization is not a valid HTTP header value "
+                "(fix the partner contract)")
+    return (f"cannot send: destination.url is not a usable URL ({exc.__class__.__name__}; "
+            f"fix the partner contract)")
 
 
 def _seconds(header: str | None) -> float | None:

@@ -33,6 +33,7 @@ from pymongo import ReplaceOne, UpdateOne
 from pymongo.database import Database
 
 from services.common.store import (
+    IDS_PER_QUERY,
     bulk_write,
     find_by_ids,
     insert_new,
@@ -172,10 +173,17 @@ class ExportStore:
         return self._contract(doc)
 
     def delete_partner(self, partner_id: str) -> bool:
-        """Retire a contract: no new runs; deletion notices to the partner still go out."""
+        """Retire a contract: no new runs, and its queued or running one is cancelled at its
+        next batch; deletion notices to the partner still go out."""
         result = self.db[PARTNERS].update_one(
             {"_id": partner_id, "deleted_at": None}, {"$set": {"deleted_at": now()}})
         return result.modified_count == 1
+
+    def partner_retired(self, partner_id: str) -> bool:
+        """Whether the contract was retired (or is gone): one read by ``_id``, made before
+        each batch of a run."""
+        doc = self.db[PARTNERS].find_one({"_id": partner_id}, {"deleted_at": 1})
+        return doc is None or doc.get("deleted_at") is not None
 
     def partners_requiring(self, purpose: str) -> list[PartnerContract]:
         return [self._contract(doc) for doc in self.db[PARTNERS].find({})
@@ -275,12 +283,14 @@ class ExportStore:
     def set_consents(self, decisions: list[ConsentDecision]) -> list[bool]:
         """Record consent states in order, each unless a later one is already stored (or came
         earlier in ``decisions``); returns, per decision, whether the stored state changed.
-        Three round trips however many there are: read the stored states, index the
-        profiles' new purposes, replace."""
+        A profile a decision newly allows a purpose for is marked changed, so that the next
+        incremental run considers it. Four round trips at most however many there are: read
+        the stored states, index the profiles' new purposes, replace, mark."""
         stored = {doc["_id"]: doc for doc in find_by_ids(
             self.db[CONSENTS], [f"{d.profile_id}|{d.purpose}" for d in decisions])}
         written: dict[str, dict[str, Any]] = {}
         new_purposes: dict[str, dict[str, list[str]]] = {}
+        newly_allowed: set[str] = set()
         changed = []
         for decision in decisions:
             key = f"{decision.profile_id}|{decision.purpose}"
@@ -292,6 +302,8 @@ class ExportStore:
                 new_purposes.setdefault(f"profile:{decision.profile_id}",
                                         {"consent_purposes": []})["consent_purposes"].append(
                                             decision.purpose)
+            if decision.allowed and not (current or {}).get("allowed"):
+                newly_allowed.add(decision.profile_id)
             written[key] = {"_id": key, "profile_id": decision.profile_id,
                             "purpose": decision.purpose, "allowed": decision.allowed,
                             "state": decision.state, "decided_at": decision.decided_at}
@@ -299,7 +311,18 @@ class ExportStore:
         self._index_add(new_purposes)
         raise_write_errors(bulk_write(self.db[CONSENTS], [
             ReplaceOne({"_id": key}, doc, upsert=True) for key, doc in sorted(written.items())]))
+        self._mark_changed(newly_allowed)
         return changed
+
+    def _mark_changed(self, profile_ids: Iterable[str]) -> None:
+        """Move the rows' ``changed_at`` to now: incremental runs select by it, and a profile
+        that became exportable (a consent given, a restriction lifted) must be sent by the
+        next one although its snapshot did not change."""
+        ids, moment = sorted(set(profile_ids)), now()
+        # an _id $in is answered from the index (deploy/local's FerretDB, up to 1000 ids)
+        for start in range(0, len(ids), IDS_PER_QUERY):
+            self.db[PROFILES].update_many({"_id": {"$in": ids[start:start + IDS_PER_QUERY]}},
+                                          {"$set": {"changed_at": moment}})
 
     def consents(self, profile_ids: list[str], purposes: Iterable[str]
                  ) -> dict[str, dict[str, ConsentState]]:
@@ -349,12 +372,16 @@ class ExportStore:
                 self.db[SUBJECT_INDEX].delete_one({"_id": key, field: []})
 
     def set_restricted(self, profile_ids: list[str], restricted: bool) -> None:
+        """Restrict the profiles, or lift their restrictions (a profile whose restriction is
+        lifted is marked changed, for the next incremental run)."""
+        lifted = []
         for profile_id in profile_ids:
             if restricted:
                 self.db[RESTRICTIONS].replace_one(
                     {"_id": profile_id}, {"_id": profile_id, "since": now()}, upsert=True)
-            else:
-                self.db[RESTRICTIONS].delete_one({"_id": profile_id})
+            elif self.db[RESTRICTIONS].delete_one({"_id": profile_id}).deleted_count:
+                lifted.append(profile_id)
+        self._mark_changed(lifted)
 
     def restricted(self, profile_ids: list[str]) -> set[str]:
         return {doc["_id"] for doc in self.db[RESTRICTIONS].find({"_id": {"$in": profile_ids}})}

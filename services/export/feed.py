@@ -10,11 +10,13 @@ deletions, answer data-subject requests.
 * ``cdp.consent.changes`` (Consent Changed): the profile's state for the purpose; a purpose
   no longer allowed cancels the profile's changes waiting for a streaming partner that
   requires it and queues a deletion notice to each such partner holding the profile; a
-  purpose newly allowed queues the profile for the streaming partners requiring it.
+  purpose newly allowed queues the profile for the streaming partners requiring it and marks
+  it changed, so the next incremental run sends it.
   Bare-identifier subjects (no profile_id) concern no export and are skipped.
 * ``cdp.privacy.requests``: erasure (as ``erased``, and for a subject known only by
   identifiers, every partner that received one of them in its own treatment), access (which
-  partners received the subject's data and when), restriction (no exports while it holds);
+  partners received the subject's data and when), restriction (no exports while it holds;
+  lifting it marks the profiles changed, for the next incremental run);
   each answered with one ``Privacy Request Acknowledged`` on ``cdp.privacy.acks``.
 
 Every effect is idempotent: rows are replaced, notices have ids derived from the message.

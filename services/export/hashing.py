@@ -49,6 +49,12 @@ class InvalidValue(ValueError):
         return f"invalid {self.field}: {self.reason}"
 
 
+def is_phone_region(region: object) -> bool:
+    """Whether ``region`` is a region code (upper case, e.g. FI) phone numbers are parsed for:
+    a partner contract's default region for numbers written without a country code."""
+    return isinstance(region, str) and region in phonenumbers.SUPPORTED_REGIONS
+
+
 def sha256_hex(normalised: str) -> str:
     return hashlib.sha256(normalised.encode("utf-8")).hexdigest()
 
@@ -261,6 +267,10 @@ def _google_name(field: str, drop: set[str], at_start: bool) -> Callable[[str, s
     def normalise_name(value: str, region: str) -> str:
         """first_name / last_name: lower case, trimmed, without a prefix such as "Mrs." (first
         name) or a suffix such as "Jr." (last name); letters of any script kept."""
+        # punctuation stays ("O'Brien" → "o'brien"), unlike Meta's: Google's given_name and
+        # family_name rule is lower case, no prefix or suffix, trimmed, nothing more (Data
+        # Manager API, developers.google.com/data-manager/api/get-started/formatting); the
+        # comma only parts a suffix ("Doe, Jr.")
         words = _text(value).replace(",", " ").split()
         while len(words) > 1 and (words[0] if at_start else words[-1]).rstrip(".") in drop:
             words.pop(0 if at_start else -1)
@@ -323,7 +333,7 @@ def normalise(platform: str, field: str, value: str, region: str = DEFAULT_REGIO
     if not isinstance(value, str):
         raise InvalidValue(field, "the value must be a string")
     region = region.upper()
-    if region not in phonenumbers.SUPPORTED_REGIONS:
+    if not is_phone_region(region):
         raise InvalidValue(field, "unknown region")
     return rule(value, region)
 

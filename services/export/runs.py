@@ -12,6 +12,11 @@ on it and another takes over when the holder dies. For each batch the executor:
 
 A crash anywhere re-sends at most the batch in hand, byte for byte and under the same key; the
 partner's idempotency makes that harmless. Batches in which nobody may be sent are not sent.
+Before each batch the executor also checks that the partner is not retired: a retired
+partner's queued or running run ends ``cancelled`` (the reason in its ``error``) and sends
+nothing more, while deletion notices to it still go out. A delivery that fails for good (a
+4xx, or a destination the HTTP client cannot even use) fails that run or notice alone, with
+its reason recorded; the executor goes on with the others.
 
 An aggregate run (services.export.aggregates) has one batch: the whole read model, gated as
 above, reduced to the cells that hold at least k profiles. Its counts are of cells
@@ -37,6 +42,7 @@ from services.export.export_store import ExportStore, now
 log = logging.getLogger(__name__)
 
 NOTICE_RETRY_CAP = timedelta(minutes=10)
+RETIRED = "the partner was retired: it receives no more rows"
 
 
 class ProfilePages:
@@ -185,6 +191,10 @@ class RunExecutor(PollingLoop):
             if not self.store.renew_lease(run_id, self.owner, self.lease_seconds):
                 log.warning("lost the run's lease; leaving it", extra={"run_id": run_id})
                 return
+            if self.store.partner_retired(contract.partner_id):
+                self.store.finish_run(run_id, self.owner, "cancelled", error=RETIRED)
+                log.info("export cancelled: the partner was retired", extra={"run_id": run_id})
+                return
             number = run.get("next_batch", 0)
             batch = self.store.batch(run_id, number) or self._render(contract, run, number,
                                                                      pages)
@@ -282,6 +292,10 @@ class RunExecutor(PollingLoop):
             if not outcome.permanent:
                 delay = self.deliverer.policy.delay(notice["attempts"] + 1)
                 retry_at = now() + min(timedelta(seconds=max(delay, 0.5)), NOTICE_RETRY_CAP)
+            else:
+                log.warning("deletion notice failed for good", extra={
+                    "notice_id": notice["_id"], "partner": contract.partner_id,
+                    "error": outcome.error})
             self.store.notice_failed(notice["_id"], outcome.error or "failed", retry_at)
         return sent
 

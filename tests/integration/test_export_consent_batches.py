@@ -86,7 +86,7 @@ def test_a_poll_of_consent_grants_costs_a_few_round_trips_not_a_few_per_message(
         stored = stored_states(db, [f"{unique}-{n}|partner_sharing" for n in range(120)])
         assert len(stored) == 120 and all(state == (True, "granted") for state in stored.values())
         # read the states, index the purposes and replace, in commands of at most 50 writes,
-        # plus one read of the streaming partners
-        assert commands <= 1 + 3 + 3 + 1, commands
+        # mark the newly allowed profiles changed, plus one read of the streaming partners
+        assert commands <= 1 + 3 + 3 + 1 + 1, commands
     finally:
         client.close()

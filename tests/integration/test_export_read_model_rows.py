@@ -3,6 +3,7 @@ found by segment and change time all the same."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 from services.common.envelope import new_envelope
@@ -68,3 +69,37 @@ def test_a_snapshot_arriving_after_its_profiles_erasure_is_not_stored(db, settin
 
     assert store.profiles([erased, kept]) == [store.profiles([kept])[0]]
     assert store.profiles_holding([("email", f"{erased}@example.fi")]) == []
+
+
+
+def test_a_profile_given_consent_or_freed_from_a_restriction_is_in_the_next_incremental_run(
+        db, settings, unique):
+    store = ExportStore(db, SecretBox.from_settings(settings))
+    consented, freed, regranted, untouched = ids = [f"{unique}-{name}" for name in (
+        "consented", "freed", "regranted", "untouched")]
+    store.upsert_profiles([snapshot(pid, []) for pid in ids], T0)
+
+    def grant(profile_id: str, collected_at: str):
+        return new_envelope("Consent Changed", "system", payload={
+            "purpose": "marketing", "state": "granted", "allowed": True,
+            "collected_at": collected_at, "source": "test"}).resolved_to(profile_id)
+
+    def restriction(kind: str, type_: str):
+        return new_envelope(type_, "system", payload={
+            "request_id": f"{kind}-{unique}", "kind": kind, "profile_ids": [freed]})
+
+    feed.handle_consent_changes(store, [grant(regranted, "2026-01-01T00:00:00Z")])
+    feed.handle_privacy_request(store, restriction("restriction", "Restriction Requested"))
+    # the last run starts after those changes, and what follows comes after its start
+    last_run_started = max(doc["changed_at"] for doc in db.export_profiles.find(
+        {"_id": {"$in": ids}}, {"changed_at": 1}))
+    time.sleep(0.01)
+
+    feed.handle_consent_changes(store, [grant(consented, "2026-02-01T00:00:00Z"),
+                                        # allowed already: nothing newly exportable
+                                        grant(regranted, "2026-02-01T00:00:00Z")])
+    feed.handle_privacy_request(store, restriction("restriction_lifted", "Restriction Lifted"))
+
+    scope = set(store.profile_ids(last_run_started, None))
+    assert {consented, freed} <= scope
+    assert not {regranted, untouched} & scope

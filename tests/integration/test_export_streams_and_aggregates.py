@@ -244,6 +244,28 @@ def test_partner_secrets_are_sealed_in_the_store_and_never_returned(
     assert shown["destination"]["authorization_set"] is True
 
 
+@pytest.mark.parametrize(("change", "problem"), [
+    ({"destination": {"kind": "https", "url": "https://[::1/h", "signing_secret": SECRET}},
+     "destination.url"),
+    ({"destination": {"kind": "https", "url": "https://partner.example:99999/in",
+                      "signing_secret": SECRET}}, "destination.url"),
+    ({"destination": {"kind": "https", "url": "https://partner.example/in",
+                      "signing_secret": SECRET, "authorization": " " + ENDPOINT_TOKEN}},
+     "destination.authorization"),
+    ({"phone_region": "UK"}, "phone_region")])
+def test_a_contract_the_export_could_not_use_gets_a_422_naming_what_is_wrong(
+        export_api, api_keys, unique, change, problem):
+    body = {"name": "Partner", "required_purposes": ["marketing"],
+            "destination": {"kind": "https", "url": "https://partner.example/in",
+                            "signing_secret": SECRET},
+            "fields": [{"name": "pid", "source": "profile_id"}], **change}
+    response = requests.put(f"{export_api.url}/v1/partners/unusable-{unique}",
+                            headers=auth(api_keys), json=body, timeout=10)
+    assert response.status_code == 422, response.text
+    assert response.headers["Content-Type"].startswith("application/problem+json")
+    assert set(response.json()["errors"]) == {problem}
+
+
 def test_an_erasure_by_identifiers_alone_reaches_the_partners_that_received_them(
         export_api, workers, settings, db, api_keys, unique):
     workers()

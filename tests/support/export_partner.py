@@ -126,7 +126,7 @@ def finished_run(api, api_keys, partner_id, run_id, timeout=60):
     def done():
         run = requests.get(f"{api.url}/v1/exports/{partner_id}/runs/{run_id}",
                            headers=auth(api_keys, "dpo"), timeout=10).json()
-        return run if run["status"] in ("succeeded", "failed") else None
+        return run if run["status"] in ("succeeded", "failed", "cancelled") else None
 
     return wait_until(done, timeout, interval=0.3, what="the export run to finish")
 

@@ -42,6 +42,11 @@ def test_an_export_run_reports_its_status_and_exported_profiles():
     assert not job_state({"run_id": "x", "status": "failed"}).succeeded
 
 
+def test_an_export_run_cancelled_because_its_partner_was_retired_has_finished_badly():
+    cancelled = job_state({"run_id": "x", "status": "cancelled"})
+    assert cancelled.finished and not cancelled.succeeded
+
+
 class FakeClock:
     def __init__(self):
         self.now = 0.0

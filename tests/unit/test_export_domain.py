@@ -12,6 +12,7 @@ import requests
 
 from services.export import rendering
 from services.export.contracts import (
+    Destination,
     InvalidContract,
     from_document,
     parse_contract,
@@ -79,6 +80,54 @@ def test_directory_destinations_stay_inside_the_export_root():
     for path in ("/etc", "../up", "a/../../b"):
         with pytest.raises(InvalidContract, match="destination.path"):
             parse_contract("ads", contract_data(destination={"kind": "directory", "path": path}))
+
+
+@pytest.mark.parametrize("url", [
+    "https://", "https://exa mple.com/in", "https://partner.example:99999/in",
+    "https://partner.example:0/in", "https://[::1/h", "https://[not-an-ip]/in",
+    "https://partner.example/in\n", "https://bad_host.example/in", "https://-x.example/",
+    "https://user:password@partner.example/in", "https://pärtner.example/in",
+    "ftp://partner.example/in", "partner.example/in", 42, "https://" + "a" * 2048])
+def test_a_destination_url_the_http_client_cannot_use_is_refused(url):
+    with pytest.raises(InvalidContract) as error:
+        parse_contract("ads", contract_data(destination={
+            "kind": "https", "url": url, "signing_secret": SECRET}))
+    assert set(error.value.problems) == {"destination.url"}
+
+
+@pytest.mark.parametrize("url", [
+    "https://partner.example/in", "https://Partner.Example:8443/in?list=a#x",
+    "https://10.0.0.7/in", "https://[2001:db8::1]:8443/in", "https://xn--prtner-fua.example./in"])
+def test_host_names_ip_addresses_and_ports_are_accepted(url):
+    assert parse_contract("ads", contract_data(destination={
+        "kind": "https", "url": url, "signing_secret": SECRET})).destination.url == url
+
+
+@pytest.mark.parametrize("authorization", [
+    " Bearer abcdefgh", "Bearer abcdefgh ", "Bearer abc\ndefgh", "Bearer\tabcdefgh",
+    "Bearer abcdefgh€", "short"])
+def test_an_authorization_the_http_client_cannot_send_is_refused(authorization):
+    with pytest.raises(InvalidContract) as error:
+        parse_contract("ads", contract_data(destination={
+            "kind": "https", "url": "https://partner.example/in", "signing_secret": SECRET,
+            "authorization": authorization}))
+    assert set(error.value.problems) == {"destination.authorization"}
+
+
+@pytest.mark.parametrize("region", ["UK", "fi", "XX", "EU", "FIN", 358, None])
+def test_a_phone_region_the_phone_library_does_not_know_is_refused(region):
+    with pytest.raises(InvalidContract) as error:
+        parse_contract("ads", contract_data(phone_region=region))
+    assert "the United Kingdom is GB" in error.value.problems["phone_region"]
+
+
+def test_a_known_phone_region_is_the_default_for_numbers_without_a_country_code():
+    contract = parse_contract("ads", contract_data(phone_region="GB", fields=[
+        {"name": "ph", "source": "identifiers.phone", "treatment": "sha256",
+         "platform": "meta", "platform_field": "ph"}]))
+    row = rendering.render_row(contract, {**snapshot(), "identifiers": {
+        "phone": ["020 7946 0958"]}})
+    assert row.values["ph"] == [hashlib.sha256(b"442079460958").hexdigest()]
 
 
 def test_the_public_view_hides_secrets():
@@ -210,6 +259,20 @@ def test_retries_stop_after_the_last_attempt():
     delivery, session, _ = deliverer([500, 500, 500, 500])
     outcome = delivery.deliver(DESTINATION, PARCEL)
     assert not outcome.ok and not outcome.permanent and len(session.calls) == 4
+
+
+@pytest.mark.parametrize(("destination", "at_fault"), [
+    ({"url": "https://"}, "destination.url"),
+    ({"url": "https://[::1/h"}, "destination.url"),
+    ({"url": "https://partner.example:99999/in"}, "destination.url"),
+    ({"authorization": " Bearer leaked-secret"}, "destination.authorization")])
+def test_a_request_that_cannot_be_made_fails_for_good_without_raising(destination, at_fault):
+    # as a contract stored before the checks above would hold it
+    stored = Destination(**{"kind": "https", "url": "https://partner.example/in",
+                            "signing_secret": SECRET, **destination})
+    outcome = Deliverer(RetryPolicy(), Path("/nonexistent")).deliver(stored, PARCEL)
+    assert not outcome.ok and outcome.permanent and outcome.attempts == 0
+    assert at_fault in outcome.error and "leaked-secret" not in outcome.error
 
 
 def test_a_429_retry_after_is_honoured_within_the_cap():

@@ -124,6 +124,16 @@ def test_google_field_edge_cases(field, value, expected):
     assert normalise("google", field, value) == expected
 
 
+@pytest.mark.parametrize(("field", "value", "expected"), [
+    ("last_name", "O'Brien", "o'brien"), ("first_name", "Anna-Liisa", "anna-liisa"),
+    ("last_name", "St. John", "st. john")])
+def test_google_names_keep_their_punctuation_as_googles_rule_asks_nothing_more(
+        field, value, expected):
+    # Data Manager API "Format user data", given_name / family_name: lower case, no prefix
+    # or suffix, trimmed; unlike Meta's fn / ln, punctuation is not removed
+    assert normalise("google", field, value) == expected
+
+
 @pytest.mark.parametrize(("platform", "field", "value"), [
     ("meta", "em", "not-an-email"),
     ("meta", "ph", "12"),
