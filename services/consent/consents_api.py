@@ -20,7 +20,6 @@ import logging
 from datetime import UTC, datetime, timedelta
 
 import flask
-import requests
 from flask_smorest import Blueprint
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
@@ -34,6 +33,7 @@ from services.consent.decisions import (
     identifier_check,
     special_category_answers,
 )
+from services.consent.linking import IdentityProfiles, ProfileLookupFailed
 from services.consent.privacy import Identifier
 from services.consent.privacy_flow import digest_key, subject_keys
 from services.consent.privacy_handlers import DoNotContactList
@@ -120,45 +120,6 @@ class CheckSchema(Schema):
     state = fields.String()
     reason = fields.String()
     decided_at = fields.String(allow_none=True)
-
-
-class ProfileLookupFailed(Exception):
-    """The identity graph could not say which profile an identifier belongs to."""
-
-
-class IdentityProfiles:
-    """Which profile an identifier belongs to, from the identity API's resolve
-    (``CDP_IDENTITY_URL`` with ``CDP_SERVICE_API_KEY``). Without an identity URL, the profile
-    the consent worker linked the identifier to, if any."""
-
-    TIMEOUT_SECONDS = 2.0
-
-    def __init__(self, base_url: str, api_key: str):
-        self.url = base_url.rstrip("/") + "/v1/identity/resolve" if base_url else ""
-        self.session = requests.Session()
-        self.session.headers["Authorization"] = f"Bearer {api_key}"
-
-    def profile_of(self, type_: str, value: str,
-                   identifier_state: ledger.SubjectState | None) -> str | None:
-        """The profile id, or None when no profile has the identifier. Raises
-        ProfileLookupFailed."""
-        if not self.url:
-            linked = identifier_state.linked if identifier_state else []
-            return linked[0] if linked else None
-        try:
-            response = self.session.get(self.url, params={"type": type_, "value": value},
-                                        timeout=self.TIMEOUT_SECONDS)
-        except requests.RequestException as exc:
-            raise ProfileLookupFailed(f"identity API unreachable: {exc.__class__.__name__}") \
-                from None
-        if response.status_code == 404:
-            return None
-        try:
-            if response.status_code == 200:
-                return str(response.json()["profile_id"])
-        except (ValueError, KeyError, TypeError):
-            pass
-        raise ProfileLookupFailed(f"identity API answered {response.status_code}")
 
 
 def install_consents(app: flask.Flask) -> None:

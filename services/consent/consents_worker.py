@@ -16,9 +16,8 @@ cdp.consent.changes:
   One query per poll asks which of the events' identifiers are bare-identifier subjects;
   almost always none is and nothing else happens, which keeps this consumer cheap next to
   the identity and profile workers on the same topic. When it does, the identifier is
-  linked to the profile: the profile takes the stricter state per purpose (an objection stays
-  an objection), and later decisions on the identifier apply to the profile too. A check on the
-  profile then stays a single read.
+  linked to the profile (services.consent.linking; the API links at once when the graph
+  already knows the identifier's profile).
 
 Also drains the outbox of API decisions whose announcement did not reach Kafka.
 """
@@ -42,6 +41,7 @@ from services.consent.consent_store import (
     set_merged_into,
 )
 from services.consent.decisions import signed
+from services.consent.linking import link_identifier
 from services.consent.privacy_handlers import ConsentHolding
 from services.consent.receipts import ReceiptSigner
 
@@ -147,24 +147,9 @@ def _split(store: ConsentStore, signer: ReceiptSigner, envelope: Envelope) -> li
 
 def _link(store: ConsentStore, signer: ReceiptSigner, identifier_key: str, profile_id: str,
           envelope: Envelope) -> list[Outgoing]:
-    identifier_state = store.state(identifier_key)
-    if identifier_state is None:
-        return []  # the usual case: one _id read, nothing recorded for this identifier
-    profile, profile_state = store.current_state(profile_id)
-    cause = derived_message_id(f"{identifier_key}->{profile}", "consent-link")
-    change = store.change(cause)
-    if change is None:
-        at = envelope.received_at
-        entries = ledger.stricter_entries(
-            ledger.profile_subject(profile), profile_state or ledger.SubjectState(profile),
-            identifier_state, kind="link", reason=ledger.LINKED, cause_id=cause, at=at)
-        change = store.commit(Change(cause, signed(entries, signer), at=at, link={
-            "identifier": identifier_key, "profile": profile, "by": envelope.message_id}),
-            announce_later=False)
-    elif change.link.get("by") != envelope.message_id:
-        return []  # linked by an earlier event; this one changes nothing
-    # the linking event itself, maybe re-delivered after a crash: finish and announce again
-    return change_messages(store.finish(change))
+    # the linking event itself may come again after a crash: it finishes and announces again
+    return link_identifier(store, signer, identifier_key, profile_id, at=envelope.received_at,
+                           by=envelope.message_id)
 
 
 def _payload(envelope: Envelope, name: str) -> str:

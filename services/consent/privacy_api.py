@@ -30,8 +30,8 @@ from services.common.hetu_protection import hetu_digest
 from services.common.identifiers import IDENTIFIER_TYPES, InvalidIdentifier, normalise
 from services.common.web import Problem, current_principal, require_roles, runtime
 from services.consent import privacy_backlog
-from services.consent.consents_api import ProfileLookupFailed
 from services.consent.decisions import special_category_answers
+from services.consent.linking import ProfileLookupFailed
 from services.consent.privacy import (
     KINDS,
     STATES,

@@ -7,6 +7,7 @@ request's principal as the actor)."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -20,7 +21,7 @@ from services.common.shredding import identifier_key_id, profile_key_id
 from services.common.web import Problem, current_principal, runtime
 from services.consent import ledger
 from services.consent.catalogue import Catalogue
-from services.consent.consent_store import ConsentStore, change_messages
+from services.consent.consent_store import Change, ConsentStore, change_messages
 from services.consent.decisions import (
     DecisionRefused,
     DecisionRequest,
@@ -28,8 +29,11 @@ from services.consent.decisions import (
     decisions_for,
     same_request,
 )
+from services.consent.linking import ProfileLookupFailed, link_identifier
 
 PERSONAL_PROOF = ("ip", "user_agent", "agent_id", "tc_string")
+
+log = logging.getLogger(__name__)
 
 
 def current_catalogue() -> Catalogue:
@@ -76,10 +80,33 @@ def record_decision(body: dict, *, objection: bool) -> tuple[dict, int]:
             change, status = store.commit(change, announce_later=True), 201
     except DecisionRefused as exc:
         raise Problem(400, exc.reason, errors={exc.field: [exc.reason]}) from None
-    runtime().producer.send(change_messages(store.finish(change)))
+    messages = change_messages(store.finish(change))
+    if subject.is_identifier:
+        messages += _link_to_known_profile(store, subject, change)
+    runtime().producer.send(messages)
     store.announced([change.id])
     receipts = [e.receipt for e in change.entries if e.subject.key == subject.key]
     return {"decision_id": change.id, "subject": subject.key, "receipts": receipts}, status
+
+
+def _link_to_known_profile(store: ConsentStore, subject: ledger.Subject,
+                           change: Change) -> list:
+    """A decision on an identifier the identity graph already gives a profile (an agent's
+    do-not-call on a known customer's number) reaches that profile now, not at its next
+    event. If the graph cannot be asked, the consent worker links them at that event."""
+    extensions = flask.current_app.extensions
+    state = store.state(subject.key)
+    try:
+        profile_id = extensions["consent_profiles"].profile_of(
+            subject.identifier_type, subject.identifier_value, state)
+    except ProfileLookupFailed as exc:
+        log.warning("decision on an identifier not linked to its profile yet",
+                    extra={"error": str(exc)})
+        return []
+    if profile_id is None or (state and profile_id in state.linked):
+        return []
+    return link_identifier(store, extensions["consent_signer"], subject.key, profile_id,
+                           at=change.at, by=change.id)
 
 
 def identifier_subject(type_: str, value: str, region: str) -> ledger.Subject:

@@ -17,6 +17,9 @@ from services.consent.consent_store import CHANGES, LEDGER, STATE
 from services.consent.privacy import Identifier
 from services.consent.privacy_handlers import DoNotContactList
 from services.consent.receipts import verify
+from services.identity.graph import Identifier as GraphIdentifier
+from services.identity.graph import resolve
+from services.identity.graph_store import MongoGraph
 from tests.support.kafka import produce, read_all
 from tests.support.processes import ServiceApi, ServiceWorker, wait_until
 
@@ -26,9 +29,11 @@ MARKETING = ("marketing_email", "marketing_sms", "marketing_phone", "marketing_p
 @pytest.fixture(scope="module")
 def consent_api(test_env, settings):
     ensure_topics(settings)  # the workers create them; the API may answer first
-    api = ServiceApi("consent", test_env).start()
+    identity = ServiceApi("identity", test_env).start()
+    api = ServiceApi("consent", {**test_env, "CDP_IDENTITY_URL": identity.url}).start()
     yield api
     api.stop()
+    identity.stop()
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +145,24 @@ def test_an_objected_phone_number_is_denied_and_so_is_the_profile_it_turns_out_t
                is False, 60, interval=0.3, what="the objection reaching the profile")
     assert check(consent_api, api_keys, profile, "marketing_phone")["reason"] == "objection"
     assert check(consent_api, api_keys, profile, "marketing_email")["reason"] == "objection"
+
+
+def test_an_objection_on_a_known_customers_number_reaches_their_profile_at_once(
+        consent_api, api_keys, db, unique):
+    number = f"+35850{int(unique, 16) % 10**7:07d}"
+    profile = resolve(MongoGraph(db), [GraphIdentifier("phone", number),
+                                       GraphIdentifier("email", f"known.{unique}@example.fi")],
+                      message_id=f"m-{unique}", at=datetime.now(UTC)).profile_id
+
+    response = requests.post(f"{consent_api.url}/v1/objections", timeout=10,
+                             headers=as_role(api_keys, "agent"),
+                             json={"identifier": {"type": "phone", "value": number},
+                                   "channel": "phone", "source": "do-not-call register"})
+
+    assert response.status_code == 201, response.text
+    for purpose in MARKETING:  # no event carrying the number needed
+        answer = check(consent_api, api_keys, profile, purpose)
+        assert (answer["allowed"], answer["reason"]) == (False, "objection"), answer
 
 
 def test_on_a_merge_the_stricter_state_wins_and_the_merged_profile_follows(
