@@ -266,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
            "CDP_SOCIAL_META_APP_SECRET": meta_secret, "CDP_SOCIAL_X_CONSUMER_SECRET": x_secret,
            "CDP_MASTER_KEY": os.environ.get("CDP_MASTER_KEY")
            or base64.b64encode(secrets.token_bytes(32)).decode(),
+           # the API seals a hetu a collector gives with these two
+           "CDP_PRIVACY_DIGEST_KEY": os.environ.get("CDP_PRIVACY_DIGEST_KEY")
+           or secrets.token_hex(16),
            "CDP_LOG_LEVEL": "WARNING"}
     settings = Settings.from_env(env)
     ensure_topics(settings, topics.ALL)

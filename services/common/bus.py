@@ -136,11 +136,12 @@ class Producer:
         must then treat all of them as not sent (re-sending is safe: consumers dedupe).
         """
         deadline = time.monotonic() + (self.send_timeout if timeout is None else timeout)
-        futures = [
-            (message.topic, self._producer.send(
-                message.topic, key=message.key.encode(), value=encode_value(message.value)))
-            for message in messages
-        ]
+        # every value encoded before any is handed over: one that cannot be sends none, rather
+        # than the messages before it alone
+        records = [(message.topic, message.key.encode(), encode_value(message.value))
+                   for message in messages]
+        futures = [(topic, self._producer.send(topic, key=key, value=value))
+                   for topic, key, value in records]
         self._producer.flush(timeout=max(0.0, deadline - time.monotonic()))
         for topic, future in futures:
             # one deadline for the whole call: waiting afresh per message let an API request

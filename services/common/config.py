@@ -253,7 +253,7 @@ class Settings:
         "Secret (16+ characters) for the keyed digests that stand in for erased identifiers "
         "(the suppression list) and for every personal identity code (hetu) at rest; "
         "required where data-subject requests or hetus are handled (identity, profile API, "
-        "consent)",
+        "consent, social API)",
         check=lambda value: None if value == "" or len(value) >= 16
         else "must be at least 16 characters",
     )
@@ -261,8 +261,8 @@ class Settings:
         "",
         "Base64 of 32 random bytes: wraps the per-subject data keys of crypto-shredded personal "
         "fields (python -m services.common.shredding makes one); required by the consent "
-        "service, and by identity and the profile API, which seal and open hetus; losing it "
-        "makes every sealed field unreadable",
+        "service, and by identity, the profile API and the social API, which seal (and the "
+        "profile API opens) hetus; losing it makes every sealed field unreadable",
         check=_master_key,
     )
     master_key_previous: str = _setting(

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate
 
+from services.common.event_times import UtcDateTime
 from services.common.identifiers import IDENTIFIER_TYPES
 
 CHANNELS = ("web", "phone", "social", "store", "email", "system")
@@ -43,6 +44,13 @@ class Envelope:
     schema_version: int = SCHEMA_VERSION
     profile_id: str | None = None
     source: str | None = None
+
+    def __post_init__(self) -> None:
+        # held in UTC from the start, so serialising only formats: a time without a UTC form
+        # (the schemas at the edges refuse those) fails here, not halfway through producing
+        # a batch
+        object.__setattr__(self, "occurred_at", self.occurred_at.astimezone(UTC))
+        object.__setattr__(self, "received_at", self.received_at.astimezone(UTC))
 
     def to_dict(self) -> dict[str, Any]:
         """The wire form as a dict, a copy the caller may edit."""
@@ -109,8 +117,8 @@ class EnvelopeSchema(StrictSchema):
     type = fields.String(required=True, validate=validate.Length(min=1, max=128))
     schema_version = fields.Integer(load_default=SCHEMA_VERSION, validate=validate.Range(min=1))
     channel = fields.String(required=True, validate=validate.OneOf(CHANNELS))
-    occurred_at = fields.AwareDateTime(required=True, default_timezone=UTC)
-    received_at = fields.AwareDateTime(required=True, default_timezone=UTC)
+    occurred_at = UtcDateTime(required=True)
+    received_at = UtcDateTime(required=True)
     identifiers = fields.Dict(
         keys=fields.String(validate=validate.OneOf(IDENTIFIER_TYPES)),
         values=fields.String(validate=validate.Length(min=1, max=512)),
@@ -161,4 +169,4 @@ def _flatten(messages: Any, prefix: str = "") -> str:
 
 
 def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return moment.isoformat().replace("+00:00", "Z")

@@ -1,10 +1,11 @@
 """The Finnish personal identity code (hetu) at rest: a keyed digest to match on, a sealed
 copy to show to the roles allowed to see it, and never the code itself.
 
-At ingestion (the identity API for HTTP, the identity worker for events producers put on
-Kafka themselves) :meth:`HetuProtector.protect` validates every hetu an event carries, as an
-identifier or as a trait (a trait named like a hetu, or any trait whose value is a valid
-hetu), and replaces it by
+At ingestion (the identity and social APIs for HTTP, the identity worker for events producers
+put on Kafka themselves) :meth:`HetuProtector.protect` validates every hetu an event carries,
+as an identifier (``hetu``, or an opaque id such as a ``user_id`` whose value is a valid hetu:
+customers' systems do use the code as their customer number) or as a trait (a trait named like
+a hetu, or any trait whose value is a valid hetu), and replaces it by
 
 * the identifier ``hetu`` = ``hmac:`` + HMAC-SHA-256 of ``hetu:<code>`` under
   ``CDP_PRIVACY_DIGEST_KEY`` (``shredding.identifier_digest``): the value the identity graph
@@ -62,6 +63,10 @@ HETU_TRAIT_NAMES = frozenset({
     "personalIdentityCode", "personal_id", "personalId", "national_id", "nationalId",
     "ssn", "socialSecurityNumber", "social_security_number"})
 
+
+# identifiers whose value is whatever the customer's system chose, a hetu included: such a
+# value is taken for the hetu identifier it is
+OPAQUE_TYPES = ("user_id", "anonymous_id", "device_id")
 
 # cheap test before the full validation of every string trait on every event
 _HETU_SHAPED = re.compile(r"\s*[0-9]{6}[-+A-Ya-y][0-9]{3}[0-9A-Ya-y]\s*")
@@ -148,8 +153,8 @@ class HetuProtector:
     def protect(self, identifiers: Mapping[str, Any],
                 traits: Mapping[str, Any] | None) -> Protected:
         """``identifiers`` and ``traits`` with every hetu as digest and sealed trait. A hetu
-        found in a trait becomes the event's hetu identifier when it has none; a second,
-        different one is dropped and reported."""
+        found in an opaque identifier (which is dropped) or a trait becomes the event's hetu
+        identifier when it has none; a second, different one is dropped and reported."""
         identifiers = dict(identifiers)
         traits = None if traits is None else dict(traits)
         invalid: list[dict[str, str]] = []
@@ -163,6 +168,12 @@ class HetuProtector:
                 codes.append(normalise(HETU, str(value)))
             except InvalidIdentifier as exc:
                 invalid.append({"type": HETU, "reason": exc.reason})
+        for type_ in OPAQUE_TYPES:
+            code = _valid_hetu(identifiers.get(type_))
+            if code is not None:
+                del identifiers[type_]
+                changed = True
+                codes.append(code)
         for name, value in list((traits or {}).items()):
             if not may_hold_hetu(name, value):
                 continue
@@ -198,6 +209,16 @@ def hetu_digest(digest_key: bytes, value: str) -> str:
     if is_hetu_digest(code):
         return code
     return HETU_DIGEST_PREFIX + identifier_digest(digest_key, HETU, code)
+
+
+def _valid_hetu(value: Any) -> str | None:
+    """``value`` normalised when it is a valid hetu, else None."""
+    if not isinstance(value, str) or _HETU_SHAPED.fullmatch(value) is None:
+        return None
+    try:
+        return normalise(HETU, value)
+    except InvalidIdentifier:
+        return None
 
 
 def _sealed_document(sealed: Any) -> dict[str, Any] | None:

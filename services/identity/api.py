@@ -35,6 +35,7 @@ SERVICE = "identity"
 MAX_MESSAGE_BYTES = 32 * 1024
 MAX_BATCH_BYTES = 500 * 1024
 UNMASKED_ROLES = {"supervisor", "dpo", "admin"}
+UNATTRIBUTABLE = "no usable identifier: every one given was refused"
 
 _segment_schema = SegmentMessageSchema()
 
@@ -56,15 +57,29 @@ def _hetus() -> HetuProtector:
 
 
 def _send(converted: list[Converted], channel: str) -> None:
-    """Produce and wait for Kafka's acknowledgement: only then is the event accepted. No
-    hetu leaves here in the clear: each is replaced by its digest and a sealed trait."""
+    """Produce (what :func:`_attributable` let through) and wait for Kafka's acknowledgement:
+    only then is the event accepted."""
     topic = topics.EVENTS_WEB if channel == "web" else topics.EVENTS_PHONE
-    converted = [protect_converted(c, _hetus()) for c in converted]
     runtime().producer.send([Outgoing(topic, c.key, c.envelope) for c in converted])
     metrics.EVENTS_INGESTED.labels(SERVICE, channel).inc(len(converted))
     redacted = sum(c.cards_redacted for c in converted)
     if redacted:
         metrics.CARD_NUMBERS_REDACTED.labels(SERVICE).inc(redacted)
+
+
+def _attributable(converted: Converted) -> Converted:
+    """``converted`` as it may leave: no hetu in the clear (each replaced by its digest and a
+    sealed trait), and at least one identifier the identity graph can resolve, or Problem
+    422 naming why each one given was refused (the worker would only dead-letter it)."""
+    converted = protect_converted(converted, _hetus())
+    if not converted.envelope.identifiers:
+        reasons: dict[str, list[str]] = {}
+        for refused in converted.invalid_identifiers:
+            reasons.setdefault(refused["type"], []).append(refused["reason"])
+        raise Problem(422, "no usable identifier: the message cannot be attributed to anyone; "
+                           "'errors' says why each identifier was refused",
+                      errors={"identifiers": reasons})
+    return converted
 
 
 def _load_segment(message, kind: str | None, defaults: dict) -> dict:
@@ -103,14 +118,16 @@ def _segment_blueprint() -> Blueprint:
         @require_roles("collector")
         def endpoint():
             message = _load_segment(web.read_json_body(MAX_MESSAGE_BYTES), kind, {})
-            _send([from_segment(message, source=current_principal().name)], "web")
+            _send([_attributable(from_segment(message, source=current_principal().name))],
+                  "web")
             return {"success": True, "accepted": 1, "rejected": []}
 
         endpoint.__name__ = f"segment_{kind}"
         endpoint.__doc__ = f"Segment `{kind}` call → cdp.events.web (answered after Kafka acks)."
         blueprint.route(f"/v1/{kind}", methods=["POST"])(
             blueprint.doc(requestBody=_body_doc(f"A Segment {kind} message"))(
-                blueprint.response(200, AcceptedSchema)(endpoint)))
+                blueprint.alt_response(422, description=UNATTRIBUTABLE)(
+                    blueprint.response(200, AcceptedSchema)(endpoint))))
 
     for kind in SEGMENT_TYPES:
         single(kind)
@@ -131,7 +148,8 @@ def _segment_blueprint() -> Blueprint:
         for index, message in enumerate(body["batch"]):
             try:
                 loaded = _load_segment(message, None, defaults)
-                converted.append(from_segment(loaded, source=current_principal().name))
+                converted.append(_attributable(from_segment(loaded,
+                                                            source=current_principal().name)))
             except Problem as problem:
                 metrics.EVENTS_REJECTED.labels(SERVICE, "web", str(problem.status)).inc()
                 rejected.append({"index": index, "status": problem.status,
@@ -159,6 +177,8 @@ def _calls_blueprint() -> Blueprint:
     @require_roles("collector")
     @blueprint.arguments(CallEventSchema)
     @blueprint.response(200, AcceptedSchema)
+    @blueprint.alt_response(422, description="an invalid field (a time outside 2000-01-01 .. "
+                            "a day after now included) or " + UNATTRIBUTABLE)
     def call_event(call):
         """A call offered, answered or ended → cdp.events.phone (answered after Kafka acks)."""
         try:
@@ -166,7 +186,7 @@ def _calls_blueprint() -> Blueprint:
         except InvalidIdentifier as exc:
             raise Problem(422, f"the caller number cannot be attributed: {exc.reason}",
                           errors={"json": {exc.type: [exc.reason]}}) from None
-        _send([converted], "phone")
+        _send([_attributable(converted)], "phone")
         return {"success": True, "accepted": 1, "rejected": []}
 
     return blueprint

@@ -30,9 +30,10 @@ from marshmallow import (
 
 from services.common.documents import unstorable
 from services.common.envelope import Envelope, new_envelope
+from services.common.event_times import WINDOW, EventTime, UtcDateTime, outside_window
 from services.common.hetu_protection import HetuProtector
 from services.common.identifiers import InvalidIdentifier, normalise
-from services.common.redaction import redact_hetus_in, redact_in
+from services.common.redaction import redact_hetus, redact_hetus_in, redact_in
 from services.identity.graph import PRIORITY
 
 SEGMENT_TYPES = ("identify", "track", "page", "screen", "group", "alias")
@@ -72,10 +73,10 @@ class SegmentMessageSchema(Schema):
                           validate=validate.Length(min=1, max=128))
     name = fields.String(load_default=None, allow_none=True)
     category = fields.String(load_default=None, allow_none=True)
-    timestamp = fields.AwareDateTime(load_default=None, allow_none=True, default_timezone=UTC)
-    originalTimestamp = fields.AwareDateTime(load_default=None, allow_none=True,
-                                             default_timezone=UTC)
-    sentAt = fields.AwareDateTime(load_default=None, allow_none=True, default_timezone=UTC)
+    # the client's clock: only the time corrected for its skew must be an event's time
+    timestamp = UtcDateTime(load_default=None, allow_none=True)
+    originalTimestamp = UtcDateTime(load_default=None, allow_none=True)
+    sentAt = UtcDateTime(load_default=None, allow_none=True)
     traits = fields.Dict(keys=fields.String(), load_default=dict, allow_none=True)
     properties = fields.Dict(keys=fields.String(), load_default=dict, allow_none=True)
     context = fields.Dict(keys=fields.String(), load_default=dict, allow_none=True)
@@ -106,6 +107,20 @@ class SegmentMessageSchema(Schema):
         if kind == "group" and not data.get("groupId"):
             raise ValidationError({"groupId": ["required for group"]})
 
+    @validates_schema
+    def _occurred_in_window(self, data, **_):
+        stated = "timestamp" if data.get("timestamp") else "originalTimestamp"
+        if not data.get(stated):
+            return  # the event happened when it was received
+        try:
+            problem = outside_window(occurred_at(data, datetime.now(UTC)))
+        except OverflowError:
+            problem = "out of the range of dates"
+        if problem:
+            corrected = " once corrected for the client's clock by sentAt" \
+                if data.get("sentAt") else ""
+            raise ValidationError({stated: [f"must lie {WINDOW}{corrected}; it is {problem}"]})
+
 
 CALL_EVENTS = {"offered": "Call Started", "answered": "Call Answered", "ended": "Call Ended"}
 
@@ -130,7 +145,7 @@ class CallEventSchema(Schema):
     disposition = fields.String(load_default=None, allow_none=True)
     notes = fields.String(load_default=None, allow_none=True,
                           validate=validate.Length(max=10000))
-    timestamp = fields.AwareDateTime(load_default=None, allow_none=True, default_timezone=UTC)
+    timestamp = EventTime(load_default=None, allow_none=True)
     message_id = fields.String(load_default=None, allow_none=True,
                                validate=validate.Length(min=1, max=128))
 
@@ -164,14 +179,13 @@ def partition_key(identifiers: dict[str, str]) -> str:
 
 
 def occurred_at(message: dict, received_at: datetime) -> datetime:
-    """Segment's rule: with sentAt, shift the client's timestamp by the client's clock skew."""
+    """Segment's rule: with sentAt, shift the client's timestamp by the client's clock skew.
+    Raises OverflowError when an absurd skew shifts it out of the range of dates (the schema
+    refuses such messages)."""
     timestamp = message.get("timestamp") or message.get("originalTimestamp")
     sent_at = message.get("sentAt")
     if timestamp and sent_at:
-        try:
-            return received_at - (sent_at - timestamp)
-        except OverflowError:
-            return timestamp  # an absurd skew: trust the client's own timestamp
+        return received_at - (sent_at - timestamp)
     return timestamp or received_at
 
 
@@ -194,6 +208,9 @@ def from_segment(message: dict, *, source: str | None = None) -> Converted:
     for name in ("event", "name", "category", "groupId", "previousId"):
         if message.get(name):
             payload[name] = message[name]
+    if "previousId" in payload:
+        # the anonymous id it names may be a hetu, which travels only protected (the identifier)
+        payload["previousId"], _ = redact_hetus(payload["previousId"])
     if message["properties"]:
         payload["properties"] = message["properties"]
     if traits:
@@ -256,13 +273,17 @@ def protect_hetus(envelope: Envelope, hetus: HetuProtector) -> Envelope:
 
 
 def protect_converted(converted: Converted, hetus: HetuProtector) -> Converted:
-    """``converted`` with its hetus protected and its partition key made of what remains."""
+    """``converted`` with its hetus protected. Its partition key stays (a call keeps its
+    caller's number) unless it named a value protection replaced (a user_id that is a hetu):
+    then it is made of what remains."""
     envelope = protect_hetus(converted.envelope, hetus)
     if envelope is converted.envelope:
         return converted
+    type_, _, value = converted.key.partition(":")
+    key = converted.key if envelope.identifiers.get(type_) == value \
+        else partition_key(envelope.identifiers)
     invalid = envelope.payload.get("invalid_identifiers") or []
-    return Converted(envelope, partition_key(envelope.identifiers), converted.cards_redacted,
-                     list(invalid))
+    return Converted(envelope, key, converted.cards_redacted, list(invalid))
 
 
 def _call_message_id(call: dict) -> str:

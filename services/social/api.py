@@ -8,12 +8,14 @@ import threading
 
 import flask
 import orjson
-from flask import Flask
+from flask import Flask, current_app
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
 from services.common import metrics, web
 from services.common.config import Settings
+from services.common.event_times import EventTime
+from services.common.hetu_protection import HetuProtector
 from services.common.identifiers import IDENTIFIER_TYPES
 from services.common.web import (
     Problem,
@@ -42,9 +44,12 @@ def create_app(settings: Settings | None = None) -> Flask:
                          blueprints=[_meta_blueprint(), _x_blueprint(), _posts_blueprint(),
                                      _deletions_blueprint()],
                          max_body_bytes=MAX_DELIVERY_BYTES)
+    rt = app.extensions["muisti"]
     # not ready until the classifier is trained, so no delivery waits for it (the platforms
     # retry slow webhooks)
-    app.extensions["muisti"].readiness["classifier"] = _classifier_trained
+    rt.readiness["classifier"] = _classifier_trained
+    # a collector may give an author's hetu; fail at start-up without the keys, not on the first
+    app.extensions["hetu_protector"] = HetuProtector.from_settings(rt.settings, rt.db, SERVICE)
     return app
 
 
@@ -283,7 +288,7 @@ class SocialPostSchema(Schema):
     kind = fields.String(required=True, validate=validate.OneOf(messages.KINDS))
     author = fields.Nested(AuthorSchema, required=True)
     text = fields.String(load_default="", validate=validate.Length(max=20_000))
-    created_at = fields.AwareDateTime(load_default=None, allow_none=True)
+    created_at = EventTime(load_default=None, allow_none=True, default_timezone=None)
     in_reply_to = fields.String(load_default=None, allow_none=True)
     conversation_id = fields.String(load_default=None, allow_none=True)
     urls = fields.List(fields.Url(), load_default=list, validate=validate.Length(max=50))
@@ -294,7 +299,9 @@ class SocialPostSchema(Schema):
     identifiers = fields.Dict(keys=fields.String(validate=validate.OneOf(IDENTIFIER_TYPES)),
                               values=fields.String(validate=validate.Length(min=1, max=512)),
                               load_default=dict, metadata={"description":
-                              "identifiers of the author known to the collector"})
+                              "identifiers of the author known to the collector; a hetu (or a "
+                              "user_id that is one) travels as its keyed digest and a sealed "
+                              "trait, never in the clear"})
 
 
 def _posts_blueprint() -> Blueprint:
@@ -305,12 +312,14 @@ def _posts_blueprint() -> Blueprint:
     @require_roles("collector")
     @blueprint.arguments(SocialPostSchema)
     @blueprint.response(200)
-    @blueprint.alt_response(422, description="no valid identifier of the author")
+    @blueprint.alt_response(422, description="an invalid field (created_at outside "
+                            "2000-01-01 .. a day after now included), or no valid identifier "
+                            "of the author")
     def post_social(post):
         """One social post in Muisti's own form → cdp.events.social (answered after Kafka
         acks). The author's id and handle become identifiers for x, facebook and instagram;
         other networks must send ``identifiers``."""
-        message = messages.from_collector(post)
+        message = messages.from_collector(post, current_app.extensions["hetu_protector"])
         if not messages.author_identifiers(message):
             raise Problem(422, "no valid identifier of the author: send author.id for x, "
                                "facebook or instagram, or identifiers",

@@ -35,6 +35,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from services.common.envelope import Envelope, new_envelope
+from services.common.event_times import usable
+from services.common.hetu_protection import HetuProtector
 from services.common.identifiers import InvalidIdentifier, normalise
 from services.common.redaction import (
     redact_card_numbers,
@@ -89,6 +91,7 @@ class SocialMessage:
     language_hint: str | None = None
     account_id: str | None = None  # the brand's page or account the message was sent to
     extra_identifiers: dict[str, str] = field(default_factory=dict)
+    traits: dict[str, str] = field(default_factory=dict)  # a hetu's sealed copy, if given
 
 
 @dataclass(frozen=True)
@@ -126,10 +129,11 @@ class Normalised:
     to_fetch: list[InstagramMention] = field(default_factory=list)  # ids only: text fetched
 
 
-# --- time helpers -----------------------------------------------------------------------------
+# --- time helpers: a platform's time, in UTC, or None (the time received) when it cannot be an
+# event's (services.common.event_times) ---------------------------------------------------------
 
 def _from_epoch(value: Any) -> datetime | None:
-    """Seconds or milliseconds since the epoch (Meta uses both), as an aware datetime."""
+    """Seconds or milliseconds since the epoch (Meta uses both)."""
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -137,7 +141,7 @@ def _from_epoch(value: Any) -> datetime | None:
     if number > 1e11:
         number /= 1000.0
     try:
-        return datetime.fromtimestamp(number, UTC)
+        return usable(datetime.fromtimestamp(number, UTC))
     except (OverflowError, OSError, ValueError):
         return None
 
@@ -146,10 +150,9 @@ def _from_iso(value: Any) -> datetime | None:
     if not isinstance(value, str):
         return None
     try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return usable(datetime.fromisoformat(value.replace("Z", "+00:00")))
     except ValueError:
         return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _from_twitter_date(value: Any) -> datetime | None:
@@ -157,7 +160,7 @@ def _from_twitter_date(value: Any) -> datetime | None:
     if not isinstance(value, str):
         return None
     try:
-        return datetime.strptime(value, "%a %b %d %H:%M:%S %z %Y").astimezone(UTC)
+        return usable(datetime.strptime(value, "%a %b %d %H:%M:%S %z %Y"))
     except ValueError:
         return None
 
@@ -536,9 +539,13 @@ def from_instagram_mention(mention: InstagramMention, answer: Any) -> Normalised
 
 # --- the collector's form ----------------------------------------------------------------------
 
-def from_collector(post: dict) -> SocialMessage:
-    """A post validated by the API's ``SocialPostSchema`` → a message."""
+def from_collector(post: dict, hetus: HetuProtector) -> SocialMessage:
+    """A post validated by the API's ``SocialPostSchema`` → a message. A collector may know
+    the author's hetu (as ``hetu``, or a ``user_id`` that is one): ``hetus`` makes it the
+    digest identifier and a sealed trait, so the code is nowhere on Kafka, key included; an
+    invalid one is left out like any invalid identifier."""
     author = post.get("author") or {}
+    protected = hetus.protect(post.get("identifiers") or {}, None)
     return SocialMessage(
         platform=post["platform"], platform_id=post["message_id"], kind=post["kind"],
         author=Author(id=author.get("id"), handle=author.get("handle"), name=author.get("name")),
@@ -546,7 +553,8 @@ def from_collector(post: dict) -> SocialMessage:
         in_reply_to=post.get("in_reply_to"), conversation_id=post.get("conversation_id"),
         urls=list(post.get("urls") or ()), mentions=list(post.get("mentions") or ()),
         media=list(post.get("media") or ()), language_hint=post.get("language"),
-        account_id=post.get("account_id"), extra_identifiers=dict(post.get("identifiers") or {}))
+        account_id=post.get("account_id"), extra_identifiers=protected.identifiers,
+        traits=protected.traits or {})
 
 
 # --- to an envelope ----------------------------------------------------------------------------
@@ -637,6 +645,8 @@ def to_envelope(message: SocialMessage, *, source: str | None = None) -> Convert
     payload.update(ids)
     if author_id:
         payload["author"] = {"id": author_id, **payload.get("author", {})}
+    if message.traits:
+        payload["traits"] = dict(message.traits)
     envelope = new_envelope(
         PRIVATE_TYPE if message.kind == "direct_message" else PUBLIC_TYPE, "social",
         identifiers=identifiers, payload=payload, occurred_at=message.created_at,

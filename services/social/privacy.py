@@ -24,6 +24,7 @@ from typing import Any
 
 from services.common import privacy_requests
 from services.common.envelope import Envelope, derived_message_id, new_envelope
+from services.common.event_times import usable
 from services.common.identifiers import InvalidIdentifier, normalise
 from services.common.privacy_requests import PrivacyRequest
 
@@ -103,15 +104,18 @@ def from_x_compliance_event(event: Any, secret: str) -> DeletionRequest | None:
     if name not in X_ERASING_EVENTS:
         return None
     user = body.get("user") if isinstance(body, dict) else None
+    given = user.get("id") if isinstance(user, dict) else None
     try:
-        user_id = normalise("twitter_id", str((user or {}).get("id", "")))
+        user_id = normalise("twitter_id", "" if given is None else str(given))
     except InvalidIdentifier:
         raise InvalidDeletion(f"the {name} event names no valid user id") from None
     event_at = str(body.get("event_at", ""))
     try:
-        at = datetime.fromisoformat(event_at.replace("Z", "+00:00"))
+        stated = datetime.fromisoformat(event_at.replace("Z", "+00:00"))
     except ValueError:
-        at = datetime.now(UTC)
+        stated = None
+    # a time that cannot be the event's holds no erasure up: it is dated when received
+    at = usable(stated) or datetime.now(UTC)
     return _request("x", f"X {name}", ("twitter_id", user_id), f"x:{name}:{user_id}:{event_at}",
                     secret, at)
 

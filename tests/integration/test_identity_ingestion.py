@@ -10,8 +10,16 @@ import pytest
 import requests
 
 from services.common import topics
-from tests.support.kafka import read_all
+from services.common.identifiers import is_hetu_digest
+from tests.support.hetus import valid_hetu
+from tests.support.kafka import read_all, read_records
 from tests.support.processes import ServiceApi, wait_until
+
+# times whose UTC moment no datetime holds, and one a sentAt of year 1 once moved to year 4050
+BAD_TIMES = [{"timestamp": "0001-01-01T00:00:00+02:00"},
+             {"timestamp": "9999-12-31T23:00:00-05:00"},
+             {"timestamp": "2024-05-01T10:00:00Z", "sentAt": "0001-01-01T00:00:00Z"},
+             {"timestamp": "1999-12-31T23:59:59Z"}]
 
 
 @pytest.fixture(scope="module")
@@ -188,3 +196,83 @@ def test_ingestion_needs_the_collector_role(identity_api, api_keys):
     response = requests.post(f"{identity_api.url}/v1/track", timeout=10,
                              auth=(api_keys["agent"], ""), json={"userId": "u", "event": "E"})
     assert response.status_code == 403
+
+
+@pytest.mark.parametrize("times", BAD_TIMES)
+def test_a_time_outside_2000_to_a_day_ahead_gets_400_naming_the_field_never_500(
+        identity_api, collector, times):
+    response = requests.post(f"{identity_api.url}/v1/track", auth=collector, timeout=10,
+                             json={"userId": "u", "event": "E", **times})
+    assert response.status_code == 400, response.text
+    assert "timestamp" in response.json()["errors"]
+
+
+def test_a_batch_with_times_out_of_range_sends_every_other_message_and_lists_those(
+        identity_api, collector, settings, unique):
+    good = [{"type": "track", "userId": f"u-{unique}", "event": "E", "messageId": f"{unique}-{i}"}
+            for i in range(3)]
+    bad = [{"type": "track", "userId": f"u-{unique}", "event": "E", **times} for times in BAD_TIMES]
+    response = requests.post(f"{identity_api.url}/v1/batch", auth=collector, timeout=10,
+                             json={"batch": [good[0], *bad, good[1], good[2]]})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["accepted"] == 3
+    assert [(r["index"], r["status"]) for r in body["rejected"]] == [
+        (i + 1, 400) for i in range(len(BAD_TIMES))]
+    assert all("timestamp" in r["errors"] for r in body["rejected"])
+    events_with(settings, topics.EVENTS_WEB,
+                lambda m: m.get("identifiers", {}).get("user_id") == f"u-{unique}", 3)
+
+
+@pytest.mark.parametrize("timestamp", ["0001-01-01T00:00:00+02:00", "2999-01-01T00:00:00Z"])
+def test_a_call_at_a_time_out_of_range_gets_422_never_500(identity_api, collector, timestamp):
+    response = requests.post(f"{identity_api.url}/v1/calls", auth=collector, timeout=10, json={
+        "call_id": str(uuid.uuid4()), "event": "ended", "caller_number": "040 765 4321",
+        "timestamp": timestamp})
+    assert response.status_code == 422, response.text
+    assert "timestamp" in response.json()["errors"]["json"]
+
+
+def test_a_message_without_a_usable_identifier_gets_422_saying_why(
+        identity_api, collector, settings, unique):
+    unusable = {"userId": "a\u0001b", "anonymousId": "c\u0000d", "event": "E"}
+    response = requests.post(f"{identity_api.url}/v1/track", auth=collector, timeout=10,
+                             json=unusable)
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"]["identifiers"] == {
+        "user_id": ["contains control characters"],
+        "anonymous_id": ["contains control characters"]}
+    good = {"type": "track", "userId": f"u-{unique}", "event": "E"}
+    batch = requests.post(f"{identity_api.url}/v1/batch", auth=collector, timeout=10,
+                          json={"batch": [{"type": "track", **unusable}, good]})
+    assert batch.status_code == 200, batch.text
+    assert batch.json()["accepted"] == 1
+    [rejected] = batch.json()["rejected"]
+    assert (rejected["index"], rejected["status"]) == (0, 422)
+    assert "no usable identifier" in rejected["detail"]
+
+
+def test_a_user_id_that_is_a_hetu_reaches_kafka_only_as_digest_and_sealed_trait(
+        identity_api, collector, settings, unique):
+    hetu, call_hetu = valid_hetu(unique), valid_hetu(unique[::-1])
+    identify = requests.post(f"{identity_api.url}/v1/identify", auth=collector, timeout=10,
+                             json={"userId": hetu, "messageId": f"hetu-user-{unique}",
+                                   "traits": {"firstName": "Aino"}})
+    assert identify.status_code == 200, identify.text
+    call_id = f"call-hetu-user-{unique}"
+    call = requests.post(f"{identity_api.url}/v1/calls", auth=collector, timeout=10, json={
+        "call_id": call_id, "event": "answered", "caller_number": "040 765 4321",
+        "customer_number": call_hetu})
+    assert call.status_code == 200, call.text
+
+    [web] = events_with(settings, topics.EVENTS_WEB,
+                        lambda m: m["message_id"] == f"hetu-user-{unique}")
+    [phone] = events_with(settings, topics.EVENTS_PHONE,
+                          lambda m: m["payload"].get("call_id") == call_id)
+    for event in (web, phone):
+        assert "user_id" not in event["identifiers"]
+        assert is_hetu_digest(event["identifiers"]["hetu"])
+        assert event["payload"]["traits"]["hetu"].startswith("sealed1:")
+    for topic, code in ((topics.EVENTS_WEB, hetu), (topics.EVENTS_PHONE, call_hetu)):
+        for key, value in read_records(settings, topic):
+            assert code.encode() not in (key or b"") + value, topic

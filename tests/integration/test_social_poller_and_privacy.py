@@ -223,6 +223,29 @@ def test_x_compliance_events_raise_erasure_requests(social_api, social_env, api_
     assert filed["proof"]["reason"].startswith("platform:x")
 
 
+@pytest.mark.parametrize("user", ["123", ["123"], None])
+def test_a_compliance_event_whose_user_is_no_object_gets_400_never_500(social_api, api_keys,
+                                                                        user):
+    response = requests.post(f"{social_api.url}/v1/social/x/compliance", timeout=10,
+                             json={"data": {"user_delete": {"user": user}}},
+                             headers={"Authorization": f"Bearer {api_keys['collector']}"})
+    assert response.status_code == 400, response.text
+    assert response.json()["errors"] == {"0": ["the user_delete event names no valid user id"]}
+
+
+def test_a_compliance_event_at_an_impossible_time_is_still_filed(social_api, api_keys,
+                                                                  settings):
+    user_id = str(uuid.uuid4().int)[:12]
+    response = requests.post(f"{social_api.url}/v1/social/x/compliance", timeout=10,
+                             json={"data": {"user_delete": {
+                                 "user": {"id": user_id},
+                                 "event_at": "0001-01-01T00:00:00+02:00"}}},
+                             headers={"Authorization": f"Bearer {api_keys['collector']}"})
+    assert response.status_code == 200, response.text
+    requests_for(settings, lambda m: m["payload"].get("identifiers") == [
+        {"type": "twitter_id", "value": user_id}])
+
+
 def test_the_social_worker_acknowledges_every_privacy_request(social_worker, settings):
     request_id = f"req-{uuid.uuid4().hex}"
     request = new_envelope("Access Requested", "system", payload={

@@ -13,8 +13,10 @@ import requests
 
 from services.common import topics
 from services.common.bus import ensure_topics
+from services.common.identifiers import is_hetu_digest
 from services.social import signatures
-from tests.support.kafka import read_all
+from tests.support.hetus import valid_hetu
+from tests.support.kafka import read_all, read_records
 from tests.support.processes import ServiceApi, ServiceWorker, wait_until
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "social"
@@ -175,6 +177,39 @@ def test_collector_posts_other_networks_in_the_same_form(social_api, api_keys, s
                                                      "message_id": "x", "kind": "review",
                                                      "author": {"name": "Anna"}})
     assert unattributable.status_code == 422
+
+
+@pytest.mark.parametrize("given", ["hetu", "user_id"])
+def test_a_collectors_hetu_reaches_kafka_only_as_digest_and_sealed_trait(
+        social_api, api_keys, settings, given):
+    review_id = unique_digits()
+    hetu = valid_hetu(review_id)
+    response = requests.post(f"{social_api.url}/v1/social/posts", timeout=10,
+                             headers={"Authorization": f"Bearer {api_keys['collector']}"},
+                             json={"platform": "trustpilot", "message_id": review_id,
+                                   "kind": "review", "author": {"name": "Anna"},
+                                   "text": "Toimitus myöhässä", "identifiers": {given: hetu}})
+    assert response.status_code == 200, response.text
+    [event] = messages_with(settings, topics.EVENTS_SOCIAL,
+                            lambda m: m["message_id"] == f"social:trustpilot:{review_id}")
+    assert list(event["identifiers"]) == ["hetu"] and is_hetu_digest(event["identifiers"]["hetu"])
+    assert event["payload"]["traits"]["hetu"].startswith("sealed1:")
+    for key, value in read_records(settings, topics.EVENTS_SOCIAL):
+        assert hetu.encode() not in (key or b"") + value
+
+
+@pytest.mark.parametrize("created_at", ["0001-01-01T00:00:00+02:00", "9999-12-31T23:00:00-05:00",
+                                        "1999-12-31T23:59:59Z", "2999-01-01T00:00:00Z"])
+def test_a_collector_post_at_a_time_out_of_range_gets_422_never_500(social_api, api_keys,
+                                                                     created_at):
+    response = requests.post(f"{social_api.url}/v1/social/posts", timeout=10,
+                             headers={"Authorization": f"Bearer {api_keys['collector']}"},
+                             json={"platform": "trustpilot", "message_id": unique_digits(),
+                                   "kind": "review", "author": {"name": "Anna"},
+                                   "created_at": created_at,
+                                   "identifiers": {"email": "anna@example.com"}})
+    assert response.status_code == 422, response.text
+    assert "created_at" in response.json()["errors"]["json"]
 
 
 def test_the_identity_worker_resolves_social_events_to_profiles(social_api, social_env,

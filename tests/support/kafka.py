@@ -40,19 +40,26 @@ def read_all(settings: Settings, topic: str, idle_ms: int = 1500) -> list[dict]:
     The broker is shared by the whole session and the fault tests put malformed messages on
     the input topics on purpose, so what is not an envelope (or, on the dead-letter topic, a
     JSON object) is skipped."""
+    return list(filter(None, (_decoded(topic, value)
+                              for _, value in read_records(settings, topic, idle_ms))))
+
+
+def read_records(settings: Settings, topic: str, idle_ms: int = 1500
+                 ) -> list[tuple[bytes | None, bytes]]:
+    """Every record now in ``topic`` as its key and value bytes, read without a group."""
     consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap.split(","),
                              enable_auto_commit=False, consumer_timeout_ms=idle_ms)
     partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
     consumer.assign(partitions)
     consumer.seek_to_beginning(*partitions)
     end = consumer.end_offsets(partitions)
-    messages = []
+    records = []
     deadline = time.monotonic() + 30
     while any(consumer.position(tp) < end[tp] for tp in partitions) and time.monotonic() < deadline:
-        for records in consumer.poll(timeout_ms=500).values():
-            messages.extend(filter(None, (_decoded(topic, record.value) for record in records)))
+        for batch in consumer.poll(timeout_ms=500).values():
+            records.extend((record.key, record.value) for record in batch)
     consumer.close()
-    return messages
+    return records
 
 
 def _decoded(topic: str, value: bytes) -> dict | None:

@@ -1,7 +1,5 @@
 """A hetu at rest: keyed digest for matching, sealed copy for display, never in the clear."""
 
-import os
-
 import orjson
 import pytest
 
@@ -14,33 +12,21 @@ from services.common.hetu_protection import (
     mask,
 )
 from services.common.identifiers import InvalidIdentifier, is_hetu_digest, normalise
-from services.common.shredding import (
-    FieldCipher,
-    MasterKey,
-    SubjectKeys,
-    WrappedKeyStore,
-    identifier_key_id,
+from services.common.shredding import identifier_key_id
+from services.identity.channels import (
+    CallEventSchema,
+    SegmentMessageSchema,
+    from_call,
+    from_segment,
+    protect_converted,
+    protect_hetus,
 )
-from services.identity.channels import protect_hetus
 from services.identity.matching import normalise_record
+from tests.support.hetus import InMemoryKeys, in_memory_protector
 
 HETU = "220478-123H"
 OTHER = "131052-308T"
 DIGEST_KEY = b"unit-test-digest-key"
-
-
-class InMemoryKeys(WrappedKeyStore):
-    def __init__(self):
-        self.wrapped: dict[str, bytes] = {}
-
-    def get(self, key_id):
-        return self.wrapped.get(key_id)
-
-    def add_if_absent(self, key_id, wrapped):
-        self.wrapped.setdefault(key_id, wrapped)
-
-    def delete(self, key_ids):
-        return sum(self.wrapped.pop(key_id, None) is not None for key_id in key_ids)
 
 
 @pytest.fixture
@@ -50,7 +36,7 @@ def keys():
 
 @pytest.fixture
 def hetus(keys):
-    return HetuProtector(DIGEST_KEY, FieldCipher(SubjectKeys(keys, MasterKey(os.urandom(32)))))
+    return in_memory_protector(DIGEST_KEY, keys)
 
 
 def test_equal_hetus_written_differently_have_one_digest_and_different_hetus_do_not():
@@ -106,6 +92,48 @@ def test_a_second_different_hetu_in_one_event_is_dropped(hetus):
     assert protected.identifiers == {"hetu": hetus.digest(HETU)}
     assert hetus.reveal(protected.traits["hetu"]) == HETU
     assert [i["type"] for i in protected.invalid] == ["hetu"]
+
+
+@pytest.mark.parametrize("type_", ["user_id", "anonymous_id", "device_id"])
+def test_an_opaque_id_that_is_a_valid_hetu_becomes_the_hetu_identifier(hetus, type_):
+    protected = hetus.protect({type_: f" {HETU.lower()} ", "email": "aino@example.com"}, None)
+    assert protected.identifiers == {"hetu": hetus.digest(HETU), "email": "aino@example.com"}
+    assert hetus.reveal(protected.traits["hetu"]) == HETU
+    assert protected.changed and not protected.invalid
+
+
+def test_a_user_id_that_is_another_hetu_than_the_events_is_dropped_and_reported(hetus):
+    protected = hetus.protect({"hetu": HETU, "user_id": OTHER}, None)
+    assert protected.identifiers == {"hetu": hetus.digest(HETU)}
+    assert [i["type"] for i in protected.invalid] == ["hetu"]
+    assert "131052" not in orjson.dumps(protected.invalid).decode()
+
+
+def test_a_user_id_shaped_like_a_hetu_but_invalid_stays_a_user_id(hetus):
+    protected = hetus.protect({"user_id": "220478-123A"}, None)
+    assert protected.identifiers == {"user_id": "220478-123A"}
+    assert not protected.changed
+
+
+def test_a_segment_user_id_that_is_a_hetu_leaves_the_api_protected_its_key_included(hetus):
+    message = SegmentMessageSchema().load({"type": "alias", "userId": HETU,
+                                           "previousId": OTHER})
+    converted = protect_converted(from_segment(message), hetus)
+    assert converted.envelope.identifiers == {"hetu": hetus.digest(HETU)}
+    assert converted.key == f"hetu:{hetus.digest(HETU)}"
+    for code in (HETU, OTHER):
+        assert code not in converted.key
+        assert code.encode() not in converted.envelope.to_bytes()
+
+
+def test_a_callers_customer_number_that_is_a_hetu_is_protected_and_the_number_stays_key(hetus):
+    call = CallEventSchema().load({"call_id": "c-1", "event": "answered",
+                                   "caller_number": "040 123 4567", "customer_number": HETU})
+    converted = protect_converted(from_call(call), hetus)
+    assert converted.envelope.identifiers == {"phone": "+358401234567",
+                                              "hetu": hetus.digest(HETU)}
+    assert converted.key == "phone:+358401234567"  # a call's steps stay on one partition
+    assert HETU.encode() not in converted.envelope.to_bytes()
 
 
 def test_protecting_twice_changes_nothing_the_second_time(hetus):

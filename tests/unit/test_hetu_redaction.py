@@ -6,6 +6,7 @@ import pytest
 from services.common.redaction import REDACTED_HETU, redact_hetus, redact_hetus_in
 from services.identity.channels import from_call
 from services.social import messages
+from tests.support.hetus import in_memory_protector
 
 HETU = "131052-308T"
 
@@ -58,7 +59,7 @@ def test_a_social_message_text_loses_the_hetu_its_author_posted():
     message = messages.from_collector({
         "platform": "trustpilot", "message_id": "r-hetu", "kind": "review",
         "author": {"name": f"Anna {HETU}"}, "text": f"Minun hetu on {HETU}, auttakaa!",
-        "identifiers": {"email": "anna@example.com"}})
+        "identifiers": {"email": "anna@example.com"}}, in_memory_protector(b"unit-test-key"))
     payload = messages.to_envelope(message).envelope.payload
     assert payload["text"] == "Minun hetu on [hetu], auttakaa!"
     assert payload["author"]["name"] == "Anna [hetu]"

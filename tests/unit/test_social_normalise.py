@@ -9,9 +9,14 @@ from pathlib import Path
 import pytest
 
 from services.common.envelope import decode
+from services.common.hetu_protection import is_sealed_hetu
+from services.common.identifiers import is_hetu_digest
 from services.social import messages
 from services.social.messages import from_collector, from_meta, from_x_activity, from_x_v2_page
 from services.social.publish import outgoing
+from tests.support.hetus import in_memory_protector
+
+HETUS = in_memory_protector(b"unit-test-digest-key")
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "social"
 
@@ -141,14 +146,50 @@ def test_poller_page_gives_the_same_message_ids_as_the_webhook_would():
 def test_collector_post_for_another_network_needs_identifiers():
     post = {"platform": "trustpilot", "message_id": "r-1", "kind": "review",
             "author": {"name": "Anna"}, "text": "Terrible delivery", "identifiers": {}}
-    message = from_collector(post)
+    message = from_collector(post, HETUS)
     with pytest.raises(messages.Unattributable):
         messages.to_envelope(message)
-    message = from_collector({**post, "identifiers": {"email": "Anna@Example.com"}})
+    message = from_collector({**post, "identifiers": {"email": "Anna@Example.com"}}, HETUS)
     converted = messages.to_envelope(message)
     assert converted.envelope.identifiers == {"email": "anna@example.com"}
     assert converted.key == "email:anna@example.com"
     assert converted.envelope.message_id == "social:trustpilot:r-1"
+
+
+@pytest.mark.parametrize("given", [{"hetu": "131052-308t"}, {"user_id": "131052-308T"},
+                                   {"hetu": "131052-308T", "email": "anna@example.com"}])
+def test_a_collectors_hetu_travels_as_digest_and_sealed_trait_never_in_the_clear(given):
+    post = {"platform": "trustpilot", "message_id": "r-2", "kind": "review",
+            "author": {"name": "Anna"}, "text": "Kiitos!", "identifiers": given}
+    converted = messages.to_envelope(from_collector(post, HETUS))
+    identifiers = converted.envelope.identifiers
+    assert "user_id" not in identifiers
+    assert identifiers["hetu"] == HETUS.digest("131052-308T")
+    assert is_hetu_digest(identifiers["hetu"])
+    assert is_sealed_hetu(converted.envelope.payload["traits"]["hetu"])
+    assert HETUS.reveal(converted.envelope.payload["traits"]["hetu"]) == "131052-308T"
+    for wire in (converted.key, converted.envelope.to_bytes().decode()):
+        assert "131052" not in wire
+
+
+def test_an_invalid_hetu_from_a_collector_is_left_out_like_any_invalid_identifier():
+    post = {"platform": "trustpilot", "message_id": "r-3", "kind": "review",
+            "author": {"name": "Anna"}, "identifiers": {"hetu": "131052-308X",
+                                                        "email": "anna@example.com"}}
+    converted = messages.to_envelope(from_collector(post, HETUS))
+    assert converted.envelope.identifiers == {"email": "anna@example.com"}
+    assert "131052" not in converted.envelope.to_bytes().decode()
+
+
+@pytest.mark.parametrize("created_at", ["0001-01-01T00:00:00+02:00", "1999-12-31T23:59:59Z",
+                                        "9999-12-31T23:00:00-05:00"])
+def test_a_platform_time_that_cannot_be_the_events_is_replaced_by_the_time_received(
+        created_at):
+    page = fixture("x_v2_mentions_page.json")
+    page["data"][0]["created_at"] = created_at
+    converted = envelopes(from_x_v2_page(page, "2244994945"))[0]
+    assert abs(converted.envelope.occurred_at - datetime.now(UTC)).total_seconds() < 60
+    assert decode(converted.envelope.to_bytes()) == converted.envelope
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in FIXTURES.glob("*.json")

@@ -51,7 +51,9 @@ def test_x_delete_protect_and_suspend_erase_and_the_rest_are_ignored():
 
 
 @pytest.mark.parametrize("event", [{}, {"data": {}}, {"data": {"user_delete": {}}},
-                                   {"data": {"user_delete": {"user": {"id": "abc"}}}}, "x"])
+                                   {"data": {"user_delete": {"user": {"id": "abc"}}}}, "x",
+                                   {"data": {"user_delete": {"user": "123"}}},
+                                   {"data": {"user_delete": {"user": ["123"]}}}])
 def test_something_else_than_a_compliance_event_is_invalid(event):
     with pytest.raises(privacy.InvalidDeletion):
         privacy.from_x_compliance_event(event, "secret")
