@@ -14,7 +14,8 @@ down to SQLite.
 So that an erasure finds a subject's rows without scanning, ``export_subject_index`` keeps,
 by ``_id``: ``identifier:<type>:<value>`` → the read-model profiles that held it
 (``profile_ids``), ``delivered:<partner>|<field>|<value>`` → the deliveries that sent it
-(``delivery_ids``), and ``profile:<id>`` → the profile's consent purposes and stream changes.
+(``delivery_ids``), and ``profile:<id>`` → the profile's consent purposes, stream changes and
+the profiles merged into it (``merged_profiles``).
 Each entry is added before the row it points to is written (a crash leaves at most an entry
 pointing at nothing), lookups check the row still holds what the entry says, and an erasure
 removes the subject's entries.
@@ -61,6 +62,9 @@ STREAMS = "export_streams"
 SUBJECT_INDEX = "export_subject_index"
 # erased profiles' ids (no personal data): a snapshot still on its way is not stored again
 ERASURES = "export_erasures"
+# per erasure (its message id), the partners it sent deletion notices to: the ack reports
+# them however often the erasure is handled
+ERASURE_PARTNERS = "export_erasure_partners"
 
 RUN_ACTIVE = ("queued", "running")
 CHANGE_STATES = ("pending", "sent", "not_sent", "cancelled")
@@ -260,6 +264,27 @@ class ExportStore:
         raise_write_errors(bulk_write(self.db[ERASURES], [
             UpdateOne({"_id": profile_id}, {"$setOnInsert": {"at": now()}}, upsert=True)
             for profile_id in sorted(set(profile_ids))]))
+
+    def note_erasure_partners(self, cause: str, partner_ids: Iterable[str]) -> list[str]:
+        """Add ``partner_ids`` to those erasure ``cause`` notified; returns them all."""
+        doc = self.db[ERASURE_PARTNERS].find_one_and_update(
+            {"_id": cause}, {"$addToSet": {"partner_ids": {"$each": sorted(set(partner_ids))}}},
+            upsert=True, return_document=pymongo.ReturnDocument.AFTER)
+        return sorted(doc.get("partner_ids") or [])
+
+    def note_merged(self, merged_id: str, survivor_id: str) -> None:
+        """Remember that ``merged_id`` (with the profiles merged into it before) lives on in
+        ``survivor_id``: a partner holding one of them hears of the survivor's withdrawals and
+        erasure."""
+        absorbed = [merged_id, *(self._profile_entry(merged_id).get("merged_profiles") or [])]
+        self._index_add({f"profile:{survivor_id}": {"merged_profiles": absorbed}})
+
+    def with_merged(self, profile_ids: Iterable[str]) -> list[str]:
+        """``profile_ids`` and the profiles merged into them, in id order."""
+        profile_ids = set(profile_ids)
+        return sorted(profile_ids.union(*(
+            self._profile_entry(profile_id).get("merged_profiles") or []
+            for profile_id in profile_ids)))
 
     def erased_among(self, profile_ids: Iterable[str]) -> set[str]:
         return {doc["_id"] for doc in find_by_ids(self.db[ERASURES], sorted(set(profile_ids)),
@@ -476,9 +501,17 @@ class ExportStore:
         return result.modified_count == 1
 
     def finish_run(self, run_id: str, owner: str, status: str, **fields: Any) -> None:
-        self.db[RUNS].update_one(
+        """End the run and drop the rendered rows of its batch in hand (failed or cancelled
+        runs are never resumed): what stays of its batches is the proof (hash, counts,
+        receipt), no personal data."""
+        run = self.db[RUNS].find_one_and_update(
             {"_id": run_id, "lease_owner": owner},
-            {"$set": {"status": status, "finished_at": now(), "lease_until": None, **fields}})
+            {"$set": {"status": status, "finished_at": now(), "lease_until": None, **fields}},
+            return_document=pymongo.ReturnDocument.AFTER)
+        if run is not None:
+            # acknowledged batches were cleared already; later ones were never rendered
+            self.db[BATCHES].update_one({"_id": f"{run_id}:{run.get('next_batch', 0)}"},
+                                        {"$set": {"body": None, "sent": []}})
 
     # --- what each partner received ------------------------------------------------------
 
@@ -654,6 +687,21 @@ class ExportStore:
             {"_id": partner_id, "lease_owner": owner},
             {"$set": {"lease_until": now() + timedelta(seconds=lease_seconds)}})
         return result.matched_count == 1
+
+    def discard_unsent_batches_holding(self, profile_ids: list[str]) -> int:
+        """Forget the unsent batches in hand (of active runs and of streams) that hold one of
+        ``profile_ids`` (erased): they are rendered afresh without them. A batch already
+        attempted is kept, to be re-sent byte for byte (the partner may hold it), and the
+        executor then sends a deletion notice for each erased profile in it."""
+        erased = set(profile_ids)
+        in_hand = [f"{run['_id']}:{run.get('next_batch', 0)}" for run in self.db[RUNS].find(
+            {"status": {"$in": list(RUN_ACTIVE)}}, {"next_batch": 1})]
+        in_hand += [f"{stream_id(stream['_id'])}:{stream['next_batch']}"
+                    for stream in self.db[STREAMS].find({}, {"next_batch": 1})]
+        return sum(self.discard_unsent_batch(batch["_id"])
+                   for batch in find_by_ids(self.db[BATCHES], in_hand)
+                   if batch.get("attempted_at") is None and not batch.get("acknowledged_at")
+                   and erased & {item["profile_id"] for item in batch.get("sent") or []})
 
     def discard_unsent_batch(self, batch_id: str) -> bool:
         """Forget a rendered batch no attempt was made to send (it is rendered afresh)."""

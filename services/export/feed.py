@@ -4,9 +4,12 @@ deletions, answer data-subject requests.
 * ``cdp.profile.changes`` (Profile Changed): ``payload.profile`` (the snapshot) replaces the
   read-model row and queues the change for each streaming partner whose segment holds the
   profile (services.export.streaming); ``merged_away`` removes it (the survivor carries the
-  data on); ``erased`` removes it with its consent states and queues a deletion notice to
-  every partner holding the profile, and a snapshot of it arriving later (a change made while
-  it was being erased) is not stored.
+  data on) and remembers the survivor, so that partners holding the merged profile hear of the
+  survivor's withdrawals and erasure (and at once of a refusal the survivor already has);
+  ``erased`` removes it with its consent states, discards the unsent batches in hand that hold
+  it and queues a deletion notice to every partner holding the profile (or one merged into
+  it), and a snapshot of it arriving later (a change made while it was being erased) is not
+  stored.
 * ``cdp.consent.changes`` (Consent Changed): the profile's state for the purpose; a purpose
   no longer allowed cancels the profile's changes waiting for a streaming partner that
   requires it and queues a deletion notice to each such partner holding the profile; a
@@ -63,12 +66,43 @@ def handle_profile_changes(store: ExportStore, envelopes: list[Envelope]) -> lis
             if kind == "erased":
                 erase(store, [profile_id], cause=envelope.message_id)
             else:
-                store.delete_profiles([profile_id])
+                _merge_away(store, envelope, profile_id,
+                            envelope.payload.get("merged_into")
+                            or (snapshot or {}).get("merged_into"))
         elif snapshot is not None:  # announced without its snapshot: nothing to project
             _check_snapshot(snapshot, profile_id)
             storable.append(envelope)
     _store_snapshots(store, storable)
     return []
+
+
+def _merge_away(store: ExportStore, envelope: Envelope, merged_id: str,
+                survivor_id: str | None) -> None:
+    """The merged profile's row goes (the survivor carries its data on), but partners may
+    hold it: they must hear of the survivor's withdrawals and erasure, so the merge is
+    remembered, and a refusal of the survivor's already recorded (consent changes and merges
+    travel on different topics) is notified now."""
+    store.delete_profiles([merged_id])
+    if not survivor_id:
+        return
+    store.note_merged(merged_id, survivor_id)
+    for delivery in store.deliveries_of(store.with_merged([merged_id])):
+        contract = store.partner(delivery["partner_id"], include_deleted=True)
+        if contract is None or not delivery.get("awaiting_notice"):
+            continue
+        survivor = store.consents([survivor_id], contract.required_purposes).get(survivor_id, {})
+        refused = [(purpose, state) for purpose, state in sorted(survivor.items())
+                   if not state.allowed]
+        if refused:
+            purpose, state = refused[0]
+            store.queue_notice(_notice_id(envelope, delivery), delivery,
+                               f"consent:{purpose}:{state.state}")
+
+
+def _notice_id(envelope: Envelope, delivery: dict[str, Any]) -> str:
+    """A deletion notice's id, derived from the message that causes it."""
+    return derived_message_id(envelope.message_id, f"export-deletion-{delivery['partner_id']}-"
+                                                   f"{delivery['profile_id']}")
 
 
 def _store_snapshots(store: ExportStore, envelopes: list[Envelope]) -> None:
@@ -161,15 +195,16 @@ def _stream_newly_allowed(store: ExportStore, envelope: Envelope, decision: Cons
 
 def _withdraw(store: ExportStore, envelope: Envelope, decision: ConsentDecision) -> None:
     """A purpose no longer allowed: the profile's changes waiting for a partner requiring it
-    are cancelled, and a partner holding the profile gets a deletion notice."""
+    are cancelled, and a partner holding the profile, or one merged into it, gets a deletion
+    notice."""
     cause = f"consent:{decision.purpose}:{decision.state}"
+    profile_ids = store.with_merged([decision.profile_id])
     for contract in store.partners_requiring(decision.purpose):
-        store.cancel_stream_changes([decision.profile_id], cause, contract.partner_id)
-        delivery = store.delivery(contract.partner_id, decision.profile_id)
-        if delivery is not None and delivery.get("awaiting_notice"):
-            notice_id = derived_message_id(envelope.message_id,
-                                           f"export-deletion-{contract.partner_id}")
-            store.queue_notice(notice_id, delivery, cause)
+        store.cancel_stream_changes(profile_ids, cause, contract.partner_id)
+        for profile_id in profile_ids:
+            delivery = store.delivery(contract.partner_id, profile_id)
+            if delivery is not None and delivery.get("awaiting_notice"):
+                store.queue_notice(_notice_id(envelope, delivery), delivery, cause)
 
 
 def erase(store: ExportStore, profile_ids: list[str], cause: str,
@@ -177,11 +212,12 @@ def erase(store: ExportStore, profile_ids: list[str], cause: str,
     """Delete the read model's rows for ``profile_ids`` and queue a deletion notice to each
     partner that still holds one of them, or one of ``identifiers`` (type, normalised value)
     as the partner received it. Returns the counts."""
-    queued, partners = 0, set()
-    # the profiles named are erased for good; those found by identifier in the read model
-    # (which may be behind a split) only lose their rows
+    queued = 0
+    # the profiles named are erased for good; those merged into them, or found by identifier
+    # in the read model (which may be behind a split), only lose their rows
     store.mark_erased(profile_ids)
-    profile_ids = sorted({*profile_ids, *store.profiles_holding(identifiers)})
+    profile_ids = sorted({*store.with_merged(profile_ids),
+                          *store.profiles_holding(identifiers)})
     # before the rows go: the index entries are found through what the rows hold
     store.forget_identifiers(profile_ids, identifiers)
     deliveries = {d["_id"]: d for d in store.deliveries_of(profile_ids)}
@@ -194,23 +230,27 @@ def erase(store: ExportStore, profile_ids: list[str], cause: str,
                 for delivery in store.deliveries_holding(contract.partner_id, field_name,
                                                          values):
                     deliveries.setdefault(delivery["_id"], delivery)
-    for delivery in deliveries.values():
-        if not delivery.get("awaiting_notice"):
-            continue  # told already (after a withdrawal) and sent nothing since
+    # told already (after a withdrawal) and sent nothing since: no notice owed
+    owed = [delivery for delivery in deliveries.values() if delivery.get("awaiting_notice")]
+    # noted before the notices are queued: a handling after a crash finds no delivery
+    # awaiting a notice, yet its ack must name every partner this erasure notified
+    partners = store.note_erasure_partners(cause, (d["partner_id"] for d in owed))
+    for delivery in owed:
         notice_id = derived_message_id(
             cause, f"export-erasure-{delivery['partner_id']}-{delivery['profile_id']}")
         if store.queue_notice(notice_id, delivery, "erasure"):
             queued += 1
-        partners.add(delivery["partner_id"])
     for partner_id, field_name, values in delivered:
         store.forget_delivered(partner_id, field_name, values)
     store.cancel_stream_changes(profile_ids, "erasure")
+    batches = store.discard_unsent_batches_holding(profile_ids)
     profiles = store.delete_profiles(profile_ids)
     consents = store.delete_consents(profile_ids)
     store.set_restricted(profile_ids, False)
     store.forget_profiles(profile_ids)
     return {"read_model_profiles_deleted": profiles, "consent_states_deleted": consents,
-            "deletion_notices_queued": queued, "partners_notified": sorted(partners)}
+            "unsent_batches_discarded": batches, "deletion_notices_queued": queued,
+            "partners_notified": partners}
 
 
 def handle_privacy_request(store: ExportStore, envelope: Envelope) -> list[Outgoing]:

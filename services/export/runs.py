@@ -12,6 +12,16 @@ on it and another takes over when the holder dies. For each batch the executor:
 
 A crash anywhere re-sends at most the batch in hand, byte for byte and under the same key; the
 partner's idempotency makes that harmless. Batches in which nobody may be sent are not sent.
+A resumed run (after a crash or a lease takeover) checks the stored batch again first: one
+never attempted (``attempted_at`` is set just before the first delivery) that holds someone
+erased, restricted or no longer consented since it was rendered is discarded and rendered
+afresh. One already attempted may be held by the partner whatever happens next, so it is
+re-sent unchanged, and right after it each such subject in it gets a deletion notice (reason
+``erasure``, ``restricted`` or ``consent:<purpose>:<state>``). Between batches the executor
+also sends the deletion notices that fell due (looked up at most every
+``notice_check_seconds``), so a notice never waits for a long run to end. A run's end (any
+status) drops the rendered rows of its batch in hand; acknowledged batches keep only their
+hash, counts and receipt.
 Before each batch the executor also checks that the partner is not retired: a retired
 partner's queued or running run ends ``cancelled`` (the reason in its ``error``) and sends
 nothing more, while deletion notices to it still go out. A delivery that fails for good (a
@@ -29,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -107,6 +118,8 @@ class PollingLoop:
 
     def send(self, contract: PartnerContract, run_id: str, batch: dict[str, Any],
              keep_going: Callable[[], bool], headers: dict[str, str]) -> Outcome:
+        # from now on the partner may hold these bytes: they are only ever re-sent unchanged
+        self.store.batch_attempted(batch["_id"])
         parcel = Parcel(
             body=batch["body"], idempotency_key=batch["idempotency_key"], kind="batch",
             content_type=rendering.content_type(contract),
@@ -120,17 +133,39 @@ class PollingLoop:
                     batch: dict[str, Any]) -> None:
         sent = {item["profile_id"]: item["identifiers"] for item in batch["sent"]}
         self.store.record_deliveries(contract.partner_id, run_id, sent)
-        # a consent withdrawn while the batch was on its way found no delivery record to
-        # notify about: check now, so the partner still hears of it
-        consents = self.store.consents(list(sent), contract.required_purposes)
-        for profile_id in sent:
-            reason = rendering.exclusion_reason(contract, consents.get(profile_id, {}))
-            if reason is None:
-                continue
+        # a withdrawal, restriction or erasure that came while the batch was on its way (or,
+        # for a batch re-sent after a crash, since it was rendered) found no delivery record
+        # to notify about: check now, so the partner still hears of it
+        for profile_id, reason in self.no_longer_sendable(contract, list(sent)).items():
             delivery = self.store.delivery(contract.partner_id, profile_id)
             if delivery is not None:
                 self.store.queue_notice(f"{batch['_id']}:{profile_id}:withdrawn", delivery,
                                         reason)
+
+    def no_longer_sendable(self, contract: PartnerContract,
+                           profile_ids: list[str]) -> dict[str, str]:
+        """Of ``profile_ids``, those that may not be sent now, each with its reason: erased
+        (``erasure``), restricted, or a required consent not (or no longer) given."""
+        erased = self.store.erased_among(profile_ids)
+        consents = self.store.consents(profile_ids, contract.required_purposes)
+        restricted = self.store.restricted(profile_ids)
+        reasons = {}
+        for profile_id in profile_ids:
+            reason = "erasure" if profile_id in erased else rendering.exclusion_reason(
+                contract, consents.get(profile_id, {}), profile_id in restricted)
+            if reason is not None:
+                reasons[profile_id] = reason
+        return reasons
+
+    def rendered_before_a_change(self, contract: PartnerContract,
+                                 batch: dict[str, Any]) -> bool:
+        """Whether a stored batch never attempted holds someone who may no longer be sent: it
+        is then rendered afresh. (An attempted one may be held by the partner: it is re-sent
+        byte for byte and ``record_sent`` queues the deletion notices it then owes.)"""
+        if batch.get("attempted_at") is not None or batch.get("acknowledged_at"):
+            return False
+        return bool(self.no_longer_sendable(contract,
+                                            [item["profile_id"] for item in batch["sent"]]))
 
     def render_profiles(self, contract: PartnerContract, run_id: str, number: int,
                         page: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
@@ -162,10 +197,14 @@ class RunExecutor(PollingLoop):
 
     def __init__(self, store: ExportStore, deliverer: Deliverer, *, owner: str,
                  batch_size: int, lease_seconds: float, min_cell_size: int,
-                 poll_seconds: float = 1.0):
+                 poll_seconds: float = 1.0, notice_check_seconds: float = 5.0):
         super().__init__(store, deliverer, owner=owner, batch_size=batch_size,
                          lease_seconds=lease_seconds, poll_seconds=poll_seconds)
         self.min_cell_size = min_cell_size
+        # between a run's batches, due notices are looked up at most this often: the lookup
+        # reads the whole notices collection on FerretDB
+        self.notice_check_seconds = notice_check_seconds
+        self._notices_checked_at = float("-inf")
 
     def work_once(self) -> bool:
         """Send due deletion notices, then work on one claimable run; True if anything was
@@ -188,6 +227,9 @@ class RunExecutor(PollingLoop):
                                           "next_batch": run.get("next_batch", 0)})
         pages = ProfilePages(self.store, run.get("changed_since"), contract.segment)
         while not self.stopping:
+            # a deletion notice does not wait for a long run to end
+            if time.monotonic() - self._notices_checked_at >= self.notice_check_seconds:
+                self.send_due_notices()
             if not self.store.renew_lease(run_id, self.owner, self.lease_seconds):
                 log.warning("lost the run's lease; leaving it", extra={"run_id": run_id})
                 return
@@ -196,8 +238,11 @@ class RunExecutor(PollingLoop):
                 log.info("export cancelled: the partner was retired", extra={"run_id": run_id})
                 return
             number = run.get("next_batch", 0)
-            batch = self.store.batch(run_id, number) or self._render(contract, run, number,
-                                                                     pages)
+            batch = self.store.batch(run_id, number)
+            if batch is not None and self.rendered_before_a_change(contract, batch):
+                self.store.discard_unsent_batch(batch["_id"])
+                batch = None
+            batch = batch or self._render(contract, run, number, pages)
             if batch is None:
                 digest = hashlib.sha256(
                     "\n".join(run.get("batch_digests") or []).encode()).hexdigest()
@@ -268,6 +313,7 @@ class RunExecutor(PollingLoop):
     # --- deletion notices ----------------------------------------------------------------
 
     def send_due_notices(self) -> int:
+        self._notices_checked_at = time.monotonic()
         sent = 0
         for notice in self.store.due_notices():
             if self.stopping:

@@ -15,9 +15,11 @@ Delivery is at least once, and exactly once for a receiver that applies each
 ``Idempotency-Key`` once: a worker that dies after sending re-sends the stored batch, byte for
 byte under the same key, and never renders those changes into another batch. Several changes
 of one profile waiting together are sent as one row (its latest state). A batch rendered but
-never attempted before a crash is checked again and rendered afresh if someone in it lost a
-required consent meanwhile. A withdrawal that lands while a batch is on the wire is caught
-right after it: the partner gets a deletion notice for that profile.
+never attempted before a crash is checked again and rendered afresh if someone in it was
+erased or restricted, or lost a required consent, meanwhile (an erasure discards such a batch
+at once). A batch already attempted is re-sent byte for byte, and a withdrawal, restriction or
+erasure that came after it was rendered is caught right after it: the partner gets a deletion
+notice for that profile.
 
 A partner that keeps failing does not lose changes: the stream pauses with backoff and
 re-sends the same batch; the stream's document records the error.
@@ -29,7 +31,6 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from services.export import rendering
 from services.export.contracts import PartnerContract
 from services.export.export_store import now, stream_id
 from services.export.runs import NOTICE_RETRY_CAP, PollingLoop
@@ -65,12 +66,11 @@ class StreamExecutor(PollingLoop):
             batch = self.render_profiles(contract, run_id, number,
                                          self.store.profiles(profile_ids),
                                          changes=[change["_id"] for change in changes])
-        elif self._consent_lost_before_sending(contract, batch):
+        elif self.rendered_before_a_change(contract, batch):
             self.store.discard_unsent_batch(batch["_id"])
             return True
         receipt: dict[str, Any] = batch.get("receipt") or {}
         if batch["counts"]["exported"] and not batch.get("acknowledged_at"):
-            self.store.batch_attempted(batch["_id"])
             outcome = self.send(contract, run_id, batch, lambda: self._keep(partner_id),
                                 {"X-Muisti-Stream": partner_id})
             if not outcome.ok:
@@ -90,14 +90,3 @@ class StreamExecutor(PollingLoop):
     def _keep(self, partner_id: str) -> bool:
         return not self.stopping and self.store.renew_stream_lease(partner_id, self.owner,
                                                                    self.lease_seconds)
-
-    def _consent_lost_before_sending(self, contract: PartnerContract,
-                                     batch: dict[str, Any]) -> bool:
-        """Whether a stored batch never attempted holds someone who may no longer be sent."""
-        if batch.get("attempted_at") is not None or batch.get("acknowledged_at"):
-            return False
-        ids = [item["profile_id"] for item in batch["sent"]]
-        consents = self.store.consents(ids, contract.required_purposes)
-        restricted = self.store.restricted(ids)
-        return any(rendering.exclusion_reason(contract, consents.get(pid, {}),
-                                              pid in restricted) is not None for pid in ids)

@@ -6,19 +6,24 @@ out."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from services.export.contracts import Destination, FieldRule, PartnerContract
+from services.export.contracts import Destination
 from services.export.delivery import Deliverer, RetryPolicy
-from services.export.export_store import ConsentDecision, ExportStore, now
-from services.export.runs import RETIRED, RunExecutor
+from services.export.export_store import ExportStore
+from services.export.runs import RETIRED
 from services.export.sealing import SecretBox
-
-SECRET = "partner-signing-secret-0123456789"
-GRANTED_AT = datetime(2026, 1, 1, tzinfo=UTC)
+from tests.support.export_executor import (
+    SECRET,
+    consented_profiles,
+    executor_for,
+    queue_notice,
+    queue_run,
+    save_partner,
+    work_until_idle,
+)
 
 
 @pytest.fixture
@@ -26,49 +31,6 @@ def store(mongo_client, settings, unique):
     name = f"muisti_export_endings_{unique}"
     yield ExportStore(mongo_client[name], SecretBox.from_settings(settings))
     mongo_client.drop_database(name)
-
-
-def save_partner(store: ExportStore, partner_id: str, destination: Destination) -> None:
-    # built directly, not parsed: a contract stored before its destination was checked
-    store.save_partner(PartnerContract(
-        partner_id=partner_id, name=partner_id, required_purposes=("marketing",),
-        fields=(FieldRule(name="pid", source="profile_id"),), destination=destination))
-
-
-def consented_profiles(store: ExportStore, profile_ids: list[str]) -> None:
-    store.upsert_profiles([{"profile_id": pid, "identifiers": {}, "traits": {},
-                            "computed": {}, "segments": []} for pid in profile_ids], now())
-    store.set_consents([ConsentDecision(pid, "marketing", True, "granted", GRANTED_AT)
-                        for pid in profile_ids])
-
-
-def queue_run(store: ExportStore, partner_id: str, run_id: str) -> None:
-    store.create_run({
-        "_id": run_id, "partner_id": partner_id, "mode": "full", "status": "queued",
-        "created_at": now(), "started_at": None, "finished_at": None, "changed_since": None,
-        "next_batch": 0, "cursor": None, "lease_owner": None, "lease_until": None,
-        "batch_digests": [], "progress": {"considered": 0, "excluded": {}, "exported": 0,
-                                          "batches_sent": 0, "invalid_values": {}}})
-
-
-def queue_notice(store: ExportStore, partner_id: str, profile_id: str) -> str:
-    store.record_deliveries(partner_id, "earlier-run", {profile_id: {"pid": [profile_id]}})
-    notice_id = f"withdrawn-{partner_id}-{profile_id}"
-    store.queue_notice(notice_id, store.delivery(partner_id, profile_id),
-                       "consent:marketing:withdrawn")
-    return notice_id
-
-
-def work_until_idle(executor: RunExecutor) -> None:
-    for _ in range(20):
-        if not executor.work_once():
-            return
-    raise AssertionError("the executor never ran out of work")
-
-
-def executor_for(store: ExportStore, deliverer: Deliverer) -> RunExecutor:
-    return RunExecutor(store, deliverer, owner="test-executor", batch_size=2,
-                       lease_seconds=30, min_cell_size=2)
 
 
 def test_a_destination_the_http_client_cannot_use_fails_its_own_run_and_notice_only(
