@@ -62,8 +62,11 @@ class DeletionRequest:
 def _request(platform: str, reason: str, identifier: tuple[str, str], natural_key: str,
              secret: str, at: datetime) -> DeletionRequest:
     request_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"muisti:social-deletion:{natural_key}"))
-    # keyed, so nobody can guess another person's status page from their platform id
-    code = hmac.new(secret.encode(), request_id.encode(), hashlib.sha256).hexdigest()[:24]
+    # keyed, so nobody can guess another person's status page from their platform id; the
+    # ":" keeps it apart from the HMACs X's CRC check has the same secret make of any token
+    # it is sent (tokens are letters, digits and -_+/=. only)
+    code = hmac.new(secret.encode(), f"confirmation:{request_id}".encode(),
+                    hashlib.sha256).hexdigest()[:24]
     return DeletionRequest(request_id, code, platform, reason, (identifier,), at)
 
 

@@ -3,6 +3,7 @@ service's own acknowledgements."""
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 from services.common.envelope import derived_message_id, new_envelope
 from services.social import privacy
+from services.social.signatures import crc_response_token
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "social"
 
@@ -77,3 +79,13 @@ def test_a_request_without_id_or_kind_is_refused():
     for payload in ({"kind": "erasure"}, {"request_id": "r", "kind": "forget"}):
         with pytest.raises(ValueError):
             privacy.parse_request(new_envelope("X", "system", payload=payload))
+
+
+def test_no_crc_answer_reveals_a_deletions_confirmation_code():
+    secret = "x-consumer-secret"
+    deletion = privacy.from_x_compliance_event(
+        {"data": {"user_delete": {"user": {"id": "2244994945"},
+                                  "event_at": "2026-11-01T10:00:00.000Z"}}}, secret)
+    answer = crc_response_token(secret, deletion.request_id).removeprefix("sha256=")
+
+    assert base64.b64decode(answer).hex()[:24] != deletion.confirmation_code
