@@ -123,6 +123,10 @@ class HetuProtector:
         """The matching form of a hetu (see :func:`hetu_digest`)."""
         return hetu_digest(self._digest_key, value)
 
+    def matching_form(self, type_: str, value: str, region: str = "FI") -> tuple[str, str]:
+        """See :func:`matching_form`."""
+        return matching_form(self._digest_key, type_, value, region)
+
     def seal(self, digest: str, code: str) -> str:
         """The display form of a valid, normalised hetu, under its digest's data key."""
         sealed = self._cipher.seal(identifier_key_id(self._digest_key, HETU, digest), code)
@@ -209,6 +213,16 @@ def hetu_digest(digest_key: bytes, value: str) -> str:
     if is_hetu_digest(code):
         return code
     return HETU_DIGEST_PREFIX + identifier_digest(digest_key, HETU, code)
+
+
+def matching_form(digest_key: bytes, type_: str, value: str,
+                  region: str = "FI") -> tuple[str, str]:
+    """An identifier someone names (a lookup, a consent decision, a data-subject request) as
+    ingestion keeps it: normalised, and a hetu, given as one or as an opaque id whose value
+    is one (a user_id), as the hetu's keyed digest. Raises InvalidIdentifier."""
+    if type_ == HETU or (type_ in OPAQUE_TYPES and _valid_hetu(value) is not None):
+        return HETU, hetu_digest(digest_key, value)
+    return type_, normalise(type_, value, region=region)
 
 
 def _valid_hetu(value: Any) -> str | None:

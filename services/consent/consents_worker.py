@@ -148,8 +148,9 @@ def _split(store: ConsentStore, signer: ReceiptSigner, envelope: Envelope) -> li
 def _link(store: ConsentStore, signer: ReceiptSigner, identifier_key: str, profile_id: str,
           envelope: Envelope) -> list[Outgoing]:
     # the linking event itself may come again after a crash: it finishes and announces again
-    return link_identifier(store, signer, identifier_key, profile_id, at=envelope.received_at,
-                           by=envelope.message_id)
+    _, messages = link_identifier(store, signer, identifier_key, profile_id,
+                                  at=envelope.received_at, by=envelope.message_id)
+    return messages
 
 
 def _payload(envelope: Envelope, name: str) -> str:

@@ -22,14 +22,18 @@ from services.consent.receipts import ReceiptSigner
 
 
 def link_identifier(store: ConsentStore, signer: ReceiptSigner, identifier_key: str,
-                    profile_id: str, *, at: datetime, by: str) -> list[Outgoing]:
+                    profile_id: str, *, at: datetime, by: str,
+                    announce_later: bool = False) -> tuple[Change | None, list[Outgoing]]:
     """Link the identifier's subject to the profile (once per pair, whoever comes first);
-    returns the Consent Changed messages. ``by``: the message or decision that found the
-    link; delivered again, it finishes and announces the link again, anything else changes
-    nothing."""
+    returns the link's change (None when there is nothing to link) and its Consent Changed
+    messages. ``by``: the message or decision that found the link; delivered again, it
+    finishes and announces the link again, anything else changes nothing.
+    ``announce_later``: the change also goes in the outbox (the API's case: the relay
+    finishes and announces it if the API cannot; the worker's message is re-delivered
+    instead)."""
     identifier_state = store.state(identifier_key)
     if identifier_state is None:
-        return []  # the usual case: one _id read, nothing recorded for this identifier
+        return None, []  # the usual case: one _id read, nothing recorded for this identifier
     profile, profile_state = store.current_state(profile_id)
     cause = derived_message_id(f"{identifier_key}->{profile}", "consent-link")
     change = store.change(cause)
@@ -39,10 +43,10 @@ def link_identifier(store: ConsentStore, signer: ReceiptSigner, identifier_key: 
             identifier_state, kind="link", reason=ledger.LINKED, cause_id=cause, at=at)
         change = store.commit(Change(cause, signed(entries, signer), at=at, link={
             "identifier": identifier_key, "profile": profile, "by": by}),
-            announce_later=False)
+            announce_later=announce_later)
     elif change.link.get("by") != by:
-        return []  # linked before; this changes nothing
-    return change_messages(store.finish(change))
+        return None, []  # linked before; this changes nothing
+    return change, change_messages(store.finish(change))
 
 
 class ProfileLookupFailed(Exception):

@@ -26,8 +26,8 @@ from marshmallow import (
 
 from services.common import retention
 from services.common.documents import unstorable
-from services.common.hetu_protection import hetu_digest
-from services.common.identifiers import IDENTIFIER_TYPES, InvalidIdentifier, normalise
+from services.common.hetu_protection import matching_form
+from services.common.identifiers import IDENTIFIER_TYPES, InvalidIdentifier
 from services.common.web import Problem, current_principal, require_roles, runtime
 from services.consent import privacy_backlog
 from services.consent.decisions import special_category_answers
@@ -370,11 +370,9 @@ def _refuse_special_categories_without_consent(subject: dict, fields: dict) -> N
 
 
 def _identifier(raw: dict) -> Identifier:
-    """The subject identifier as every service keeps it: a hetu as its keyed digest."""
+    """The subject identifier as every service keeps it (hetu_protection.matching_form)."""
     try:
-        if raw["type"] == "hetu":
-            return Identifier("hetu", hetu_digest(_flow().digest_key, raw["value"]))
-        return Identifier(raw["type"], normalise(raw["type"], raw["value"]))
+        return Identifier(*matching_form(_flow().digest_key, raw["type"], raw["value"]))
     except InvalidIdentifier as exc:
         raise Problem(422, f"invalid {raw['type']}: {exc.reason}",
                       errors={"json": {"subject": {"identifier": {"value": [exc.reason]}}}}

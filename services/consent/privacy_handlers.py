@@ -91,7 +91,10 @@ def make_ack_handler(repository: PrivacyRequests, signer: ReceiptSigner):
                      extra={"request_id": ack.request_id, "service": ack.service})
             return []
         now = datetime.now(UTC)
-        if ack.kind == "access" and ack.status == "done" and ack.data is not None:
+        # an access request the subject's erasure made forget collects nothing more: its
+        # key is gone, and sealing would make a new one
+        if (ack.kind == "access" and ack.status == "done" and ack.data is not None
+                and not request.personal_data_forgotten):
             try:
                 repository.store_access_data(ack, now)
             except (orjson.JSONEncodeError, TypeError):

@@ -89,7 +89,9 @@ class PrivacyRequests:
 
     def others_about(self, request: PrivacyRequest) -> list[str]:
         """The ids of the other requests naming one of ``request``'s profiles or identifier
-        digests (the same person's earlier access export, say)."""
+        digests that an erasure makes forget: access requests (an export collected earlier,
+        or one still being collected), and closed requests of any kind. An open erasure or
+        rectification still needs its identifiers for a retry."""
         raise NotImplementedError
 
 
@@ -202,7 +204,9 @@ class MongoPrivacyRequests(PrivacyRequests):
         return [doc["_id"] for doc in self.requests.find({
             "_id": {"$ne": request.request_id},
             "$or": [{"profile_ids": {"$in": list(request.profile_ids)}},
-                    {"identifier_digests.digest": {"$in": digests}}]}, {"_id": 1})]
+                    {"identifier_digests.digest": {"$in": digests}}]},
+            {"_id": 1, "kind": 1, "state": 1})
+            if doc["kind"] == "access" or doc["state"] in (COMPLETED, PARTIALLY_FAILED)]
 
     # --- documents -------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 import flask
 
 from services.common.envelope import derived_message_id
-from services.common.hetu_protection import HETU, hetu_digest
+from services.common.hetu_protection import matching_form
 from services.common.identifiers import InvalidIdentifier
 from services.common.shredding import identifier_key_id, profile_key_id
 from services.common.web import Problem, current_principal, runtime
@@ -80,20 +80,25 @@ def record_decision(body: dict, *, objection: bool) -> tuple[dict, int]:
             change, status = store.commit(change, announce_later=True), 201
     except DecisionRefused as exc:
         raise Problem(400, exc.reason, errors={exc.field: [exc.reason]}) from None
-    messages = change_messages(store.finish(change))
+    messages, announced = change_messages(store.finish(change)), [change.id]
     if subject.is_identifier:
-        messages += _link_to_known_profile(store, subject, change)
+        link = _link_to_known_profile(store, subject, change)
+        if link is not None:
+            messages += link[1]
+            announced.append(link[0].id)
     runtime().producer.send(messages)
-    store.announced([change.id])
+    store.announced(announced)
     receipts = [e.receipt for e in change.entries if e.subject.key == subject.key]
     return {"decision_id": change.id, "subject": subject.key, "receipts": receipts}, status
 
 
 def _link_to_known_profile(store: ConsentStore, subject: ledger.Subject,
-                           change: Change) -> list:
+                           change: Change) -> tuple[Change, list] | None:
     """A decision on an identifier the identity graph already gives a profile (an agent's
     do-not-call on a known customer's number) reaches that profile now, not at its next
-    event. If the graph cannot be asked, the consent worker links them at that event."""
+    event; returns the link's change and messages (None when there is none to make). The
+    link waits in the outbox until announced, like the decision. If the graph cannot be
+    asked, the consent worker links them at that event."""
     extensions = flask.current_app.extensions
     state = store.state(subject.key)
     try:
@@ -102,19 +107,21 @@ def _link_to_known_profile(store: ConsentStore, subject: ledger.Subject,
     except ProfileLookupFailed as exc:
         log.warning("decision on an identifier not linked to its profile yet",
                     extra={"error": str(exc)})
-        return []
+        return None
     if profile_id is None or (state and profile_id in state.linked):
-        return []
-    return link_identifier(store, extensions["consent_signer"], subject.key, profile_id,
-                           at=change.at, by=change.id)
+        return None
+    link, messages = link_identifier(store, extensions["consent_signer"], subject.key,
+                                     profile_id, at=change.at, by=change.id,
+                                     announce_later=True)
+    return None if link is None else (link, messages)
 
 
 def identifier_subject(type_: str, value: str, region: str) -> ledger.Subject:
-    """A bare identifier's subject. A hetu is keyed by its keyed digest, as every service
-    keys it (events, the graph, erasure requests), and never stored in the clear. Raises
-    InvalidIdentifier."""
-    if type_ == HETU:
-        value = hetu_digest(flask.current_app.extensions["consent_digest_key"], value)
+    """A bare identifier's subject, keyed as every service keys the identifier (events, the
+    graph, erasure requests): a hetu, or a user_id that is one, by the hetu's keyed digest,
+    never in the clear (hetu_protection.matching_form). Raises InvalidIdentifier."""
+    type_, value = matching_form(flask.current_app.extensions["consent_digest_key"], type_,
+                                 value, region.upper())
     return ledger.identifier_subject(type_, value, region.upper())
 
 

@@ -14,7 +14,7 @@ from services.common import metrics, topics, web
 from services.common.bus import Outgoing
 from services.common.config import Settings, parse_type_limits
 from services.common.hetu_protection import MASK, HetuProtector
-from services.common.identifiers import IDENTIFIER_TYPES, InvalidIdentifier, normalise
+from services.common.identifiers import IDENTIFIER_TYPES, InvalidIdentifier
 from services.common.web import Problem, current_principal, require_roles, runtime
 from services.identity import graph as graph_rules
 from services.identity import privacy
@@ -231,11 +231,9 @@ class SubjectSchema(Schema):
 
 
 def _normalised(type_: str, value: str, region: str = "FI") -> graph_rules.Identifier:
-    """The identifier as the graph keeps it: normalised, a hetu as its keyed digest."""
+    """The identifier as the graph keeps it (hetu_protection.matching_form)."""
     try:
-        if type_ == "hetu":
-            return graph_rules.Identifier(type_, _hetus().digest(value))
-        return graph_rules.Identifier(type_, normalise(type_, value, region=region))
+        return graph_rules.Identifier(*_hetus().matching_form(type_, value, region))
     except InvalidIdentifier as exc:
         raise Problem(422, f"invalid {type_}: {exc.reason}",
                       errors={"value": [exc.reason]}) from None

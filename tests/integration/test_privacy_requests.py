@@ -272,6 +272,28 @@ def test_an_erasure_makes_the_persons_earlier_access_export_unreadable(
     assert status(consent, api_keys, access_id)["proof"]["personal_data_forgotten"]
 
 
+def test_an_access_request_still_collecting_when_the_erasure_completes_keeps_nothing(
+        consent, api_keys, settings, unique):
+    profile_id = f"profile-{unique}"
+    access_id = file_request(consent, api_keys, {
+        "kind": "access", "subject": {"profile_id": profile_id}, "reason": "ticket 4718"})
+    access = wait_for_fan_out(settings, access_id)
+    erasure_id = file_request(consent, api_keys, {
+        "kind": "erasure", "subject": {"profile_id": profile_id}, "reason": "ticket 4719"})
+    acknowledge(settings, wait_for_fan_out(settings, erasure_id), OTHER_SERVICES)
+    wait_for(consent, api_keys, erasure_id, lambda s: s["proof"]["personal_data_forgotten"],
+             "the erasure completed")
+
+    acknowledge(settings, access, OTHER_SERVICES,  # collected before the erasure, late
+                data=lambda service: {"email": f"aino.{unique}@example.com"})
+    wait_for(consent, api_keys, access_id, lambda s: s["state"] == "completed",
+             "the access request completed")
+
+    export = requests.get(f"{consent.url}/v1/privacy/requests/{access_id}/export",
+                          headers=headers(api_keys), timeout=10)
+    assert export.status_code == 200 and f"aino.{unique}" not in export.text
+
+
 def test_a_request_id_filed_again_answers_the_same_request_and_refuses_another(
         consent, api_keys, unique):
     body = {"kind": "erasure", "subject": {"profile_id": f"profile-{unique}"},

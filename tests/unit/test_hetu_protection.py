@@ -10,6 +10,7 @@ from services.common.hetu_protection import (
     hetu_digest,
     is_sealed_hetu,
     mask,
+    matching_form,
 )
 from services.common.identifiers import InvalidIdentifier, is_hetu_digest, normalise
 from services.common.shredding import identifier_key_id
@@ -37,6 +38,19 @@ def keys():
 @pytest.fixture
 def hetus(keys):
     return in_memory_protector(DIGEST_KEY, keys)
+
+
+@pytest.mark.parametrize("type_, value", [("hetu", HETU), ("user_id", HETU),
+                                           ("user_id", " 220478-123h ")])
+def test_a_hetu_named_in_a_lookup_or_request_is_matched_as_ingestion_keeps_it(type_, value):
+    assert matching_form(DIGEST_KEY, type_, value) == ("hetu", hetu_digest(DIGEST_KEY, HETU))
+
+
+def test_other_identifiers_named_are_only_normalised():
+    assert matching_form(DIGEST_KEY, "user_id", "LOY100001") == ("user_id", "LOY100001")
+    assert matching_form(DIGEST_KEY, "phone", "040 123 4567") == ("phone", "+358401234567")
+    with pytest.raises(InvalidIdentifier):
+        matching_form(DIGEST_KEY, "hetu", "220478-123X")
 
 
 def test_equal_hetus_written_differently_have_one_digest_and_different_hetus_do_not():
