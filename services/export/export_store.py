@@ -280,11 +280,16 @@ class ExportStore:
         self._index_add({f"profile:{survivor_id}": {"merged_profiles": absorbed}})
 
     def with_merged(self, profile_ids: Iterable[str]) -> list[str]:
-        """``profile_ids`` and the profiles merged into them, in id order."""
-        profile_ids = set(profile_ids)
-        return sorted(profile_ids.union(*(
-            self._profile_entry(profile_id).get("merged_profiles") or []
-            for profile_id in profile_ids)))
+        """``profile_ids`` and the profiles merged into them, at any depth, in id order: the
+        merges of a chain (A into B, B into C) may be noted in either order, so C's entry
+        alone may not name A."""
+        found, unread = set(profile_ids), list(profile_ids)
+        while unread:
+            for merged in self._profile_entry(unread.pop()).get("merged_profiles") or []:
+                if merged not in found:
+                    found.add(merged)
+                    unread.append(merged)
+        return sorted(found)
 
     def erased_among(self, profile_ids: Iterable[str]) -> set[str]:
         return {doc["_id"] for doc in find_by_ids(self.db[ERASURES], sorted(set(profile_ids)),
@@ -308,14 +313,16 @@ class ExportStore:
     def set_consents(self, decisions: list[ConsentDecision]) -> list[bool]:
         """Record consent states in order, each unless a later one is already stored (or came
         earlier in ``decisions``); returns, per decision, whether the stored state changed.
-        A profile a decision newly allows a purpose for is marked changed, so that the next
-        incremental run considers it. Four round trips at most however many there are: read
-        the stored states, index the profiles' new purposes, replace, mark."""
+        A profile a decision allows a purpose for is marked changed after the write, so that
+        the next incremental run considers it (every such decision, not only one that changes
+        the state: one delivered again after a crash between the write and the mark still
+        marks). Four round trips at most however many there are: read the stored states,
+        index the profiles' new purposes, replace, mark."""
         stored = {doc["_id"]: doc for doc in find_by_ids(
             self.db[CONSENTS], [f"{d.profile_id}|{d.purpose}" for d in decisions])}
         written: dict[str, dict[str, Any]] = {}
         new_purposes: dict[str, dict[str, list[str]]] = {}
-        newly_allowed: set[str] = set()
+        allowed: set[str] = set()
         changed = []
         for decision in decisions:
             key = f"{decision.profile_id}|{decision.purpose}"
@@ -327,8 +334,8 @@ class ExportStore:
                 new_purposes.setdefault(f"profile:{decision.profile_id}",
                                         {"consent_purposes": []})["consent_purposes"].append(
                                             decision.purpose)
-            if decision.allowed and not (current or {}).get("allowed"):
-                newly_allowed.add(decision.profile_id)
+            if decision.allowed:
+                allowed.add(decision.profile_id)
             written[key] = {"_id": key, "profile_id": decision.profile_id,
                             "purpose": decision.purpose, "allowed": decision.allowed,
                             "state": decision.state, "decided_at": decision.decided_at}
@@ -336,7 +343,7 @@ class ExportStore:
         self._index_add(new_purposes)
         raise_write_errors(bulk_write(self.db[CONSENTS], [
             ReplaceOne({"_id": key}, doc, upsert=True) for key, doc in sorted(written.items())]))
-        self._mark_changed(newly_allowed)
+        self._mark_changed(allowed)
         return changed
 
     def _mark_changed(self, profile_ids: Iterable[str]) -> None:
@@ -397,16 +404,17 @@ class ExportStore:
                 self.db[SUBJECT_INDEX].delete_one({"_id": key, field: []})
 
     def set_restricted(self, profile_ids: list[str], restricted: bool) -> None:
-        """Restrict the profiles, or lift their restrictions (a profile whose restriction is
-        lifted is marked changed, for the next incremental run)."""
-        lifted = []
+        """Restrict the profiles, or lift their restrictions (the profiles are then marked
+        changed, for the next incremental run; whether or not a restriction was still there,
+        so that a lift delivered again after a crash before the mark still marks)."""
         for profile_id in profile_ids:
             if restricted:
                 self.db[RESTRICTIONS].replace_one(
                     {"_id": profile_id}, {"_id": profile_id, "since": now()}, upsert=True)
-            elif self.db[RESTRICTIONS].delete_one({"_id": profile_id}).deleted_count:
-                lifted.append(profile_id)
-        self._mark_changed(lifted)
+            else:
+                self.db[RESTRICTIONS].delete_one({"_id": profile_id})
+        if not restricted:
+            self._mark_changed(profile_ids)
 
     def restricted(self, profile_ids: list[str]) -> set[str]:
         return {doc["_id"] for doc in self.db[RESTRICTIONS].find({"_id": {"$in": profile_ids}})}

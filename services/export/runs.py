@@ -229,7 +229,9 @@ class RunExecutor(PollingLoop):
         while not self.stopping:
             # a deletion notice does not wait for a long run to end
             if time.monotonic() - self._notices_checked_at >= self.notice_check_seconds:
-                self.send_due_notices()
+                # within a third of the lease, renewed right after: the run stays this
+                # worker's even when a partner's endpoint is slow to answer
+                self.send_due_notices(until=time.monotonic() + self.lease_seconds / 3)
             if not self.store.renew_lease(run_id, self.owner, self.lease_seconds):
                 log.warning("lost the run's lease; leaving it", extra={"run_id": run_id})
                 return
@@ -312,11 +314,13 @@ class RunExecutor(PollingLoop):
 
     # --- deletion notices ----------------------------------------------------------------
 
-    def send_due_notices(self) -> int:
+    def send_due_notices(self, until: float | None = None) -> int:
+        """Send the deletion notices that fell due, one attempt each; ``until`` (a monotonic
+        time) stops before the next once it has passed (the rest wait for the next turn)."""
         self._notices_checked_at = time.monotonic()
         sent = 0
         for notice in self.store.due_notices():
-            if self.stopping:
+            if self.stopping or (until is not None and time.monotonic() >= until):
                 break
             contract = self.store.partner(notice["partner_id"], include_deleted=True)
             if contract is None:

@@ -7,6 +7,7 @@ erasure's ack names its partners however often it is handled."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -145,6 +146,25 @@ def test_a_withdrawal_after_a_merge_reaches_the_partner_holding_the_merged_away_
     assert notices["B"]["identifiers"] == {"pid": ["B"]}
 
 
+def test_a_withdrawal_reaches_a_profile_merged_away_two_merges_ago_noted_in_either_order(
+        store):
+    save_partner(store, "ads", Destination(kind="directory", path="ads"))
+    consented_profiles(store, ["A", "B", "C"])
+    store.record_deliveries("ads", "earlier-run", {"A": {"pid": ["A"]}})
+
+    def merged_away(profile_id, survivor):
+        return new_envelope("Profile Changed", "system", payload={
+            "kind": "merged_away", "merged_into": survivor, "profile": None,
+            "cause_message_id": f"m-{profile_id}"}).resolved_to(profile_id)
+
+    # A went into B, then B into C; their messages came on different partitions
+    feed.handle_profile_changes(store, [merged_away("B", "C")])
+    feed.handle_profile_changes(store, [merged_away("A", "B")])
+    feed.handle_consent_changes(store, [withdrawal("C")])
+
+    assert notices_by_profile(store)["A"]["reason"] == "consent:marketing:withdrawn"
+
+
 def test_an_erasure_of_the_survivor_reaches_the_partner_holding_the_merged_away_profile(store):
     save_partner(store, "ads", Destination(kind="directory", path="ads"))
     consented_profiles(store, ["A", "B"])
@@ -183,6 +203,15 @@ def test_a_deletion_notice_goes_out_between_a_runs_batches_not_after_the_run(sto
     work_until_idle(executor_for(store, deliverer, notice_check_seconds=0))
 
     assert deliverer.kinds == ["batch", "deletion", "batch", "batch"]
+
+
+def test_notices_sent_between_batches_stop_when_their_time_is_up(store, tmp_path):
+    save_partner(store, "ads", Destination(kind="directory", path="ads"))
+    queued = [queue_notice(store, "ads", profile_id) for profile_id in ("p1", "p2")]
+    executor = executor_for(store, Deliverer(RetryPolicy(), tmp_path))
+
+    assert executor.send_due_notices(until=time.monotonic()) == 0  # the run's lease first
+    assert executor.send_due_notices() == len(queued)
 
 
 def test_a_redelivered_erasure_acks_the_partners_its_first_handling_notified(store):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from services.common.envelope import new_envelope
 from services.common.store import PACKED
 from services.export import feed
@@ -71,7 +73,6 @@ def test_a_snapshot_arriving_after_its_profiles_erasure_is_not_stored(db, settin
     assert store.profiles_holding([("email", f"{erased}@example.fi")]) == []
 
 
-
 def test_a_profile_given_consent_or_freed_from_a_restriction_is_in_the_next_incremental_run(
         db, settings, unique):
     store = ExportStore(db, SecretBox.from_settings(settings))
@@ -96,10 +97,29 @@ def test_a_profile_given_consent_or_freed_from_a_restriction_is_in_the_next_incr
     time.sleep(0.01)
 
     feed.handle_consent_changes(store, [grant(consented, "2026-02-01T00:00:00Z"),
-                                        # allowed already: nothing newly exportable
+                                        # allowed already: sent again, which does no harm
                                         grant(regranted, "2026-02-01T00:00:00Z")])
     feed.handle_privacy_request(store, restriction("restriction_lifted", "Restriction Lifted"))
 
     scope = set(store.profile_ids(last_run_started, None))
-    assert {consented, freed} <= scope
-    assert not {regranted, untouched} & scope
+    assert {consented, freed, regranted} <= scope
+    assert untouched not in scope
+
+
+def test_a_consent_given_still_marks_the_profile_when_delivered_again_after_a_crash(
+        db, settings, unique, monkeypatch):
+    store = ExportStore(db, SecretBox.from_settings(settings))
+    profile_id = f"crash-{unique}"
+    store.upsert_profiles([snapshot(profile_id, [])], T0)
+    before = db.export_profiles.find_one({"_id": profile_id})["changed_at"]
+    grant = new_envelope("Consent Changed", "system", payload={
+        "purpose": "marketing", "state": "granted", "allowed": True,
+        "collected_at": "2026-02-01T00:00:00Z", "source": "test"}).resolved_to(profile_id)
+    monkeypatch.setattr(store, "_mark_changed", lambda ids: exit("killed after the write"))
+    with pytest.raises(SystemExit):
+        feed.handle_consent_changes(store, [grant])
+    monkeypatch.undo()
+
+    feed.handle_consent_changes(store, [grant])  # delivered again
+
+    assert db.export_profiles.find_one({"_id": profile_id})["changed_at"] > before
