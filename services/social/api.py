@@ -28,9 +28,9 @@ from services.social import messages, privacy, signatures
 from services.social.classify import detect_language
 from services.social.classify import model as classify_model
 from services.social.filing import FilingFailed, PrivacyFiler
-from services.social.meta_ids import PageScopedIds, ResolutionFailed
 from services.social.publish import SERVICE, publish
 from services.social.social_store import DeletionStatuses
+from services.social.worker import page_scoped_erasures
 
 MAX_DELIVERY_BYTES = 1024 * 1024
 MAX_COMPLIANCE_EVENTS = 1000
@@ -135,7 +135,9 @@ def _meta_blueprint() -> Blueprint:
                               403: {"description": "the signed_request signature is wrong"}})
     def meta_data_deletion():
         """Meta's data-deletion request callback: a person removed the app and asked for their
-        data to be deleted. Raises an erasure request on cdp.privacy.requests."""
+        data to be deleted. Files an erasure of its app-scoped id (503 when the privacy service
+        does not accept it) and of each page-scoped id it resolves to (left to the worker when
+        that fails)."""
         secret = runtime().settings.social_meta_app_secret
         try:
             payload = signatures.parse_signed_request(
@@ -171,26 +173,12 @@ def _request_erasure(deletions: list[privacy.DeletionRequest]) -> None:
 def _erase_page_scoped_ids(request: privacy.DeletionRequest) -> None:
     """Resolve the callback's app-scoped id to the page-scoped ids page webhooks use and file
     an erasure for each, counted on the callback's status page (meta_ids.py says why). After
-    the app-scoped erasure is filed, so a Graph API failure (503, Meta retries) loses nothing
-    already done."""
+    the app-scoped erasure is filed; what fails here is left pending for the worker, never
+    answered 503, since Meta is not known to retry the callback (page_scoped.py)."""
     settings = runtime().settings
     if not (settings.social_meta_graph_url and settings.social_meta_app_id):
         return
-    (_type, app_scoped_id), = request.identifiers
-    resolver = PageScopedIds(settings.social_meta_graph_url, settings.social_meta_app_id,
-                             settings.social_meta_app_secret)
-    try:
-        page_scoped = resolver.resolve(app_scoped_id)
-    except ResolutionFailed as exc:
-        raise Problem(503, f"the app-scoped id could not be resolved: {exc}") from None
-    filer = PrivacyFiler(settings.consent_url, settings.service_api_key,
-                         DeletionStatuses(runtime().db))
-    for part in privacy.page_scoped_deletions(request, page_scoped,
-                                              settings.social_meta_app_secret):
-        try:
-            filer.file(part, part_of=request.confirmation_code)
-        except FilingFailed as exc:
-            raise Problem(503, str(exc)) from None
+    page_scoped_erasures(settings, runtime().db).erase_or_defer(request)
 
 
 def _status_url(code: str) -> str:
@@ -341,8 +329,11 @@ def _deletions_blueprint() -> Blueprint:
     @blueprint.response(200)
     @blueprint.alt_response(404, description="no deletion request has this code")
     def deletion_status(confirmation_code):
-        """Where a platform-driven deletion stands: in_progress until every service erased,
-        then done. The page Meta links the person to."""
+        """Where a platform-driven deletion stands: in_progress until every service erased
+        (and, for Meta, while its page-scoped ids are still being resolved), then done; or
+        incomplete when the Graph API refused to resolve them for a week
+        (``page_scoped_ids``: pending, unresolved or null). The page Meta links the person
+        to."""
         doc = DeletionStatuses(runtime().db).get(confirmation_code)
         if doc is None:
             raise Problem(404, "no deletion request has this confirmation code")
@@ -351,7 +342,8 @@ def _deletions_blueprint() -> Blueprint:
                 "requested_at": _iso(doc.get("requested_at")),
                 "completed_at": _iso(doc.get("completed_at")),
                 "services_done": sorted(doc.get("services_done") or []),
-                "page_scoped_erasures": doc["parts"]}
+                "page_scoped_erasures": doc["parts"],
+                "page_scoped_ids": doc["page_scoped_ids"]}
 
     return blueprint
 

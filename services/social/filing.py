@@ -3,17 +3,22 @@
 erasure out to every service and keeps the proof.
 
 Shared by the API (Meta's callback, collector-posted X compliance events: a failure is answered
-503 so the platform retries) and the worker's X compliance stream reader (a failure leaves the
-deletion pending in the store and it is filed again later). The request id is derived from the
+503 so the platform retries), the worker's X compliance stream reader (a failure leaves the
+deletion pending in the store and it is filed again later) and the page-scoped erasures of
+Meta's callback (page_scoped.py: pending too). The request id is derived from the
 platform's notice, so filing the same deletion twice files nothing new.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import requests
 
 from services.social.privacy import DeletionRequest
-from services.social.social_store import DeletionStatuses
+
+if TYPE_CHECKING:  # social_store imports page_scoped, which imports this module
+    from services.social.social_store import DeletionStatuses
 
 
 class FilingFailed(Exception):

@@ -29,6 +29,11 @@ class ResolutionFailed(Exception):
     """The Graph API could not be asked or refused to answer."""
 
 
+class ResolutionRefused(ResolutionFailed):
+    """The Graph API answered a client error other than throttling (429): asking again
+    soon will not help."""
+
+
 class PageScopedIds:
     def __init__(self, graph_url: str, app_id: str, app_secret: str, timeout: float = 10.0):
         self._graph_url = graph_url.rstrip("/")
@@ -39,7 +44,7 @@ class PageScopedIds:
 
     def resolve(self, app_scoped_id: str) -> list[str]:
         """The page-scoped ids Meta knows this person by, for the pages of the app's business.
-        Raises ResolutionFailed."""
+        Raises ResolutionFailed (ResolutionRefused for a client error)."""
         url: str | None = f"{self._graph_url}/{app_scoped_id}/ids_for_pages"
         params: dict | None = self._params
         found: list[str] = []
@@ -51,8 +56,10 @@ class PageScopedIds:
             except requests.RequestException as exc:
                 raise ResolutionFailed(f"the Graph API is unreachable: {exc}") from None
             if answer.status_code != 200:
-                raise ResolutionFailed(f"ids_for_pages answered {answer.status_code}: "
-                                       f"{answer.text[:200]}")
+                refused = 400 <= answer.status_code < 500 and answer.status_code != 429
+                failure = ResolutionRefused if refused else ResolutionFailed
+                raise failure(f"ids_for_pages answered {answer.status_code}: "
+                              f"{answer.text[:200]}")
             try:
                 body = answer.json()
                 entries = body.get("data") or []

@@ -7,7 +7,8 @@
   app-scoped id; the page-scoped ids it resolves to get an erasure each (meta_ids.py).
 * The social service's own answer to every data-subject request: it holds nothing about a
   person (only the poller's checkpoint and the statuses of deletion requests, which name no
-  one), so each request is acknowledged at once with a summary that says so.
+  one, besides the platform deletions it is itself filing), so each request is acknowledged
+  at once with a summary that says so.
 
 Ids are derived, never random: a platform's retried callback yields the same request id and
 confirmation code, and a re-delivered request the same acknowledgement id.
@@ -134,7 +135,8 @@ def acknowledgement(envelope: Envelope, request: PrivacyRequest) -> Envelope:
     payload = privacy_requests.ack_payload(request, SERVICE, {
         "held": "nothing about data subjects: the social service stores only the pollers' "
                 "checkpoints, stream positions, deletion-request statuses and, until the "
-                "privacy service accepts them, platform deletions in flight",
+                "privacy service accepts them, platform deletions in flight (for Meta, the "
+                "app-scoped id until its page-scoped erasures are filed)",
         "erased": 0})
     return new_envelope(ACK_TYPE, "system", payload=payload,
                         message_id=derived_message_id(envelope.message_id,

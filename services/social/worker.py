@@ -10,7 +10,10 @@
   event to cdp.events.social; it runs when ``CDP_SOCIAL_META_GRAPH_URL`` and
   ``CDP_SOCIAL_INSTAGRAM_ACCESS_TOKEN`` are set (until then the notifications wait in Kafka);
 * a reader of X's user compliance stream runs per partition when
-  ``CDP_SOCIAL_X_COMPLIANCE_URL`` is set, filing erasures with the privacy service.
+  ``CDP_SOCIAL_X_COMPLIANCE_URL`` is set, filing erasures with the privacy service;
+* ``social-page-scoped-ids`` retries the page-scoped erasures Meta's deletion callback could
+  not file (page_scoped.py); it runs when ``CDP_SOCIAL_META_GRAPH_URL`` and
+  ``CDP_SOCIAL_META_APP_ID`` are set, as the callback's resolution does.
 """
 
 from __future__ import annotations
@@ -37,12 +40,15 @@ from services.social.instagram import (
     MentionRefused,
 )
 from services.social.messages import from_instagram_tags_page
+from services.social.meta_ids import PageScopedIds
+from services.social.page_scoped import PageScopedErasures, PageScopedRetryLoop
 from services.social.poller import Poller, PollLoop, XMentionsApi
 from services.social.publish import SERVICE, outgoing, publish
 from services.social.social_store import (
     DeletionStatuses,
     MongoCheckpoints,
     MongoPendingDeletions,
+    MongoPendingResolutions,
     MongoStreamPositions,
 )
 
@@ -77,7 +83,17 @@ def build_consumers(settings: Settings, producer: Producer, db: Database) -> lis
     if settings.social_x_compliance_url:
         loops.extend(ComplianceLoop(compliance_reader(settings, db, partition))
                      for partition in parse_partitions(settings.social_x_compliance_partitions))
+    if settings.social_meta_graph_url and settings.social_meta_app_id:
+        loops.append(PageScopedRetryLoop(page_scoped_erasures(settings, db)))
     return loops
+
+
+def page_scoped_erasures(settings: Settings, db: Database) -> PageScopedErasures:
+    resolver = PageScopedIds(settings.social_meta_graph_url, settings.social_meta_app_id,
+                             settings.social_meta_app_secret)
+    filer = PrivacyFiler(settings.consent_url, settings.service_api_key, DeletionStatuses(db))
+    return PageScopedErasures(resolver.resolve, filer.file, MongoPendingResolutions(db),
+                              settings.social_meta_app_secret)
 
 
 def instagram_poller(settings: Settings, producer: Producer, db: Database) -> Poller:
