@@ -14,11 +14,11 @@ from services.export.contracts import Destination
 from services.export.delivery import Deliverer, RetryPolicy
 from services.export.export_store import ExportStore
 from services.export.runs import RETIRED
-from services.export.sealing import SecretBox
 from tests.support.export_executor import (
     SECRET,
     consented_profiles,
     executor_for,
+    own_export_store,
     queue_notice,
     queue_run,
     save_partner,
@@ -28,9 +28,8 @@ from tests.support.export_executor import (
 
 @pytest.fixture
 def store(mongo_client, settings, unique):
-    name = f"muisti_export_endings_{unique}"
-    yield ExportStore(mongo_client[name], SecretBox.from_settings(settings))
-    mongo_client.drop_database(name)
+    with own_export_store(mongo_client, settings, f"muisti_export_endings_{unique}") as store:
+        yield store
 
 
 def test_a_destination_the_http_client_cannot_use_fails_its_own_run_and_notice_only(

@@ -17,10 +17,10 @@ from services.export import feed
 from services.export.contracts import Destination
 from services.export.delivery import Deliverer, RetryPolicy
 from services.export.export_store import ExportStore
-from services.export.sealing import SecretBox
 from tests.support.export_executor import (
     consented_profiles,
     executor_for,
+    own_export_store,
     queue_notice,
     queue_run,
     save_partner,
@@ -30,9 +30,8 @@ from tests.support.export_executor import (
 
 @pytest.fixture
 def store(mongo_client, settings, unique):
-    name = f"muisti_export_late_{unique}"
-    yield ExportStore(mongo_client[name], SecretBox.from_settings(settings))
-    mongo_client.drop_database(name)
+    with own_export_store(mongo_client, settings, f"muisti_export_late_{unique}") as store:
+        yield store
 
 
 def batch_stored_before_a_crash(store: ExportStore, run_id: str, profile_ids: list[str],

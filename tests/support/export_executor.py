@@ -3,15 +3,26 @@ store: contracts built directly, consented read-model rows, queued runs and noti
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from services.export.contracts import Destination, FieldRule, PartnerContract
 from services.export.delivery import Deliverer
 from services.export.export_store import ConsentDecision, ExportStore, now
 from services.export.runs import RunExecutor
+from services.export.sealing import SecretBox
 
 SECRET = "partner-signing-secret-0123456789"
 GRANTED_AT = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@contextmanager
+def own_export_store(mongo_client, settings, name: str) -> Iterator[ExportStore]:
+    """An export store in a database of its own (the executor reads every run and notice of
+    its database), dropped afterwards."""
+    yield ExportStore(mongo_client[name], SecretBox.from_settings(settings))
+    mongo_client.drop_database(name)
 
 
 def save_partner(store: ExportStore, partner_id: str, destination: Destination) -> None:

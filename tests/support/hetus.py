@@ -1,7 +1,7 @@
 """Valid Finnish personal identity codes for tests, different on every run: the broker keeps
 earlier runs' events, which a new session's consumer groups replay, so a fixed code would
 already belong to another profile. And a hetu protector whose data keys live in memory, for
-tests without a store."""
+tests without a store (its key store fake serves the crypto-shredding unit tests too)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,17 @@ class InMemoryKeys(WrappedKeyStore):
 
     def delete(self, key_ids):
         return sum(self.wrapped.pop(key_id, None) is not None for key_id in key_ids)
+
+    def pages(self, size):
+        pairs = sorted(self.wrapped.items())
+        for start in range(0, len(pairs), size):
+            yield pairs[start:start + size]
+
+    def replace_if_unchanged(self, key_id, old, new):
+        if self.wrapped.get(key_id) != old:
+            return False
+        self.wrapped[key_id] = new
+        return True
 
 
 def in_memory_protector(digest_key: bytes, keys: WrappedKeyStore | None = None) -> HetuProtector:

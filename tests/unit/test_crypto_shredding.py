@@ -10,36 +10,11 @@ from services.common.shredding import (
     MasterKey,
     Shredded,
     SubjectKeys,
-    WrappedKeyStore,
     identifier_digest,
     identifier_key_id,
     profile_key_id,
 )
-
-
-class InMemoryKeys(WrappedKeyStore):
-    def __init__(self):
-        self.wrapped: dict[str, bytes] = {}
-
-    def get(self, key_id):
-        return self.wrapped.get(key_id)
-
-    def add_if_absent(self, key_id, wrapped):
-        self.wrapped.setdefault(key_id, wrapped)
-
-    def delete(self, key_ids):
-        return sum(self.wrapped.pop(key_id, None) is not None for key_id in key_ids)
-
-    def pages(self, size):
-        pairs = sorted(self.wrapped.items())
-        for start in range(0, len(pairs), size):
-            yield pairs[start:start + size]
-
-    def replace_if_unchanged(self, key_id, old, new):
-        if self.wrapped.get(key_id) != old:
-            return False
-        self.wrapped[key_id] = new
-        return True
+from tests.support.hetus import InMemoryKeys
 
 
 @pytest.fixture
