@@ -112,9 +112,14 @@ class PageScopedErasures:
         code = pending.request.confirmation_code
         try:
             self.erase(pending.request)
-        except (ResolutionFailed, FilingFailed) as exc:
+        except Exception as exc:  # noqa: BLE001 - one resolution's failure stops no other
             now = self.now()
-            if not isinstance(exc, ResolutionRefused):
+            # an outage is waited out; a refusal, or a failure no retry is known to heal (an
+            # id the Graph API gave that is no valid id, a status gone), is retried hourly
+            # and given up after a week
+            transient = (isinstance(exc, ResolutionFailed | FilingFailed)
+                         and not isinstance(exc, ResolutionRefused))
+            if transient:
                 log.warning("retrying the page-scoped erasures of a Meta deletion failed; "
                             "retrying in a minute",
                             extra={"error": str(exc), "confirmation_code": code})

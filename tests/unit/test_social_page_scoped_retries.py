@@ -184,6 +184,22 @@ def test_an_outage_between_refusals_restarts_the_week_before_giving_up():
     assert pending.given_up == [request.confirmation_code]
 
 
+def test_an_unexpected_failure_of_one_resolution_stops_no_other_and_is_retried_hourly():
+    pending, clock, service = Pending(), Clock(), PrivacyService()
+    graph = GraphApi(["2001"], [ValueError("the Graph API gave an id that is no valid id")])
+    erase = erasures(graph, service, pending, clock)
+    broken, other = callback_request(), privacy.from_meta_signed_request(
+        {"user_id": "1000002", "issued_at": 1717405200}, SECRET)
+    pending.add(broken, START, None)
+    pending.add(other, START, None)
+
+    assert erase.retry_due() == 1
+
+    assert list(pending.resolutions) == [broken.confirmation_code]
+    assert pending.resolutions[broken.confirmation_code]["retry_at"] == START + timedelta(
+        hours=1)
+
+
 def test_due_resolutions_are_retried_a_chunk_at_a_time_with_pauses_between():
     pending, clock, service = Pending(), Clock(), PrivacyService()
     erase = erasures(GraphApi(["2001"]), service, pending, clock)
