@@ -287,12 +287,14 @@ def protect_converted(converted: Converted, hetus: HetuProtector) -> Converted:
 
 
 def _call_message_id(call: dict) -> str:
-    """Stable per call and step, so the telephony platform's retries are applied once. A
-    transfer offers and answers the call again, in another queue or by another agent: a step
-    of its own, not a retry."""
+    """Stable per call and step, so the telephony platform's retries (the same body again)
+    are applied once. A transfer offers and answers the call again, in another queue, by
+    another agent or later: a step of its own, not a retry."""
     natural = f"call:{call['call_id']}:{call['event']}"
     if call["event"] != "ended":
-        natural += f":{call.get('queue') or ''}:{call.get('agent_id') or ''}"
+        at = call.get("timestamp")
+        natural += (f":{call.get('queue') or ''}:{call.get('agent_id') or ''}"
+                    f":{at.isoformat() if at else ''}")
     if len(natural) <= 128:
         return natural
     return "call:" + hashlib.sha256(natural.encode()).hexdigest()

@@ -24,3 +24,9 @@ def test_a_transferred_call_offered_and_answered_again_is_a_step_of_its_own():
     assert call("offered", queue="sales") != call("offered", queue="billing")
     assert call("answered", queue="sales", agent_id="a-1") != call(
         "answered", queue="billing", agent_id="a-2")
+
+
+def test_a_call_passed_back_to_its_first_agent_is_answered_anew_when_timed():
+    first = call("answered", queue="sales", agent_id="a-1", timestamp="2026-12-07T10:00:00Z")
+    back = call("answered", queue="sales", agent_id="a-1", timestamp="2026-12-07T10:07:00Z")
+    assert first != back
