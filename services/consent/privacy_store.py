@@ -89,9 +89,10 @@ class PrivacyRequests:
 
     def others_about(self, request: PrivacyRequest) -> list[str]:
         """The ids of the other requests naming one of ``request``'s profiles or identifier
-        digests that an erasure makes forget: access requests (an export collected earlier,
-        or one still being collected), and closed requests of any kind. An open erasure or
-        rectification still needs its identifiers for a retry."""
+        digests that an erasure makes forget: every one but an erasure not completed yet,
+        whose retry still needs its identifiers (an access export collected earlier or still
+        being collected, a rectification's corrected values: nothing is left to send them
+        to)."""
         raise NotImplementedError
 
 
@@ -206,7 +207,7 @@ class MongoPrivacyRequests(PrivacyRequests):
             "$or": [{"profile_ids": {"$in": list(request.profile_ids)}},
                     {"identifier_digests.digest": {"$in": digests}}]},
             {"_id": 1, "kind": 1, "state": 1})
-            if doc["kind"] == "access" or doc["state"] in (COMPLETED, PARTIALLY_FAILED)]
+            if doc["kind"] != "erasure" or doc["state"] == COMPLETED]
 
     # --- documents -------------------------------------------------------------------------
 

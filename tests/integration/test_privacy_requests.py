@@ -294,6 +294,26 @@ def test_an_access_request_still_collecting_when_the_erasure_completes_keeps_not
     assert export.status_code == 200 and f"aino.{unique}" not in export.text
 
 
+def test_an_erasure_forgets_an_open_rectifications_values_but_not_an_open_erasure(
+        consent, api_keys, settings, unique):
+    profile_id = f"profile-{unique}"
+    rectification_id = file_request(consent, api_keys, {
+        "kind": "rectification", "subject": {"profile_id": profile_id}, "reason": "t 4720",
+        "fields": {"city": f"Kangasniemi-{unique}"}})
+    wait_for_fan_out(settings, rectification_id)
+    open_erasure_id = file_request(consent, api_keys, {
+        "kind": "erasure", "subject": {"profile_id": profile_id}, "reason": "t 4721"})
+    wait_for_fan_out(settings, open_erasure_id)  # never acknowledged here
+    erasure_id = file_request(consent, api_keys, {
+        "kind": "erasure", "subject": {"profile_id": profile_id}, "reason": "t 4722"})
+    acknowledge(settings, wait_for_fan_out(settings, erasure_id), OTHER_SERVICES)
+    wait_for(consent, api_keys, erasure_id, lambda s: s["proof"]["personal_data_forgotten"],
+             "the erasure completed")
+
+    assert status(consent, api_keys, rectification_id)["proof"]["personal_data_forgotten"]
+    assert not status(consent, api_keys, open_erasure_id)["proof"]["personal_data_forgotten"]
+
+
 def test_a_request_id_filed_again_answers_the_same_request_and_refuses_another(
         consent, api_keys, unique):
     body = {"kind": "erasure", "subject": {"profile_id": f"profile-{unique}"},
