@@ -167,16 +167,16 @@ class ConsentStore:
                 done.states.append(self.update(survivor, lambda s, m=moved: s.apply(m)))
         return done
 
-    def erase(self, state: SubjectState, entry_ids: list[str], change_ids: list[str]) -> int:
+    def erase(self, state: SubjectState, entry_ids: list[str], change_ids: list[str],
+              unannounced: list[Change]) -> int:
         """Delete a subject's state, ledger entries and changes (data-subject erasure, the
         one exception to the append-only ledger). Returns how many entries went.
 
         The changes go first, then the entries, the state last: each is found through the
-        next, so an erasure cut short and delivered again still finds what is left. Changes
-        the API committed but nobody finished yet are found in the outbox (kept short by the
-        relay), or the relay would finish one and bring the subject back."""
-        unfinished = [change.id for change in map(self.change, self._outbox_ids())
-                      if change and _names(change, state.key)]
+        next, so an erasure cut short and delivered again still finds what is left. Of
+        ``unannounced`` (the outbox, read once per erasure), those naming the subject go too:
+        the relay would otherwise finish one and bring the subject back."""
+        unfinished = [change.id for change in unannounced if _names(change, state.key)]
         for change_id in dict.fromkeys([*change_ids, *state.joined, *unfinished]):
             self.changes.delete_one({"_id": change_id})
             self.outbox.delete_one({"_id": change_id})
@@ -184,16 +184,14 @@ class ConsentStore:
         self.states.delete_one({"_id": state.key})
         return deleted
 
-    def _outbox_ids(self) -> list[str]:
-        return [doc["_id"] for doc in self.outbox.find({}, {"_id": 1})]
-
     def announced(self, change_ids: list[str]) -> None:
         for change_id in change_ids:
             self.outbox.delete_one({"_id": change_id})
 
-    def unannounced(self, before: datetime) -> list[Change]:
+    def unannounced(self, before: datetime | None = None) -> list[Change]:
+        """The changes in the outbox (committed before ``before``, when given)."""
         ids = [doc["_id"] for doc in self.outbox.find({}, {"_id": 1, "at": 1})
-               if _aware(doc["at"]) < before]
+               if before is None or _aware(doc["at"]) < before]
         return [change for change in map(self.change, ids) if change]
 
     def update(self, key: str, mutate: Callable[[SubjectState], bool]) -> SubjectState:

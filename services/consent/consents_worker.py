@@ -181,10 +181,12 @@ class LedgerHolding(ConsentHolding):
 
     def erase(self, profile_ids, identifiers) -> dict[str, int]:
         counts = {"consent_states_deleted": 0, "consent_entries_deleted": 0}
+        unannounced = self.store.unannounced()
         for state in self._states(profile_ids, identifiers):
             entries = self.store.entries(state.applied)
             counts["consent_entries_deleted"] += self.store.erase(
-                state, [e.id for e in entries], sorted({e.cause_id for e in entries}))
+                state, [e.id for e in entries], sorted({e.cause_id for e in entries}),
+                unannounced)
             counts["consent_states_deleted"] += 1
         return counts
 
