@@ -50,7 +50,8 @@ class FakePartner:
                     else:
                         status = 200 if key not in partner.applied else 208
                         partner.applied.setdefault(key, body)
-                if status == 200 and self.headers.get("X-Muisti-Batch") == partner.hold_batch:
+                if (status == 200 and partner.hold_batch is not None
+                        and self.headers.get("X-Muisti-Batch") == partner.hold_batch):
                     partner.holding.set()  # applied; the acknowledgement waits
                     partner.release.wait(60)
                 self.send_response(status)
@@ -96,13 +97,14 @@ def publish(settings, topic: str, envelopes: list) -> None:
     produce(settings, topic, envelopes, key=lambda i, envelope: envelope.profile_id)
 
 
-def put_partner(api, api_keys, partner_id: str, url: str, segment: str) -> None:
+def put_partner(api, api_keys, partner_id: str, url: str, segment: str,
+                secret: str = SECRET) -> None:
     response = requests.put(f"{api.url}/v1/partners/{partner_id}", headers=auth(api_keys),
                             json={"name": "Fake ads", "required_purposes": ["marketing"],
                                   "format": "jsonl", "segment": segment,
                                   "pseudonym_key": "pseudonym-key-0123456789",
                                   "destination": {"kind": "https", "url": url,
-                                                  "signing_secret": SECRET},
+                                                  "signing_secret": secret},
                                   "fields": [{"name": "em", "source": "identifiers.email",
                                               "treatment": "sha256", "platform": "meta",
                                               "platform_field": "em"},
