@@ -41,7 +41,6 @@ from services.consent.privacy import (
     PrivacyRequest,
     access_export,
 )
-from services.consent.privacy_backlog import ErasureBacklog
 from services.consent.privacy_flow import PrivacyFlow, build_flow, retry_message
 from services.consent.privacy_handlers import issue_receipt
 from services.consent.privacy_receipts import NoReceipt
@@ -310,7 +309,8 @@ def install_privacy(app: flask.Flask) -> None:
     """Give the app's privacy views their flow; raises ConfigError without the keys."""
     rt = app.extensions["muisti"]
     app.extensions["privacy_flow"] = build_flow(rt.settings, rt.db)
-    privacy_backlog.expose(ErasureBacklog(app.extensions["privacy_flow"].repository.erasure_backlog))
+    privacy_backlog.expose(privacy_backlog.erasure_backlog(
+        app.extensions["privacy_flow"].repository.erasure_backlog))
     app.extensions["privacy_signer"] = ReceiptSigner.from_setting(rt.settings.consent_receipt_key)
 
 
