@@ -97,6 +97,17 @@ ERASURE_OLDEST_OPEN_AGE = Gauge(
     "Seconds since the oldest open erasure request was received (0 when none is open)",
     ["service"],
 )
+DELETION_NOTICES = Gauge(
+    "muisti_deletion_notices",
+    "Deletion notices to partners by state: pending (not delivered yet), failed (failed for "
+    "good: fix the contract, then retry them); read from the store at scrape time",
+    ["service", "state"],
+)
+DELETION_NOTICE_OLDEST_PENDING_AGE = Gauge(
+    "muisti_deletion_notice_oldest_pending_age_seconds",
+    "Seconds since the oldest pending deletion notice was queued (0 when none is pending)",
+    ["service"],
+)
 EVENTS_SUPPRESSED = Counter(
     "muisti_events_suppressed_total",
     "Events dropped because they carry an identifier erased on the data subject's request",

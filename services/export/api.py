@@ -8,6 +8,10 @@ run, and a repeated POST with the same ``Idempotency-Key`` answers the same run.
 contract's stream (what it has sent, its last error) is read at ``/v1/exports/{partner}/stream``.
 What went to which partner about one profile (by runs and streams) is read by admin and dpo at
 ``/v1/exports/disclosures`` (the consent service's preference centre shows it the customer).
+A partner's deletion notices are listed at ``/v1/exports/{partner}/notices`` (admin and
+auditors); admin and dpo send those that failed for good again with ``POST .../notices/retry``,
+and replacing a contract does so too (a fixed destination is the usual cure). How many notices
+wait or failed is a gauge (``muisti_deletion_notices``), read from the store at each scrape.
 Secrets are sealed at rest (services.export.sealing) and never returned.
 """
 
@@ -21,11 +25,12 @@ from flask import Flask, request
 from flask_smorest import Blueprint
 from marshmallow import EXCLUDE, Schema, fields, validate
 
-from services.common import web
+from services.common import metrics, web
 from services.common.config import Settings
+from services.common.scraped import ScrapedReading
 from services.common.web import Problem, current_principal, require_roles, runtime
 from services.export import contracts
-from services.export.export_store import ExportStore, now
+from services.export.export_store import NOTICE_STATES, ExportStore, now
 from services.export.feed import partners_of
 from services.export.sealing import SecretBox
 
@@ -41,7 +46,18 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = web.create_app(service=SERVICE, settings=settings,
                          blueprints=[_partners_blueprint(), _runs_blueprint()])
     app.extensions["export_secrets"] = secrets
+    _expose_notice_backlog(ExportStore(app.extensions["muisti"].db, secrets))
     return app
+
+
+def _expose_notice_backlog(store: ExportStore) -> None:
+    backlog = ScrapedReading("deletion notice backlog", store.notice_backlog,
+                             {"pending": 0, "failed": 0, "oldest_pending_at": None})
+    for state in ("pending", "failed"):
+        metrics.DELETION_NOTICES.labels(SERVICE, state).set_function(
+            lambda state=state: backlog.count(state))
+    metrics.DELETION_NOTICE_OLDEST_PENDING_AGE.labels(SERVICE).set_function(
+        lambda: backlog.age_seconds("oldest_pending_at"))
 
 
 class FieldRuleSchema(Schema):
@@ -140,6 +156,37 @@ class DisclosureSchema(Schema):
         "description": "when the partner was last told to delete it"})
 
 
+class NoticeQuerySchema(Schema):
+    status = fields.String(load_default=None, validate=validate.OneOf(NOTICE_STATES))
+
+
+class NoticeSchema(Schema):
+    notice_id = fields.String(attribute="_id")
+    profile_id = fields.String()
+    reason = fields.String(metadata={"description": "erasure, withdrawn, restricted, ..."})
+    status = fields.String(metadata={"description": "pending, sent or failed (for good)"})
+    attempts = fields.Integer()
+    created_at = fields.DateTime(allow_none=True)
+    next_attempt_at = fields.DateTime(allow_none=True)
+    sent_at = fields.DateTime(allow_none=True)
+    requeued_at = fields.DateTime(allow_none=True)
+    last_error = fields.String(allow_none=True)
+    partner_receipt = fields.Dict(attribute="receipt", allow_none=True)
+
+
+class NoticesSchema(Schema):
+    partner_id = fields.String()
+    counts = fields.Dict(keys=fields.String(), values=fields.Integer(),
+                         metadata={"description": "every notice of the partner, by status"})
+    notices = fields.List(fields.Nested(NoticeSchema),
+                          metadata={"description": "newest first, at most 100"})
+
+
+class RequeuedSchema(Schema):
+    partner_id = fields.String()
+    requeued = fields.Integer(metadata={"description": "failed notices made due again"})
+
+
 class DisclosuresSchema(Schema):
     profile_id = fields.String()
     disclosures = fields.List(fields.Nested(DisclosureSchema))
@@ -168,14 +215,18 @@ def _partners_blueprint() -> Blueprint:
     @blueprint.alt_response(422, description="the contract is invalid; errors name each field")
     def put_partner(body, partner_id):
         """Create or replace a partner's contract. Secrets (signing_secret, authorization,
-        pseudonym_key) are stored sealed and never shown again."""
+        pseudonym_key) are stored sealed and never shown again. The partner's deletion notices
+        that failed for good are sent again."""
         body = {**body, "fields": body.pop("fields_")}
         try:
             contract = contracts.parse_contract(
                 partner_id, body, allow_http=runtime().settings.export_allow_http)
         except contracts.InvalidContract as exc:
             raise Problem(422, "the contract is invalid", errors=exc.problems) from None
-        _store().save_partner(contract)
+        store = _store()
+        store.save_partner(contract)
+        # what failed for good was most likely the contract's fault: give it another go
+        store.requeue_failed_notices(partner_id)
         return contracts.public_view(contract)
 
     @blueprint.route("/<string:partner_id>", methods=["GET"])
@@ -331,6 +382,34 @@ def _runs_blueprint() -> Blueprint:
         if run is None or run["partner_id"] != partner_id:
             raise Problem(404, f"no run {run_id} of partner {partner_id}")
         return _run_view(run)
+
+    @blueprint.route("/<string:partner_id>/notices", methods=["GET"])
+    @require_roles("admin", *AUDITORS)
+    @blueprint.arguments(NoticeQuerySchema, location="query")
+    @blueprint.response(200, NoticesSchema)
+    @blueprint.alt_response(404, description="no such partner")
+    def list_notices(query, partner_id):
+        """The deletion notices owed to the partner, newest first: whether each went out,
+        how often it was tried, the partner's receipt or the last error. The identifiers a
+        notice carries are not shown."""
+        store = _store()
+        if store.partner(partner_id, include_deleted=True) is None:
+            raise Problem(404, f"no partner {partner_id}")
+        return {"partner_id": partner_id, "counts": store.notice_counts(partner_id),
+                "notices": store.partner_notices(partner_id, query["status"])}
+
+    @blueprint.route("/<string:partner_id>/notices/retry", methods=["POST"])
+    @require_roles("admin", "dpo")
+    @blueprint.response(200, RequeuedSchema)
+    @blueprint.alt_response(404, description="no such partner")
+    def retry_notices(partner_id):
+        """Send the partner's deletion notices that failed for good again (after its
+        contract was fixed); they go out with the worker's next turn."""
+        store = _store()
+        if store.partner(partner_id, include_deleted=True) is None:
+            raise Problem(404, f"no partner {partner_id}")
+        return {"partner_id": partner_id,
+                "requeued": store.requeue_failed_notices(partner_id)}
 
     @blueprint.route("/<string:partner_id>/stream", methods=["GET"])
     @require_roles("admin", "partner", *AUDITORS)

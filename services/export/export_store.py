@@ -68,6 +68,7 @@ ERASURE_PARTNERS = "export_erasure_partners"
 
 RUN_ACTIVE = ("queued", "running")
 CHANGE_STATES = ("pending", "sent", "not_sent", "cancelled")
+NOTICE_STATES = ("pending", "sent", "failed")
 
 
 def now() -> datetime:
@@ -599,6 +600,16 @@ class ExportStore:
         pending = self.db[NOTICES].find({"status": "pending"})
         return [doc for doc in pending if _aware(doc["next_attempt_at"]) <= moment][:limit]
 
+    def claim_notice(self, notice: Mapping[str, Any], hold_seconds: float) -> bool:
+        """Hold a due notice for this worker while it is tried (it is due again after
+        ``hold_seconds`` should the worker die meanwhile); False when another worker took it
+        first."""
+        return self.db[NOTICES].update_one(
+            {"_id": notice["_id"], "status": "pending",
+             "next_attempt_at": notice["next_attempt_at"]},
+            {"$set": {"next_attempt_at": now() + timedelta(seconds=hold_seconds)}}
+        ).modified_count == 1
+
     def notice_sent(self, notice_id: str, receipt: dict[str, Any]) -> None:
         self.db[NOTICES].update_one(
             {"_id": notice_id},
@@ -613,6 +624,38 @@ class ExportStore:
             update["next_attempt_at"] = retry_at
         self.db[NOTICES].update_one({"_id": notice_id},
                                     {"$set": update, "$inc": {"attempts": 1}})
+
+    def partner_notices(self, partner_id: str, status: str | None = None,
+                        limit: int = 100) -> list[dict[str, Any]]:
+        """The partner's deletion notices, newest first (at most ``limit``)."""
+        query: dict[str, Any] = {"partner_id": partner_id}
+        if status is not None:
+            query["status"] = status
+        docs = self.db[NOTICES].find(query, {"identifiers": 0})
+        return sorted(docs, key=lambda d: (_aware(d["created_at"]), d["_id"]),
+                      reverse=True)[:limit]
+
+    def notice_counts(self, partner_id: str) -> dict[str, int]:
+        counts = {status: self.db[NOTICES].count_documents(
+            {"partner_id": partner_id, "status": status}) for status in NOTICE_STATES}
+        return {status: number for status, number in counts.items() if number}
+
+    def requeue_failed_notices(self, partner_id: str) -> int:
+        """Make the partner's notices that failed for good due again (its contract was
+        fixed); returns how many."""
+        return self.db[NOTICES].update_many(
+            {"partner_id": partner_id, "status": "failed"},
+            {"$set": {"status": "pending", "next_attempt_at": now(), "requeued_at": now()}}
+        ).modified_count
+
+    def notice_backlog(self) -> dict[str, Any]:
+        """Counts of pending and failed notices (every partner) and when the oldest pending
+        one was queued (None when none is)."""
+        pending = list(self.db[NOTICES].find({"status": "pending"}, {"created_at": 1}))
+        return {"pending": len(pending),
+                "failed": self.db[NOTICES].count_documents({"status": "failed"}),
+                "oldest_pending_at": min((_aware(d["created_at"]) for d in pending),
+                                         default=None)}
 
     def notices_of(self, profile_ids: list[str]) -> list[dict[str, Any]]:
         return list(self.db[NOTICES].find({"profile_id": {"$in": profile_ids}}))

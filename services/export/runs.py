@@ -19,14 +19,17 @@ afresh. One already attempted may be held by the partner whatever happens next, 
 re-sent unchanged, and right after it each such subject in it gets a deletion notice (reason
 ``erasure``, ``restricted`` or ``consent:<purpose>:<state>``). Between batches the executor
 also sends the deletion notices that fell due (looked up at most every
-``notice_check_seconds``), so a notice never waits for a long run to end. A run's end (any
+``notice_check_seconds``), so a notice never waits for a long run to end; each notice is
+claimed before it is tried (its next attempt moved past the try), so two workers never send
+the same one at once. A run's end (any
 status) drops the rendered rows of its batch in hand; acknowledged batches keep only their
 hash, counts and receipt.
 Before each batch the executor also checks that the partner is not retired: a retired
 partner's queued or running run ends ``cancelled`` (the reason in its ``error``) and sends
 nothing more, while deletion notices to it still go out. A delivery that fails for good (a
 4xx, or a destination the HTTP client cannot even use) fails that run or notice alone, with
-its reason recorded; the executor goes on with the others.
+its reason recorded; the executor goes on with the others. A notice that failed for good is
+tried again when the partner's contract is replaced or someone asks for it (the API).
 
 An aggregate run (services.export.aggregates) has one batch: the whole read model, gated as
 above, reduced to the cells that hold at least k profiles. Its counts are of cells
@@ -322,6 +325,9 @@ class RunExecutor(PollingLoop):
         for notice in self.store.due_notices():
             if self.stopping or (until is not None and time.monotonic() >= until):
                 break
+            hold = self.lease_seconds + self.deliverer.policy.timeout_seconds
+            if not self.store.claim_notice(notice, hold):
+                continue  # another worker is sending it
             contract = self.store.partner(notice["partner_id"], include_deleted=True)
             if contract is None:
                 self.store.notice_failed(notice["_id"], "the contract is gone", None)

@@ -1,5 +1,7 @@
-"""GET /v1/exports/disclosures: which partners received one profile's data and when, over the
-export API and worker as processes and a fake partner (tests/support/export_partner.py)."""
+"""What partners were given and told, over the export API and worker as processes and a fake
+partner (tests/support/export_partner.py): GET /v1/exports/disclosures (which partners
+received one profile's data and when) and a partner's deletion notices (listed, and sent again
+once they failed for good)."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from tests.support.export_partner import (
     put_partner,
     wait_for_read_model,
 )
-from tests.support.processes import ServiceApi, ServiceWorker
+from tests.support.processes import ServiceApi, ServiceWorker, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -79,3 +81,61 @@ def test_disclosures_need_a_profile_id(export_api, api_keys):
                             headers=auth(api_keys, "dpo"))
     assert response.status_code == 422
     assert response.headers["Content-Type"].startswith("application/problem+json")
+
+
+def notices(export_api, api_keys, partner_id: str, role: str = "dpo", **params):
+    response = requests.get(f"{export_api.url}/v1/exports/{partner_id}/notices", timeout=10,
+                            params=params, headers=auth(api_keys, role))
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_a_deletion_notice_that_failed_for_good_is_listed_and_goes_out_once_the_contract_is_fixed(
+        export_api, settings, db, api_keys, unique):
+    partner = FakePartner()
+    segment, partner_id, pid = f"seg-{unique}", f"ads-{unique}", f"{unique}-leaving"
+    publish(settings, topics.PROFILE_CHANGES, [profile_changed(pid, f"{pid}@example.com",
+                                                               segment)])
+    publish(settings, topics.CONSENT_CHANGES, [consent_changed(pid, "granted")])
+    wait_for_read_model(db, [pid], [pid])
+    put_partner(export_api, api_keys, partner_id, partner.url, segment)
+    started = requests.post(f"{export_api.url}/v1/exports/{partner_id}/runs", json={},
+                            headers=auth(api_keys, "dpo"), timeout=10)
+    run = finished_run(export_api, api_keys, partner_id, started.json()["run_id"])
+    assert run["status"] == "succeeded", run
+    # the contract now holds a secret the partner does not know: it refuses every request
+    put_partner(export_api, api_keys, partner_id, partner.url, segment,
+                secret="a-secret-the-partner-never-had-0123")
+
+    publish(settings, topics.CONSENT_CHANGES, [consent_changed(pid, "withdrawn")])
+    failed = wait_until(lambda: notices(export_api, api_keys, partner_id,
+                                        status="failed")["notices"], 60,
+                        what="the deletion notice to fail for good")
+    [notice] = failed
+    assert (notice["profile_id"], notice["status"], notice["attempts"]) == (pid, "failed", 1)
+    assert "401" in notice["last_error"] and "identifiers" not in notice
+    assert partner.keys("deletion") == [notice["notice_id"]]  # tried once, refused
+    metrics = requests.get(f"{export_api.url}/metrics", timeout=10).text
+    assert 'muisti_deletion_notices{service="export",state="failed"}' in metrics
+
+    retried = requests.post(f"{export_api.url}/v1/exports/{partner_id}/notices/retry",
+                            headers=auth(api_keys, "dpo"), timeout=10)
+    assert retried.json() == {"partner_id": partner_id, "requeued": 1}
+    wait_until(lambda: len(partner.keys("deletion")) == 2, 60, what="the notice tried again")
+    wait_until(lambda: notices(export_api, api_keys, partner_id, status="failed")["notices"],
+               60, what="the notice to fail again: the contract is still wrong")
+
+    put_partner(export_api, api_keys, partner_id, partner.url, segment)  # fixed
+    sent = wait_until(lambda: notices(export_api, api_keys, partner_id,
+                                      status="sent")["notices"], 60,
+                      what="the notice sent once the contract is fixed")
+    assert sent[0]["notice_id"] == notice["notice_id"] and sent[0]["attempts"] == 3
+    assert sent[0]["partner_receipt"]["status"] == 200
+    [body] = partner.bodies("deletion")
+    assert notice["notice_id"] in body.decode()
+    assert notices(export_api, api_keys, partner_id)["counts"] == {"sent": 1}
+    assert requests.get(f"{export_api.url}/v1/exports/{partner_id}/notices", timeout=10,
+                        headers=auth(api_keys, "partner")).status_code == 403
+    assert requests.get(f"{export_api.url}/v1/exports/nobody-{unique}/notices", timeout=10,
+                        headers=auth(api_keys, "dpo")).status_code == 404
+    partner.close()

@@ -55,6 +55,27 @@ def test_a_destination_the_http_client_cannot_use_fails_its_own_run_and_notice_o
     assert notices[working_notice]["status"] == "sent"
     assert len(list((tmp_path / "working").glob("run-working-*.csv"))) == 2
 
+    # the contract fixed, the notice that failed for good goes out when asked for
+    save_partner(store, "broken", Destination(kind="directory", path="fixed"))
+    assert store.requeue_failed_notices("broken") == 1
+    work_until_idle(executor_for(store, Deliverer(RetryPolicy(), tmp_path)))
+    assert store.db.export_notices.find_one({"_id": broken_notice})["status"] == "sent"
+    assert (tmp_path / "fixed" / f"deletion-{broken_notice}.json").exists()
+    assert store.requeue_failed_notices("broken") == 0
+
+
+def test_a_notice_another_worker_is_sending_is_left_to_it(store, tmp_path, monkeypatch):
+    save_partner(store, "partner", Destination(kind="directory", path="partner"))
+    notice_id = queue_notice(store, "partner", "p1")
+    [due] = store.due_notices()
+    # both workers found it due; the other one claimed it first
+    assert store.claim_notice(due, 30)
+    monkeypatch.setattr(store, "due_notices", lambda: [due])
+
+    executor_for(store, Deliverer(RetryPolicy(), tmp_path)).send_due_notices()
+    assert store.db.export_notices.find_one({"_id": notice_id})["attempts"] == 0
+    assert not (tmp_path / "partner").exists()
+
 
 class RetiringAfterFirstBatch(Deliverer):
     """Delivers, and retires the partner once its first batch is through: an admin's
