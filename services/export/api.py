@@ -30,13 +30,14 @@ from services.common.config import Settings
 from services.common.scraped import ScrapedReading
 from services.common.web import Problem, current_principal, require_roles, runtime
 from services.export import contracts
-from services.export.export_store import NOTICE_STATES, ExportStore, now
+from services.export.export_store import NOTICE_STATES, ExportStore, RunInProgress, now
 from services.export.feed import partners_of
 from services.export.sealing import SecretBox
 
 SERVICE = "export"
 AUDITORS = ("dpo", "supervisor")
 MAX_IDEMPOTENCY_KEY = 200
+RUN_IN_PROGRESS = "a run of this partner is queued or running; wait for it"
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -343,7 +344,7 @@ def _runs_blueprint() -> Blueprint:
         if existing is not None:
             return _run_view(existing)
         if store.active_run(partner_id) is not None:
-            raise Problem(409, "a run of this partner is queued or running; wait for it")
+            raise Problem(409, RUN_IN_PROGRESS)
         mode = _run_mode(contract, body.get("mode"))
         created = now()
         changed_since = None
@@ -351,14 +352,17 @@ def _runs_blueprint() -> Blueprint:
             previous = store.last_successful_run(partner_id, before=created)
             if previous is not None:
                 changed_since = previous.get("started_at") or previous["created_at"]
-        run, _ = store.create_run({
-            "_id": run_id, "partner_id": partner_id, "mode": mode, "status": "queued",
-            "requested_by": current_principal().key_id, "idempotency_key": key,
-            "created_at": created, "started_at": None, "finished_at": None,
-            "changed_since": changed_since, "next_batch": 0, "cursor": None,
-            "lease_owner": None, "lease_until": None, "batch_digests": [],
-            "progress": {"considered": 0, "excluded": {}, "exported": 0, "batches_sent": 0,
-                         "invalid_values": {}}})
+        try:
+            run, _ = store.create_run({
+                "_id": run_id, "partner_id": partner_id, "mode": mode, "status": "queued",
+                "requested_by": current_principal().key_id, "idempotency_key": key,
+                "created_at": created, "started_at": None, "finished_at": None,
+                "changed_since": changed_since, "next_batch": 0, "cursor": None,
+                "lease_owner": None, "lease_until": None, "batch_digests": [],
+                "progress": {"considered": 0, "excluded": {}, "exported": 0, "batches_sent": 0,
+                             "invalid_values": {}}})
+        except RunInProgress:
+            raise Problem(409, RUN_IN_PROGRESS) from None
         return _run_view(run)
 
     @blueprint.route("/<string:partner_id>/runs", methods=["GET"])

@@ -2,9 +2,10 @@
 
 The service reads no other service's collections: its read model (profile snapshots, consent
 states, restrictions) is fed from Kafka by the worker. Besides it: partner contracts (their
-secrets sealed, services.export.sealing), runs (claimed by one worker at a time through a
-lease), each run's batches (the exact bytes sent, so a resumed run re-sends a batch unchanged
-under the same idempotency key), the changes waiting for a streaming partner and each such
+secrets sealed, services.export.sealing), runs (one at a time per partner, through the
+partner's run slot; claimed by one worker at a time through a lease), each run's batches
+(the exact bytes sent, so a resumed run re-sends a batch unchanged under the same
+idempotency key), the changes waiting for a streaming partner and each such
 partner's stream (leased like a run, its batches stored like a run's), the record of what
 each partner received about each profile, and the deletion notices waiting to go out.
 
@@ -66,6 +67,11 @@ ERASURES = "export_erasures"
 # them however often the erasure is handled
 ERASURE_PARTNERS = "export_erasure_partners"
 
+# per partner, its latest run: a new run takes it only from a run that ended
+RUN_SLOTS = "export_run_slots"
+# a slot whose run is not stored yet is held this long (a request that died meanwhile frees it)
+RUN_SLOT_GRACE = timedelta(seconds=60)
+
 RUN_ACTIVE = ("queued", "running")
 CHANGE_STATES = ("pending", "sent", "not_sent", "cancelled")
 NOTICE_STATES = ("pending", "sent", "failed")
@@ -100,6 +106,10 @@ class ConsentDecision:
     allowed: bool
     state: str
     decided_at: datetime
+
+
+class RunInProgress(Exception):
+    """Another run of the partner is queued or running."""
 
 
 def _aware(moment: datetime | None) -> datetime | None:
@@ -424,12 +434,35 @@ class ExportStore:
 
     def create_run(self, run: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """Insert ``run``; when its id exists (a repeated Idempotency-Key) return the stored
-        one. Returns (run, created)."""
+        one. Returns (run, created). Raises RunInProgress when another run of the partner is
+        queued or running: the partner's slot names its latest run and is taken by a
+        conditional write first, so two requests at once cannot both start one."""
+        existing = self.run(run["_id"])
+        if existing is not None:
+            return existing, False
+        self._take_run_slot(run["partner_id"], run["_id"])
         try:
             self.db[RUNS].insert_one(run)
             return run, True
         except pymongo.errors.DuplicateKeyError:
             return self.db[RUNS].find_one({"_id": run["_id"]}), False
+
+    def _take_run_slot(self, partner_id: str, run_id: str) -> None:
+        slots, moment = self.db[RUN_SLOTS], now()
+        if insert_new(slots, [{"_id": partner_id, "run_id": run_id, "taken_at": moment}]):
+            return
+        slot = slots.find_one({"_id": partner_id})
+        if slot["run_id"] == run_id:
+            return
+        holder = self.run(slot["run_id"])
+        if holder is None and _aware(slot["taken_at"]) > moment - RUN_SLOT_GRACE:
+            raise RunInProgress  # the run that took it is being stored
+        if holder is not None and holder["status"] in RUN_ACTIVE:
+            raise RunInProgress
+        taken = slots.update_one({"_id": partner_id, "run_id": slot["run_id"]},
+                                 {"$set": {"run_id": run_id, "taken_at": moment}})
+        if taken.modified_count != 1:
+            raise RunInProgress  # another request took it meanwhile
 
     def run(self, run_id: str) -> dict[str, Any] | None:
         return self.db[RUNS].find_one({"_id": run_id})

@@ -1,18 +1,20 @@
-"""How runs and deletion notices end when the partner is the problem, with the run executor in
-this process on the real store (each test in a database of its own, so the executor sees only
-its runs and notices): a destination the HTTP client cannot use fails its own run or notice
-and nothing else; a retired partner's runs are cancelled while its deletion notices still go
-out."""
+"""How runs and deletion notices start and end, with the run executor in this process on the
+real store (each test in a database of its own, so the executor sees only its runs and
+notices): one run of a partner at a time, even when two requests start one at once; a
+destination the HTTP client cannot use fails its own run or notice and nothing else; a
+retired partner's runs are cancelled while its deletion notices still go out."""
 
 from __future__ import annotations
 
+import threading
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from services.export.contracts import Destination
 from services.export.delivery import Deliverer, RetryPolicy
-from services.export.export_store import ExportStore
+from services.export.export_store import RUN_SLOTS, ExportStore, RunInProgress, now
 from services.export.runs import RETIRED
 from tests.support.export_executor import (
     SECRET,
@@ -30,6 +32,52 @@ from tests.support.export_executor import (
 def store(mongo_client, settings, unique):
     with own_export_store(mongo_client, settings, f"muisti_export_endings_{unique}") as store:
         yield store
+
+
+def new_run(partner_id: str, run_id: str) -> dict:
+    return {"_id": run_id, "partner_id": partner_id, "mode": "full", "status": "queued",
+            "created_at": now(), "next_batch": 0, "lease_until": None}
+
+
+def test_two_requests_at_once_start_one_run_of_a_partner(store):
+    outcomes: dict[str, list[str]] = {}
+
+    def start(partner_id: str, run_id: str, barrier: threading.Barrier) -> None:
+        barrier.wait()
+        try:
+            store.create_run(new_run(partner_id, run_id))
+            outcomes[partner_id].append(run_id)
+        except RunInProgress:
+            pass
+
+    for round_ in range(10):
+        partner_id, barrier = f"partner-{round_}", threading.Barrier(2)
+        outcomes[partner_id] = []
+        threads = [threading.Thread(target=start, args=(partner_id, f"{partner_id}-{n}", barrier))
+                   for n in (1, 2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert all(len(started) == 1 for started in outcomes.values()), outcomes
+    assert store.db.export_runs.count_documents({}) == 10
+
+
+def test_a_partners_next_run_starts_once_the_last_ended_or_its_request_died(store):
+    store.create_run(new_run("ads", "run-1"))
+    assert store.create_run(new_run("ads", "run-1"))[1] is False  # the same request again
+    with pytest.raises(RunInProgress):
+        store.create_run(new_run("ads", "run-2"))
+    store.db.export_runs.update_one({"_id": "run-1"}, {"$set": {"status": "succeeded"}})
+    assert store.create_run(new_run("ads", "run-2"))[1] is True
+
+    # a request that took the slot and died before storing its run holds it a minute
+    store.db[RUN_SLOTS].insert_one({"_id": "crm", "run_id": "never-stored", "taken_at": now()})
+    with pytest.raises(RunInProgress):
+        store.create_run(new_run("crm", "run-3"))
+    store.db[RUN_SLOTS].update_one({"_id": "crm"},
+                                   {"$set": {"taken_at": now() - timedelta(minutes=2)}})
+    assert store.create_run(new_run("crm", "run-3"))[1] is True
 
 
 def test_a_destination_the_http_client_cannot_use_fails_its_own_run_and_notice_only(
