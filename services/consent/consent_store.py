@@ -28,7 +28,7 @@ from pymongo.database import Database
 from services.common import topics
 from services.common.bus import Outgoing, Relay
 from services.common.envelope import derived_message_id, new_envelope
-from services.common.store import find_by_ids, insert_new
+from services.common.store import IDS_PER_QUERY, find_by_ids, insert_new
 from services.consent import ledger
 from services.consent.ledger import Entry, Record, SubjectState
 
@@ -184,6 +184,41 @@ class ConsentStore:
         self.states.delete_one({"_id": state.key})
         return deleted
 
+    def sweep_replaced_proof(self, cutoff: datetime, *, apply: bool) -> tuple[int, int]:
+        """Ledger entries whose decision was replaced by a later one on the same purpose
+        before ``cutoff`` (the consent_proof retention): how many, and with ``apply`` how
+        many were deleted, with their copies in the changes and their place in the
+        subject's history. One pass over the states; only a subject that decided on a
+        purpose more than once has its entries read."""
+        expired = deleted = 0
+        for doc in self.states.find({}, {"applied": 1, "purposes": 1}):
+            applied = doc.get("applied") or []
+            if len(applied) <= len(doc.get("purposes") or {}):
+                continue  # at most one decision per purpose: none was replaced
+            entries = [Entry.from_doc(d) for d in find_by_ids(self.ledger, applied)]
+            replaced = set(ledger.replaced_before(entries, cutoff))
+            expired += len(replaced)
+            if apply and replaced:
+                deleted += self._forget_entries(
+                    doc["_id"], [e for e in entries if e.id in replaced])
+        return expired, deleted
+
+    def _forget_entries(self, key: str, entries: list[Entry]) -> int:
+        """Delete ``entries`` of subject ``key``: from their changes first, then the ledger,
+        the subject's history last, each found through the next (a sweep cut short finds
+        the rest the next time)."""
+        ids = {entry.id for entry in entries}
+        for change in find_by_ids(self.changes, sorted({e.cause_id for e in entries})):
+            kept = [e for e in change["entries"] if e["_id"] not in ids]
+            if kept or change.get("merge") or change.get("link"):
+                self.changes.update_one({"_id": change["_id"]}, {"$set": {"entries": kept}})
+            else:
+                self.changes.delete_one({"_id": change["_id"]})
+        deleted = sum(self.ledger.delete_many({"_id": {"$in": chunk}}).deleted_count
+                      for chunk in _chunks(sorted(ids)))
+        self.update(key, lambda state: _drop_applied(state, ids))
+        return deleted
+
     def announced(self, change_ids: list[str]) -> None:
         for change_id in change_ids:
             self.outbox.delete_one({"_id": change_id})
@@ -223,6 +258,16 @@ class ConsentStore:
 
     def _insert_entries(self, entries: list[Entry]) -> None:
         insert_new(self.ledger, [e.to_doc() for e in entries])
+
+
+def _drop_applied(state: SubjectState, ids: set[str]) -> bool:
+    kept = [entry_id for entry_id in state.applied if entry_id not in ids]
+    changed, state.applied = len(kept) != len(state.applied), kept
+    return changed
+
+
+def _chunks(ids: list[str]) -> list[list[str]]:
+    return [ids[start:start + IDS_PER_QUERY] for start in range(0, len(ids), IDS_PER_QUERY)]
 
 
 def _aware(moment: datetime) -> datetime:

@@ -21,6 +21,7 @@ profile.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -191,6 +192,22 @@ class CheckAnswer:
     state: str  # granted | denied | withdrawn | default
     reason: str
     decided_at: datetime | None = None
+
+
+def replaced_before(entries: Iterable[Entry], cutoff: datetime) -> list[str]:
+    """Ids of the subject's entries whose decision stopped being in force before ``cutoff``:
+    a later decision on the same purpose (in the order a state applies them) replaced it
+    then. The decision in force for each purpose has no later one, so it is never among
+    them, however old: it is the proof of what holds now."""
+    by_purpose: dict[str, list[Entry]] = {}
+    for entry in entries:
+        by_purpose.setdefault(entry.purpose, []).append(entry)
+    replaced = []
+    for decisions in by_purpose.values():
+        decisions.sort(key=lambda e: Record.of(e).order())
+        replaced.extend(entry.id for entry, successor in itertools.pairwise(decisions)
+                        if successor.collected_at < cutoff)
+    return replaced
 
 
 def check(catalogue: Catalogue, state: SubjectState | None, purpose: str) -> CheckAnswer:

@@ -29,7 +29,7 @@ from services.common.documents import unstorable
 from services.common.hetu_protection import matching_form
 from services.common.identifiers import IDENTIFIER_TYPES, InvalidIdentifier
 from services.common.web import Problem, current_principal, require_roles, runtime
-from services.consent import privacy_backlog
+from services.consent import privacy_backlog, privacy_retention
 from services.consent.decisions import special_category_answers
 from services.consent.linking import ProfileLookupFailed
 from services.consent.privacy import (
@@ -44,7 +44,6 @@ from services.consent.privacy import (
 from services.consent.privacy_flow import PrivacyFlow, build_flow, retry_message
 from services.consent.privacy_handlers import issue_receipt
 from services.consent.privacy_receipts import NoReceipt
-from services.consent.privacy_store import RETENTION_RULES
 from services.consent.receipts import ReceiptSigner, verify
 from services.consent.recording import current_catalogue, current_store
 
@@ -333,9 +332,8 @@ def _expected() -> tuple[str, ...]:
 
 def _sweep(*, apply: bool) -> list[dict]:
     settings = runtime().settings
-    return retention.sweep(runtime().db, RETENTION_RULES,
-                           retention.parse_policy(settings.retention_days),
-                           datetime.now(UTC), apply=apply)
+    return privacy_retention.sweep(runtime().db, retention.parse_policy(settings.retention_days),
+                                   datetime.now(UTC), apply=apply)
 
 
 def _refuse_special_categories_without_consent(subject: dict, fields: dict) -> None:
