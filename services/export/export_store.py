@@ -559,7 +559,9 @@ class ExportStore:
 
     def record_deliveries(self, partner_id: str, run_id: str,
                           sent: Mapping[str, Mapping[str, list[Any]]]) -> None:
-        """Remember, per profile, that ``partner_id`` received these identifiers now."""
+        """Remember, per profile, that ``partner_id`` received these identifiers now, with
+        those it received since its last deletion notice: a partner keeps what it was sent
+        (an address since changed is still in its audience), so the next notice names all."""
         moment = now()
         additions: dict[str, dict[str, list[str]]] = {}
         for profile_id, identifiers in sent.items():
@@ -571,9 +573,12 @@ class ExportStore:
         _, errors = bulk_write(self.db[DELIVERIES], [UpdateOne(
             {"_id": f"{partner_id}|{profile_id}"},
             {"$set": {"partner_id": partner_id, "profile_id": profile_id,
-                      "last_sent_at": moment, "last_run_id": run_id,
-                      "identifiers": dict(identifiers), "awaiting_notice": True},
-             "$setOnInsert": {"first_sent_at": moment}}, upsert=True)
+                      "last_sent_at": moment, "last_run_id": run_id, "awaiting_notice": True},
+             "$setOnInsert": {"first_sent_at": moment},
+             # atomic: a stream and a run may record the same profile at once
+             **({"$addToSet": {f"identifiers.{field_name}": {"$each": list(values)}
+                               for field_name, values in identifiers.items()}}
+                if identifiers else {})}, upsert=True)
             for profile_id, identifiers in sent.items()])
         if errors:
             raise pymongo.errors.BulkWriteError({"writeErrors": errors})

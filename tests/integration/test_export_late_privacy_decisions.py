@@ -2,7 +2,8 @@
 executor and the feed's handlers in this process on the real store (each test in a database of
 its own): a resumed run never sends a stored batch's subjects erased or restricted since
 without a way back, a run's end leaves no rendered rows behind, a merged-away profile's
-partners hear of the survivor's withdrawal, notices do not wait for a run to end, and an
+partners hear of the survivor's withdrawal, a notice names every identifier sent since the
+last one (an address since changed too), notices do not wait for a run to end, and an
 erasure's ack names its partners however often it is handled."""
 
 from __future__ import annotations
@@ -176,6 +177,20 @@ def test_an_erasure_of_the_survivor_reaches_the_partner_holding_the_merged_away_
 
     assert summary["partners_notified"] == ["ads"]
     assert notices_by_profile(store)["B"]["reason"] == "erasure"
+
+
+def test_a_notice_names_every_identifier_the_partner_was_sent_since_the_last_one(store):
+    save_partner(store, "ads", Destination(kind="directory", path="ads"))
+    store.record_deliveries("ads", "run-1", {"A": {"em": ["old-address"], "pid": ["A"]}})
+    store.record_deliveries("ads", "run-2", {"A": {"em": ["new-address"], "pid": ["A"]}})
+    store.queue_notice("notice-1", store.delivery("ads", "A"), "erasure")
+    assert notices_by_profile(store)["A"]["identifiers"] == {
+        "em": ["old-address", "new-address"], "pid": ["A"]}
+
+    store.record_deliveries("ads", "run-3", {"A": {"em": ["newest-address"]}})
+    store.queue_notice("notice-2", store.delivery("ads", "A"), "erasure")
+    second = store.db.export_notices.find_one({"_id": "notice-2"})
+    assert second["identifiers"] == {"em": ["newest-address"]}  # told about the rest already
 
 
 class QueueingANoticeDuringTheFirstBatch(Deliverer):
