@@ -164,7 +164,8 @@ class NoticeQuerySchema(Schema):
 class NoticeSchema(Schema):
     notice_id = fields.String(attribute="_id")
     profile_id = fields.String()
-    reason = fields.String(metadata={"description": "erasure, withdrawn, restricted, ..."})
+    reason = fields.String(metadata={
+        "description": "erasure, restricted or consent:<purpose>:<state>"})
     status = fields.String(metadata={"description": "pending, sent or failed (for good)"})
     attempts = fields.Integer()
     created_at = fields.DateTime(allow_none=True)
@@ -343,7 +344,7 @@ def _runs_blueprint() -> Blueprint:
         existing = store.run(run_id)
         if existing is not None:
             return _run_view(existing)
-        if store.active_run(partner_id) is not None:
+        if store.active_run(partner_id) is not None:  # one stored before runs took a slot
             raise Problem(409, RUN_IN_PROGRESS)
         mode = _run_mode(contract, body.get("mode"))
         created = now()
