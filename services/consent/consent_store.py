@@ -174,13 +174,20 @@ class ConsentStore:
 
         The changes go first, then the entries, the state last: each is found through the
         next, so an erasure cut short and delivered again still finds what is left. Of
-        ``unannounced`` (the outbox, read once per erasure), those naming the subject go too:
-        the relay would otherwise finish one and bring the subject back."""
-        unfinished = [change.id for change in unannounced if _names(change, state.key)]
-        for change_id in dict.fromkeys([*change_ids, *state.joined, *unfinished]):
+        ``unannounced`` (the outbox, read once per erasure), those naming the subject go too,
+        also for a subject with no state yet (``state`` then empty): the relay would
+        otherwise finish one and bring the subject back. Their entries naming the subject,
+        which a finish cut short may have put in the ledger, are found only through them,
+        so they go before them."""
+        unfinished = [change for change in unannounced if _names(change, state.key)]
+        deleted = sum(self.ledger.delete_one({"_id": entry.id}).deleted_count
+                      for change in unfinished for entry in change.entries
+                      if entry.subject.key == state.key)
+        for change_id in dict.fromkeys([*change_ids, *state.joined,
+                                        *(change.id for change in unfinished)]):
             self.changes.delete_one({"_id": change_id})
             self.outbox.delete_one({"_id": change_id})
-        deleted = sum(self.ledger.delete_one({"_id": i}).deleted_count for i in entry_ids)
+        deleted += sum(self.ledger.delete_one({"_id": i}).deleted_count for i in entry_ids)
         self.states.delete_one({"_id": state.key})
         return deleted
 

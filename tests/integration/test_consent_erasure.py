@@ -1,17 +1,26 @@
 """The consent ledger's part of an erasure in the real store: every change naming the subject
 goes (those linking or merging it without entries of its own, and those committed but not yet
-finished), and an erasure cut short finds what is left when delivered again."""
+finished, also a bare identifier's first, before it has a state), and an erasure cut short
+finds what is left when delivered again."""
 
 from __future__ import annotations
 
 import base64
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from services.consent import ledger
 from services.consent.catalogue import load_catalogue
-from services.consent.consent_store import CHANGES, LEDGER, OUTBOX, STATE, Change, ConsentStore
+from services.consent.consent_store import (
+    CHANGES,
+    LEDGER,
+    OUTBOX,
+    STATE,
+    Change,
+    ConsentStore,
+    UnannouncedChanges,
+)
 from services.consent.consents_worker import LedgerHolding
 from services.consent.decisions import DecisionRequest, decision_change
 from services.consent.privacy import Identifier
@@ -27,12 +36,15 @@ def store(db):
 
 
 def decision(profile_id: str, cause: str) -> Change:
-    subject = ledger.profile_subject(profile_id)
-    request = DecisionRequest(subject=subject, channel="web", source="test", collected_at=AT,
+    return decision_of(ledger.profile_subject(profile_id), cause, AT)
+
+
+def decision_of(subject: ledger.Subject, cause: str, at: datetime) -> Change:
+    request = DecisionRequest(subject=subject, channel="web", source="test", collected_at=at,
                               purpose="marketing_email", state="granted", proof={})
     return decision_change(load_catalogue(), request, cause_id=cause,
                            subject_state=ledger.SubjectState(subject.key), signer=SIGNER,
-                           now=AT)
+                           now=at)
 
 
 def left_of(db, profile_id: str, *keys: str) -> dict[str, int]:
@@ -80,3 +92,31 @@ def test_an_erasure_cut_short_after_deleting_the_entries_finishes_when_delivered
     LedgerHolding(store).erase([profile_id], [])  # delivered again
 
     assert left_of(db, profile_id) == {}
+
+
+@pytest.mark.parametrize("finish_cut_short", [False, True])
+def test_a_bare_identifiers_first_decision_not_finished_goes_with_its_erasure(
+        store, db, unique, monkeypatch, finish_cut_short):
+    number = ledger.identifier_subject("phone", f"+35840{int(unique, 16) % 10**7:07d}")
+    # committed by the API a while ago (its relay's grace is over), with no state yet
+    change = store.commit(decision_of(number, f"u-{unique}", datetime.now(UTC)
+                                      - timedelta(minutes=1)), announce_later=True)
+    if finish_cut_short:  # its entries in the ledger, the worker dying before the state
+        def the_worker_dies(*_):
+            raise SystemExit("killed")
+
+        monkeypatch.setattr(store, "update", the_worker_dies)
+        with pytest.raises(SystemExit):
+            store.finish(change)
+        monkeypatch.undo()
+        assert left_of(db, number.key).get(LEDGER) == 1
+    assert store.state(number.key) is None
+
+    counts = LedgerHolding(store).erase([], [Identifier("phone", number.identifier_value)])
+
+    assert counts["consent_entries_deleted"] == int(finish_cut_short)
+    assert left_of(db, number.key) == {}
+    assert db[OUTBOX].find_one({"_id": change.id}) is None
+    relay = UnannouncedChanges(store)  # nothing left for it to finish and bring back
+    assert [m for m in relay.pending() if m.key == number.key] == []
+    assert store.state(number.key) is None
