@@ -101,10 +101,16 @@ def decision_change(catalogue: Catalogue, request: DecisionRequest, *, cause_id:
         proof = {k: v for k, v in request.proof.items() if v not in (None, "")}
     else:
         decisions, reason, proof = decisions_for(catalogue, request)
+    collected_at = request.collected_at
+    if reason == TCF_REASON:
+        # the string records a choice made when the CMP last updated it, and the collector
+        # forwards the same cookie on every visit: posted again later, it must not outrank
+        # a decision made in between (a day-rounded last_updated loses a same-day tie)
+        collected_at = min(collected_at, datetime.fromisoformat(proof["tcf"]["last_updated"]))
     entries = ledger.decision_entries(
         request.subject, decisions, kind="objection" if objection else "decision",
         reason=reason, channel=request.channel, source=request.source,
-        collected_at=request.collected_at, recorded_at=now, cause_id=cause_id,
+        collected_at=collected_at, recorded_at=now, cause_id=cause_id,
         notice_version=version, proof=proof, actor=request.actor)
     if request.subject.is_identifier and subject_state is not None:
         entries += [ledger.propagated(entry, profile)

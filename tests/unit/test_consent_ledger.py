@@ -144,6 +144,18 @@ def test_a_tc_string_decides_the_tcf_mapped_purposes():
     assert CATALOGUE.purposes_from_tcf({1, 8, 9})["analytics"] == "granted"
 
 
+def test_a_tc_string_posted_again_later_does_not_outrank_a_decision_made_since_it_was_set():
+    # the string was last updated 2019-12-10 18:53 and denies profiling
+    tc = ("COrEAV4OrXx94ACABBENAHCIAD-AAAAAAACAAxAAAAgAIAwgAgAAAAEAgQAAAAAEAYQAQAAAACAAAABAAA")
+    subject = ledger.profile_subject("p")
+    later = decide(subject, "profiling", "granted", datetime(2024, 5, 1, tzinfo=UTC), "pc")
+    earlier = decide(subject, "profiling", "granted", datetime(2019, 6, 1, tzinfo=UTC), "old")
+    cookie = decide(subject, None, None, T0, "visit", proof={"tc_string": tc})
+    assert {e.collected_at for e in cookie} == {datetime(2019, 12, 10, 18, 53, tzinfo=UTC)}
+    assert ledger.check(CATALOGUE, state_of("p", later, cookie), "profiling").allowed
+    assert not ledger.check(CATALOGUE, state_of("p", earlier, cookie), "profiling").allowed
+
+
 def test_an_invalid_tc_string_or_unknown_purpose_is_refused():
     with pytest.raises(DecisionRefused, match="truncated"):
         decide(ledger.profile_subject("p"), None, None, T0, "x",
