@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from services.common.bus import TRANSIENT_ERRORS
 
@@ -46,4 +47,30 @@ class BackgroundLoop:
             self._stopping.wait(self.idle_seconds)
 
     def step(self) -> None:
+        raise NotImplementedError
+
+
+class DailyHousekeeping(BackgroundLoop):
+    """``sweep`` once a day: the first an hour after start (not on every restart), one that
+    failed again an hour later. Logs ``report`` (message, field) with what ``sweep`` returns."""
+
+    idle_seconds = 60.0
+    FIRST_AFTER_SECONDS = RETRY_SECONDS = 3600.0
+    EVERY_SECONDS = 86400.0
+    report = ("housekeeping swept", "swept")
+
+    def __init__(self):
+        super().__init__()
+        self._due = time.monotonic() + self.FIRST_AFTER_SECONDS
+
+    def step(self) -> None:
+        began = time.monotonic()
+        if began < self._due:
+            return
+        self._due = began + self.RETRY_SECONDS
+        message, name = self.report
+        log.info(message, extra={name: self.sweep()})
+        self._due = began + self.EVERY_SECONDS
+
+    def sweep(self) -> int:
         raise NotImplementedError

@@ -348,10 +348,11 @@ class Settings:
     )
     retention_days: str = _setting(
         "consent_proof=1825,access_log=730,event_history=395,privacy_requests=1825,"
-        "access_exports=30",
+        "access_exports=30,stream_changes=30",
         "Days each kind of data is kept, as kind=days,...: consent proof after the consent "
         "ended, access-log entries, event history, closed data-subject requests, access "
-        "exports awaiting download; each service sweeps the kinds it holds",
+        "exports awaiting download, a streaming export's changes after they were sent or "
+        "cancelled; each service sweeps the kinds it holds",
         check=_kind_days,
     )
     consent_purposes_file: str = _setting(

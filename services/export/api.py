@@ -422,7 +422,11 @@ def _runs_blueprint() -> Blueprint:
     @blueprint.alt_response(404, description="no such streaming partner")
     def get_stream(partner_id):
         """A streaming partner's stream: changes by status (pending, sent, not_sent,
-        cancelled), what was sent, the last receipt and the last error."""
+        cancelled), what was sent, the last receipt and the last error. ``changes`` counts
+        the changes still kept: a settled one (sent, not_sent, cancelled) is deleted once
+        older than its retention (``stream_changes`` in CDP_RETENTION_DAYS, 30 days by
+        default), while ``progress`` counts everything the stream ever considered and
+        sent."""
         _visible_partner(partner_id)
         store = _store()
         contract = store.partner(partner_id, include_deleted=True)

@@ -5,9 +5,10 @@ states, restrictions) is fed from Kafka by the worker. Besides it: partner contr
 secrets sealed, services.export.sealing), runs (one at a time per partner, through the
 partner's run slot; claimed by one worker at a time through a lease), each run's batches
 (the exact bytes sent, so a resumed run re-sends a batch unchanged under the same
-idempotency key), the changes waiting for a streaming partner and each such
-partner's stream (leased like a run, its batches stored like a run's), the record of what
-each partner received about each profile, and the deletion notices waiting to go out.
+idempotency key), the changes waiting for a streaming partner (kept, once settled, for
+their retention: services.export.housekeeping) and each such partner's stream (leased like
+a run, its batches stored like a run's), the record of what each partner received about
+each profile, and the deletion notices waiting to go out.
 
 Reads and writes go by ``_id`` wherever a hot path allows: FerretDB 1.x pushes little else
 down to SQLite.
@@ -19,12 +20,12 @@ by ``_id``: ``identifier:<type>:<value>`` → the read-model profiles that held 
 the profiles merged into it (``merged_profiles``).
 Each entry is added before the row it points to is written (a crash leaves at most an entry
 pointing at nothing), lookups check the row still holds what the entry says, and an erasure
-removes the subject's entries.
+removes the subject's entries (the retention sweep takes out the stream changes it deletes).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -37,8 +38,11 @@ from pymongo.database import Database
 from services.common.store import (
     IDS_PER_QUERY,
     bulk_write,
+    delete_by_ids,
     find_by_ids,
     insert_new,
+    older_than,
+    paced,
     pack,
     raise_write_errors,
     unpack,
@@ -67,6 +71,10 @@ ERASURES = "export_erasures"
 # them however often the erasure is handled
 ERASURE_PARTNERS = "export_erasure_partners"
 
+# the lists an index entry may hold: an entry is deleted only once none holds anything
+INDEX_LISTS = ("profile_ids", "delivery_ids", "consent_purposes", "stream_changes",
+               "merged_profiles")
+
 # per partner, its latest run: a new run takes it only from a run that ended
 RUN_SLOTS = "export_run_slots"
 # a slot whose run is not stored yet is held this long (a request that died meanwhile frees it)
@@ -74,6 +82,8 @@ RUN_SLOT_GRACE = timedelta(seconds=60)
 
 RUN_ACTIVE = ("queued", "running")
 CHANGE_STATES = ("pending", "sent", "not_sent", "cancelled")
+# settled changes deleted between two pauses of the retention sweep
+SETTLED_CHANGES_CHUNK = 500
 NOTICE_STATES = ("pending", "sent", "failed")
 
 
@@ -405,14 +415,17 @@ class ExportStore:
             for key, fields in sorted(additions.items())], taken=add_to_stored)
 
     def _index_pull(self, keys: Iterable[str], field: str, ids: list[str]) -> None:
-        """Take ``ids`` out of each entry's ``field``; an entry left empty is deleted."""
+        """Take ``ids`` out of each entry's ``field``; an entry left holding nothing is
+        deleted (a profile's entry holding its consent purposes or merged profiles stays)."""
         for key in sorted(set(keys)):
             entry = self.db[SUBJECT_INDEX].find_one_and_update(
                 # $pullAll: FerretDB 1.x ignores a $pull with a condition ({"$in": ...})
                 {"_id": key}, {"$pullAll": {field: ids}},
                 return_document=pymongo.ReturnDocument.AFTER)
-            if entry is not None and not entry.get(field):
-                self.db[SUBJECT_INDEX].delete_one({"_id": key, field: []})
+            if entry is not None and not any(entry.get(name) for name in INDEX_LISTS):
+                # only while still empty: an id added meanwhile, to any list, keeps the entry
+                self.db[SUBJECT_INDEX].delete_one({"_id": key, **{
+                    name: [] if name in entry else {"$exists": False} for name in INDEX_LISTS}})
 
     def set_restricted(self, profile_ids: list[str], restricted: bool) -> None:
         """Restrict the profiles, or lift their restrictions (the profiles are then marked
@@ -733,10 +746,32 @@ class ExportStore:
         return sorted(docs, key=lambda doc: (_aware(doc["queued_at"]), doc["_id"]))[:limit]
 
     def stream_change_counts(self, partner_id: str) -> dict[str, int]:
-        """How many of the partner's changes are in each state."""
+        """How many of the partner's changes are in each state: the pending ones and the
+        settled ones still kept (``expire_settled_stream_changes``)."""
         counts = {status: self.db[STREAM_CHANGES].count_documents(
             {"partner_id": partner_id, "status": status}) for status in CHANGE_STATES}
         return {status: number for status, number in counts.items() if number}
+
+    def expire_settled_stream_changes(self, before: datetime,
+                                      pause: Callable[[float], bool] | None = None) -> int:
+        """Delete the changes settled (sent, not sent or cancelled) before ``before``, and
+        their ids from their profiles' index entries; returns how many went. Found by one
+        streamed read of ``settled_at`` (a pending change has none), then
+        ``SETTLED_CHANGES_CHUNK`` at a time by ``_id``, ``pause`` between chunks
+        (``store.paced``; it returns True to stop). Only a pending change is ever looked up
+        through the index (to cancel it), so its entries are cleared first: a sweep cut short
+        leaves a change no entry names, which the next sweep deletes."""
+        settled = older_than(self.db[STREAM_CHANGES], "settled_at", before, ("profile_id",))
+        deleted = 0
+        for chunk in paced(settled, SETTLED_CHANGES_CHUNK, pause):
+            by_profile: dict[str, list[str]] = {}
+            for change in chunk:
+                by_profile.setdefault(change["profile_id"], []).append(change["_id"])
+            for profile_id, change_ids in sorted(by_profile.items()):
+                self._index_pull([f"profile:{profile_id}"], "stream_changes", change_ids)
+            deleted += delete_by_ids(self.db[STREAM_CHANGES],
+                                     [change["_id"] for change in chunk])
+        return deleted
 
     def stream(self, partner_id: str) -> dict[str, Any] | None:
         return self.db[STREAMS].find_one({"_id": partner_id})

@@ -3,7 +3,8 @@
 One consumer loop (group ``export-feed``) keeps the read model from cdp.profile.changes and
 cdp.consent.changes and answers cdp.privacy.requests on cdp.privacy.acks (services.export.feed).
 Beside it the run executor (services.export.runs) claims export runs and deletion notices,
-and the stream executor (services.export.streaming) sends streaming partners their changes.
+the stream executor (services.export.streaming) sends streaming partners their changes, and
+the housekeeping (services.export.housekeeping) deletes their settled changes past retention.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from pymongo.database import Database
 
-from services.common import topics
+from services.common import retention, topics
 from services.common.bus import ConsumerLoop, Outgoing, Producer
 from services.common.config import Settings
 from services.common.envelope import Envelope
@@ -31,6 +32,7 @@ from services.export.export_store import (
     STREAM_CHANGES,
     ExportStore,
 )
+from services.export.housekeeping import SettledChangesSweep
 from services.export.runs import RunExecutor
 from services.export.sealing import SecretBox
 from services.export.streaming import StreamExecutor
@@ -56,7 +58,8 @@ def build_consumers(settings: Settings, producer: Producer, db: Database) -> lis
         topics=[topics.PROFILE_CHANGES, topics.CONSENT_CHANGES, topics.PRIVACY_REQUESTS],
         handler=make_handler(store), batch_handler=make_batch_handler(store),
         producer=producer, ledger=ledger)
-    return [consumer, *build_executors(settings, store)]
+    return [consumer, *build_executors(settings, store),
+            SettledChangesSweep(store, retention.parse_policy(settings.retention_days))]
 
 
 def make_handler(store: ExportStore):

@@ -25,11 +25,13 @@ def own_export_store(mongo_client, settings, name: str) -> Iterator[ExportStore]
     mongo_client.drop_database(name)
 
 
-def save_partner(store: ExportStore, partner_id: str, destination: Destination) -> None:
+def save_partner(store: ExportStore, partner_id: str, destination: Destination,
+                 **contract) -> None:
     # built directly, not parsed: a contract stored before its destination was checked
     store.save_partner(PartnerContract(
         partner_id=partner_id, name=partner_id, required_purposes=("marketing",),
-        fields=(FieldRule(name="pid", source="profile_id"),), destination=destination))
+        fields=(FieldRule(name="pid", source="profile_id"),), destination=destination,
+        **contract))
 
 
 def consented_profiles(store: ExportStore, profile_ids: list[str]) -> None:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
+import pytest
+
 from services.common.background import BackgroundLoop
-from services.identity import housekeeping
+from services.export.housekeeping import SettledChangesSweep
+from services.identity.housekeeping import OrphanLinkSweep
 
 
 class Failing(BackgroundLoop):
@@ -27,10 +32,14 @@ def test_a_failing_step_is_logged_and_tried_again_without_stopping_the_worker(ca
     assert [r.levelname for r in caplog.records] == ["WARNING", "ERROR"]
 
 
-def test_the_orphan_link_sweep_runs_daily_and_an_hour_after_one_that_failed(monkeypatch):
+@pytest.mark.parametrize("daily_sweep", [
+    lambda: OrphanLinkSweep(graph=None),  # identity: links to profiles no longer in the graph
+    lambda: SettledChangesSweep(store=None, policy={}),  # export: settled stream changes
+])
+def test_a_daily_sweep_runs_daily_and_an_hour_after_one_that_failed(monkeypatch, daily_sweep):
     clock = [0.0]
-    monkeypatch.setattr(housekeeping.time, "monotonic", lambda: clock[0])
-    sweep = housekeeping.OrphanLinkSweep(graph=None)
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    sweep = daily_sweep()
     outcomes = [ConnectionError("store away"), 0, 0]
     ran = []
 
