@@ -27,6 +27,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -39,6 +40,7 @@ from services.common.bus import ensure_topics
 from services.common.config import Settings
 from services.social import signatures
 from tests.support.processes import ServiceApi
+from tests.support.social_fixtures import sent_at
 
 FIXTURES = Path(__file__).parents[1] / "tests" / "fixtures" / "social"
 META_FIXTURE = "meta_page_feed_comment.json"
@@ -115,7 +117,7 @@ def meta_delivery(template: str, secret: str) -> tuple[bytes, dict[str, str], st
     """A page feed comment by a new author with a new comment id: body, headers, message id."""
     comment, author = _fresh_digits(), _fresh_digits()
     text = template.replace("1122334455667788", comment).replace("7012345678901234", author)
-    body = json.dumps(json.loads(text)).encode()
+    body = json.dumps(sent_at(json.loads(text), datetime.now(UTC))).encode()
     return (body, {"Content-Type": "application/json",
                    "X-Hub-Signature-256": signatures.meta_signature(secret, body)},
             f"social:facebook:798765432109876_{comment}")
@@ -127,7 +129,7 @@ def x_delivery(template: str, secret: str) -> tuple[bytes, dict[str, str], str]:
     tweet, author = _fresh_digits(), _fresh_digits()
     text = (template.replace("1797560000000000001", tweet).replace("6253282", author)
             .replace("Anna_Virtanen", f"fan_{author}"))
-    body = json.dumps(json.loads(text)).encode()
+    body = json.dumps(sent_at(json.loads(text), datetime.now(UTC))).encode()
     return (body, {"Content-Type": "application/json",
                    "x-twitter-webhooks-signature": signatures.x_signature(secret, body)},
             f"social:x:{tweet}")

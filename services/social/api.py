@@ -5,6 +5,7 @@ page. Every delivery is answered only after Kafka acknowledged what it produced.
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime
 
 import flask
 import orjson
@@ -24,7 +25,7 @@ from services.common.web import (
     require_roles,
     runtime,
 )
-from services.social import messages, privacy, signatures
+from services.social import messages, privacy, replays, signatures
 from services.social.classify import detect_language
 from services.social.classify import model as classify_model
 from services.social.filing import FilingFailed, PrivacyFiler
@@ -33,6 +34,8 @@ from services.social.social_store import DeletionStatuses
 from services.social.worker import page_scoped_erasures
 
 MAX_DELIVERY_BYTES = 1024 * 1024
+PRODUCED = (f"produced to cdp.events.social, but for events more than "
+            f"{replays.OLDEST_AGE.days} days old: refused as possible replays (too_old)")
 MAX_COMPLIANCE_EVENTS = 1000
 
 
@@ -80,15 +83,23 @@ def _json(body: bytes):
 
 
 def _publish(normalise, delivery) -> dict:
+    """A signed delivery's events produced, but for those too old to tell from a replay
+    (services.social.replays): refused, counted, and still answered 200. The platforms retry
+    any other answer, and not that event alone but the whole delivery, fresh events
+    included, until they give up on the endpoint; what they sent legitimately that late
+    could not be taken in anyway."""
     try:
         normalised = normalise(delivery)
     except messages.UnreadablePayload as exc:
         metrics.EVENTS_REJECTED.labels(SERVICE, "social", "malformed").inc()
         raise Problem(400, str(exc)) from None
+    normalised, too_old = replays.without_replays(normalised, datetime.now(UTC))
+    if too_old:
+        metrics.EVENTS_REJECTED.labels(SERVICE, "social", "too_old").inc(too_old)
     produced = publish(runtime().producer, normalised, source="webhook")
     # Instagram mentions carry ids only: the worker fetches their text after this answer
     return {"received": True, "produced": produced, "skipped": len(normalised.skipped),
-            "fetching": len(normalised.to_fetch)}
+            "fetching": len(normalised.to_fetch), "too_old": too_old}
 
 
 def _text(body: str, status: int = 200) -> flask.Response:
@@ -115,7 +126,7 @@ def _meta_blueprint() -> Blueprint:
 
     @blueprint.route("/webhook", methods=["POST"])
     @authenticated_by_platform("X-Hub-Signature-256")
-    @blueprint.doc(responses={200: {"description": "produced to cdp.events.social"},
+    @blueprint.doc(responses={200: {"description": PRODUCED},
                               400: {"description": "not a Meta delivery"},
                               401: {"description": "no signature"},
                               403: {"description": "the signature does not match"}})
@@ -210,7 +221,7 @@ def _x_blueprint() -> Blueprint:
 
     @blueprint.route("/webhook", methods=["POST"])
     @authenticated_by_platform("x-twitter-webhooks-signature")
-    @blueprint.doc(responses={200: {"description": "produced to cdp.events.social"},
+    @blueprint.doc(responses={200: {"description": PRODUCED},
                               400: {"description": "not an Account Activity delivery"},
                               401: {"description": "no signature"},
                               403: {"description": "the signature does not match"}})

@@ -179,7 +179,9 @@ def _objects(value: Any) -> list[dict]:
 # --- Meta --------------------------------------------------------------------------------------
 
 def from_meta(delivery: Any) -> Normalised:
-    """A Meta webhook delivery (``object`` page or instagram) → messages.
+    """A Meta webhook delivery (``object`` page or instagram) → messages; one whose item
+    carries no time of its own (a page ``mention``) takes its entry's ``time``, when Meta
+    sent the update.
 
     Raises UnreadablePayload unless it is an object with ``object`` and an ``entry`` list."""
     if not isinstance(delivery, dict) or not isinstance(delivery.get("entry"), list):
@@ -192,7 +194,8 @@ def from_meta(delivery: Any) -> Normalised:
         account = _str(entry.get("id"))
         entry_time = _from_epoch(entry.get("time"))
         for event in _objects(entry.get("messaging")):
-            _add(result, _messenger(event, account, _platform(kind)), _platform(kind))
+            _add(result, _messenger(event, account, _platform(kind), entry_time),
+                 _platform(kind))
         for change in _objects(entry.get("changes")):
             value = change.get("value")
             if not isinstance(value, dict):
@@ -200,9 +203,9 @@ def from_meta(delivery: Any) -> Normalised:
                 continue
             field_name = change.get("field")
             if kind == "page" and field_name == "feed":
-                outcome = _page_feed(value, account)
+                outcome = _page_feed(value, account, entry_time)
             elif kind == "page" and field_name == "mention":
-                outcome = _page_mention(value, account)
+                outcome = _page_mention(value, account, entry_time)
             elif kind == "instagram" and field_name in ("comments", "live_comments"):
                 outcome = _instagram_comment(value, account, entry_time)
             elif kind == "instagram" and field_name == "mentions":
@@ -227,8 +230,8 @@ def _add(result: Normalised, outcome: SocialMessage | Skipped | None, platform: 
         result.skipped.append(outcome or Skipped(platform, "unsupported"))
 
 
-def _messenger(event: dict, account: str | None,
-               platform: str) -> SocialMessage | Skipped | None:
+def _messenger(event: dict, account: str | None, platform: str,
+               entry_time: datetime | None) -> SocialMessage | Skipped | None:
     """A Messenger (or Instagram messaging) event; the sender's id is page- (or Instagram-)
     scoped."""
     message = event.get("message")
@@ -246,11 +249,13 @@ def _messenger(event: dict, account: str | None,
     return SocialMessage(
         platform=platform, platform_id=str(message["mid"]), kind="direct_message",
         author=Author(id=sender), text=_str(message.get("text")) or "",
-        created_at=_from_epoch(event.get("timestamp")), in_reply_to=_str(reply_to.get("mid")),
+        created_at=_from_epoch(event.get("timestamp")) or entry_time,
+        in_reply_to=_str(reply_to.get("mid")),
         media=media, account_id=account)
 
 
-def _page_feed(value: dict, account: str | None) -> SocialMessage | Skipped | None:
+def _page_feed(value: dict, account: str | None,
+               entry_time: datetime | None) -> SocialMessage | Skipped | None:
     item = value.get("item")
     if item not in ("comment", "post", "status", "photo", "video", "share"):
         return Skipped("facebook", "unsupported")  # reactions, likes, events...
@@ -274,11 +279,13 @@ def _page_feed(value: dict, account: str | None) -> SocialMessage | Skipped | No
     return SocialMessage(
         platform="facebook", platform_id=platform_id, kind=kind,
         author=Author(id=author_id, name=_str(sender.get("name"))),
-        text=_str(value.get("message")) or "", created_at=_from_epoch(value.get("created_time")),
+        text=_str(value.get("message")) or "",
+        created_at=_from_epoch(value.get("created_time")) or entry_time,
         in_reply_to=parent, conversation_id=post_id, media=media, account_id=account)
 
 
-def _page_mention(value: dict, account: str | None) -> SocialMessage | Skipped:
+def _page_mention(value: dict, account: str | None,
+                  entry_time: datetime | None) -> SocialMessage | Skipped:
     if value.get("verb") != "add":
         return Skipped("facebook", "not_added")
     author_id = _str(value.get("sender_id"))
@@ -291,7 +298,8 @@ def _page_mention(value: dict, account: str | None) -> SocialMessage | Skipped:
     return SocialMessage(
         platform="facebook", platform_id=platform_id, kind="mention",
         author=Author(id=author_id, name=_str(value.get("sender_name"))),
-        text=_str(value.get("message")) or "", created_at=_from_epoch(value.get("created_time")),
+        text=_str(value.get("message")) or "",
+        created_at=_from_epoch(value.get("created_time")) or entry_time,
         conversation_id=_str(value.get("post_id")), account_id=account)
 
 

@@ -10,6 +10,7 @@ import base64
 import json
 import re
 import threading
+import time
 import uuid
 from collections import Counter
 from http.server import BaseHTTPRequestHandler
@@ -151,7 +152,7 @@ def mention_stack(test_env, settings, fake_graph):
 def notify(api, media_id: str, comment_id: str | None = None) -> requests.Response:
     value = {"media_id": media_id, **({"comment_id": comment_id} if comment_id else {})}
     body = json.dumps({"object": "instagram", "entry": [
-        {"id": BRAND, "time": 1717407600,
+        {"id": BRAND, "time": int(time.time()),  # sent now: an old one is refused
          "changes": [{"field": "mentions", "value": value}]}]}).encode()
     return requests.post(f"{api.url}/v1/social/meta/webhook", data=body, timeout=10, headers={
         "Content-Type": "application/json",
@@ -175,7 +176,8 @@ def test_caption_mention_is_answered_first_then_fetched_into_an_event(
 
     answer = notify(mention_stack, media_id)
     assert answer.status_code == 200, answer.text
-    assert answer.json() == {"received": True, "produced": 0, "skipped": 0, "fetching": 1}
+    assert answer.json() == {"received": True, "produced": 0, "skipped": 0, "fetching": 1,
+                             "too_old": 0}
     # answered although the Graph API has not answered the fetch yet
     wait_until(lambda: fake_graph.calls[media_id], 60, interval=0.2, what="the fetch")
     fake_graph.held[media_id].set()

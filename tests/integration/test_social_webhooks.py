@@ -1,11 +1,13 @@
 """The social API process against the real broker: signed Meta and X deliveries reach
-cdp.events.social once per event, unsigned or tampered ones produce nothing, handshakes
-answer, the collector endpoint works, and the identity worker resolves social events."""
+cdp.events.social once per event, unsigned or tampered ones produce nothing, events older than
+the consumers' ledger remembers are refused as replays (answered 200), handshakes answer, the
+collector endpoint works, and the identity worker resolves social events."""
 
 from __future__ import annotations
 
 import json
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -15,9 +17,11 @@ from services.common import topics
 from services.common.bus import ensure_topics
 from services.common.identifiers import is_hetu_digest
 from services.social import signatures
+from services.social.replays import OLDEST_AGE
 from tests.support.hetus import valid_hetu
 from tests.support.kafka import read_all, read_records
 from tests.support.processes import ServiceApi, ServiceWorker, wait_until
+from tests.support.social_fixtures import sent_at
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "social"
 META_SECRET = "meta-secret-" + uuid.uuid4().hex
@@ -44,14 +48,20 @@ def unique_digits() -> str:
     return str(uuid.uuid4().int)[:16]
 
 
-def fixture_with_fresh_ids(name: str, *ids: str) -> tuple[bytes, dict[str, str]]:
+def delivery_with_fresh_ids(name: str, *ids: str, at: datetime | None = None
+                            ) -> tuple[dict, dict[str, str]]:
     """The fixture with each of ``ids`` replaced by a fresh number, so repeated runs on the
-    same broker do not see each other's events."""
+    same broker do not see each other's events, sent ``at`` (now by default)."""
     text = (FIXTURES / name).read_text()
     fresh = {old: unique_digits() for old in ids}
     for old, new in fresh.items():
         text = text.replace(old, new)
-    return json.dumps(json.loads(text)).encode(), fresh
+    return sent_at(json.loads(text), at or datetime.now(UTC)), fresh
+
+
+def fixture_with_fresh_ids(name: str, *ids: str) -> tuple[bytes, dict[str, str]]:
+    delivery, fresh = delivery_with_fresh_ids(name, *ids)
+    return json.dumps(delivery).encode(), fresh
 
 
 def messages_with(settings, topic, predicate, count=1, exactly=False, timeout=30):
@@ -135,6 +145,62 @@ def test_tampered_or_unsigned_meta_delivery_is_refused_and_produces_nothing(
     author = fresh["6543210987654"]
     assert not [m for m in read_all(settings, topics.EVENTS_SOCIAL, idle_ms=300)
                 if m["identifiers"].get("facebook_id") == author]
+
+
+def rejected_too_old(api) -> float:
+    text = requests.get(f"{api.url}/metrics", timeout=10).text
+    sample = 'muisti_events_rejected_total{channel="social",reason="too_old",service="social"}'
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(sample))
+
+
+def test_a_signed_event_older_than_the_ledger_remembers_is_answered_200_and_not_ingested(
+        social_api, settings):
+    """A captured delivery replayed once its events may have left the consumers' ledger:
+    the platform's signature still verifies, so the events' own time is what refuses them;
+    a fresh event in the same delivery still goes."""
+    replayed_at = datetime.now(UTC) - OLDEST_AGE - timedelta(hours=1)
+    old, old_ids = delivery_with_fresh_ids("meta_page_feed_comment.json", "1122334455667788",
+                                           "7012345678901234", at=replayed_at)
+    new, new_ids = delivery_with_fresh_ids("meta_page_feed_comment.json", "1122334455667788",
+                                           "7012345678901234")
+    body = json.dumps({"object": "page", "entry": old["entry"] + new["entry"]}).encode()
+    refused_before = rejected_too_old(social_api)
+
+    response = post_meta(social_api, body, signatures.meta_signature(META_SECRET, body))
+
+    assert response.status_code == 200, response.text
+    assert (response.json()["produced"], response.json()["too_old"]) == (1, 1)
+    assert rejected_too_old(social_api) == refused_before + 1
+    # answered after Kafka acknowledged what was produced: the fresh event, not the old
+    messages_with(settings, topics.EVENTS_SOCIAL, lambda m: m["identifiers"].get(
+        "facebook_id") == new_ids["7012345678901234"], exactly=True)
+    assert not [m for m in read_all(settings, topics.EVENTS_SOCIAL, idle_ms=300)
+                if m["identifiers"].get("facebook_id") == old_ids["7012345678901234"]]
+
+
+def test_a_signed_x_event_is_taken_in_until_it_is_older_than_the_ledger_remembers(
+        social_api, settings):
+    url = f"{social_api.url}/v1/social/x/webhook"
+
+    def deliver(age: timedelta) -> tuple[requests.Response, str]:
+        delivery, fresh = delivery_with_fresh_ids("x_tweet_mention.json",
+                                                  "1797560000000000001", "6253282",
+                                                  at=datetime.now(UTC) - age)
+        body = json.dumps(delivery).encode()
+        return requests.post(url, data=body, timeout=10, headers={
+            "x-twitter-webhooks-signature": signatures.x_signature(X_SECRET, body)}), \
+            f"social:x:{fresh['1797560000000000001']}"
+
+    remembered, remembered_id = deliver(OLDEST_AGE - timedelta(hours=1))
+    forgotten, forgotten_id = deliver(OLDEST_AGE + timedelta(hours=1))
+
+    assert (remembered.status_code, remembered.json()["produced"]) == (200, 1)
+    assert forgotten.status_code == 200, forgotten.text
+    assert (forgotten.json()["produced"], forgotten.json()["too_old"]) == (0, 1)
+    messages_with(settings, topics.EVENTS_SOCIAL, lambda m: m["message_id"] == remembered_id)
+    assert not [m for m in read_all(settings, topics.EVENTS_SOCIAL, idle_ms=300)
+                if m["message_id"] == forgotten_id]
 
 
 def test_signed_but_malformed_delivery_is_a_400(social_api):
