@@ -33,7 +33,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pymongo.errors
-from pymongo import DeleteOne, InsertOne, ReplaceOne, UpdateOne
+from pymongo import DeleteOne, InsertOne, ReplaceOne, ReturnDocument, UpdateOne
 from pymongo.database import Database
 
 from services.common.store import (
@@ -61,6 +61,9 @@ NAMES = "profile_names"
 LEGACY_NAMES = "profile_name_index"  # earlier versions' prefix buckets
 CONSENTS = "profile_consents"
 ERASED = "profile_erasures"
+# per erasure request, how much its handlings deleted (counts only, no personal data): a retry
+# or a redelivery finds little or nothing left, and its ack must still report the erasure's work
+ERASURE_COUNTS = "profile_erasure_counts"
 # where earlier versions listed each profile's access-log entry ids (adopt_listed_accesses)
 LISTED_ACCESSES = "profile_access_index"
 
@@ -72,7 +75,7 @@ LEGACY_PREFIX_MAX = 12
 NAME_REBUILD_CHUNK = 100  # profiles indexed between two pauses of a rebuild
 NAME_REBUILD_ROUNDS = 5  # re-reads of a chunk's profiles while the projection changes them
 KEY_CHARACTERS = frozenset(string.ascii_lowercase + string.digits + "-'")
-EXPIRY_CHUNK = 500  # expired access-log entries deleted between two pauses of a sweep
+EXPIRY_CHUNK = 500  # expired documents deleted between two pauses of a sweep
 ADOPTION_CHUNK = 50  # profiles whose listed access-log entries are re-keyed between pauses
 ERASED_SWEEP_PAGE = 1000  # index entries whose profiles are checked for tombstones in one read
 # how long an erased profile still stored is left to its erasure (a retry of one cut short)
@@ -134,6 +137,7 @@ class ProfileStore:
         self.listed_accesses = EarlierCollection(db, LISTED_ACCESSES)
         self.consents = db[CONSENTS]
         self.erased = db[ERASED]
+        self.erasure_counts = db[ERASURE_COUNTS]
 
     def load(self, profile_id: str) -> dict | None:
         return unpack(self.profiles.find_one({"_id": profile_id}))
@@ -453,6 +457,22 @@ class ProfileStore:
                                          {"profile_id": profile_id})
         return removed
 
+    def count_erased(self, request_id: str, kind: str, count: int,
+                     at: datetime) -> dict[str, int]:
+        """Add ``count`` to how much of ``kind`` the erasure ``request_id`` deleted; returns
+        every count of that erasure, over all its handlings. ``handled_at``, its latest
+        handling, dates the record for retention."""
+        doc = self.erasure_counts.find_one_and_update(
+            {"_id": request_id},
+            {"$inc": {f"deleted.{kind}": count}, "$max": {"handled_at": at}},
+            upsert=True, return_document=ReturnDocument.AFTER)
+        return doc["deleted"]
+
+    def expire_erasure_counts(self, before: datetime,
+                              pause: Callable[[float], bool] | None = None) -> int:
+        """Delete the erasure counts last handled before ``before`` (the retention sweep)."""
+        return _delete_older(self.erasure_counts, "handled_at", before, pause)
+
     def is_erased(self, profile_id: str) -> bool:
         return self.erased.find_one({"_id": profile_id}) is not None
 
@@ -479,11 +499,8 @@ class ProfileStore:
 
     def expire_accesses(self, before: datetime,
                         pause: Callable[[float], bool] | None = None) -> int:
-        """Delete the entries older than ``before`` (one streamed read: the retention sweep),
-        ``EXPIRY_CHUNK`` at a time with ``pause`` between chunks (``store.paced``)."""
-        expired = [entry["_id"] for entry in older_than(self.access_log, "at", before)]
-        return sum(delete_by_ids(self.access_log, chunk)
-                   for chunk in paced(expired, EXPIRY_CHUNK, pause))
+        """Delete the entries older than ``before`` (the retention sweep)."""
+        return _delete_older(self.access_log, "at", before, pause)
 
     def accesses(self, profile_id: str, limit: int) -> list[dict]:
         """The profile's newest ``limit`` access-log entries (one ``_id`` range: a filter on
@@ -530,6 +547,15 @@ class ProfileStore:
             return []
         listed = self.listed_accesses.collection.find_one({"_id": profile_id})
         return (listed or {}).get("entries") or []
+
+
+def _delete_older(collection, field_name: str, before: datetime,
+                  pause: Callable[[float], bool] | None) -> int:
+    """Delete the documents whose ``field_name`` is before ``before``, found by one streamed
+    read (``store.older_than``), ``EXPIRY_CHUNK`` at a time with ``pause`` between chunks
+    (``store.paced``); returns how many."""
+    expired = [doc["_id"] for doc in older_than(collection, field_name, before)]
+    return sum(delete_by_ids(collection, chunk) for chunk in paced(expired, EXPIRY_CHUNK, pause))
 
 
 def _accesses_of(profile_id: str) -> dict:

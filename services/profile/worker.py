@@ -8,13 +8,15 @@ Four consumer groups and one background loop:
 * ``profile-consents``: cdp.consent.changes into the profile-side consent states that
   purpose-bound reads consult, a poll's worth together;
 * ``profile-privacy``: cdp.privacy.requests (erasure, access, rectification, restriction),
-  each answered by one ack on cdp.privacy.acks;
+  each answered by one ack on cdp.privacy.acks (an erasure's counts what all its handlings
+  deleted);
 * ``profile-accesses``: cdp.profile.accesses, the API's record of every read, into the access
   log (access_log.py);
 * housekeeping: the resumable segment-membership pass over all profiles (whenever a
   definition changes, and daily, since rules over time windows and recency drift), history
-  past retention where the store has no TTL index, the access log's retention, and the move
-  of what earlier versions kept (name buckets, access lists, history month pages).
+  past retention where the store has no TTL index, the retention of the access log and of
+  erasures' counts, and the move of what earlier versions kept (name buckets, access lists,
+  history month pages).
 
 Every change is announced on cdp.profile.changes keyed by profile_id, carrying the profile's
 snapshot (docs/EVENTS.md).
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -309,7 +311,7 @@ class _EventRun:
                 for profile_id, _, entry in self.history if profile_id in erased)
             _delete_erased(self.context,
                            [self.profiles[p] for p in sorted(erased) if p in self.profiles],
-                           sorted(erased), set())
+                           sorted(erased))
             log.info("events applied to profiles erased meanwhile taken back",
                      extra={"profiles": sorted(erased)})
         return erased
@@ -641,32 +643,36 @@ def _subject_profiles(context: Context, request: PrivacyRequest,
     return [found[k] for k in sorted(found)]
 
 
-def _delete_erased(context: Context, docs: list[dict], ids: list[str],
-                   named: set[str]) -> dict[str, int]:
-    """Delete the erased profiles ``ids`` (those stored, as ``docs``) and all they keep;
-    returns how much of each. By ``_id`` only (no scan of a big collection), through what
-    the profile documents list: they are deleted after what they list, so a repeated
-    deletion still finds what a crash left. ``named``: the identifier keys an erasure
-    request names, whose index entries go last: an erasure cut short before is delivered
-    again and finds its profiles through them."""
+def _deleting(context: Context, docs: list[dict], ids: list[str],
+              named: set[str]) -> Iterator[tuple[str, int]]:
+    """Delete the erased profiles ``ids`` (those stored, as ``docs``) and all they keep, one
+    kind at a time as the caller iterates, yielding (kind, how many) after each. By ``_id``
+    only (no scan of a big collection), through what the profile documents list: they are
+    deleted after what they list, so a repeated deletion still finds what a crash left.
+    ``named``: the identifier keys an erasure request names, whose index entries go last: an
+    erasure cut short before is delivered again and finds its profiles through them."""
     store = context.store
     for doc in docs:
         store.index_name(doc["_id"], projection.name_of(doc), None)
     held = {f"{t}:{v}" for d in docs for t, values in d["identifiers"].items() for v in values}
-    summary = {
-        # every id over every month any of them lists: a merge may have copied pages
-        # into a profile already deleted
-        "history_events": context.history.erase(
-            dict.fromkeys(ids, sorted({m for d in docs for m in d.get("history_months", [])}))),
-        "segment_memberships": context.segments.remove_profiles(ids),
-        "access_log_entries": store.delete_accesses(ids),
-        "consent_states": store.delete_consents(
-            [*ids, *(f"id:{key}" for key in sorted(named | held))]),
-        "identifier_index_entries": store.unindex_keys(held - named, ids),
-        "profiles": store.delete_profiles(ids),
-    }
-    summary["identifier_index_entries"] += store.unindex_keys(named, ids)
-    return summary
+    # every id over every month any of them lists: a merge may have copied pages into a
+    # profile already deleted
+    yield "history_events", context.history.erase(
+        dict.fromkeys(ids, sorted({m for d in docs for m in d.get("history_months", [])})))
+    yield "segment_memberships", context.segments.remove_profiles(ids)
+    yield "access_log_entries", store.delete_accesses(ids)
+    yield "consent_states", store.delete_consents(
+        [*ids, *(f"id:{key}" for key in sorted(named | held))])
+    yield "identifier_index_entries", store.unindex_keys(held - named, ids)
+    yield "profiles", store.delete_profiles(ids)
+    yield "identifier_index_entries", store.unindex_keys(named, ids)
+
+
+def _delete_erased(context: Context, docs: list[dict], ids: list[str]) -> None:
+    """All of ``_deleting``, counted for no request: what a run stored for profiles erased
+    meanwhile, or what is still stored under erased profiles."""
+    for _ in _deleting(context, docs, ids, set()):
+        pass
 
 
 def _erase_stored(context: Context, profile_ids: list[str]) -> None:
@@ -676,7 +682,7 @@ def _erase_stored(context: Context, profile_ids: list[str]) -> None:
     if docs:
         ids = [doc["_id"] for doc in docs]
         log.warning("erased profiles still stored, erased again", extra={"profiles": ids})
-        _delete_erased(context, docs, ids, set())
+        _delete_erased(context, docs, ids)
 
 
 def _erase(context: Context, request: PrivacyRequest, envelope: Envelope):
@@ -694,7 +700,12 @@ def _erase(context: Context, request: PrivacyRequest, envelope: Envelope):
         if not {d["_id"] for d in docs} - set(ids):
             break
         ids = sorted({*ids, *(d["_id"] for d in docs)})
-    summary = _delete_erased(context, docs, ids, {f"{t}:{v}" for t, v in request.identifiers})
+    # each count kept as soon as it is deleted: the ack reports what every handling of the
+    # erasure deleted, where a retry or a redelivery after a crash alone finds nothing left
+    summary: dict[str, int] = {}
+    for kind, count in _deleting(context, docs, ids,
+                                 {f"{t}:{v}" for t, v in request.identifiers}):
+        summary = store.count_erased(request.request_id, kind, count, now)
     outgoing = []
     for profile_id in ids:
         change = new_envelope(
@@ -777,8 +788,8 @@ def _restrict(context: Context, request: PrivacyRequest, envelope: Envelope):
 
 class Housekeeping(BackgroundLoop):
     """The background loop beside the consumers: the segment membership pass, history sweeps
-    where the store has no TTL, access-log retention, index entries left to erased profiles,
-    the move of what earlier versions kept."""
+    where the store has no TTL, access-log and erasure-count retention, index entries left to
+    erased profiles, the move of what earlier versions kept."""
 
     group = "profile-housekeeping"
     SWEEP_SECONDS = 3600.0
@@ -869,6 +880,11 @@ class Housekeeping(BackgroundLoop):
         keep_accesses = self.context.policy.get("access_log")
         accesses = (self.context.store.expire_accesses(now - keep_accesses, pause)
                     if keep_accesses is not None and retention else 0)
+        # what an erasure deleted is part of its request's proof: kept as long as the
+        # consent service keeps a closed request, counted from the erasure's latest handling
+        keep_requests = self.context.policy.get("privacy_requests")
+        erasure_counts = (self.context.store.expire_erasure_counts(now - keep_requests, pause)
+                          if keep_requests is not None and retention else 0)
         names = self.context.store.rebuild_name_index(_listed_name, pause)
         moved = self.context.history.migrate_month_pages(self.context.store.erased_among, now,
                                                          pause)
@@ -876,6 +892,7 @@ class Housekeeping(BackgroundLoop):
             now, partial(_erase_stored, self.context), pause) if retention
                      else {"names": 0, "identifiers": 0})
         summary = {"history_events": deleted, "access_log": accesses,
+                   "erasure_counts": erasure_counts,
                    "access_log_rekeyed": adopted, "names_indexed": names,
                    "timeline_entries_moved": moved,
                    "erased_names_unindexed": unindexed["names"],

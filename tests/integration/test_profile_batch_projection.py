@@ -4,10 +4,12 @@ keep their order."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from services.common import topics
 from services.common.envelope import new_envelope
 from services.common.store import ensure_indexes
 from services.profile import projection, worker
@@ -374,6 +376,78 @@ def test_an_erasure_cut_short_between_a_survivor_and_its_merged_profile_takes_bo
     assert traces(context, survivor) == {} and traces(context, merged) == {}
 
 
+def acked_summary(outgoing) -> dict:
+    """The summary of the privacy ack among a handler's messages."""
+    acks = [m.value.payload for m in outgoing if m.topic == topics.PRIVACY_ACKS]
+    assert len(acks) == 1
+    return acks[0]["summary"]
+
+
+def retried_by_the_dpo(request):
+    """The request sent again by ``POST /v1/privacy/requests/{id}/retry``: a message of its
+    own (services had recorded the first as handled)."""
+    return new_envelope(request.type, "system", message_id=f"{request.message_id}-retry-1",
+                        payload={**request.payload, "retry": {"attempt": 1,
+                                                             "services": ["profile"]}})
+
+
+@pytest.mark.parametrize("again", ["delivered again", "retried by the dpo"])
+def test_an_erasure_handled_again_acks_what_its_first_handling_deleted(context, unique, again):
+    profile_id = f"pa_{unique}"
+    worker.make_batch_handler(context)(shop_events(profile_id, "a"))
+    request = erasure(profile_id, f"a-{unique}")
+    first = acked_summary(worker.make_privacy_handler(context)(request))
+    # the first ack lost (a crash before it was produced), or the dpo retried the request
+    second = acked_summary(worker.make_privacy_handler(context)(
+        request if again == "delivered again" else retried_by_the_dpo(request)))
+
+    assert first["profiles"] == 1 and first["history_events"] == 3
+    assert second == first
+    assert traces(context, profile_id) == {}
+
+
+def test_an_erasure_cut_short_midway_acks_on_its_retry_what_both_handlings_deleted(
+        context, unique, monkeypatch):
+    profile_id = f"pc_{unique}"
+    worker.make_batch_handler(context)(shop_events(profile_id, "c"))
+    request = erasure(profile_id, f"c-{unique}")
+    remove_profiles = context.segments.remove_profiles
+
+    def history_deleted_then_the_worker_dies(profile_ids):
+        raise SystemExit("killed")
+
+    monkeypatch.setattr(context.segments, "remove_profiles", history_deleted_then_the_worker_dies)
+    with pytest.raises(SystemExit):
+        worker.make_privacy_handler(context)(request)
+    monkeypatch.setattr(context.segments, "remove_profiles", remove_profiles)
+    assert "history" not in traces(context, profile_id)
+
+    summary = acked_summary(worker.make_privacy_handler(context)(request))  # delivered again
+
+    assert summary["history_events"] == 3  # deleted by the handling cut short
+    assert summary["profiles"] == 1  # deleted by this one
+
+
+def test_an_erasures_counts_hold_no_personal_data_and_go_with_closed_requests_retention(
+        context, unique):
+    keep = context.policy["privacy_requests"]
+    handled = {}
+    for age, tag in ((keep + timedelta(days=1), "old"), (keep - timedelta(days=1), "kept")):
+        profile_id = f"p{tag}_{unique}"
+        worker.make_batch_handler(context)(shop_events(profile_id, tag))
+        then = dataclasses.replace(context, clock=lambda age=age: datetime.now(UTC) - age)
+        worker.make_privacy_handler(then)(erasure(profile_id, f"{tag}-{unique}"))
+        handled[tag] = f"req-{tag}-{unique}"
+    record = context.store.erasure_counts.find_one({"_id": handled["kept"]})
+    assert set(record) == {"_id", "deleted", "handled_at"}
+    assert all(isinstance(count, int) for count in record["deleted"].values())
+
+    worker.Housekeeping(context, producer=None, sweep_history=False).sweep()
+
+    assert context.store.erasure_counts.find_one({"_id": handled["old"]}) is None
+    assert context.store.erasure_counts.find_one({"_id": handled["kept"]}) is not None
+
+
 def test_a_profile_a_run_stored_after_its_erasure_goes_when_the_run_is_delivered_again(
         context, unique, monkeypatch):
     profile_id = f"pz_{unique}"
@@ -409,7 +483,7 @@ def test_an_event_arriving_while_an_erasure_waits_for_its_retry_leaves_nothing_o
         raise SystemExit("killed")
 
     # killed right after marking the profile erased, before deleting anything
-    monkeypatch.setattr(worker, "_delete_erased", the_worker_dies)
+    monkeypatch.setattr(worker, "_deleting", the_worker_dies)
     with pytest.raises(SystemExit):
         worker.make_privacy_handler(context)(request)
     monkeypatch.undo()
