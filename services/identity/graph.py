@@ -19,6 +19,10 @@ Rules, for one event carrying a set of normalised identifiers:
 * Every link remembers the event that made it, so any merge can be explained and undone.
 * A link a crash left off its profile's list (a resolution or a release cut short) is listed
   by the next event carrying it, within the limit like a new link; past the limit it goes.
+* An event may name one of its identifiers an earlier name of another of the same type (an
+  account renamed: Segment's alias from an earlier userId). The earlier name counts toward no
+  limit, so the two join one profile, and the profile lists it as such once it holds both:
+  one account under two names, which still merges with other profiles as one would.
 """
 
 from __future__ import annotations
@@ -69,16 +73,20 @@ class Link:
 @dataclass(frozen=True)
 class ProfileNode:
     """A profile as the graph keeps it; ``identifiers`` are those its own record lists (they
-    can lag its links after a crash between the two writes; resolution repairs that)."""
+    can lag its links after a crash between the two writes; resolution repairs that), and
+    ``renamed`` those of them it lists as earlier names of another."""
 
     profile_id: str
     created_at: datetime
     merged_into: str | None = None
     identifiers: frozenset[Identifier] = frozenset()
+    renamed: frozenset[Identifier] = frozenset()
 
-    def count_by_type(self) -> dict[str, int]:
+    def count_by_type(self, renamed: Iterable[Identifier] = ()) -> dict[str, int]:
+        """Its identifiers per type as the limits count them: an earlier name (listed as one,
+        or one of ``renamed``, which an event is about to list) counts for none."""
         counts: dict[str, int] = {}
-        for identifier in self.identifiers:
+        for identifier in self.identifiers - self.renamed - set(renamed):
             counts[identifier.type] = counts.get(identifier.type, 0) + 1
         return counts
 
@@ -115,6 +123,7 @@ class Resolution:
     linked: list[Identifier] = field(default_factory=list)
     merges: list[Merge] = field(default_factory=list)
     conflicts: list[Conflict] = field(default_factory=list)
+    renamed: list[Identifier] = field(default_factory=list)  # listed as earlier names now
 
 
 @dataclass(frozen=True)
@@ -191,19 +200,21 @@ class GraphRepository(GraphReader):
                           if now[link.identifier].profile_id != profile_id}
         return taken
 
-    def count_by_type(self, profile_id: str) -> dict[str, int]:
-        node = self.profile(profile_id)
-        return node.count_by_type() if node else {}
-
     def listed(self, profile_id: str) -> set[Identifier]:
         node = self.profile(profile_id)
         return set(node.identifiers) if node else set()
 
     @abstractmethod
     def merge(self, merge: Merge) -> None:
-        """Mark ``merge.merged`` as merged into the survivor and move all its links there.
+        """Mark ``merge.merged`` as merged into the survivor and move all its links there,
+        the earlier names it lists listed as such on the survivor.
 
         Idempotent and safe to repeat after a crash half-way."""
+
+    @abstractmethod
+    def note_renamed(self, profile_id: str, identifiers: Iterable[Identifier]) -> None:
+        """List ``identifiers`` (on the profile) as earlier names of another of its own; one
+        that leaves the profile (``move_links``, ``remove_links``) is no longer listed so."""
 
     @abstractmethod
     def move_links(self, identifiers: Iterable[Identifier], from_profile: str,
@@ -354,6 +365,7 @@ def resolve(
     limits: Mapping[str, int] = DEFAULT_LIMITS,
     max_attempts: int = 20,
     first_look: GraphReader | None = None,
+    renamed: Iterable[Identifier] = (),
 ) -> Resolution:
     """Resolve an event's identifiers to one profile, linking and merging by the rules above.
 
@@ -361,16 +373,17 @@ def resolve(
     are handled by locking the profiles involved and starting over when the graph changed
     under us (LinkTaken); after ``max_attempts`` the LinkTaken propagates. ``first_look``
     (a GraphSnapshot) serves the first, unlocked read; it is then told what the resolution
-    changed.
+    changed. ``renamed``: those of ``identifiers`` the event names earlier names of another
+    of its identifiers of the same type.
     """
     ordered = priority_order(identifiers)
     if not ordered:
         raise ValueError("an event needs at least one identifier to resolve")
-    unverified = set(unverified)
+    unverified, renamed = set(unverified), set(renamed)
     for attempt in range(max_attempts):
         reader = first_look if first_look is not None and attempt == 0 else repo
         links, owners, involved = _look(reader, ordered)
-        if _nothing_to_change(ordered, links, owners, involved):
+        if _nothing_to_change(ordered, links, owners, involved, renamed):
             # the common case, a known customer again: nothing to link, merge or repair
             return Resolution(involved[0])
         created = None
@@ -399,7 +412,7 @@ def resolve(
                     continue
             try:
                 result = _resolve_locked(repo, ordered, links, owners, message_id, at,
-                                         unverified, limits)
+                                         unverified, limits, renamed)
             except LinkTaken:
                 if attempt == max_attempts - 1:
                     raise
@@ -411,14 +424,14 @@ def resolve(
 
 
 def profiles_to_lock(reader: GraphReader, identifiers: Iterable[Identifier],
-                     message_id: str) -> list[str]:
+                     message_id: str, renamed: Iterable[Identifier] = ()) -> list[str]:
     """The profiles ``resolve`` would lock for this event as ``reader`` sees the graph now:
     none for a known customer, the profile it would create for a new one."""
     ordered = priority_order(identifiers)
     if not ordered:
         return []
     links, owners, involved = _look(reader, ordered)
-    if _nothing_to_change(ordered, links, owners, involved):
+    if _nothing_to_change(ordered, links, owners, involved, set(renamed)):
         return []
     return involved or [new_profile_id(message_id)]
 
@@ -431,6 +444,7 @@ class Arrival:
     at: datetime
     identifiers: tuple[Identifier, ...]
     unverified: frozenset[Identifier] = frozenset()
+    renamed: frozenset[Identifier] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -453,12 +467,12 @@ def straight_events(reader: GraphReader, events: Iterable[Arrival],
     """The events, in order, whose resolution only links unknown identifiers to one profile:
     their known identifiers are all linked to the same live profile and listed on its record
     (or none is known: a new customer), the profile then holds no more of a type than its
-    limit, and no earlier one of ``events`` names any of their identifiers or any profile
-    their identifiers are linked to. ``resolve`` would link each as said; since nothing
-    before them in ``events`` touches what they touch, linking them all first
-    (``link_straight``) ends as resolving ``events`` one at a time does. ``reader`` must
-    have read the events' links and profiles under the locks of the profiles they change
-    (``GraphSnapshot.reread``)."""
+    limit, they name no earlier name (``resolve`` lists it as one), and no earlier one of
+    ``events`` names any of their identifiers or any profile their identifiers are linked
+    to. ``resolve`` would link each as said; since nothing before them in ``events``
+    touches what they touch, linking them all first (``link_straight``) ends as resolving
+    ``events`` one at a time does. ``reader`` must have read the events' links and profiles
+    under the locks of the profiles they change (``GraphSnapshot.reread``)."""
     named: set[Identifier] = set()
     touched: set[str] = set()
     found = []
@@ -470,7 +484,8 @@ def straight_events(reader: GraphReader, events: Iterable[Arrival],
         counts = node.count_by_type() if node is not None else {}
         for identifier in keys - set(known):
             counts[identifier.type] = counts.get(identifier.type, 0) + 1
-        if (keys and not keys & named and not owners & touched and len(known) < len(keys)
+        if (keys and not event.renamed and not keys & named and not owners & touched
+                and len(known) < len(keys)
                 and (not owners or (node is not None and node.merged_into is None
                                     and set(known) <= node.identifiers))
                 and all(n <= limits.get(t, 1) for t, n in counts.items())):
@@ -527,10 +542,11 @@ def _look(reader: GraphReader, ordered: list[Identifier]
 
 
 def _nothing_to_change(ordered: list[Identifier], links: Mapping[Identifier, Link],
-                       owners: _Owners, involved: list[str]) -> bool:
+                       owners: _Owners, involved: list[str], renamed: set[Identifier]) -> bool:
     return (len(links) == len(ordered) and len(involved) == 1
             and all(link.profile_id == involved[0] for link in links.values())
-            and set(ordered) <= owners.of(involved[0]).identifiers)
+            and set(ordered) <= owners.of(involved[0]).identifiers
+            and renamed <= owners.of(involved[0]).renamed)
 
 
 def _tell(first_look: GraphReader | None, result: Resolution, ordered: list[Identifier],
@@ -541,7 +557,7 @@ def _tell(first_look: GraphReader | None, result: Resolution, ordered: list[Iden
     the snapshot forgets instead, and they read afresh."""
     if not isinstance(first_look, GraphSnapshot):
         return
-    if result.merges or result.conflicts or before is None:
+    if result.merges or result.conflicts or result.renamed or before is None:
         first_look.forget(ordered, {result.profile_id,
                                     *(merge.merged for merge in result.merges)})
         return
@@ -551,8 +567,8 @@ def _tell(first_look: GraphReader | None, result: Resolution, ordered: list[Iden
         dataclasses.replace(before, identifiers=before.identifiers | set(ordered)))
 
 
-def _resolve_locked(repo, ordered, links, owners, message_id, at, unverified,
-                    limits) -> Resolution:
+def _resolve_locked(repo, ordered, links, owners, message_id, at, unverified, limits,
+                    renamed) -> Resolution:
     anchor_identifier = next((i for i in ordered if i in links), None)
     if anchor_identifier is None:
         node = ProfileNode(new_profile_id(message_id), at)
@@ -560,26 +576,28 @@ def _resolve_locked(repo, ordered, links, owners, message_id, at, unverified,
     else:
         node = owners.of(links[anchor_identifier].profile_id)
         result = Resolution(node.profile_id)
-    counts = node.count_by_type()
+    counts = node.count_by_type(renamed)
     listed = set(node.identifiers)  # kept current below
     new_links: list[Link] = []  # written together, before anything reads the profile again
 
     for identifier in ordered:
         link = links.get(identifier)
+        counted = identifier not in renamed  # an earlier name counts toward no limit
         if link is None:
             limit = limits.get(identifier.type, 1)
-            if counts.get(identifier.type, 0) >= limit:
+            if counted and counts.get(identifier.type, 0) >= limit:
                 result.conflicts.append(_at_limit(identifier, result.profile_id, limit))
                 continue
             new_links.append(Link(identifier, result.profile_id, identifier not in unverified,
                                   message_id, at))
-            counts[identifier.type] = counts.get(identifier.type, 0) + 1
+            if counted:
+                counts[identifier.type] = counts.get(identifier.type, 0) + 1
             listed.add(identifier)
             result.linked.append(identifier)
             continue
         owner = owners.of(link.profile_id)
         if owner.profile_id == result.profile_id:
-            if identifier not in listed:
+            if identifier not in listed and counted:
                 limit = limits.get(identifier.type, 1)
                 if counts.get(identifier.type, 0) >= limit:
                     # a release cut short, or a link whose listing came after the profile
@@ -599,7 +617,7 @@ def _resolve_locked(repo, ordered, links, owners, message_id, at, unverified,
             result.conflicts.append(Conflict(identifier, result.profile_id, owner.profile_id,
                                              "unverified link never merges profiles"))
             continue
-        other_counts = owner.count_by_type()
+        other_counts = owner.count_by_type(renamed)
         over = [t for t in set(counts) | set(other_counts)
                 if counts.get(t, 0) + other_counts.get(t, 0) > limits.get(t, 1)]
         if over:
@@ -623,6 +641,12 @@ def _resolve_locked(repo, ordered, links, owners, message_id, at, unverified,
                   for t in set(counts) | set(other_counts)}
     if new_links:
         repo.add_links(new_links)
+    # once the profile holds both names (under its lock, so no other resolution counts the
+    # earlier one meanwhile; a crash before this is finished by the event's next delivery)
+    result.renamed = sorted(i for i in renamed - node.renamed if i in listed and any(
+        other.type == i.type and other != i and other in listed for other in ordered))
+    if result.renamed:
+        repo.note_renamed(result.profile_id, result.renamed)
     return result
 
 
@@ -656,7 +680,7 @@ def split(repo: GraphRepository, profile_id: str, identifiers: Iterable[Identifi
     profile_id = canonical(repo, profile_id)
     with repo.lock([profile_id]):
         _require_on_profile(repo, profile_id, identifiers)
-        remaining = sum(repo.count_by_type(profile_id).values()) - len(identifiers)
+        remaining = len(repo.listed(profile_id)) - len(identifiers)
         if remaining < 1:
             raise NotOnProfile("splitting off every identifier would leave the profile empty")
         split_id = str(uuid.uuid4())

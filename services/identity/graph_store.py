@@ -2,7 +2,8 @@
 
 Collections: ``identity_links`` (one document per identifier, ``_id`` = "type:value", so the
 store itself guarantees an identifier belongs to one profile), ``identity_profiles`` (creation
-time, ``merged_into``, the profiles it ``absorbed``, the profile's identifiers by type),
+time, ``merged_into``, the profiles it ``absorbed``, the profile's identifiers by type, and as
+``renamed`` the keys of those that are earlier names of another: an account renamed),
 ``identity_locks`` (lease locks, one document per locked profile), ``identity_log`` (merges,
 splits, releases), ``identity_outbox`` (which log entries each event caused, re-emitted on
 ``cdp.identity.merges`` whenever the event is handled) and ``identity_conflicts``.
@@ -202,8 +203,9 @@ class MongoGraph(GraphRepository):
         # crash came before the merge was finished (re-delivery finishes it)
         self.profiles.update_one({"_id": merge.survivor}, {"$addToSet": {"absorbed": merge.merged}})
         self.profiles.update_one({"_id": merge.merged}, {"$set": {"merged_into": merge.survivor}})
-        moved = self._identifiers_of(merge.merged)
-        self._add_to_profile(merge.survivor, moved)
+        merged = self.profiles.find_one({"_id": merge.merged}) or {}
+        moved = _listed(merged)
+        self._add_to_profile(merge.survivor, moved, _renamed(merged))
         for identifier in moved:
             self.links_.update_one({"_id": identifier.key, "profile_id": merge.merged},
                                    {"$set": {"profile_id": merge.survivor}})
@@ -228,17 +230,20 @@ class MongoGraph(GraphRepository):
         return sum(self.links_.delete_one({"_id": i.key, "profile_id": profile_id}).deleted_count
                    for i in identifiers)
 
-    def _identifiers_of(self, profile_id: str) -> list[Identifier]:
-        return _listed(self.profiles.find_one({"_id": profile_id}) or {})
+    def note_renamed(self, profile_id: str, identifiers: Iterable[Identifier]) -> None:
+        self.profiles.update_one({"_id": profile_id}, {"$addToSet": {"renamed": {
+            "$each": sorted(identifier.key for identifier in identifiers)}}})
 
-    def _add_to_profile(self, profile_id: str, identifiers: list[Identifier]) -> None:
+    def _add_to_profile(self, profile_id: str, identifiers: list[Identifier],
+                        renamed: Iterable[Identifier] = ()) -> None:
         if identifiers:
-            self.profiles.update_one({"_id": profile_id}, _listing(identifiers))
+            self.profiles.update_one({"_id": profile_id}, _listing(identifiers, renamed))
 
     def _remove_from_profile(self, profile_id: str, identifiers: list[Identifier]) -> None:
         for identifier in identifiers:
             field = f"identifiers.{identifier.type}"
-            self.profiles.update_one({"_id": profile_id}, {"$pull": {field: identifier.value}})
+            self.profiles.update_one({"_id": profile_id}, {"$pull": {
+                field: identifier.value, "renamed": identifier.key}})
 
     def record_split(self, split: Split) -> None:
         profiles = [split.profile_id] + ([split.new_profile_id] if split.new_profile_id else [])
@@ -397,24 +402,32 @@ class _LocksAhead:
         delete_by_ids(self.locks, tried, where={"owner": self.token})
 
 
-def _listing(identifiers: list[Identifier]) -> dict:
-    """The update listing ``identifiers`` on a profile's record."""
+def _listing(identifiers: list[Identifier], renamed: Iterable[Identifier] = ()) -> dict:
+    """The update listing ``identifiers`` on a profile's record, ``renamed`` (among them) as
+    earlier names."""
     by_type: dict[str, list[str]] = {}
     for identifier in identifiers:
         by_type.setdefault(identifier.type, []).append(identifier.value)
-    return {"$addToSet": {f"identifiers.{t}": {"$each": values}
-                          for t, values in by_type.items()}}
+    listing = {f"identifiers.{t}": {"$each": values} for t, values in by_type.items()}
+    if renamed:
+        listing["renamed"] = {"$each": sorted(identifier.key for identifier in renamed)}
+    return {"$addToSet": listing}
 
 
 def _node(profile_doc: dict) -> ProfileNode:
     return ProfileNode(profile_doc["_id"], profile_doc["created_at"],
-                       profile_doc.get("merged_into"), frozenset(_listed(profile_doc)))
+                       profile_doc.get("merged_into"), frozenset(_listed(profile_doc)),
+                       frozenset(_renamed(profile_doc)))
 
 
 def _listed(profile_doc: dict) -> list[Identifier]:
     return [Identifier(type_, value)
             for type_, values in (profile_doc.get("identifiers") or {}).items()
             for value in values]
+
+
+def _renamed(profile_doc: dict) -> list[Identifier]:
+    return [Identifier.from_key(key) for key in profile_doc.get("renamed") or ()]
 
 
 def _link(doc: dict) -> Link:

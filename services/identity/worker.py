@@ -2,7 +2,8 @@
 
 Consumes cdp.events.web / .phone / .social, resolves each event's identifiers to a profile,
 emits the event stamped with its profile_id on cdp.events.resolved (keyed by profile_id, same
-message_id) and every merge it caused on cdp.identity.merges. Beside it: the privacy
+message_id) and every merge it caused on cdp.identity.merges. An alias whose previousId the
+graph holds as a user_id renames that account (``read_previous_id``). Beside it: the privacy
 consumer (cdp.privacy.requests) and the daily sweep of links to erased profiles
 (housekeeping.py).
 """
@@ -25,9 +26,10 @@ from services.common.identifiers import InvalidIdentifier, normalise
 from services.common.privacy_requests import ack_payload
 from services.common.store import ProcessedLedger, ensure_indexes
 from services.identity import privacy
-from services.identity.channels import protect_hetus
+from services.identity.channels import EVENT_NAMES, protect_hetus
 from services.identity.graph import (
     Arrival,
+    GraphReader,
     GraphSnapshot,
     Identifier,
     Resolution,
@@ -101,23 +103,68 @@ class _Event:
     envelope: Envelope  # its hetus protected
     identifiers: dict[str, str]  # normalised
     unverified: set[Identifier]
+    # an alias's previousId taken for the user_id it was (``read_previous_id``): outside
+    # ``identifiers``, which hold one value of a type, the userId
+    earlier_user_id: Identifier | None = None
 
     @property
     def keys(self) -> list[Identifier]:
-        return [Identifier(t, v) for t, v in self.identifiers.items()]
+        keys = [Identifier(t, v) for t, v in self.identifiers.items()]
+        if self.earlier_user_id:
+            keys.append(self.earlier_user_id)
+        return keys
+
+    @property
+    def renamed(self) -> frozenset[Identifier]:
+        """The earlier user_id, when the event carries the one it became (graph.resolve)."""
+        return frozenset({self.earlier_user_id}) \
+            if self.earlier_user_id and "user_id" in self.identifiers else frozenset()
 
     @property
     def arrival(self) -> Arrival:
         return Arrival(self.envelope.message_id, self.envelope.received_at, tuple(self.keys),
-                       frozenset(self.unverified))
+                       frozenset(self.unverified), self.renamed)
+
+
+def previous_user_id(event: _Event) -> Identifier | None:
+    """The user_id an alias's previousId would be. Segment's previousId is "an Anonymous ID
+    assigned to that user or a User ID you previously identified them with", and
+    ``channels.from_segment`` passes it on as the anonymous_id (user_ids and anonymous ids
+    normalise alike); only the graph can tell which it is."""
+    previous = event.identifiers.get("anonymous_id")
+    if event.envelope.type != EVENT_NAMES["alias"] or previous is None \
+            or previous == event.identifiers.get("user_id"):
+        return None
+    return Identifier("user_id", previous)
+
+
+def read_previous_id(event: _Event, reader: GraphReader,
+                     suppressions: SuppressionList) -> _Event:
+    """The event, an alias whose previousId is a user_id the graph holds (or erased) and not
+    an anonymous id it holds, with that user_id in place of the anonymous id: an account
+    renamed, whose profile the userId's joins. Any other event comes back as it is, without
+    a read; an alias reads the two links, from the poll's snapshot (which asked for them)
+    when in a batch. As the graph stands when the poll begins: the alias and the events of
+    its previousId are keyed by different user_ids, so which is handled first is not fixed
+    anyway."""
+    earlier = previous_user_id(event)
+    if earlier is None:
+        return event
+    as_anonymous = Identifier("anonymous_id", earlier.value)
+    known = reader.links([earlier, as_anonymous])
+    if as_anonymous in known or not (earlier in known or suppressions.any_suppressed([earlier])):
+        return event
+    return dataclasses.replace(event, earlier_user_id=earlier, identifiers={
+        t: v for t, v in event.identifiers.items() if t != "anonymous_id"})
 
 
 def make_handlers(graph: MongoGraph, people: SuggestionStore, limits: dict[str, int],
                   suppressions: SuppressionList, hetus: HetuProtector):
     """The per-event handler and the batch handler. The batch handler reads what the poll's
     events will look at together (the suppression list's version, their links and profiles,
-    their merge outboxes), links the events that only link unknown identifiers together, and
-    resolves the other events one by one, in order."""
+    an alias's previousId as a user_id as well, their merge outboxes), links the events that
+    only link unknown identifiers together, and resolves the other events one by one, in
+    order."""
 
     def prepare(envelope: Envelope) -> _Event:
         # a producer writing to Kafka directly may send a hetu in the clear: from here on
@@ -141,7 +188,8 @@ def make_handlers(graph: MongoGraph, people: SuggestionStore, limits: dict[str, 
             return []
         result = resolved or resolve(repo, event.keys, message_id=envelope.message_id,
                                      at=envelope.received_at, unverified=event.unverified,
-                                     limits=limits, first_look=snapshot)
+                                     limits=limits, first_look=snapshot,
+                                     renamed=event.renamed)
         if result.conflicts:
             repo.record_conflicts(envelope.message_id, result.conflicts, envelope.received_at)
             for conflict in result.conflicts:
@@ -158,7 +206,7 @@ def make_handlers(graph: MongoGraph, people: SuggestionStore, limits: dict[str, 
         resolved = dataclasses.replace(envelope, identifiers=linked).resolved_to(
             result.profile_id)
         # re-emit every merge this event ever caused: a crash may have kept it from Kafka
-        if len(identifiers) < 2:
+        if len(event.keys) < 2:
             caused = []  # one identifier links nothing to anything
         elif caused is None or result.merges:
             caused = graph.caused_by(envelope.message_id)
@@ -188,7 +236,7 @@ def make_handlers(graph: MongoGraph, people: SuggestionStore, limits: dict[str, 
                                            for key in event.keys})
             graph.drop_conflicts({message_id: event.keys for message_id, event in erased.items()})
             announced = graph.caused_by_each([message_id for message_id, event in erased.items()
-                                              if len(event.identifiers) > 1])
+                                              if len(event.keys) > 1])
             naming_erased = {entry["_id"] for entries in announced.values()
                              for entry in entries if _names_erased(entry, suppressions)}
             graph.anonymise_log(sorted(naming_erased))
@@ -212,15 +260,18 @@ def make_handlers(graph: MongoGraph, people: SuggestionStore, limits: dict[str, 
     def handle(envelope: Envelope) -> list[Outgoing]:
         suppressions.refresh()
         given: dict = {}
-        event = prepare(envelope)
+        event = read_previous_id(prepare(envelope), graph, suppressions)
         return without_erased([(event, resolve_event(event, given))], given)
 
     def handle_batch(envelopes: list[Envelope]) -> list[Outgoing]:
         suppressions.refresh()
-        events = [prepare(envelope) for envelope in envelopes]
-        snapshot = graph.snapshot(key for event in events for key in event.keys)
+        prepared = [prepare(envelope) for envelope in envelopes]
+        # an alias's previousId read as a user_id too, in the same query
+        snapshot = graph.snapshot([*(key for event in prepared for key in event.keys),
+                                   *filter(None, map(previous_user_id, prepared))])
+        events = [read_previous_id(event, snapshot, suppressions) for event in prepared]
         caused = graph.caused_by_each([event.envelope.message_id for event in events
-                                       if len(event.identifiers) > 1])
+                                       if len(event.keys) > 1])
         given: dict = {}
         outcome: list[tuple[_Event, list[Outgoing]]] = []
         for start in range(0, len(events), LOCK_AHEAD_EVENTS):
@@ -229,7 +280,8 @@ def make_handlers(graph: MongoGraph, people: SuggestionStore, limits: dict[str, 
             # gaining identifiers or merging, and those new customers would create
             to_lock = [profile_id for event in chunk
                        for profile_id in profiles_to_lock(snapshot, event.keys,
-                                                          event.envelope.message_id)]
+                                                          event.envelope.message_id,
+                                                          event.renamed)]
             with graph.locking_ahead(to_lock) as batch_graph:
                 # the events that only link new identifiers (to a new customer, or one
                 # known) are linked together: five round trips for the chunk (two reads

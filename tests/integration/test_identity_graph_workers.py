@@ -120,6 +120,42 @@ def test_alias_merges_the_cookie_profile_and_announces_the_merge(
     assert [entry["kind"] for entry in log["entries"]] == ["merge"]
 
 
+def test_alias_from_an_earlier_user_id_merges_the_renamed_accounts_profiles(
+        identity_api, identity_worker, api_keys, settings, unique):
+    collector = (api_keys["collector"], "")
+    old, new = f"old-{unique}", f"new-{unique}"
+    steps = [
+        ("identify", {"userId": old, "messageId": f"reg-old-{unique}",
+                      "traits": {"email": f"old.{unique}@example.com"}}),
+        ("identify", {"userId": new, "messageId": f"reg-new-{unique}"}),
+        # Segment: previousId "might be ... a User ID you previously identified them with"
+        ("alias", {"userId": new, "previousId": old, "messageId": f"rename-{unique}"}),
+    ]
+    resolved = {}
+    for call, body in steps:
+        assert requests.post(f"{identity_api.url}/v1/{call}", json=body, auth=collector,
+                             timeout=10).status_code == 200
+        resolved[body["messageId"]] = resolved_for(settings, body["messageId"])
+    old_profile = resolved[f"reg-old-{unique}"]["profile_id"]
+    new_profile = resolved[f"reg-new-{unique}"]["profile_id"]
+    assert old_profile != new_profile
+    # the previousId travels as the user_id it is, not as an anonymous id
+    assert resolved[f"rename-{unique}"]["identifiers"] == {"user_id": new}
+
+    def merge_message():
+        return next((m for m in read_all(settings, topics.IDENTITY_MERGES, idle_ms=300)
+                     if m["payload"].get("cause_message_id") == f"rename-{unique}"), None)
+
+    merge = wait_until(merge_message, 30, what="merge on cdp.identity.merges")
+    assert {merge["payload"]["survivor"], merge["payload"]["merged"]} == {old_profile,
+                                                                           new_profile}
+    lookup = requests.get(f"{identity_api.url}/v1/identity/resolve", headers=agent(api_keys),
+                          params={"type": "email", "value": f"old.{unique}@example.com"},
+                          timeout=10).json()
+    assert {(i["type"], i["value"]) for i in lookup["identifiers"]} == {
+        ("user_id", old), ("user_id", new), ("email", f"old.{unique}@example.com")}
+
+
 def test_unmerge_splits_identifiers_into_a_new_profile(
         identity_api, identity_worker, api_keys, settings, unique):
     collector = (api_keys["collector"], "")

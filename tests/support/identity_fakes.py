@@ -18,6 +18,7 @@ class InMemoryGraph(GraphRepository):
         self.link_table: dict[Identifier, Link] = {}
         self.nodes: dict[str, ProfileNode] = {}
         self.listed_on: dict[str, set[Identifier]] = {}  # profile id -> its record's list
+        self.renamed_on: dict[str, set[Identifier]] = {}  # its record's earlier names
         self.merges: list[Merge] = []
         self.splits: list = []
 
@@ -28,7 +29,8 @@ class InMemoryGraph(GraphRepository):
         node = self.nodes.get(profile_id)
         if node is None:
             return None
-        return dataclasses.replace(node, identifiers=frozenset(self.listed_on[profile_id]))
+        return dataclasses.replace(node, identifiers=frozenset(self.listed_on[profile_id]),
+                                   renamed=frozenset(self.renamed_on.get(profile_id, ())))
 
     def create_profile(self, node):
         if node.profile_id not in self.nodes:
@@ -53,7 +55,11 @@ class InMemoryGraph(GraphRepository):
         self.nodes[merge.merged] = ProfileNode(node.profile_id, node.created_at, merge.survivor)
         moved = set(self.listed_on[merge.merged])
         self._list(merge.survivor, moved)
+        self.note_renamed(merge.survivor, self.renamed_on.get(merge.merged, ()))
         self._relink(moved, merge.merged, merge.survivor)
+
+    def note_renamed(self, profile_id, identifiers):
+        self.renamed_on.setdefault(profile_id, set()).update(identifiers)
 
     def move_links(self, identifiers, from_profile, to_profile):
         identifiers = list(identifiers)
@@ -61,15 +67,19 @@ class InMemoryGraph(GraphRepository):
         if from_profile == to_profile:
             return
         self._relink(identifiers, from_profile, to_profile)
-        self.listed_on.get(from_profile, set()).difference_update(identifiers)
+        self._unlist(from_profile, identifiers)
 
     def remove_links(self, identifiers, profile_id):
         removed = [i for i in identifiers
                    if i in self.link_table and self.link_table[i].profile_id == profile_id]
         for identifier in removed:
             del self.link_table[identifier]
-        self.listed_on.get(profile_id, set()).difference_update(identifiers)
+        self._unlist(profile_id, identifiers)
         return len(removed)
+
+    def _unlist(self, profile_id, identifiers):
+        self.listed_on.get(profile_id, set()).difference_update(identifiers)
+        self.renamed_on.get(profile_id, set()).difference_update(identifiers)
 
     def _list(self, profile_id, identifiers):
         if profile_id in self.listed_on:  # the store's record update upserts nothing either

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -517,3 +518,115 @@ def test_the_profiles_an_event_will_lock_are_named_before_it_is_resolved():
     assert locks(["email:a@example.com", "anonymous_id:c2"]) == [known]
     assert locks(["email:a@example.com", "phone:+358401234567"]) == sorted([known, other])
     assert locks([]) == []
+
+
+# --- an account renamed: an event naming an earlier user_id of its own (Segment's alias) ---
+
+def rename(graph, earlier, current, n=[0]):  # noqa: B006 - a counter for unique ids
+    """An alias from ``earlier`` (a user_id the graph knows) to ``current``."""
+    n[0] += 1
+    return resolve(graph, [ident(earlier), ident(current)],
+                   message_id=f"alias{n[0]}", at=T0 + timedelta(days=1, seconds=n[0]),
+                   renamed=[ident(earlier)])
+
+
+def test_an_alias_from_an_earlier_user_id_gives_its_profile_the_new_one():
+    graph = InMemoryGraph()
+    old = apply(graph, ["user_id:old", "email:a@x.fi"]).profile_id
+
+    result = rename(graph, "user_id:old", "user_id:new")
+
+    assert result.profile_id == old and result.linked == [ident("user_id:new")]
+    assert not result.conflicts
+    assert graph.partition() == {frozenset(map(ident, ["user_id:old", "user_id:new",
+                                                       "email:a@x.fi"]))}
+    assert graph.profile(old).renamed == {ident("user_id:old")}
+    assert result.renamed == [ident("user_id:old")]
+
+
+def test_an_alias_from_an_earlier_user_id_merges_the_new_ones_profile_into_the_older():
+    graph = InMemoryGraph()
+    old = apply(graph, ["user_id:old", "email:a@x.fi"]).profile_id
+    new = apply(graph, ["user_id:new", "anonymous_id:c1"]).profile_id
+
+    result = rename(graph, "user_id:old", "user_id:new")
+
+    assert [(m.survivor, m.merged) for m in result.merges] == [(old, new)]
+    assert len(graph.partition()) == 1
+    assert graph.profile(old).renamed == {ident("user_id:old")}
+
+
+def test_a_renamed_account_counts_as_one_user_id_toward_every_later_merge():
+    graph = InMemoryGraph()
+    old = apply(graph, ["user_id:z-old"]).profile_id
+    rename(graph, "user_id:z-old", "user_id:a-new")  # the new name sorting first changes nothing
+    visitor = apply(graph, ["anonymous_id:c9"]).profile_id
+    someone = apply(graph, ["user_id:third", "email:b@x.fi"]).profile_id
+
+    login = apply(graph, ["user_id:a-new", "anonymous_id:c9"])  # a new device, then the login
+    claim = apply(graph, ["user_id:a-new", "email:b@x.fi"])  # another account's email
+
+    assert login.profile_id == old and [m.merged for m in login.merges] == [visitor]
+    assert not claim.merges and "user_id" in claim.conflicts[0].reason
+    assert graph.profile(someone).merged_into is None
+
+
+def test_an_alias_keeps_two_people_apart_by_every_other_limit():
+    graph = InMemoryGraph()
+    old = apply(graph, ["user_id:old", "hetu:hmac:1"]).profile_id
+    new = apply(graph, ["user_id:new", "hetu:hmac:2"]).profile_id
+
+    result = rename(graph, "user_id:old", "user_id:new")
+
+    assert not result.merges and "hetu" in result.conflicts[0].reason
+    assert graph.profile(old).renamed == graph.profile(new).renamed == frozenset()
+    assert not result.renamed
+
+
+def test_an_alias_whose_earlier_name_a_crash_left_unlisted_lists_it_when_delivered_again():
+    graph = InMemoryGraph()
+    old = apply(graph, ["user_id:old"]).profile_id
+    note_renamed = graph.note_renamed
+
+    def killed(*args):
+        raise SystemExit("killed")
+
+    graph.note_renamed = killed
+    with pytest.raises(SystemExit):
+        rename(graph, "user_id:old", "user_id:new")
+    graph.note_renamed = note_renamed
+    assert graph.profile(old).identifiers >= {ident("user_id:new")}
+    assert graph.profile(old).renamed == frozenset()
+
+    again = resolve(graph, [ident("user_id:old"), ident("user_id:new")], message_id="alias-x",
+                    at=T0, renamed=[ident("user_id:old")])
+
+    assert again.renamed == [ident("user_id:old")] and graph.profile(old).renamed
+
+
+def test_a_renamed_user_id_split_off_again_counts_again():
+    from services.identity.graph import split
+
+    graph = InMemoryGraph()
+    old = apply(graph, ["user_id:old", "email:a@x.fi"]).profile_id
+    rename(graph, "user_id:old", "user_id:new")
+
+    parted = split(graph, old, [ident("user_id:old")], reason="two people", at=T0, actor="a")
+
+    assert graph.profile(old).renamed == frozenset()
+    assert graph.profile(parted.new_profile_id).renamed == frozenset()
+    assert "user_id" in apply(graph, ["user_id:old", "email:a@x.fi"]).conflicts[0].reason
+
+
+def test_an_event_that_may_rename_is_never_straight_but_keeps_later_ones_off_what_it_names():
+    graph = InMemoryGraph()
+    old = apply(graph, ["user_id:old"]).profile_id
+    arrivals = [Arrival("m1", T0, (ident("user_id:old"), ident("user_id:new")),
+                        renamed=frozenset({ident("user_id:old")})),
+                Arrival("m2", T0, (ident("user_id:old"), ident("anonymous_id:c2"))),
+                Arrival("m3", T0, (ident("anonymous_id:c3"),))]
+
+    found = straight_events(graph, arrivals)
+
+    assert [s.event.message_id for s in found] == ["m3"]
+    assert profiles_to_lock(graph, arrivals[0].identifiers, "m1", arrivals[0].renamed) == [old]
