@@ -84,10 +84,18 @@ class ProfileNode:
 
     def count_by_type(self, renamed: Iterable[Identifier] = ()) -> dict[str, int]:
         """Its identifiers per type as the limits count them: an earlier name (listed as one,
-        or one of ``renamed``, which an event is about to list) counts for none."""
+        or one of ``renamed``, which an event is about to list) counts for none. But the
+        earlier names listed still count as the one account they name when the profile
+        holds no other of their type (renamed back, or the new name split off), unless the
+        event renames one of the profile's names of that type again."""
+        renamed = set(renamed)
         counts: dict[str, int] = {}
-        for identifier in self.identifiers - self.renamed - set(renamed):
+        for identifier in self.identifiers - self.renamed - renamed:
             counts[identifier.type] = counts.get(identifier.type, 0) + 1
+        renaming = {identifier.type for identifier in renamed & self.identifiers}
+        for identifier in self.identifiers & self.renamed:
+            if identifier.type not in renaming:
+                counts.setdefault(identifier.type, 1)
         return counts
 
 

@@ -618,6 +618,45 @@ def test_a_renamed_user_id_split_off_again_counts_again():
     assert "user_id" in apply(graph, ["user_id:old", "email:a@x.fi"]).conflicts[0].reason
 
 
+def test_an_account_renamed_back_still_counts_as_one_user_id():
+    graph = InMemoryGraph()
+    old = apply(graph, ["user_id:a", "email:a@x.fi"]).profile_id
+    rename(graph, "user_id:a", "user_id:b")
+    rename(graph, "user_id:b", "user_id:a")  # both names listed as earlier ones now
+    stranger = apply(graph, ["user_id:stranger", "email:s@x.fi"]).profile_id
+
+    claim = apply(graph, ["user_id:stranger", "email:a@x.fi"])
+
+    assert not claim.merges and "user_id" in claim.conflicts[0].reason
+    assert graph.profile(old).merged_into is None is graph.profile(stranger).merged_into
+
+
+def test_an_account_whose_new_name_was_split_off_still_counts_its_earlier_one():
+    from services.identity.graph import split
+
+    graph = InMemoryGraph()
+    old = apply(graph, ["user_id:old", "email:a@x.fi"]).profile_id
+    rename(graph, "user_id:old", "user_id:new")
+    split(graph, old, [ident("user_id:new")], reason="two people", at=T0, actor="a")
+
+    claim = apply(graph, ["user_id:x", "email:a@x.fi"])
+
+    assert claim.profile_id == old and "user_id" in claim.conflicts[0].reason
+    assert ident("user_id:x") not in graph.profile(old).identifiers
+
+
+def test_an_account_renamed_twice_holds_its_three_names_as_one():
+    graph = InMemoryGraph()
+    old = apply(graph, ["user_id:a", "email:a@x.fi"]).profile_id
+    rename(graph, "user_id:a", "user_id:b")
+
+    again = rename(graph, "user_id:b", "user_id:c")
+
+    assert again.profile_id == old and not again.conflicts
+    assert graph.profile(old).renamed == {ident("user_id:a"), ident("user_id:b")}
+    assert "user_id" in apply(graph, ["user_id:d", "email:a@x.fi"]).conflicts[0].reason
+
+
 def test_an_event_that_may_rename_is_never_straight_but_keeps_later_ones_off_what_it_names():
     graph = InMemoryGraph()
     old = apply(graph, ["user_id:old"]).profile_id
