@@ -628,22 +628,33 @@ class ExportStore:
 
     def queue_notice(self, notice_id: str, delivery: Mapping[str, Any], reason: str) -> bool:
         """Queue a deletion notice for what ``delivery`` says the partner holds and forget
-        those identifiers here; returns False when this notice was queued before."""
+        those identifiers here; returns False when this notice was queued before. A run or
+        stream may record more sent to the partner meanwhile: only the identifiers the notice
+        names are taken out, and the delivery stops awaiting a notice only if nothing was
+        recorded since it was read, so what came in between goes in the next notice."""
+        identifiers = {field_name: list(values) for field_name, values
+                       in (delivery.get("identifiers") or {}).items() if values}
         try:
             self.db[NOTICES].insert_one({
                 "_id": notice_id, "partner_id": delivery["partner_id"],
                 "profile_id": delivery["profile_id"], "reason": reason,
-                "identifiers": delivery.get("identifiers") or {}, "status": "pending",
+                "identifiers": identifiers, "status": "pending",
                 "attempts": 0, "next_attempt_at": now(), "created_at": now()})
         except pymongo.errors.DuplicateKeyError:
             return False
-        self.db[DELIVERIES].update_one(
-            {"_id": delivery["_id"]},
-            {"$set": {"awaiting_notice": False, "identifiers": {}, "last_notice_id": notice_id,
-                      "last_notice_at": now()}})
+        update: dict[str, Any] = {"$set": {"last_notice_id": notice_id, "last_notice_at": now()}}
+        if identifiers:
+            update["$pullAll"] = {f"identifiers.{field_name}": values
+                                  for field_name, values in identifiers.items()}
+        left = self.db[DELIVERIES].find_one_and_update(
+            {"_id": delivery["_id"]}, update, return_document=pymongo.ReturnDocument.AFTER)
+        if left is not None and not any((left.get("identifiers") or {}).values()):
+            self.db[DELIVERIES].update_one(
+                {"_id": delivery["_id"], "last_sent_at": left.get("last_sent_at")},
+                {"$set": {"awaiting_notice": False}})
         self._index_pull({_delivered_key(delivery["partner_id"], field_name, value)
-                          for field_name, values in (delivery.get("identifiers") or {}).items()
-                          for value in values}, "delivery_ids", [delivery["_id"]])
+                          for field_name, values in identifiers.items() for value in values},
+                         "delivery_ids", [delivery["_id"]])
         return True
 
     def due_notices(self, limit: int = 50) -> list[dict[str, Any]]:

@@ -290,7 +290,8 @@ def partners_of(store: ExportStore, profile_ids: list[str]) -> list[dict[str, An
              "profile_id": d["profile_id"], "first_sent_at": _iso(d.get("first_sent_at")),
              "last_sent_at": _iso(d.get("last_sent_at")),
              "via": "stream" if d.get("last_run_id") == stream_id(d["partner_id"]) else "run",
-             "fields": sorted(d.get("identifiers") or {}),
+             "fields": sorted(name for name, values in (d.get("identifiers") or {}).items()
+                              if values),
              "deletion_notice_at": _iso(d.get("last_notice_at"))}
             for d in sorted(deliveries, key=lambda d: (d["partner_id"], d["profile_id"]))]
 

@@ -193,6 +193,23 @@ def test_a_notice_names_every_identifier_the_partner_was_sent_since_the_last_one
     assert second["identifiers"] == {"em": ["newest-address"]}  # told about the rest already
 
 
+def test_what_a_run_records_while_a_notice_is_queued_waits_for_the_next_notice(store):
+    save_partner(store, "ads", Destination(kind="directory", path="ads"))
+    store.record_deliveries("ads", "run-1", {"A": {"em": ["first-address"]}})
+    read_by_the_feed = store.delivery("ads", "A")
+    store.record_deliveries("ads", "run-2", {"A": {"em": ["second-address"]}})  # meanwhile
+
+    store.queue_notice("notice-1", read_by_the_feed, "consent:marketing:withdrawn")
+
+    left = store.delivery("ads", "A")
+    assert left["identifiers"] == {"em": ["second-address"]} and left["awaiting_notice"]
+    store.queue_notice("notice-2", left, "consent:marketing:withdrawn")
+    notices = {doc["_id"]: doc["identifiers"] for doc in store.db.export_notices.find()}
+    assert notices == {"notice-1": {"em": ["first-address"]},
+                       "notice-2": {"em": ["second-address"]}}
+    assert not store.delivery("ads", "A")["awaiting_notice"]
+
+
 class QueueingANoticeDuringTheFirstBatch(Deliverer):
     """Delivers and notes each parcel's kind; a withdrawal's notice is queued while the run's
     first batch is on its way."""
