@@ -72,5 +72,5 @@ class DailyHousekeeping(BackgroundLoop):
         log.info(message, extra={name: self.sweep()})
         self._due = began + self.EVERY_SECONDS
 
-    def sweep(self) -> int:
+    def sweep(self) -> int | dict[str, int]:
         raise NotImplementedError

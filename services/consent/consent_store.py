@@ -28,7 +28,13 @@ from pymongo.database import Database
 from services.common import topics
 from services.common.bus import Outgoing, Relay
 from services.common.envelope import derived_message_id, new_envelope
-from services.common.store import IDS_PER_QUERY, find_by_ids, insert_new
+from services.common.store import (
+    IDS_PER_QUERY,
+    LISTING_BATCH,
+    find_by_ids,
+    insert_new,
+    paced,
+)
 from services.consent import ledger
 from services.consent.ledger import Entry, Record, SubjectState
 
@@ -38,6 +44,7 @@ CHANGES = "consent_changes"
 OUTBOX = "consent_outbox"
 MAX_CONFLICT_RETRIES = 50
 MAX_MERGE_HOPS = 20
+SWEEP_PAGE = 500  # states the proof sweep reads between two pauses
 
 
 class VersionConflict(Exception):
@@ -191,29 +198,35 @@ class ConsentStore:
         self.states.delete_one({"_id": state.key})
         return deleted
 
-    def sweep_replaced_proof(self, cutoff: datetime, *, apply: bool) -> tuple[int, int]:
+    def sweep_replaced_proof(self, cutoff: datetime, *, apply: bool,
+                             pause: Callable[[float], bool] | None = None) -> tuple[int, int]:
         """Ledger entries whose decision was replaced by a later one on the same purpose
         before ``cutoff`` (the consent_proof retention): how many, and with ``apply`` how
         many were deleted, with their copies in the changes and their place in the
-        subject's history. One pass over the states; only a subject that decided on a
-        purpose more than once has its entries read."""
+        subject's history. One streamed pass over the states, ``pause`` between pages
+        (``store.paced``); only a subject that decided on a purpose more than once has its
+        entries read."""
         expired = deleted = 0
-        for doc in self.states.find({}, {"applied": 1, "purposes": 1}):
-            applied = doc.get("applied") or []
-            if len(applied) <= len(doc.get("purposes") or {}):
-                continue  # at most one decision per purpose: none was replaced
-            entries = [Entry.from_doc(d) for d in find_by_ids(self.ledger, applied)]
-            replaced = set(ledger.replaced_before(entries, cutoff))
-            expired += len(replaced)
-            if apply and replaced:
-                deleted += self._forget_entries(
-                    doc["_id"], [e for e in entries if e.id in replaced])
+        listing = self.states.find({}, {"applied": 1, "purposes": 1}).batch_size(LISTING_BATCH)
+        for page in paced(listing, SWEEP_PAGE, pause):
+            for doc in page:
+                applied = doc.get("applied") or []
+                if len(applied) <= len(doc.get("purposes") or {}):
+                    continue  # at most one decision per purpose: none was replaced
+                entries = [Entry.from_doc(d) for d in find_by_ids(self.ledger, applied)]
+                replaced = set(ledger.replaced_before(entries, cutoff))
+                # entries a sweep cut short deleted before it could drop them from the history
+                gone = set(applied) - {entry.id for entry in entries}
+                expired += len(replaced)
+                if apply and (replaced or gone):
+                    deleted += self._forget_entries(
+                        doc["_id"], [e for e in entries if e.id in replaced], gone)
         return expired, deleted
 
-    def _forget_entries(self, key: str, entries: list[Entry]) -> int:
+    def _forget_entries(self, key: str, entries: list[Entry], gone: set[str]) -> int:
         """Delete ``entries`` of subject ``key``: from their changes first, then the ledger,
-        the subject's history last, each found through the next (a sweep cut short finds
-        the rest the next time)."""
+        the subject's history last (with ``gone``, ids whose entries were deleted already),
+        each found through the next (a sweep cut short finds the rest the next time)."""
         ids = {entry.id for entry in entries}
         for change in find_by_ids(self.changes, sorted({e.cause_id for e in entries})):
             kept = [e for e in change["entries"] if e["_id"] not in ids]
@@ -223,7 +236,7 @@ class ConsentStore:
                 self.changes.delete_one({"_id": change["_id"]})
         deleted = sum(self.ledger.delete_many({"_id": {"$in": chunk}}).deleted_count
                       for chunk in _chunks(sorted(ids)))
-        self.update(key, lambda state: _drop_applied(state, ids))
+        self.update(key, lambda state: _drop_applied(state, ids | gone))
         return deleted
 
     def announced(self, change_ids: list[str]) -> None:

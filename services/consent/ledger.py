@@ -197,8 +197,10 @@ class CheckAnswer:
 def replaced_before(entries: Iterable[Entry], cutoff: datetime) -> list[str]:
     """Ids of the subject's entries whose decision stopped being in force before ``cutoff``:
     a later decision on the same purpose (in the order a state applies them) replaced it
-    then. The decision in force for each purpose has no later one, so it is never among
-    them, however old: it is the proof of what holds now."""
+    when that one was recorded (one collected years back but recorded today replaced it
+    today), or when it was itself recorded, if later. The decision in force for each purpose
+    has no later one, so it is never among them, however old: it is the proof of what holds
+    now."""
     by_purpose: dict[str, list[Entry]] = {}
     for entry in entries:
         by_purpose.setdefault(entry.purpose, []).append(entry)
@@ -206,7 +208,7 @@ def replaced_before(entries: Iterable[Entry], cutoff: datetime) -> list[str]:
     for decisions in by_purpose.values():
         decisions.sort(key=lambda e: Record.of(e).order())
         replaced.extend(entry.id for entry, successor in itertools.pairwise(decisions)
-                        if successor.collected_at < cutoff)
+                        if max(entry.recorded_at, successor.recorded_at) < cutoff)
     return replaced
 
 

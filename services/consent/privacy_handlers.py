@@ -62,7 +62,6 @@ from services.consent.privacy import (
 )
 from services.consent.privacy_flow import UnsentRequests, build_flow, digest_key, subject_keys
 from services.consent.privacy_receipts import erasure_receipt_body
-from services.consent.privacy_retention import DailySweep
 from services.consent.privacy_store import INDEXES, PrivacyRequests
 from services.consent.receipts import ReceiptSigner
 
@@ -271,7 +270,7 @@ def _subject(payload: dict[str, Any], kind: str) -> tuple[str, list[str], list[I
 def privacy_consumers(settings: Settings, producer: Producer, db: Database,
                       holdings: Sequence[ConsentHolding] = ()) -> list[ConsumerLoop]:
     """The consent worker's privacy loops: acks (with the relay of unsent requests) and the
-    consent service's own part of each request (with the daily retention sweep)."""
+    consent service's own part of each request."""
     ensure_indexes(db, INDEXES)
     flow = build_flow(settings, db)
     key = digest_key(settings)
@@ -283,7 +282,7 @@ def privacy_consumers(settings: Settings, producer: Producer, db: Database,
          UnsentRequests(flow)),
         (REQUESTS_GROUP, topics.PRIVACY_REQUESTS,
          make_request_handler(subject_keys(settings, db), DoNotContactList(db, key), holdings,
-                              key, db), DailySweep(db, settings)),
+                              key, db), None),
     ):
         ledger = ProcessedLedger(db, group)
         ledger.prepare()

@@ -15,14 +15,14 @@ import argparse
 import json
 import logging
 import sys
-import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo.database import Database
 
 from services.common import retention, store
-from services.common.bus import Outgoing, Relay
+from services.common.background import DailyHousekeeping
 from services.common.config import ConfigError, Settings
 from services.consent.consent_store import LEDGER, ConsentStore
 from services.consent.privacy_store import RETENTION_RULES
@@ -33,10 +33,11 @@ log = logging.getLogger(__name__)
 PROOF = "consent_proof"
 
 
-def sweep(db: Database, policy: dict[str, timedelta], now: datetime, *,
-          apply: bool) -> list[dict[str, Any]]:
+def sweep(db: Database, policy: dict[str, timedelta], now: datetime, *, apply: bool,
+          pause: Callable[[float], bool] | None = None) -> list[dict[str, Any]]:
     """Every kind this service holds: how much is past its retention, deleted with
-    ``apply`` (the report of services.common.retention.sweep)."""
+    ``apply`` (the report of services.common.retention.sweep); ``pause`` paces the pass
+    over the consent states (``store.paced``)."""
     report = retention.sweep(db, RETENTION_RULES, policy, now, apply=apply)
     proof = {"kind": PROOF, "collection": LEDGER, "retention_days": None,
              "description": "consent ledger entries (with their proof) of decisions replaced "
@@ -45,34 +46,29 @@ def sweep(db: Database, policy: dict[str, timedelta], now: datetime, *,
     keep_for = policy.get(PROOF)
     if keep_for is not None:
         cutoff = now - keep_for
-        expired, deleted = ConsentStore(db).sweep_replaced_proof(cutoff, apply=apply)
+        expired, deleted = ConsentStore(db).sweep_replaced_proof(cutoff, apply=apply,
+                                                                 pause=pause)
         proof |= {"retention_days": keep_for.days, "cutoff": cutoff.isoformat(),
                   "expired": expired, "deleted": deleted}
     return [*report, proof]
 
 
-class DailySweep(Relay):
-    """Runs the retention sweep from a consumer loop's idle time, once a day. It announces
-    nothing: the relay hook is only the loop's clock."""
+class RetentionSweep(DailyHousekeeping):
+    """The consent worker's daily sweep, a loop of its own beside the consumers: the pass
+    over every consent state must not hold up a consumer (the privacy requests')."""
 
-    interval_seconds = 3600.0
-    EVERY_SECONDS = 86400.0
+    group = "consent-retention"
+    report = ("retention sweep", "kinds")
 
     def __init__(self, db: Database, settings: Settings):
+        super().__init__()
         self.db = db
         self.policy = retention.parse_policy(settings.retention_days)
-        self._due = 0.0
 
-    def pending(self) -> list[Outgoing]:
-        if time.monotonic() >= self._due:
-            self._due = time.monotonic() + self.EVERY_SECONDS
-            report = sweep(self.db, self.policy, datetime.now(UTC), apply=True)
-            log.info("retention sweep", extra={"kinds": {r["kind"]: r["deleted"]
-                                                         for r in report}})
-        return []
-
-    def sent(self, messages: list[Outgoing]) -> None:
-        """Nothing is ever pending."""
+    def sweep(self) -> dict[str, int]:
+        """Delete what is past its retention; returns how much of each kind."""
+        report = sweep(self.db, self.policy, datetime.now(UTC), apply=True, pause=self.pause)
+        return {kind["kind"]: kind["deleted"] for kind in report}
 
 
 def main(argv: list[str] | None = None) -> int:

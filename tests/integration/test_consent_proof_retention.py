@@ -30,14 +30,16 @@ def own_db(mongo_client, unique):
 
 
 def decide(store: ConsentStore, profile_id: str, cause: str, at: datetime,
-           purpose: str | None = None, state: str | None = None) -> list[str]:
-    """Record a decision (an objection when no purpose is named); returns its entry ids."""
+           purpose: str | None = None, state: str | None = None,
+           recorded_at: datetime | None = None) -> list[str]:
+    """Record a decision (an objection when no purpose is named) collected ``at`` and
+    recorded then too, unless ``recorded_at`` says later; returns its entry ids."""
     subject = ledger.profile_subject(profile_id)
     request = DecisionRequest(subject=subject, channel="web", source="test", collected_at=at,
                               purpose=purpose, state=state)
     change = decision_change(load_catalogue(), request, cause_id=cause,
-                             subject_state=store.state(subject.key), signer=SIGNER, now=at,
-                             objection=purpose is None)
+                             subject_state=store.state(subject.key), signer=SIGNER,
+                             now=recorded_at or at, objection=purpose is None)
     store.finish(store.commit(change, announce_later=False))
     return [entry.id for entry in change.entries]
 
@@ -85,3 +87,31 @@ def test_a_decision_replaced_longer_ago_than_the_retention_goes_and_the_one_in_f
     assert proof_report(sweep(own_db, FIVE_YEARS, NOW, apply=True))["expired"] == 0
     unlimited = proof_report(sweep(own_db, {}, NOW, apply=True))
     assert (unlimited["retention_days"], unlimited["expired"]) == (None, 0)
+
+
+def test_a_decision_replaced_by_one_collected_long_ago_but_recorded_lately_keeps_its_proof(
+        own_db):
+    store = ConsentStore(own_db)
+    [grant] = decide(store, "p1", "grant", datetime(2018, 1, 1, tzinfo=UTC),
+                     "marketing_email", "granted")
+    # a paper withdrawal signed in 2019, entered only last month: the grant was in force, and
+    # its proof the basis of what was done, until then
+    decide(store, "p1", "paper", datetime(2019, 1, 1, tzinfo=UTC), "marketing_email",
+           "withdrawn", recorded_at=NOW - timedelta(days=30))
+
+    report = proof_report(sweep(own_db, FIVE_YEARS, NOW, apply=True))
+
+    assert report["expired"] == 0 and store.entries([grant])
+
+
+def test_a_sweep_cut_short_after_deleting_entries_drops_them_from_the_history_next_time(own_db):
+    store = ConsentStore(own_db)
+    [first] = decide(store, "p1", "first", datetime(2018, 1, 1, tzinfo=UTC), "profiling",
+                     "granted")
+    [second] = decide(store, "p1", "second", datetime(2019, 1, 1, tzinfo=UTC), "profiling",
+                      "denied")
+    own_db[LEDGER].delete_one({"_id": first})  # deleted, then the sweep was killed
+
+    sweep(own_db, FIVE_YEARS, NOW, apply=True)
+
+    assert store.state("p1").applied == [second]

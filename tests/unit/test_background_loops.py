@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import pytest
 
 from services.common.background import BackgroundLoop
+from services.consent.privacy_retention import RetentionSweep
 from services.export.housekeeping import SettledChangesSweep
 from services.identity.housekeeping import OrphanLinkSweep
 
@@ -35,6 +37,8 @@ def test_a_failing_step_is_logged_and_tried_again_without_stopping_the_worker(ca
 @pytest.mark.parametrize("daily_sweep", [
     lambda: OrphanLinkSweep(graph=None),  # identity: links to profiles no longer in the graph
     lambda: SettledChangesSweep(store=None, policy={}),  # export: settled stream changes
+    # consent: retention, consent proof among it
+    lambda: RetentionSweep(db=None, settings=SimpleNamespace(retention_days="consent_proof=1")),
 ])
 def test_a_daily_sweep_runs_daily_and_an_hour_after_one_that_failed(monkeypatch, daily_sweep):
     clock = [0.0]
