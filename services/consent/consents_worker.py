@@ -13,14 +13,11 @@ cdp.consent.changes:
   recorded on the bare identifier stays with the identifier (a recycled do-not-call number
   stays do-not-call until its new holder decides otherwise).
 * **resolved events** — how a bare identifier (a do-not-call phone number) meets its profile.
-  One query per poll asks which of the events' identifiers are bare-identifier subjects,
-  and one which are on the do-not-contact list (their owner objected to direct marketing and
-  was erased); almost always none is and nothing else happens, which keeps this consumer
-  cheap next to the identity and profile workers on the same topic. An identifier with a
-  state is linked to the profile (services.consent.linking; the API links at once when the
-  graph already knows the identifier's profile). A listed one means the person is back: the
-  profile is denied every direct-marketing purpose as of the listing, as the objection
-  would have done, so only a decision they make since then allows one.
+  One query per poll asks which of the events' identifiers are bare-identifier subjects;
+  almost always none is and nothing else happens, which keeps this consumer cheap next to
+  the identity and profile workers on the same topic. When it does, the identifier is
+  linked to the profile (services.consent.linking; the API links at once when the graph
+  already knows the identifier's profile).
 
 Also drains the outbox of API decisions whose announcement did not reach Kafka.
 """
@@ -35,7 +32,6 @@ from services.common.config import Settings
 from services.common.envelope import Envelope, derived_message_id
 from services.common.store import ProcessedLedger
 from services.consent import ledger
-from services.consent.catalogue import Catalogue, load_catalogue
 from services.consent.consent_store import (
     Change,
     ConsentStore,
@@ -46,9 +42,7 @@ from services.consent.consent_store import (
 )
 from services.consent.decisions import signed
 from services.consent.linking import link_identifier
-from services.consent.privacy import Identifier
-from services.consent.privacy_flow import digest_key
-from services.consent.privacy_handlers import ConsentHolding, DoNotContactList, Listing
+from services.consent.privacy_handlers import ConsentHolding
 from services.consent.receipts import ReceiptSigner
 
 SERVICE = "consent"
@@ -61,23 +55,18 @@ def consents_consumers(settings: Settings, producer: Producer,
     signer = ReceiptSigner.from_setting(settings.consent_receipt_key)
     ledger_ = ProcessedLedger(db, GROUP)
     ledger_.prepare()
-    handler, batch_handler = make_handlers(
-        store, signer, DoNotContactList(db, digest_key(settings)),
-        load_catalogue(settings.consent_purposes_file or None))
+    handler, batch_handler = make_handlers(store, signer)
     return [ConsumerLoop(settings=settings, service=SERVICE, group=GROUP,
                          topics=[topics.IDENTITY_MERGES, topics.EVENTS_RESOLVED],
                          handler=handler, batch_handler=batch_handler, producer=producer,
                          ledger=ledger_, relay=UnannouncedChanges(store))]
 
 
-def make_handlers(store: ConsentStore, signer: ReceiptSigner, do_not_contact: DoNotContactList,
-                  catalogue: Catalogue):
-    """The per-message handler and the batch handler. Each asks the store once for all its
-    events' identifiers which have a state of their own and which are on the do-not-contact
-    list (almost always none)."""
+def make_handlers(store: ConsentStore, signer: ReceiptSigner):
+    """The per-message handler and the batch handler, which asks the store once per poll
+    which of the events' identifiers have a state of their own (almost always none)."""
 
-    def handle_one(envelope: Envelope, with_state: set[str],
-                   listed: dict[Identifier, Listing]) -> list[Outgoing]:
+    def handle_one(envelope: Envelope, with_state: set[str] | None) -> list[Outgoing]:
         if envelope.channel == "system" and envelope.type == "Profiles Merged":
             return _merge(store, signer, envelope)
         if envelope.channel == "system" and envelope.type == "Profile Split":
@@ -86,40 +75,28 @@ def make_handlers(store: ConsentStore, signer: ReceiptSigner, do_not_contact: Do
             return []
         if envelope.profile_id is None:
             raise InvalidMessage("a resolved event needs a profile_id")
-        messages, identifiers = [], _identifiers(envelope)
-        for identifier in identifiers:
-            if _key(identifier) in with_state:
-                messages += _link(store, signer, _key(identifier), envelope.profile_id,
-                                  envelope)
-        # after the links: a decision recorded on the identifier since its listing, which
-        # a link brings to the profile, is a decision made since then and stands
-        listings = [listed[i] for i in identifiers if i in listed]
-        if listings:
-            messages += _deny_listed(store, signer, catalogue, listings, envelope)
+        messages = []
+        for key in _identifier_keys(envelope):
+            if with_state is None or key in with_state:
+                messages += _link(store, signer, key, envelope.profile_id, envelope)
         return messages
 
-    def handle_batch(envelopes: list[Envelope]) -> list[Outgoing]:
-        # merges and splits in the batch change profiles' states, never an identifier's,
-        # nor the list
-        identifiers = [i for envelope in envelopes for i in _identifiers(envelope)]
-        with_state = store.subjects_with_state([_key(i) for i in identifiers])
-        listed = do_not_contact.listings(identifiers)
-        return [message for envelope in envelopes
-                for message in handle_one(envelope, with_state, listed)]
-
     def handle(envelope: Envelope) -> list[Outgoing]:
-        return handle_batch([envelope])
+        return handle_one(envelope, None)
+
+    def handle_batch(envelopes: list[Envelope]) -> list[Outgoing]:
+        # merges and splits in the batch change profiles' states, never an identifier's
+        with_state = store.subjects_with_state(
+            [key for envelope in envelopes for key in _identifier_keys(envelope)])
+        return [message for envelope in envelopes
+                for message in handle_one(envelope, with_state)]
 
     return handle, handle_batch
 
 
-def _identifiers(envelope: Envelope) -> list[Identifier]:
-    return [Identifier(type_, value) for type_, value in sorted(envelope.identifiers.items())]
-
-
-def _key(identifier: Identifier) -> str:
-    """The identifier's consent subject key."""
-    return f"{ledger.IDENTIFIER_PREFIX}{identifier.type}:{identifier.value}"
+def _identifier_keys(envelope: Envelope) -> list[str]:
+    return [f"{ledger.IDENTIFIER_PREFIX}{type_}:{value}"
+            for type_, value in sorted(envelope.identifiers.items())]
 
 
 def _merge(store: ConsentStore, signer: ReceiptSigner, envelope: Envelope) -> list[Outgoing]:
@@ -176,31 +153,6 @@ def _link(store: ConsentStore, signer: ReceiptSigner, identifier_key: str, profi
     return messages
 
 
-def _deny_listed(store: ConsentStore, signer: ReceiptSigner, catalogue: Catalogue,
-                 listings: list[Listing], envelope: Envelope) -> list[Outgoing]:
-    """The event's profile holds identifiers whose owner objected to direct marketing and
-    was erased since: the person is back, and the objection reaches the profile as of the
-    latest listing. Recorded once, by the first event that finds the profile without it;
-    delivered again, that event finishes and announces it again."""
-    cause = derived_message_id(envelope.message_id, "consent-do-not-contact")
-    change = store.change(cause)
-    if change is None:
-        profile, state = store.current_state(envelope.profile_id)
-        erased = frozenset().union(*(listing.erased_profiles for listing in listings))
-        if erased & {envelope.profile_id, profile}:
-            return []  # the erased person's own event, on its way since before the erasure
-        latest = max(listings, key=lambda listing: listing.at)
-        entries = ledger.do_not_contact_entries(
-            ledger.profile_subject(profile), state or ledger.SubjectState(profile), catalogue,
-            listed_at=latest.at, cause_id=cause, at=envelope.received_at,
-            proof={"do_not_contact": latest.digest, "erasure_request": latest.request_id})
-        if not entries:
-            return []  # denied as of the listing already, or decided since
-        change = store.commit(Change(cause, signed(entries, signer), at=envelope.received_at),
-                              announce_later=False)
-    return change_messages(store.finish(change))
-
-
 def _payload(envelope: Envelope, name: str) -> str:
     value = envelope.payload.get(name)
     if not isinstance(value, str) or not value:
@@ -208,8 +160,10 @@ def _payload(envelope: Envelope, name: str) -> str:
     return value
 
 
-def _keys(profile_ids: list[str], identifiers: list[Identifier]) -> list[str]:
-    return [*profile_ids, *map(_key, identifiers)]
+def _keys(profile_ids: list[str], identifiers) -> list[str]:
+    """The consent subject keys of the profiles and identifiers."""
+    return [*profile_ids, *(f"{ledger.IDENTIFIER_PREFIX}{i.type}:{i.value}"
+                            for i in identifiers)]
 
 
 class LedgerHolding(ConsentHolding):

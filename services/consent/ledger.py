@@ -249,23 +249,6 @@ def objection_decisions(catalogue: Catalogue) -> dict[str, str]:
     return {purpose: "denied" for purpose in catalogue.direct_marketing}
 
 
-def do_not_contact_entries(target: Subject, target_state: SubjectState, catalogue: Catalogue, *,
-                           listed_at: datetime, cause_id: str, at: datetime,
-                           proof: dict) -> list[Entry]:
-    """Entries taking an objection that outlived its subject's erasure (the do-not-contact
-    list) to a profile the identifier turns up on again: every direct-marketing purpose
-    denied as decided when the identifier was listed, so that a decision made since then
-    stands. A purpose decided at or after the listing gets no entry."""
-    since = {purpose for purpose, record in target_state.purposes.items()
-             if record.decided_at >= listed_at}
-    decisions = {purpose: state for purpose, state in objection_decisions(catalogue).items()
-                 if purpose not in since}
-    return decision_entries(target, decisions, kind="objection", reason=OBJECTION,
-                            channel="system", source="consent-do-not-contact",
-                            collected_at=listed_at, recorded_at=at, cause_id=cause_id,
-                            notice_version=None, proof=proof, actor=None)
-
-
 def stricter_entries(target: Subject, target_state: SubjectState, other: SubjectState, *,
                      kind: str, reason: str, cause_id: str, at: datetime) -> list[Entry]:
     """Entries that give ``target``, per purpose, the stricter of its own and ``other``'s

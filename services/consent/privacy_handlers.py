@@ -17,8 +17,7 @@ with its ack like every other service's:
   marketing, that objection must outlive the erasure — else erasing a person would make
   them contactable again — so each of their identifiers goes on the do-not-contact list as a
   keyed digest only (``privacy_do_not_contact``): a later sign-up with the same phone
-  number is recognised as not to be called, the number and the profile the sign-up makes,
-  without the list holding the number.
+  number is recognised as not to be called, without the list holding the number.
   The preference centre's sign-in challenges and sessions of the subject are deleted too
   (preferences/store.py ``erase_subject``).
 * access — the consent records and whether the subject is on the do-not-contact list.
@@ -30,7 +29,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -49,7 +47,7 @@ from services.common.shredding import (
     identifier_key_id,
     profile_key_id,
 )
-from services.common.store import ProcessedLedger, ensure_indexes, find_by_ids
+from services.common.store import ProcessedLedger, ensure_indexes
 from services.consent.preferences import store as preference_store
 from services.consent.privacy import (
     ACK_TYPE,
@@ -146,61 +144,37 @@ class ConsentHolding:
         raise NotImplementedError
 
 
-@dataclass(frozen=True)
-class Listing:
-    """An identifier's place on the do-not-contact list: its keyed digest, when it was put
-    there and by which erasure, and the profiles the erasures listing it erased."""
-
-    digest: str
-    at: datetime
-    request_id: str | None
-    erased_profiles: frozenset[str]
-
-
 class DoNotContactList:
     """Keyed digests of identifiers whose owner objected to direct marketing and was then
-    erased. Direct marketing is denied from the listing on unless a later decision allows
-    it: a check of a bare identifier asks ``listed_since``; the consent worker asks
-    ``listings`` for a poll's events, and a profile one of them reaches is denied as the
-    identifier was (consents_worker.py)."""
+    erased: a check of a bare identifier asks ``listed_since``, and denies direct marketing
+    from then on unless a later decision allows it."""
 
     def __init__(self, db: Database, digest_key: bytes):
         self.collection = db[DO_NOT_CONTACT]
         self.digest_key = digest_key
 
-    def add(self, identifiers: Sequence[Identifier], request_id: str, at: datetime,
-            erased_profiles: Sequence[str] = ()) -> int:
-        """List the identifiers (the first listing's time and request stay). The profiles
-        erased with them are kept too, pseudonymous ids only: an event of one still on its
-        way is the erased person's, not a returning one's."""
+    def add(self, identifiers: Sequence[Identifier], request_id: str, at: datetime) -> int:
         added = 0
         for identifier in identifiers:
             digest = identifier_digest(self.digest_key, identifier.type, identifier.value)
             result = self.collection.update_one(
-                {"_id": digest},
-                {"$setOnInsert": {"type": identifier.type, "reason": "objection",
-                                  "request_id": request_id, "at": at},
-                 "$addToSet": {"erased_profiles": {"$each": list(erased_profiles)}}},
+                {"_id": digest}, {"$setOnInsert": {"type": identifier.type, "reason": "objection",
+                                                   "request_id": request_id, "at": at}},
                 upsert=True)
             added += result.upserted_id is not None
         return added
 
     def listed_since(self, identifier: Identifier) -> datetime | None:
         """When the identifier was put on the list (None when it is not on it)."""
-        listing = self.listings([identifier]).get(identifier)
-        return listing and listing.at
-
-    def listings(self, identifiers: Sequence[Identifier]) -> dict[Identifier, Listing]:
-        """Those of ``identifiers`` on the list, read by ``_id`` in one query (per 500)."""
-        by_digest = {identifier_digest(self.digest_key, i.type, i.value): i
-                     for i in identifiers}
-        return {by_digest[doc["_id"]]: Listing(doc["_id"], doc["at"], doc.get("request_id"),
-                                               frozenset(doc.get("erased_profiles") or ()))
-                for doc in find_by_ids(self.collection, list(by_digest),
-                                       {"at": 1, "request_id": 1, "erased_profiles": 1})}
+        doc = self.collection.find_one(
+            {"_id": identifier_digest(self.digest_key, identifier.type, identifier.value)},
+            {"at": 1})
+        return doc and doc["at"]
 
     def contains(self, identifiers: Sequence[Identifier]) -> bool:
-        return bool(self.listings(identifiers))
+        digests = [identifier_digest(self.digest_key, i.type, i.value) for i in identifiers]
+        return bool(digests) and self.collection.find_one(
+            {"_id": {"$in": digests}}, {"_id": 1}) is not None
 
 
 def make_request_handler(keys: SubjectKeys, do_not_contact: DoNotContactList,
@@ -215,8 +189,7 @@ def make_request_handler(keys: SubjectKeys, do_not_contact: DoNotContactList,
         if kind == "erasure":
             summary: dict[str, Any] = {"do_not_contact_kept": 0}
             if any(h.objected(profile_ids, identifiers) for h in holdings):
-                summary["do_not_contact_kept"] = do_not_contact.add(identifiers, request_id, now,
-                                                                    profile_ids)
+                summary["do_not_contact_kept"] = do_not_contact.add(identifiers, request_id, now)
             for holding in holdings:
                 summary |= holding.erase(profile_ids, identifiers)
             summary |= preference_store.erase_subject(

@@ -245,35 +245,3 @@ def test_a_number_whose_objecting_owner_was_erased_is_still_not_called_for_marke
     assert (answer("marketing_phone")["allowed"], answer("marketing_phone")["reason"]) == (
         False, "objection")
     assert answer("analytics")["reason"] == "default_by_legal_basis"  # not direct marketing
-
-
-def test_a_returning_objectors_new_profile_is_not_marketed_to(
-        consent_api, consent_worker, api_keys, settings, db, unique):
-    number = f"+35846{int(unique, 16) % 10**7:07d}"
-    # a customer who had objected was erased; later the same number signs up again
-    DoNotContactList(db, settings.privacy_digest_key.encode()).add(
-        [Identifier("phone", number)], f"req-{unique}", datetime.now(UTC) - timedelta(days=1),
-        [f"erased-{unique}"])
-    profile = f"p-{unique}"
-    assert check(consent_api, api_keys, profile, "marketing_phone")["allowed"] is True  # default
-    signed_up = new_envelope("Identify", "web", identifiers={"phone": number}).resolved_to(
-        profile)
-
-    produce(settings, topics.EVENTS_RESOLVED, [signed_up], key=lambda i, v: profile)
-
-    wait_until(lambda: check(consent_api, api_keys, profile, "marketing_phone")["allowed"]
-               is False, 60, interval=0.3, what="the objection reaching the new profile")
-    for purpose in MARKETING:
-        answer = check(consent_api, api_keys, profile, purpose)
-        assert (answer["allowed"], answer["state"], answer["reason"]) == (
-            False, "denied", "objection"), answer
-    assert check(consent_api, api_keys, profile, "analytics")["reason"] == (
-        "default_by_legal_basis")  # not direct marketing
-    wait_until(lambda: {(m["payload"]["purpose"], m["payload"]["reason"])
-                        for m in changes_for(settings, profile)} == {
-        (purpose, "objection") for purpose in MARKETING}, 30, interval=0.3,
-        what="the denial announced")
-    # their own decision since the listing allows it again
-    assert decide(consent_api, api_keys, {"profile_id": profile, "purpose": "marketing_phone",
-                                          "state": "granted"}).status_code == 201
-    assert check(consent_api, api_keys, profile, "marketing_phone")["allowed"] is True

@@ -231,28 +231,6 @@ def test_an_objection_outliving_its_owners_erasure_denies_direct_marketing_until
                             do_not_contact_since=erased_at).allowed
 
 
-def test_a_listed_objection_reaching_a_profile_leaves_a_decision_made_since_standing():
-    listed_at = T0 + timedelta(days=1)
-    profile = ledger.profile_subject("p")
-    before = decide(profile, "marketing_sms", "granted", T0, "before")
-    since = decide(profile, "marketing_email", "granted", listed_at + timedelta(days=3), "since")
-    state = state_of("p", before, since)
-
-    entries = ledger.do_not_contact_entries(profile, state, CATALOGUE, listed_at=listed_at,
-                                            cause_id="dnc", at=listed_at + timedelta(days=9),
-                                            proof={})
-
-    assert {e.purpose for e in entries} == {"marketing_sms", "marketing_phone", "marketing_post"}
-    state.apply(entries)
-    assert ledger.check(CATALOGUE, state, "marketing_email").allowed
-    for purpose in ("marketing_sms", "marketing_phone", "marketing_post"):
-        answer = ledger.check(CATALOGUE, state, purpose)
-        assert (answer.allowed, answer.reason, answer.decided_at) == (False, "objection",
-                                                                      listed_at)
-    assert ledger.do_not_contact_entries(profile, state, CATALOGUE, listed_at=listed_at,
-                                         cause_id="again", at=listed_at, proof={}) == []
-
-
 def test_an_identifier_whose_profile_cannot_be_resolved_is_never_allowed():
     assert identifier_check(CATALOGUE, None, None, "marketing_phone").allowed  # by default
     answer = identifier_check(CATALOGUE, None, None, "marketing_phone", profile_known=False)
