@@ -99,9 +99,6 @@ class InvalidIdentifier(ValueError):
 
 
 def _email(value: str, region: str) -> str:
-    # an address typed with a full-width input method (ｍａｔｔｉ＠example.com) is the same
-    # address: compatibility forms are folded before anything else
-    value = unicodedata.normalize("NFKC", value)
     try:
         result = validate_email(value, check_deliverability=False)
     except EmailNotValidError as exc:
@@ -242,7 +239,7 @@ def normalise(type_: str, value: str, *, region: str = "FI") -> str:
     any case) is the default country for phone numbers written without a
     country code; other types ignore it.
 
-    Canonical forms: email NFKC-folded and lower-cased; phone E.164 (``+358401234567``); hetu
+    Canonical forms: email lower-cased; phone E.164 (``+358401234567``); hetu
     upper case (``131052-308T``), or its keyed digest unchanged; business_id
     ``1234567-8``; twitter_handle lower case without ``@``; instagram_handle
     likewise; twitter_id / facebook_id / instagram_id the digits; user_id,

@@ -139,12 +139,6 @@ def test_invalid_email_is_rejected(raw):
     assert_invalid("email", raw, "not a valid email address")
 
 
-@pytest.mark.parametrize("raw", ["ｍａｔｔｉ@example.com", "matti＠example.com",
-                                 "ＭＡＴＴＩ＠ＥＸＡＭＰＬＥ．ＣＯＭ"])
-def test_an_email_typed_in_full_width_characters_is_the_same_address(raw):
-    assert normalise("email", raw) == "matti@example.com"
-
-
 def test_email_normalisation_is_idempotent():
     once = normalise("email", " Matti@Example.COM ")
     assert normalise("email", once) == once
