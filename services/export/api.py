@@ -10,7 +10,8 @@ What went to which partner about one profile (by runs and streams) is read by ad
 ``/v1/exports/disclosures`` (the consent service's preference centre shows it the customer).
 A partner's deletion notices are listed at ``/v1/exports/{partner}/notices`` (admin and
 auditors); admin and dpo send those that failed for good again with ``POST .../notices/retry``,
-and replacing a contract does so too (a fixed destination is the usual cure). How many notices
+and replacing a contract does so too (a fixed destination is the usual cure); the dpo closes
+one that cannot be sent with ``POST .../notices/{id}/abandon`` and the reason. How many notices
 wait or failed is a gauge (``muisti_deletion_notices``), read from the store at each scrape.
 Secrets are sealed at rest (services.export.sealing) and never returned.
 """
@@ -166,13 +167,17 @@ class NoticeSchema(Schema):
     profile_id = fields.String()
     reason = fields.String(metadata={
         "description": "erasure, restricted or consent:<purpose>:<state>"})
-    status = fields.String(metadata={"description": "pending, sent or failed (for good)"})
+    status = fields.String(metadata={
+        "description": "pending, sent, failed (for good) or abandoned (closed by hand)"})
     attempts = fields.Integer()
     created_at = fields.DateTime(allow_none=True)
     next_attempt_at = fields.DateTime(allow_none=True)
     sent_at = fields.DateTime(allow_none=True)
     requeued_at = fields.DateTime(allow_none=True)
     last_error = fields.String(allow_none=True)
+    abandoned_at = fields.DateTime(allow_none=True)
+    abandoned_by = fields.String(allow_none=True, metadata={"description": "the key id"})
+    abandoned_reason = fields.String(allow_none=True)
     partner_receipt = fields.Dict(attribute="receipt", allow_none=True)
 
 
@@ -182,6 +187,11 @@ class NoticesSchema(Schema):
                          metadata={"description": "every notice of the partner, by status"})
     notices = fields.List(fields.Nested(NoticeSchema),
                           metadata={"description": "newest first, at most 100"})
+
+
+class AbandonSchema(Schema):
+    reason = fields.String(required=True, validate=validate.Length(min=1, max=500), metadata={
+        "description": "why it is closed unsent, e.g. how the partner was told instead"})
 
 
 class RequeuedSchema(Schema):
@@ -415,6 +425,26 @@ def _runs_blueprint() -> Blueprint:
             raise Problem(404, f"no partner {partner_id}")
         return {"partner_id": partner_id,
                 "requeued": store.requeue_failed_notices(partner_id)}
+
+    @blueprint.route("/<string:partner_id>/notices/<string:notice_id>/abandon",
+                     methods=["POST"])
+    @require_roles("dpo")
+    @blueprint.arguments(AbandonSchema)
+    @blueprint.response(200, NoticeSchema)
+    @blueprint.alt_response(404, description="no such notice of this partner")
+    @blueprint.alt_response(409, description="the notice has not failed for good")
+    def abandon_notice(body, partner_id, notice_id):
+        """Close a notice that failed for good without sending it (the partner was told some
+        other way, or no longer exists), with the reason; who did it is recorded."""
+        store = _store()
+        before = store.abandon_notice(partner_id, notice_id, current_principal().key_id,
+                                      body["reason"])
+        if before is None:
+            raise Problem(404, f"no notice {notice_id} of partner {partner_id}")
+        if before != "failed":
+            raise Problem(409, f"the notice is {before}: only one that failed for good can be "
+                               "abandoned")
+        return store.notice(notice_id)
 
     @blueprint.route("/<string:partner_id>/stream", methods=["GET"])
     @require_roles("admin", "partner", *AUDITORS)

@@ -84,7 +84,7 @@ RUN_ACTIVE = ("queued", "running")
 CHANGE_STATES = ("pending", "sent", "not_sent", "cancelled")
 # settled changes deleted between two pauses of the retention sweep
 SETTLED_CHANGES_CHUNK = 500
-NOTICE_STATES = ("pending", "sent", "failed")
+NOTICE_STATES = ("pending", "sent", "failed", "abandoned")
 
 
 def now() -> datetime:
@@ -709,6 +709,25 @@ class ExportStore:
             {"partner_id": partner_id, "status": "failed"},
             {"$set": {"status": "pending", "next_attempt_at": now(), "requeued_at": now()}}
         ).modified_count
+
+    def abandon_notice(self, partner_id: str, notice_id: str, by: str,
+                       reason: str) -> str | None:
+        """Close a notice that failed for good without sending it (the partner was told
+        some other way, or is gone), recording who and why, its identifiers dropped. Returns
+        the notice's status before (None when the partner has no such notice); only a
+        failed one is abandoned."""
+        taken = self.db[NOTICES].find_one_and_update(
+            {"_id": notice_id, "partner_id": partner_id, "status": "failed"},
+            {"$set": {"status": "abandoned", "identifiers": {}, "abandoned_at": now(),
+                      "abandoned_by": by, "abandoned_reason": reason}})
+        if taken is not None:
+            return taken["status"]
+        found = self.db[NOTICES].find_one({"_id": notice_id, "partner_id": partner_id},
+                                          {"status": 1})
+        return found and found["status"]
+
+    def notice(self, notice_id: str) -> dict[str, Any] | None:
+        return self.db[NOTICES].find_one({"_id": notice_id}, {"identifiers": 0})
 
     def notice_backlog(self) -> dict[str, Any]:
         """Counts of pending and failed notices (every partner) and when the oldest pending

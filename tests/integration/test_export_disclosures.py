@@ -1,11 +1,11 @@
 """What partners were given and told, over the export API and worker as processes and a fake
 partner (tests/support/export_partner.py): GET /v1/exports/disclosures (which partners
 received one profile's data and when) and a partner's deletion notices (listed, and sent again
-once they failed for good)."""
+once they failed for good, or closed unsent by the dpo)."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pytest
 import requests
@@ -139,3 +139,36 @@ def test_a_deletion_notice_that_failed_for_good_is_listed_and_goes_out_once_the_
     assert requests.get(f"{export_api.url}/v1/exports/nobody-{unique}/notices", timeout=10,
                         headers=auth(api_keys, "dpo")).status_code == 404
     partner.close()
+
+
+def test_a_notice_that_cannot_be_sent_is_abandoned_by_the_dpo_with_the_reason(
+        export_api, db, api_keys, unique):
+    partner_id = f"gone-{unique}"
+    put_partner(export_api, api_keys, partner_id, "https://partner.example/in", f"seg-{unique}")
+    db.export_notices.insert_many([
+        {"_id": f"{unique}-failed", "partner_id": partner_id, "profile_id": "p1",
+         "reason": "erasure", "identifiers": {"em": ["hashed"]}, "status": "failed",
+         "attempts": 3, "last_error": "HTTP 410", "next_attempt_at": datetime.now(UTC),
+         "created_at": datetime.now(UTC)},
+        {"_id": f"{unique}-sent", "partner_id": partner_id, "profile_id": "p2",
+         "reason": "erasure", "identifiers": {}, "status": "sent", "attempts": 1,
+         "next_attempt_at": datetime.now(UTC), "created_at": datetime.now(UTC)}])
+
+    def abandon(notice_id: str, role: str = "dpo") -> requests.Response:
+        return requests.post(
+            f"{export_api.url}/v1/exports/{partner_id}/notices/{notice_id}/abandon",
+            json={"reason": "the partner closed; told by registered letter"},
+            headers=auth(api_keys, role), timeout=10)
+
+    assert abandon(f"{unique}-failed", role="supervisor").status_code == 403
+    answer = abandon(f"{unique}-failed")
+    assert answer.status_code == 200, answer.text
+    closed = answer.json()
+    assert (closed["status"], closed["abandoned_reason"]) == (
+        "abandoned", "the partner closed; told by registered letter")
+    assert closed["abandoned_by"] and "identifiers" not in closed
+    assert db.export_notices.find_one({"_id": f"{unique}-failed"})["identifiers"] == {}
+    assert notices(export_api, api_keys, partner_id)["counts"] == {"abandoned": 1, "sent": 1}
+    assert abandon(f"{unique}-failed").status_code == 409  # closed already
+    assert abandon(f"{unique}-sent").status_code == 409
+    assert abandon(f"{unique}-nothing").status_code == 404
