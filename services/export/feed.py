@@ -260,7 +260,8 @@ def handle_privacy_request(store: ExportStore, envelope: Envelope) -> list[Outgo
         raise InvalidMessage(str(error)) from None
     kind, profile_ids, data = request.kind, list(request.profile_ids), None
     if kind == "erasure":
-        summary = erase(store, profile_ids, cause=envelope.message_id,
+        # the request, not its message: the dpo's retry of it is another message
+        summary = erase(store, profile_ids, cause=request.request_id,
                         identifiers=request.identifiers)
     elif kind == "access":
         data = {"partners": partners_of(store, profile_ids)}

@@ -245,14 +245,19 @@ def test_notices_sent_between_batches_stop_when_their_time_is_up(store, tmp_path
     assert executor.send_due_notices() == len(queued)
 
 
-def test_a_redelivered_erasure_acks_the_partners_its_first_handling_notified(store):
+@pytest.mark.parametrize("handled_again", ["redelivered", "retried by the dpo"])
+def test_an_erasure_handled_again_acks_the_partners_its_first_handling_notified(
+        store, handled_again):
     save_partner(store, "ads", Destination(kind="directory", path="ads"))
     consented_profiles(store, ["p1"])
     store.record_deliveries("ads", "earlier-run", {"p1": {"pid": ["p1"]}})
     request = erasure_request("req-1", ["p1"])
 
     [first] = feed.handle_privacy_request(store, request)
-    [again] = feed.handle_privacy_request(store, request)  # the ack was lost in a crash
+    # the ack lost in a crash, or the request sent again (a message of its own)
+    again_request = request if handled_again == "redelivered" else erasure_request(
+        "req-1", ["p1"])
+    [again] = feed.handle_privacy_request(store, again_request)
 
     assert first.value.payload["summary"]["partners_notified"] == ["ads"]
     assert again.value.payload["summary"]["partners_notified"] == ["ads"]
