@@ -150,6 +150,8 @@ class ExportStore:
             {"_id": contract.partner_id},
             {"$set": {**doc, "updated_at": now(), "deleted_at": None},
              "$setOnInsert": {"created_at": now()}}, upsert=True)
+        if contract.mode != "streaming":
+            self._cancel_waiting_changes(contract.partner_id, "the contract no longer streams")
 
     def _contract(self, doc: dict[str, Any]) -> PartnerContract:
         owner, destination = doc["_id"], dict(doc["destination"])
@@ -199,10 +201,19 @@ class ExportStore:
 
     def delete_partner(self, partner_id: str) -> bool:
         """Retire a contract: no new runs, and its queued or running one is cancelled at its
-        next batch; deletion notices to the partner still go out."""
+        next batch, its stream's waiting changes at once; deletion notices to the partner
+        still go out."""
         result = self.db[PARTNERS].update_one(
             {"_id": partner_id, "deleted_at": None}, {"$set": {"deleted_at": now()}})
+        self._cancel_waiting_changes(partner_id, "the partner was retired")
         return result.modified_count == 1
+
+    def _cancel_waiting_changes(self, partner_id: str, reason: str) -> None:
+        """Settle the changes waiting for a partner that streams no more: no stream sends
+        them, and settled they go with their retention."""
+        self.db[STREAM_CHANGES].update_many(
+            {"partner_id": partner_id, "status": "pending"},
+            {"$set": {"status": "cancelled", "reason": reason, "settled_at": now()}})
 
     def partner_retired(self, partner_id: str) -> bool:
         """Whether the contract was retired (or is gone): one read by ``_id``, made before

@@ -1,8 +1,9 @@
 """Retention of a streaming partner's settled changes, on the real store (each test in a
 database of its own), with the stream executor in this process sending to a directory: the
 changes settled longer ago than the retention are deleted, in chunks, with their ids in the
-profiles' index entries, while pending ones and the rest of each entry stay; the export
-worker runs the sweep with the retention it is given."""
+profiles' index entries, while pending ones and the rest of each entry stay; changes waiting
+for a partner that streams no more are settled, so they go too; the export worker runs the
+sweep with the retention it is given."""
 
 from __future__ import annotations
 
@@ -128,3 +129,19 @@ def test_the_export_worker_runs_the_sweep_beside_its_consumers_with_the_set_rete
     loops = worker.build_consumers(settings, producer=None, db=store.db)
     [sweep] = [loop for loop in loops if isinstance(loop, SettledChangesSweep)]
     assert sweep.keep_for == timedelta(days=7) and sweep.store.db.name == store.db.name
+
+
+def test_changes_waiting_for_a_partner_that_streams_no_more_are_settled_and_then_swept(store):
+    store.queue_stream_change("w1", "ads", "p1", "m1")
+    save_partner(store, "crm", Destination(kind="directory", path="crm"), mode="streaming")
+    store.queue_stream_change("w2", "crm", "p1", "m2")
+
+    store.delete_partner("ads")
+    save_partner(store, "crm", Destination(kind="directory", path="crm"))  # now full runs
+
+    changes = {doc["_id"]: doc for doc in store.db[STREAM_CHANGES].find()}
+    assert {change_id: (doc["status"], doc["reason"]) for change_id, doc in changes.items()} == {
+        "w1": ("cancelled", "the partner was retired"),
+        "w2": ("cancelled", "the contract no longer streams")}
+    settled_days_ago(store, 31, "w1", "w2")
+    assert store.expire_settled_stream_changes(now() - RETENTION["stream_changes"]) == 2
