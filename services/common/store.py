@@ -217,6 +217,18 @@ def older_than(collection: pymongo.collection.Collection, field_name: str, befor
             if isinstance(doc.get(field_name), datetime) and doc[field_name] < before]
 
 
+EXPIRY_CHUNK = 500  # expired documents deleted between two pauses of a retention sweep
+
+
+def delete_older(collection: pymongo.collection.Collection, field_name: str, before: datetime,
+                 pause: Callable[[float], bool] | None = None) -> int:
+    """Delete the documents whose ``field_name`` is before ``before`` (a retention sweep),
+    found by one streamed read (``older_than``), ``EXPIRY_CHUNK`` at a time with ``pause``
+    between chunks (``paced``); returns how many."""
+    expired = [doc["_id"] for doc in older_than(collection, field_name, before)]
+    return sum(delete_by_ids(collection, chunk) for chunk in paced(expired, EXPIRY_CHUNK, pause))
+
+
 def documents_after(collection: pymongo.collection.Collection, after: str | None,
                     page_size: int = 200) -> Iterator[list[dict]]:
     """The documents of ``collection`` with ``_id`` above ``after``, in ``_id`` order, a page

@@ -15,6 +15,7 @@ from datetime import datetime
 from pymongo import ReturnDocument
 from pymongo.database import Database
 
+from services.common.erasure_counts import ErasureCounts
 from services.common.store import delete_by_ids, find_by_ids, insert_new
 from services.identity.graph import Identifier
 from services.identity.graph_store import CONFLICTS, LINKS, LOG, LOG_ANONYMISED, PROFILES
@@ -22,6 +23,7 @@ from services.identity.suggestions import RECORDS, SUGGESTIONS
 
 SUPPRESSIONS = "identity_suppressions"
 ERASING = "identity_erasures_in_progress"
+ERASURE_COUNTS = "identity_erasure_counts"  # services.common.erasure_counts
 SUPPRESSION_VERSION = "identity_suppression_version"
 
 
@@ -30,6 +32,7 @@ class GraphEraser:
 
     def __init__(self, db: Database):
         self.db = db
+        self.counts = ErasureCounts(db[ERASURE_COUNTS])
 
     def erase_graph(self, profile_ids: Iterable[str], identifiers: Iterable[Identifier]) -> dict:
         """The subject's links and profile nodes: with the profiles locked (see

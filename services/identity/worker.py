@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 from pymongo.database import Database
 
-from services.common import metrics, topics
+from services.common import metrics, retention, topics
 from services.common.bus import ConsumerLoop, InvalidMessage, Outgoing, Producer
 from services.common.config import ConfigError, Settings, parse_type_limits
 from services.common.envelope import Envelope, derived_message_id, new_envelope
@@ -40,7 +40,7 @@ from services.identity.graph import (
     straight_events,
 )
 from services.identity.graph_store import INDEXES, MongoGraph
-from services.identity.housekeeping import OrphanLinkSweep
+from services.identity.housekeeping import ErasureCountsSweep, OrphanLinkSweep
 from services.identity.merges import UnannouncedChanges, log_message
 from services.identity.privacy_store import GraphEraser, SuppressionList
 from services.identity.suggestions import SuggestionStore, person_record
@@ -81,6 +81,8 @@ def build_consumers(settings: Settings, producer: Producer, db: Database) -> lis
                                   topics=input_topics, producer=producer, ledger=ledger,
                                   relay=relay, **handlers))
     loops.append(OrphanLinkSweep(graph))
+    loops.append(ErasureCountsSweep(GraphEraser(db).counts,
+                                    retention.parse_policy(settings.retention_days)))
     return loops
 
 
@@ -328,8 +330,11 @@ def make_privacy_handler(graph: MongoGraph, eraser: GraphEraser, suppressions: S
             # suppression is found now; one linked later, its worker unlinks (it reads the
             # list again before its messages go out)
             if not privacy.expand_subject(graph, request, graph.merged_into).profile_ids:
+                # what every handling of the request deleted: a retry finds little left
+                totals = eraser.counts.add(request.request_id, summary, datetime.now(UTC),
+                                           highest={"identifiers": len(identifiers)})
                 eraser.erased(request.request_id)
-                return {**summary, "identifiers": len(identifiers)}
+                return totals
         raise TimeoutError("the subject kept gaining profiles while it was erased")
 
     def handle(envelope: Envelope) -> list[Outgoing]:

@@ -33,20 +33,21 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pymongo.errors
-from pymongo import DeleteOne, InsertOne, ReplaceOne, ReturnDocument, UpdateOne
+from pymongo import DeleteOne, InsertOne, ReplaceOne, UpdateOne
 from pymongo.database import Database
 
+from services.common.erasure_counts import ErasureCounts
 from services.common.store import (
     LISTING_BATCH,
     EarlierCollection,
     Index,
     bulk_write,
     delete_by_ids,
+    delete_older,
     documents_after,
     find_by_ids,
     id_prefix,
     insert_new,
-    older_than,
     paced,
     raise_write_errors,
     unpack,
@@ -61,9 +62,7 @@ NAMES = "profile_names"
 LEGACY_NAMES = "profile_name_index"  # earlier versions' prefix buckets
 CONSENTS = "profile_consents"
 ERASED = "profile_erasures"
-# per erasure request, how much its handlings deleted (counts only, no personal data): a retry
-# or a redelivery finds little or nothing left, and its ack must still report the erasure's work
-ERASURE_COUNTS = "profile_erasure_counts"
+ERASURE_COUNTS = "profile_erasure_counts"  # services.common.erasure_counts
 # where earlier versions listed each profile's access-log entry ids (adopt_listed_accesses)
 LISTED_ACCESSES = "profile_access_index"
 
@@ -75,7 +74,6 @@ LEGACY_PREFIX_MAX = 12
 NAME_REBUILD_CHUNK = 100  # profiles indexed between two pauses of a rebuild
 NAME_REBUILD_ROUNDS = 5  # re-reads of a chunk's profiles while the projection changes them
 KEY_CHARACTERS = frozenset(string.ascii_lowercase + string.digits + "-'")
-EXPIRY_CHUNK = 500  # expired documents deleted between two pauses of a sweep
 ADOPTION_CHUNK = 50  # profiles whose listed access-log entries are re-keyed between pauses
 ERASED_SWEEP_PAGE = 1000  # index entries whose profiles are checked for tombstones in one read
 # how long an erased profile still stored is left to its erasure (a retry of one cut short)
@@ -137,7 +135,7 @@ class ProfileStore:
         self.listed_accesses = EarlierCollection(db, LISTED_ACCESSES)
         self.consents = db[CONSENTS]
         self.erased = db[ERASED]
-        self.erasure_counts = db[ERASURE_COUNTS]
+        self.erasure_counts = ErasureCounts(db[ERASURE_COUNTS])
 
     def load(self, profile_id: str) -> dict | None:
         return unpack(self.profiles.find_one({"_id": profile_id}))
@@ -460,18 +458,13 @@ class ProfileStore:
     def count_erased(self, request_id: str, kind: str, count: int,
                      at: datetime) -> dict[str, int]:
         """Add ``count`` to how much of ``kind`` the erasure ``request_id`` deleted; returns
-        every count of that erasure, over all its handlings. ``handled_at``, its latest
-        handling, dates the record for retention."""
-        doc = self.erasure_counts.find_one_and_update(
-            {"_id": request_id},
-            {"$inc": {f"deleted.{kind}": count}, "$max": {"handled_at": at}},
-            upsert=True, return_document=ReturnDocument.AFTER)
-        return doc["deleted"]
+        every count of that erasure, over all its handlings."""
+        return self.erasure_counts.add(request_id, {kind: count}, at)
 
     def expire_erasure_counts(self, before: datetime,
                               pause: Callable[[float], bool] | None = None) -> int:
         """Delete the erasure counts last handled before ``before`` (the retention sweep)."""
-        return _delete_older(self.erasure_counts, "handled_at", before, pause)
+        return self.erasure_counts.expire(before, pause)
 
     def is_erased(self, profile_id: str) -> bool:
         return self.erased.find_one({"_id": profile_id}) is not None
@@ -500,7 +493,7 @@ class ProfileStore:
     def expire_accesses(self, before: datetime,
                         pause: Callable[[float], bool] | None = None) -> int:
         """Delete the entries older than ``before`` (the retention sweep)."""
-        return _delete_older(self.access_log, "at", before, pause)
+        return delete_older(self.access_log, "at", before, pause)
 
     def accesses(self, profile_id: str, limit: int) -> list[dict]:
         """The profile's newest ``limit`` access-log entries (one ``_id`` range: a filter on
@@ -547,15 +540,6 @@ class ProfileStore:
             return []
         listed = self.listed_accesses.collection.find_one({"_id": profile_id})
         return (listed or {}).get("entries") or []
-
-
-def _delete_older(collection, field_name: str, before: datetime,
-                  pause: Callable[[float], bool] | None) -> int:
-    """Delete the documents whose ``field_name`` is before ``before``, found by one streamed
-    read (``store.older_than``), ``EXPIRY_CHUNK`` at a time with ``pause`` between chunks
-    (``store.paced``); returns how many."""
-    expired = [doc["_id"] for doc in older_than(collection, field_name, before)]
-    return sum(delete_by_ids(collection, chunk) for chunk in paced(expired, EXPIRY_CHUNK, pause))
 
 
 def _accesses_of(profile_id: str) -> dict:

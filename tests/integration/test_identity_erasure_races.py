@@ -1,4 +1,5 @@
-"""An erasure in the identity graph while events resolve: nothing it should erase is left."""
+"""An erasure in the identity graph while events resolve: nothing it should erase is left;
+and an erasure handled again acks what its first handling deleted."""
 
 from __future__ import annotations
 
@@ -85,6 +86,24 @@ def test_an_erasure_waits_for_a_resolution_holding_the_profile_and_erases_what_i
     assert suppressions.any_suppressed([login])
     summary = acks[0].value.payload["summary"]
     assert (summary["profiles"], summary["links"], summary["suppressed"]) == (1, 2, 2)
+
+
+@pytest.mark.parametrize("handled_again", ["redelivered", "retried by the dpo"])
+def test_an_erasure_handled_again_acks_what_its_first_handling_deleted(
+        graph, db, unique, handled_again):
+    erase = erasure_handler(graph, db)
+    email = Identifier("email", f"again.{unique}@example.com")
+    resolve(graph, [email, Identifier("user_id", f"A-{unique}")], message_id=f"reg-{unique}",
+            at=AT)
+    request = erasure_request(f"req-{unique}", email)
+
+    [first] = erase(request)
+    [again] = erase(request if handled_again == "redelivered"
+                    else erasure_request(f"req-{unique}", email))
+
+    summary = first.value.payload["summary"]
+    assert (summary["profiles"], summary["links"], summary["identifiers"]) == (1, 2, 2)
+    assert again.value.payload["summary"] == summary
 
 
 class ErasedWhileThePollResolves(MongoGraph):

@@ -438,14 +438,14 @@ def test_an_erasures_counts_hold_no_personal_data_and_go_with_closed_requests_re
         then = dataclasses.replace(context, clock=lambda age=age: datetime.now(UTC) - age)
         worker.make_privacy_handler(then)(erasure(profile_id, f"{tag}-{unique}"))
         handled[tag] = f"req-{tag}-{unique}"
-    record = context.store.erasure_counts.find_one({"_id": handled["kept"]})
+    record = context.store.erasure_counts.collection.find_one({"_id": handled["kept"]})
     assert set(record) == {"_id", "deleted", "handled_at"}
     assert all(isinstance(count, int) for count in record["deleted"].values())
 
     worker.Housekeeping(context, producer=None, sweep_history=False).sweep()
 
-    assert context.store.erasure_counts.find_one({"_id": handled["old"]}) is None
-    assert context.store.erasure_counts.find_one({"_id": handled["kept"]}) is not None
+    assert context.store.erasure_counts.collection.find_one({"_id": handled["old"]}) is None
+    assert context.store.erasure_counts.collection.find_one({"_id": handled["kept"]}) is not None
 
 
 def test_a_profile_a_run_stored_after_its_erasure_goes_when_the_run_is_delivered_again(

@@ -10,7 +10,7 @@ import pytest
 from services.common.background import BackgroundLoop
 from services.consent.privacy_retention import RetentionSweep
 from services.export.housekeeping import SettledChangesSweep
-from services.identity.housekeeping import OrphanLinkSweep
+from services.identity.housekeeping import ErasureCountsSweep, OrphanLinkSweep
 
 
 class Failing(BackgroundLoop):
@@ -36,6 +36,7 @@ def test_a_failing_step_is_logged_and_tried_again_without_stopping_the_worker(ca
 
 @pytest.mark.parametrize("daily_sweep", [
     lambda: OrphanLinkSweep(graph=None),  # identity: links to profiles no longer in the graph
+    lambda: ErasureCountsSweep(counts=None, policy={}),  # identity: erasures' counts
     lambda: SettledChangesSweep(store=None, policy={}),  # export: settled stream changes
     # consent: retention, consent proof among it
     lambda: RetentionSweep(db=None, settings=SimpleNamespace(retention_days="consent_proof=1")),
