@@ -13,8 +13,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import pymongo.errors
-
 CACHE_SECONDS = 5.0
 
 log = logging.getLogger(__name__)
@@ -36,7 +34,7 @@ class ScrapedReading:
             if time.monotonic() - self._read_at >= self._cache_seconds:
                 try:
                     self._numbers = self._read()
-                except pymongo.errors.PyMongoError as exc:
+                except Exception as exc:  # noqa: BLE001 - a scrape must not fail for it
                     log.warning(f"{self._what} unreadable", extra={"error": repr(exc)})
                 self._read_at = time.monotonic()
             return dict(self._numbers)
