@@ -6,13 +6,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pymongo
-from pymongo import monitoring
 
 from services.common import store as store_module
 from services.common.envelope import new_envelope
 from services.export import feed
 from services.export.export_store import ConsentDecision, ExportStore
 from services.export.sealing import SecretBox
+from tests.support.store_commands import CommandCounter
 
 
 def consent(profile_id: str, purpose: str, allowed: bool, collected_at: str):
@@ -24,20 +24,6 @@ def consent(profile_id: str, purpose: str, allowed: bool, collected_at: str):
 def stored_states(db, keys: list[str]) -> dict[str, tuple[bool, str]]:
     return {doc["_id"]: (doc["allowed"], doc["state"])
             for doc in db.export_consents.find({"_id": {"$in": keys}})}
-
-
-class CommandCounter(monitoring.CommandListener):
-    def __init__(self):
-        self.commands = 0
-
-    def started(self, event):
-        self.commands += 1
-
-    def succeeded(self, event):
-        pass
-
-    def failed(self, event):
-        pass
 
 
 def test_a_poll_of_consent_changes_keeps_the_latest_decision_per_purpose(db, settings, unique):

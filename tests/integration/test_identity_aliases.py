@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 
 import pymongo
 import pytest
-from pymongo import monitoring
 
 from services.common import topics
 from services.common.hetu_protection import HetuProtector
@@ -19,6 +18,7 @@ from services.identity.graph_store import INDEXES, PROFILES, MongoGraph
 from services.identity.privacy_store import SuppressionList
 from services.identity.suggestions import SuggestionStore
 from services.identity.worker import make_handlers
+from tests.support.store_commands import CommandCounter
 
 DIGEST_KEY = b"identity-aliases-test-key"
 
@@ -128,22 +128,6 @@ def test_an_alias_from_an_erased_user_id_is_dropped_as_that_users_events_are(
     assert [m for m in messages if m.topic == topics.EVENTS_RESOLVED] == []
     assert graph.links([Identifier("anonymous_id", old.value),
                         Identifier("user_id", f"new-{unique}")]) == {}
-
-
-class CommandCounter(monitoring.CommandListener):
-    """Counts the commands a client sends."""
-
-    def __init__(self):
-        self.commands = 0
-
-    def started(self, event):
-        self.commands += 1
-
-    def succeeded(self, event):
-        pass
-
-    def failed(self, event):
-        pass
 
 
 def test_an_alias_from_an_anonymous_id_costs_a_poll_what_an_identify_with_both_ids_does(
