@@ -29,8 +29,8 @@ from services.common import topics
 from services.common.bus import Outgoing, Relay
 from services.common.envelope import derived_message_id, new_envelope
 from services.common.store import (
-    IDS_PER_QUERY,
     LISTING_BATCH,
+    delete_by_ids,
     find_by_ids,
     insert_new,
     paced,
@@ -234,8 +234,7 @@ class ConsentStore:
                 self.changes.update_one({"_id": change["_id"]}, {"$set": {"entries": kept}})
             else:
                 self.changes.delete_one({"_id": change["_id"]})
-        deleted = sum(self.ledger.delete_many({"_id": {"$in": chunk}}).deleted_count
-                      for chunk in _chunks(sorted(ids)))
+        deleted = delete_by_ids(self.ledger, ids)
         self.update(key, lambda state: _drop_applied(state, ids | gone))
         return deleted
 
@@ -284,10 +283,6 @@ def _drop_applied(state: SubjectState, ids: set[str]) -> bool:
     kept = [entry_id for entry_id in state.applied if entry_id not in ids]
     changed, state.applied = len(kept) != len(state.applied), kept
     return changed
-
-
-def _chunks(ids: list[str]) -> list[list[str]]:
-    return [ids[start:start + IDS_PER_QUERY] for start in range(0, len(ids), IDS_PER_QUERY)]
 
 
 def _aware(moment: datetime) -> datetime:

@@ -208,6 +208,14 @@ def _store() -> ExportStore:
     return ExportStore(runtime().db, flask.current_app.extensions["export_secrets"])
 
 
+def _known_partners_store(partner_id: str) -> ExportStore:
+    """The store, once it holds ``partner_id`` (retired or not); 404 when it does not."""
+    store = _store()
+    if store.partner(partner_id, include_deleted=True) is None:
+        raise Problem(404, f"no partner {partner_id}")
+    return store
+
+
 def _visible_partner(partner_id: str) -> None:
     """A partner key sees only its own partner; others get the same 404 as a missing one."""
     principal = current_principal()
@@ -407,9 +415,7 @@ def _runs_blueprint() -> Blueprint:
         """The deletion notices owed to the partner, newest first: whether each went out,
         how often it was tried, the partner's receipt or the last error. The identifiers a
         notice carries are not shown."""
-        store = _store()
-        if store.partner(partner_id, include_deleted=True) is None:
-            raise Problem(404, f"no partner {partner_id}")
+        store = _known_partners_store(partner_id)
         return {"partner_id": partner_id, "counts": store.notice_counts(partner_id),
                 "notices": store.partner_notices(partner_id, query["status"])}
 
@@ -420,11 +426,8 @@ def _runs_blueprint() -> Blueprint:
     def retry_notices(partner_id):
         """Send the partner's deletion notices that failed for good again (after its
         contract was fixed); they go out with the worker's next turn."""
-        store = _store()
-        if store.partner(partner_id, include_deleted=True) is None:
-            raise Problem(404, f"no partner {partner_id}")
         return {"partner_id": partner_id,
-                "requeued": store.requeue_failed_notices(partner_id)}
+                "requeued": _known_partners_store(partner_id).requeue_failed_notices(partner_id)}
 
     @blueprint.route("/<string:partner_id>/notices/<string:notice_id>/abandon",
                      methods=["POST"])
